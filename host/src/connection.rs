@@ -1,0 +1,148 @@
+//! One WebSocket client: a reader loop that handles client messages and a
+//! writer loop that drains the connection's [`Outbox`].
+//!
+//! The writer takes everything queued in one go, feeds it to the socket and
+//! flushes once, so a burst of frames costs one flush. Snapshots are encoded
+//! here, in batches of 50 then 100, off the engine lock. Both loops are
+//! generic over `Sink`/`Stream` of tungstenite messages so they can be
+//! driven without a socket.
+
+use std::sync::Arc;
+
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use hyper_tungstenite::tungstenite::{
+    self,
+    protocol::{frame::coding::CloseCode, CloseFrame},
+    Message, Utf8Bytes,
+};
+
+use crate::frame::{snapshot_batches, snapshot_frame, socket_issue, Frame};
+use crate::outbox::{Outbox, Outgoing};
+use crate::protocol::{parse_client_message, ClientMessage};
+use crate::views::ConnId;
+use crate::Shared;
+
+/// Serves one upgraded WebSocket until either side closes it.
+pub async fn serve<S>(socket: S, conn: ConnId, shared: Arc<Shared>)
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Send
+        + 'static,
+{
+    let (sink, mut stream) = socket.split();
+    let outbox = Arc::new(Outbox::new(shared.config.outbox_bytes));
+    shared.engine().connect(conn, outbox.clone());
+    metrics::gauge!("vista_connections").increment(1.0);
+    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    loop {
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, text.as_str()),
+                Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
+                    Ok(text) => handle_text(&shared, conn, &outbox, text),
+                    Err(_) => reply_issue(&outbox, "invalid-message", "binary message is not UTF-8 JSON"),
+                },
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(_)) => {} // ping/pong: answered by tungstenite
+                Some(Err(err)) => {
+                    tracing::debug!(conn, %err, "websocket read error");
+                    if let tungstenite::Error::Capacity(err) = &err {
+                        outbox.push_reply(Outgoing::Close {
+                            code: 1009,
+                            reason: format!("message-too-large: {err}"),
+                        });
+                    }
+                    break;
+                }
+            },
+            _ = &mut writer => break,
+        }
+    }
+    shared.engine().disconnect(conn);
+    metrics::gauge!("vista_connections").decrement(1.0);
+    if !writer.is_finished() {
+        outbox.push_reply(Outgoing::Close {
+            code: 1000,
+            reason: String::new(),
+        });
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer).await;
+        writer.abort();
+    }
+}
+
+fn reply_issue(outbox: &Outbox, code: &str, message: &str) {
+    outbox.push_reply(Outgoing::Frame(socket_issue(code, message, false)));
+}
+
+fn handle_text(shared: &Shared, conn: ConnId, outbox: &Outbox, text: &str) {
+    match parse_client_message(text) {
+        Ok(ClientMessage::Subscribe(request)) => {
+            shared.engine().subscribe(
+                conn,
+                &request,
+                shared.config.max_subscriptions_per_connection,
+            );
+        }
+        Ok(ClientMessage::Unsubscribe { view, key }) => {
+            shared.engine().unsubscribe(conn, &view, key.as_deref());
+        }
+        Ok(ClientMessage::Ping) => {}
+        Ok(ClientMessage::RefreshAuth) => {
+            outbox.push_reply(Outgoing::Frame(Frame::text(
+                &serde_json::json!({"success": true}),
+            )));
+        }
+        Err(err) => {
+            tracing::debug!(conn, %err, "invalid client message");
+            reply_issue(outbox, "invalid-message", &err.0);
+        }
+    }
+}
+
+fn to_message(frame: Frame) -> Message {
+    if frame.text {
+        Message::Text(Utf8Bytes::try_from(frame.bytes).expect("text frames are JSON, hence UTF-8"))
+    } else {
+        Message::Binary(frame.bytes)
+    }
+}
+
+/// Drains the outbox into the sink until a close is written or the socket fails.
+pub async fn write_loop<K>(mut sink: K, outbox: Arc<Outbox>) -> Result<(), tungstenite::Error>
+where
+    K: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    loop {
+        for item in outbox.drain().await {
+            match item {
+                Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
+                Outgoing::Snapshot {
+                    view,
+                    mode,
+                    entries,
+                } => {
+                    let total = entries.len();
+                    for range in snapshot_batches(total) {
+                        let complete = range.end == total;
+                        let frame = snapshot_frame(&view, mode, &entries[range], complete);
+                        sink.feed(to_message(frame)).await?;
+                    }
+                }
+                Outgoing::Close { code, reason } => {
+                    if code != 1000 {
+                        tracing::info!(code, %reason, "closing client connection");
+                    }
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code: CloseCode::from(code),
+                            reason: reason.into(),
+                        })))
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        sink.flush().await?;
+    }
+}

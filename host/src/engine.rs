@@ -1,0 +1,385 @@
+//! The engine: sole owner of plugins, entity store, views, subscriptions and
+//! connection outboxes.
+//!
+//! It lives behind one `std::sync::Mutex` ([`crate::Shared::engine`]).
+//! Every operation (ingest, subscribe, unsubscribe, plugin load) runs to
+//! completion under the lock and never awaits: frames are pushed into
+//! bounded [`Outbox`]es, which never block, and sockets are written by each
+//! connection's own task. Serializing ingest and subscribe through one lock
+//! is what makes a snapshot and the live frames after it exact: a
+//! subscription sees every mutation either in its snapshot or as a frame,
+//! never both, never neither.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+use vista_plugin_api::{Mutation, MutationKind};
+
+use crate::frame::{socket_issue, Frame};
+use crate::outbox::{Outbox, Outgoing, PushError};
+use crate::plugins::{self, FnStateReader, LoadError, PluginLibrary, PluginReport};
+use crate::store::Store;
+use crate::views::{ConnId, SubscribeRequest, Views};
+
+/// One event of an ingest request.
+pub struct EventInput<'a> {
+    /// 1-based line (NDJSON) or item (JSON array) number, for error messages.
+    pub position: usize,
+    /// The event's JSON text (an object).
+    pub json: &'a str,
+}
+
+/// Result of a successful ingest.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ingested {
+    /// Events accepted.
+    pub accepted: usize,
+    /// `_seq` of the last mutation applied (the current one if none were).
+    pub seq: String,
+}
+
+/// Why an ingest request was refused; nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No loaded plugin consumes the stream.
+    #[error("no plugin consumes stream {0:?}")]
+    UnknownStream(String),
+    /// A projector returned an error or panicked.
+    #[error("plugin {plugin:?} failed on event {position}: {message}")]
+    Projector {
+        /// Plugin name.
+        plugin: String,
+        /// Event position in the request.
+        position: usize,
+        /// The plugin's message.
+        message: String,
+    },
+}
+
+/// The state of the whole server, owned by one lock.
+pub struct Engine {
+    store: Store,
+    views: Views,
+    /// Loaded plugins by name.
+    plugins: BTreeMap<String, PluginLibrary>,
+    /// What `GET /plugins` shows, by plugin file.
+    reports: BTreeMap<PathBuf, PluginReport>,
+    /// Outboxes of open connections.
+    conns: HashMap<ConnId, Arc<Outbox>>,
+    /// Where plugin files are copied before being mapped.
+    cache_dir: PathBuf,
+}
+
+impl Engine {
+    /// An engine with no plugins.
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self {
+            store: Store::new(),
+            views: Views::new(),
+            plugins: BTreeMap::new(),
+            reports: BTreeMap::new(),
+            conns: HashMap::new(),
+            cache_dir,
+        }
+    }
+
+    /// Loads every `*.so` file of `dir` (sorted by name). Bad files are
+    /// logged and reported; the rest load.
+    pub fn load_plugin_dir(&mut self, dir: &Path) {
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "so" || x == "dylib"))
+                .collect(),
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), %err, "cannot read plugins directory");
+                return;
+            }
+        };
+        files.sort();
+        for file in files {
+            self.load_plugin_file(&file);
+        }
+    }
+
+    /// Loads one plugin file, refusing it with a logged reason on any error.
+    pub fn load_plugin_file(&mut self, file: &Path) -> bool {
+        match plugins::load(file, &self.cache_dir)
+            .map_err(|e| e.to_string())
+            .and_then(|lib| self.install(lib))
+        {
+            Ok(name) => {
+                tracing::info!(file = %file.display(), plugin = %name, "plugin loaded");
+                true
+            }
+            Err(reason) => {
+                tracing::error!(file = %file.display(), "plugin refused: {reason}");
+                self.reports.insert(
+                    file.to_owned(),
+                    PluginReport {
+                        name: None,
+                        version: None,
+                        file: file.display().to_string(),
+                        entities: Vec::new(),
+                        views: Vec::new(),
+                        streams: Vec::new(),
+                        state: "failed",
+                        last_error: Some(reason),
+                    },
+                );
+                false
+            }
+        }
+    }
+
+    fn install(&mut self, lib: PluginLibrary) -> Result<String, String> {
+        let manifest = &lib.manifest;
+        if let Some(existing) = self.plugins.get(&manifest.name) {
+            return Err(format!(
+                "plugin name {:?} is already loaded from {}",
+                manifest.name,
+                existing.file.display()
+            ));
+        }
+        for entity in &manifest.entities {
+            if let Some(owner) = self
+                .plugins
+                .values()
+                .find(|p| p.manifest.entities.contains(entity))
+            {
+                return Err(format!(
+                    "entity {:?} is already owned by plugin {:?} ({})",
+                    entity.name,
+                    owner.manifest.name,
+                    owner.file.display()
+                ));
+            }
+        }
+        for view in &manifest.views {
+            if self.views.get(&view.id).is_some() {
+                return Err(
+                    LoadError::Manifest(format!("view {:?} already exists", view.id)).to_string(),
+                );
+            }
+        }
+        let mut view_ids = Vec::new();
+        for entity in &manifest.entities {
+            self.views
+                .add_base_views(&entity.name, &manifest.name, &self.store);
+            view_ids.extend(["list", "state", "append"].map(|m| format!("{}/{m}", entity.name)));
+        }
+        for view in &manifest.views {
+            view_ids.push(view.id.clone());
+            self.views
+                .add_derived(view.clone(), &manifest.name, &self.store);
+        }
+        self.reports.insert(
+            lib.file.clone(),
+            PluginReport {
+                name: Some(manifest.name.clone()),
+                version: Some(manifest.version.clone()),
+                file: lib.file.display().to_string(),
+                entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
+                views: view_ids,
+                streams: manifest.streams.clone(),
+                state: "loaded",
+                last_error: None,
+            },
+        );
+        let name = manifest.name.clone();
+        self.plugins.insert(name.clone(), lib);
+        Ok(name)
+    }
+
+    /// Every plugin file seen, for `GET /plugins`.
+    pub fn plugin_reports(&self) -> Vec<PluginReport> {
+        self.reports.values().cloned().collect()
+    }
+
+    /// Projects a request's events and, if every one succeeds, applies all
+    /// the mutations and broadcasts the frames. All or nothing.
+    pub fn ingest(
+        &mut self,
+        stream: &str,
+        events: &[EventInput<'_>],
+    ) -> Result<Ingested, IngestError> {
+        let consumers: Vec<&PluginLibrary> = self
+            .plugins
+            .values()
+            .filter(|p| p.manifest.streams.iter().any(|s| s == stream))
+            .collect();
+        if consumers.is_empty() {
+            return Err(IngestError::UnknownStream(stream.to_owned()));
+        }
+        // Mutations of earlier events, visible to later ones before commit.
+        let mut staged: HashMap<(String, String), Option<Value>> = HashMap::new();
+        let mut mutations: Vec<Mutation> = Vec::new();
+        for event in events {
+            for plugin in &consumers {
+                let reader = FnStateReader(|entity: &str, key: &str| {
+                    match staged.get(&(entity.to_owned(), key.to_owned())) {
+                        Some(value) => value.as_ref().map(Value::to_string),
+                        None => self.store.get(entity, key).map(|v| v.to_string()),
+                    }
+                });
+                let name = &plugin.manifest.name;
+                let projector_error = |message: String| IngestError::Projector {
+                    plugin: name.clone(),
+                    position: event.position,
+                    message,
+                };
+                let produced = plugin
+                    .project(stream, event.json, &reader)
+                    .map_err(projector_error)?;
+                for mutation in produced {
+                    check_mutation(plugin, &mutation).map_err(projector_error)?;
+                    let id = (mutation.entity.clone(), mutation.key.clone());
+                    let current = match staged.get(&id) {
+                        Some(value) => value.clone(),
+                        None => self.store.get(&id.0, &id.1).map(|v| Value::clone(v)),
+                    };
+                    let next = match &mutation.kind {
+                        MutationKind::Patch {
+                            data: Value::Object(data),
+                            append,
+                        } => {
+                            let mut entity = current.unwrap_or(Value::Null);
+                            vista_plugin_api::merge_patch(&mut entity, data, append);
+                            Some(entity)
+                        }
+                        _ => None,
+                    };
+                    staged.insert(id, next);
+                    mutations.push(mutation);
+                }
+            }
+        }
+        for mutation in mutations {
+            let change = self.store.apply(mutation);
+            let conns = &self.conns;
+            self.views.apply(&change, &self.store, &mut |conn, frame| {
+                deliver(conns, conn, frame)
+            });
+        }
+        Ok(Ingested {
+            accepted: events.len(),
+            seq: self.store.last_seq(),
+        })
+    }
+
+    /// Registers a new connection's outbox.
+    pub fn connect(&mut self, conn: ConnId, outbox: Arc<Outbox>) {
+        self.conns.insert(conn, outbox);
+    }
+
+    /// Forgets a closed connection and all its subscriptions.
+    pub fn disconnect(&mut self, conn: ConnId) {
+        self.views.remove_conn(conn);
+        self.conns.remove(&conn);
+    }
+
+    /// Starts (or restarts) a subscription: queues the `subscribed` frame
+    /// and the snapshot on the connection's outbox, or a `view-not-found`
+    /// socket issue.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        request: &SubscribeRequest,
+        max_subscriptions: usize,
+    ) {
+        let Some(outbox) = self.conns.get(&conn) else {
+            return;
+        };
+        let replacing = self.views.get(&request.view).is_some()
+            && self
+                .views
+                .unsubscribe(conn, &request.view, request.key.as_deref());
+        if !replacing && self.views.subscription_count(conn) >= max_subscriptions {
+            outbox.push_reply(Outgoing::Frame(socket_issue(
+                "subscription-limit-exceeded",
+                &format!("at most {max_subscriptions} subscriptions per connection"),
+                false,
+            )));
+            return;
+        }
+        match self.views.subscribe(conn, request, &self.store) {
+            Ok(start) => {
+                outbox.push_reply(Outgoing::Frame(start.subscribed));
+                if let Some(entries) = start.snapshot {
+                    outbox.push_reply(Outgoing::Snapshot {
+                        view: start.view,
+                        mode: start.mode,
+                        entries,
+                    });
+                }
+            }
+            Err(_) => {
+                tracing::debug!(conn, view = %request.view, "subscribe to unknown view");
+                outbox.push_reply(Outgoing::Frame(socket_issue(
+                    "view-not-found",
+                    &format!("no view named {:?}", request.view),
+                    false,
+                )));
+            }
+        }
+    }
+
+    /// Stops a subscription; returns whether it existed.
+    pub fn unsubscribe(&mut self, conn: ConnId, view: &str, key: Option<&str>) -> bool {
+        self.views.unsubscribe(conn, view, key)
+    }
+
+    /// Number of open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Number of entities of a type.
+    pub fn entity_count(&self, entity: &str) -> usize {
+        self.store.count(entity)
+    }
+}
+
+/// Checks what a projector returned: only its own entities, patches of objects.
+fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), String> {
+    if !plugin
+        .manifest
+        .entities
+        .iter()
+        .any(|e| e.name == mutation.entity)
+    {
+        return Err(format!(
+            "mutation of entity {:?}, which this plugin does not own",
+            mutation.entity
+        ));
+    }
+    if mutation.key.is_empty() {
+        return Err(format!("mutation of {} with an empty key", mutation.entity));
+    }
+    if let MutationKind::Patch { data, .. } = &mutation.kind {
+        if !data.is_object() {
+            return Err(format!(
+                "patch of {}[{}] is not a JSON object",
+                mutation.entity, mutation.key
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pushes one live frame to one connection, logging and counting overflow.
+fn deliver(conns: &HashMap<ConnId, Arc<Outbox>>, conn: ConnId, frame: &Frame) {
+    let Some(outbox) = conns.get(&conn) else {
+        return;
+    };
+    match outbox.push_live(frame.clone()) {
+        Ok(()) => metrics::counter!("vista_frames_queued_total").increment(1),
+        Err(PushError::Overflow) => {
+            metrics::counter!("vista_outbox_overflow_total").increment(1);
+            tracing::warn!(conn, "client outbox full: closing it with slow-consumer");
+        }
+        Err(PushError::Closed) => {}
+    }
+}

@@ -1,0 +1,101 @@
+//! The `vista` command line.
+//!
+//! Run with: `cargo run -p vista-host -- serve --plugins DIR`
+//! (see the README for the two commands that also build the example plugins).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use vista_host::{Config, Shared};
+
+#[derive(Parser)]
+#[command(
+    name = "vista",
+    version,
+    about = "Plugin-hosted real-time entity streaming over WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the plugins in a directory and serve WebSocket + HTTP on one port.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Directory of plugin `.so` files.
+    #[arg(long, env = "VISTA_PLUGINS_DIR", default_value = "plugins.d")]
+    plugins: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, env = "VISTA_LISTEN", default_value = "127.0.0.1:8877")]
+    listen: SocketAddr,
+    /// Private directory plugin files are copied to before loading
+    /// [default: <temp dir>/vista-plugin-cache].
+    #[arg(long, env = "VISTA_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Largest accepted ingest body in bytes (larger bodies get 413).
+    #[arg(long, env = "VISTA_MAX_BODY_BYTES", default_value_t = 8 << 20)]
+    max_body_bytes: usize,
+    /// Bound on one client's queued live frames in bytes.
+    #[arg(long, env = "VISTA_OUTBOX_BYTES", default_value_t = 8 << 20)]
+    outbox_bytes: usize,
+    /// Largest accepted client WebSocket message in bytes.
+    #[arg(long, env = "VISTA_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
+    max_message_bytes: usize,
+    /// Subscriptions one connection may hold.
+    #[arg(long, env = "VISTA_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    max_subscriptions: usize,
+    /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
+    #[arg(long)]
+    demo_feed: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let config = Config {
+        cache_dir: args
+            .cache_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("vista-plugin-cache")),
+        plugins_dir: args.plugins,
+        max_body_bytes: args.max_body_bytes,
+        outbox_bytes: args.outbox_bytes,
+        max_message_bytes: args.max_message_bytes,
+        max_subscriptions_per_connection: args.max_subscriptions,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(plugins = %config.plugins_dir.display(), "loading plugins");
+    let shared = Shared::new(config);
+    // Machine-readable line tests and scripts wait for.
+    println!("vista listening on {address}");
+    tracing::info!(%address, "listening (ws://{address}, http://{address})");
+    if args.demo_feed {
+        tokio::spawn(vista_host::demo::run(
+            shared.clone(),
+            Duration::from_millis(250),
+        ));
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    };
+    vista_host::run(listener, shared, shutdown).await;
+    Ok(())
+}

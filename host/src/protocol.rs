@@ -1,0 +1,186 @@
+//! Client-to-server messages: parsing both the SDK form (`"type"`) and the
+//! documented legacy form (`"op"`, or a bare `{"view":..}` subscribe).
+//!
+//! Anything malformed is an [`InvalidMessage`] whose text goes back to the
+//! client in an `invalid-message` socket issue; the connection stays open.
+
+use serde_json::{Map, Value};
+
+use crate::views::SubscribeRequest;
+
+/// One message from a client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// Start (or restart) a subscription.
+    Subscribe(SubscribeRequest),
+    /// Stop the subscription to (view, key).
+    Unsubscribe {
+        /// View id.
+        view: String,
+        /// Key, `None` for all keys.
+        key: Option<String>,
+    },
+    /// Keep-alive; no reply.
+    Ping,
+    /// Token refresh (auth is not enabled: acknowledged).
+    RefreshAuth,
+}
+
+/// Why a client message was not understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidMessage(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidMessage {
+    InvalidMessage(message.into())
+}
+
+/// Parses one text message.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage, InvalidMessage> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| invalid(format!("message is not valid JSON: {e}")))?;
+    let Value::Object(fields) = value else {
+        return Err(invalid("message must be a JSON object"));
+    };
+    let kind = match (fields.get("type"), fields.get("op")) {
+        (Some(Value::String(t)), _) => t.as_str(),
+        (None, Some(Value::String(op))) => op.as_str(),
+        (None, None) if fields.contains_key("view") => "subscribe",
+        (Some(_), _) | (None, Some(_)) => return Err(invalid("\"type\" must be a string")),
+        (None, None) => return Err(invalid("message has no \"type\"")),
+    };
+    match kind {
+        "subscribe" => parse_subscribe(&fields).map(ClientMessage::Subscribe),
+        "unsubscribe" => Ok(ClientMessage::Unsubscribe {
+            view: view_field(&fields)?,
+            key: key_field(&fields)?,
+        }),
+        "ping" => Ok(ClientMessage::Ping),
+        "refresh_auth" => Ok(ClientMessage::RefreshAuth),
+        other => Err(invalid(format!("unknown message type {other:?}"))),
+    }
+}
+
+fn view_field(fields: &Map<String, Value>) -> Result<String, InvalidMessage> {
+    match fields.get("view") {
+        Some(Value::String(view)) if !view.is_empty() => Ok(view.clone()),
+        Some(_) => Err(invalid("\"view\" must be a non-empty string")),
+        None => Err(invalid("missing \"view\"")),
+    }
+}
+
+fn key_field(fields: &Map<String, Value>) -> Result<Option<String>, InvalidMessage> {
+    match fields.get("key") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(key)) if key == "*" => Ok(None),
+        Some(Value::String(key)) => Ok(Some(key.clone())),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(invalid("\"key\" must be a string")),
+    }
+}
+
+fn count_field(fields: &Map<String, Value>, name: &str) -> Result<Option<usize>, InvalidMessage> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| invalid(format!("\"{name}\" must be a non-negative integer"))),
+        Some(_) => Err(invalid(format!(
+            "\"{name}\" must be a non-negative integer"
+        ))),
+    }
+}
+
+fn parse_subscribe(fields: &Map<String, Value>) -> Result<SubscribeRequest, InvalidMessage> {
+    let with_snapshot = match fields.get("withSnapshot") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("\"withSnapshot\" must be a boolean")),
+    };
+    let after = match fields.get("after") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => n.as_u64().map(crate::store::format_seq),
+        Some(_) => return Err(invalid("\"after\" must be a sequence string")),
+    };
+    Ok(SubscribeRequest {
+        view: view_field(fields)?,
+        key: key_field(fields)?,
+        take: count_field(fields, "take")?,
+        skip: count_field(fields, "skip")?,
+        with_snapshot,
+        after,
+        snapshot_limit: count_field(fields, "snapshotLimit")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_subscribe_forms() {
+        let sdk =
+            parse_client_message(r#"{"type":"subscribe","view":"Token/list","take":5,"skip":1}"#)
+                .unwrap();
+        let ClientMessage::Subscribe(sdk) = sdk else {
+            panic!()
+        };
+        assert_eq!(
+            (sdk.view.as_str(), sdk.key, sdk.take, sdk.skip),
+            ("Token/list", None, Some(5), Some(1))
+        );
+        let legacy = parse_client_message(r#"{"view":"Token/state","key":"m1"}"#).unwrap();
+        let ClientMessage::Subscribe(legacy) = legacy else {
+            panic!()
+        };
+        assert_eq!(legacy.key.as_deref(), Some("m1"));
+        let star = parse_client_message(r#"{"view":"Token/list","key":"*"}"#).unwrap();
+        assert!(matches!(
+            star,
+            ClientMessage::Subscribe(SubscribeRequest { key: None, .. })
+        ));
+    }
+
+    #[test]
+    fn both_unsubscribe_and_ping_forms() {
+        assert_eq!(
+            parse_client_message(r#"{"op":"unsubscribe","view":"A/list"}"#).unwrap(),
+            ClientMessage::Unsubscribe {
+                view: "A/list".into(),
+                key: None
+            }
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+        assert_eq!(
+            parse_client_message(r#"{"op":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+    }
+
+    #[test]
+    fn malformed_messages_are_explained() {
+        assert!(parse_client_message("{nope")
+            .unwrap_err()
+            .0
+            .contains("not valid JSON"));
+        assert!(parse_client_message("[1]")
+            .unwrap_err()
+            .0
+            .contains("object"));
+        assert!(parse_client_message(r#"{"type":"dance"}"#)
+            .unwrap_err()
+            .0
+            .contains("dance"));
+        assert!(parse_client_message(r#"{"type":"subscribe"}"#)
+            .unwrap_err()
+            .0
+            .contains("view"));
+        assert!(parse_client_message(r#"{"type":"subscribe","view":"A/list","take":-1}"#).is_err());
+    }
+}

@@ -1,0 +1,266 @@
+//! The one listening port: WebSocket upgrades on any path, and the HTTP API.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /plugins` | every plugin file: name, version, file, entities, views, streams, state, last error |
+//! | `POST /ingest/{stream}` | NDJSON or a JSON array of event objects; all or nothing |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are JSON `{"error": code, "message": text, ...}` with a specific
+//! status: 400 malformed body (naming the line), 404 unknown stream or
+//! route, 413 body over the limit, 422 projector error (naming the plugin).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use serde_json::{json, value::RawValue, Value};
+
+use crate::engine::{EventInput, IngestError};
+use crate::Shared;
+
+/// HTTP response with a fully buffered body.
+pub type HttpResponse = Response<Full<Bytes>>;
+
+fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("static response parts are valid")
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
+    let mut body = json!({"error": code, "message": message});
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    json_response(status, &body)
+}
+
+/// Routes one HTTP request (upgrades included).
+pub async fn handle(
+    mut request: Request<Incoming>,
+    shared: Arc<Shared>,
+) -> Result<HttpResponse, Infallible> {
+    if hyper_tungstenite::is_upgrade_request(&request) {
+        return Ok(upgrade(&mut request, shared));
+    }
+    let path = request.uri().path().to_owned();
+    let response = match (request.method(), path.as_str()) {
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/plugins") => {
+            let reports = shared.engine().plugin_reports();
+            json_response(
+                StatusCode::OK,
+                &serde_json::to_value(reports).expect("reports serialize"),
+            )
+        }
+        (&Method::GET, "/metrics") => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(shared.metrics.render())))
+            .expect("static response parts are valid"),
+        (&Method::POST, p) if p.starts_with("/ingest/") => {
+            let stream = p.trim_start_matches("/ingest/").to_owned();
+            ingest(request, &stream, &shared).await
+        }
+        (_, "/healthz" | "/plugins" | "/metrics") => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "use GET",
+            json!({}),
+        ),
+        (_, p) if p.starts_with("/ingest/") => error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "use POST",
+            json!({}),
+        ),
+        _ => error_response(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            &format!("no route {path}"),
+            json!({}),
+        ),
+    };
+    Ok(response)
+}
+
+fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse {
+    let config = hyper_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(shared.config.max_message_bytes))
+        .max_frame_size(Some(shared.config.max_message_bytes));
+    match hyper_tungstenite::upgrade(request, Some(config)) {
+        Ok((response, websocket)) => {
+            let conn = shared.next_conn_id();
+            tokio::spawn(async move {
+                match websocket.await {
+                    Ok(socket) => crate::connection::serve(socket, conn, shared).await,
+                    Err(err) => tracing::debug!(%err, "websocket handshake failed"),
+                }
+            });
+            response
+        }
+        Err(err) => error_response(
+            StatusCode::BAD_REQUEST,
+            "bad-upgrade",
+            &err.to_string(),
+            json!({}),
+        ),
+    }
+}
+
+async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> HttpResponse {
+    let limit = shared.config.max_body_bytes;
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            &format!("ingest bodies are limited to {limit} bytes"),
+            json!({"limit": limit}),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return too_large();
+    }
+    let body = match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(err) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "body-read-failed",
+                &err.to_string(),
+                json!({}),
+            )
+        }
+    };
+    let Ok(text) = std::str::from_utf8(&body) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "malformed-body",
+            "body is not UTF-8",
+            json!({}),
+        );
+    };
+    let events = match parse_events(text) {
+        Ok(events) => events,
+        Err((position, message)) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "malformed-event",
+                &format!("line {position}: {message}"),
+                json!({"line": position}),
+            )
+        }
+    };
+    if events.is_empty() {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "empty-body",
+            "no events in the body",
+            json!({}),
+        );
+    }
+    let inputs: Vec<EventInput<'_>> = events
+        .iter()
+        .map(|(position, raw)| EventInput {
+            position: *position,
+            json: raw.get(),
+        })
+        .collect();
+    let result = shared.engine().ingest(stream, &inputs);
+    match result {
+        Ok(done) => {
+            metrics::counter!("vista_events_ingested_total").increment(done.accepted as u64);
+            json_response(
+                StatusCode::OK,
+                &json!({"accepted": done.accepted, "seq": done.seq}),
+            )
+        }
+        Err(err @ IngestError::UnknownStream(_)) => error_response(
+            StatusCode::NOT_FOUND,
+            "unknown-stream",
+            &err.to_string(),
+            json!({"stream": stream}),
+        ),
+        Err(IngestError::Projector {
+            plugin,
+            position,
+            message,
+        }) => {
+            tracing::warn!(%plugin, stream, position, "projector error: {message}");
+            error_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "projector-error",
+                &format!("plugin {plugin:?} failed on event {position}: {message}"),
+                json!({"plugin": plugin, "line": position}),
+            )
+        }
+    }
+}
+
+/// Splits a body into events: a JSON array of objects, or NDJSON (one object
+/// per non-blank line). Positions are 1-based line numbers (NDJSON, and for
+/// arrays the line where the bad item starts) or item numbers for arrays.
+fn parse_events(text: &str) -> Result<Vec<(usize, &RawValue)>, (usize, String)> {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|e| (e.line(), format!("invalid JSON array: {e}")))?;
+        return items
+            .into_iter()
+            .enumerate()
+            .map(|(i, raw)| {
+                if raw.get().starts_with('{') {
+                    Ok((i + 1, raw))
+                } else {
+                    Err((i + 1, format!("item {} is not a JSON object", i + 1)))
+                }
+            })
+            .collect();
+    }
+    let mut events = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let raw: &RawValue =
+            serde_json::from_str(line).map_err(|e| (index + 1, format!("invalid JSON: {e}")))?;
+        if !raw.get().starts_with('{') {
+            return Err((index + 1, "event is not a JSON object".into()));
+        }
+        events.push((index + 1, raw));
+    }
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_events;
+
+    #[test]
+    fn ndjson_errors_name_the_line() {
+        let (line, message) = parse_events("{\"a\":1}\n\n{\"b\":\n").unwrap_err();
+        assert_eq!(line, 3);
+        assert!(message.contains("invalid JSON"));
+        assert_eq!(parse_events("{\"a\":1}\n[1]").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn arrays_and_ndjson_both_parse() {
+        assert_eq!(parse_events(" [{\"a\":1},{\"b\":2}]").unwrap().len(), 2);
+        assert_eq!(parse_events("{\"a\":1}\r\n{\"b\":2}\n").unwrap().len(), 2);
+        assert_eq!(parse_events("[{\"a\":1}, 3]").unwrap_err().0, 2);
+    }
+}

@@ -1,0 +1,154 @@
+//! The host-owned entity store.
+//!
+//! Entities live here, not in plugins: a plugin can be swapped or removed
+//! and its entities stay. Every applied mutation gets the next sequence
+//! number, written into the entity as `_seq`: a zero-padded 16-digit decimal
+//! string, so it sorts the same as text (how the TypeScript client compares
+//! it) and as a number (16 digits cover every integer JavaScript represents
+//! exactly).
+//!
+//! Entity values are `Arc`s: a snapshot holds the values it captured while
+//! later mutations copy-on-write, so snapshots are encoded off the engine
+//! lock without cloning the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use vista_plugin_api::{merge_patch, Mutation, MutationKind};
+
+/// Formats a sequence number as its fixed-width `_seq` text.
+pub fn format_seq(seq: u64) -> String {
+    format!("{seq:016}")
+}
+
+/// All entities of all types, by type then key.
+#[derive(Default)]
+pub struct Store {
+    tables: HashMap<String, HashMap<String, Arc<Value>>>,
+    /// Last sequence number assigned (0 = none yet).
+    last_seq: u64,
+}
+
+/// What one applied mutation did, handed to view maintenance.
+pub struct Change {
+    /// Entity type.
+    pub entity: String,
+    /// Entity key.
+    pub key: String,
+    /// The entity before the mutation.
+    pub old: Option<Arc<Value>>,
+    /// The entity after it (`None` for a delete).
+    pub new: Option<Arc<Value>>,
+    /// For a patch: the patch data with `_seq` added, as sent in `patch` frames.
+    pub patch: Option<Value>,
+    /// For a patch: its append paths.
+    pub append: Vec<String>,
+    /// The `_seq` assigned to this mutation.
+    pub seq: String,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current value of `entity[key]`.
+    pub fn get(&self, entity: &str, key: &str) -> Option<&Arc<Value>> {
+        self.tables.get(entity)?.get(key)
+    }
+
+    /// All entities of one type, in no particular order.
+    pub fn table(&self, entity: &str) -> impl Iterator<Item = (&String, &Arc<Value>)> {
+        self.tables.get(entity).into_iter().flatten()
+    }
+
+    /// Number of entities of one type.
+    pub fn count(&self, entity: &str) -> usize {
+        self.tables.get(entity).map_or(0, HashMap::len)
+    }
+
+    /// The `_seq` text of the last applied mutation.
+    pub fn last_seq(&self) -> String {
+        format_seq(self.last_seq)
+    }
+
+    /// Applies a validated mutation (patch data is an object), stamping
+    /// `_seq`. A delete of a missing entity still consumes a sequence number
+    /// and reports `old: None, new: None`.
+    pub fn apply(&mut self, mutation: Mutation) -> Change {
+        self.last_seq += 1;
+        let seq = format_seq(self.last_seq);
+        let table = self.tables.entry(mutation.entity.clone()).or_default();
+        match mutation.kind {
+            MutationKind::Patch { data, append } => {
+                let mut data = match data {
+                    Value::Object(map) => map,
+                    _ => Map::new(),
+                };
+                data.insert("_seq".into(), Value::String(seq.clone()));
+                let old = table.get(&mutation.key).cloned();
+                let slot = table
+                    .entry(mutation.key.clone())
+                    .or_insert_with(|| Arc::new(Value::Object(Map::new())));
+                merge_patch(Arc::make_mut(slot), &data, &append);
+                let new = Some(slot.clone());
+                Change {
+                    entity: mutation.entity,
+                    key: mutation.key,
+                    old,
+                    new,
+                    patch: Some(Value::Object(data)),
+                    append,
+                    seq,
+                }
+            }
+            MutationKind::Delete => {
+                let old = table.remove(&mutation.key);
+                Change {
+                    entity: mutation.entity,
+                    key: mutation.key,
+                    old,
+                    new: None,
+                    patch: None,
+                    append: Vec::new(),
+                    seq,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn seq_text_sorts_like_numbers() {
+        let mut seqs: Vec<String> = [9u64, 10, 100, 2].iter().map(|s| format_seq(*s)).collect();
+        seqs.sort();
+        assert_eq!(
+            seqs,
+            vec![
+                format_seq(2),
+                format_seq(9),
+                format_seq(10),
+                format_seq(100)
+            ]
+        );
+        assert_eq!(format_seq(12).len(), 16);
+    }
+
+    #[test]
+    fn snapshots_keep_their_values_after_later_patches() {
+        let mut store = Store::new();
+        store.apply(Mutation::patch("T", "k", json!({"v": 1})));
+        let captured = store.get("T", "k").unwrap().clone();
+        let change = store.apply(Mutation::patch("T", "k", json!({"v": 2})));
+        assert_eq!(captured["v"], 1);
+        assert_eq!(change.new.unwrap()["v"], 2);
+        assert_eq!(change.patch.unwrap()["_seq"], format_seq(2));
+    }
+}

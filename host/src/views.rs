@@ -1,0 +1,687 @@
+//! Views and their subscribers: which frames each change produces, for whom.
+//!
+//! Every entity type `E` has three base views (`E/list`, `E/state`,
+//! `E/append`); plugins add derived views (filter, sort, limit). All list
+//! views, base or derived, are the same machine: an [`OrderedIndex`] of the
+//! entities passing the filter, kept in view order and updated in
+//! O(log n) per change.
+//!
+//! Subscribers of one view are grouped by what they see, so each distinct
+//! frame is encoded once per change and shared:
+//! - `all`: every member (no key, no window). Base views send `patch`
+//!   frames (the mutation itself, append paths included) and `delete`;
+//!   derived views send `upsert` (full entity) on enter/change and `delete`
+//!   on leave.
+//! - `by_key`: one key of the view.
+//! - `windows`: a `skip`/`take` window of a list view (within the view's own
+//!   limit). Each [`WindowGroup`] remembers its members; after a change the
+//!   window is re-read from the index (O(skip + take), independent of the
+//!   number of entities) and diffed: `delete` for members that left, `upsert`
+//!   for members that entered, and the change itself for a member that stayed.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
+
+use crate::frame::{entity_frame, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort};
+use crate::store::{Change, Store};
+
+/// Identifies a client connection.
+pub type ConnId = u64;
+
+/// A subscription request, as parsed from either message form.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscribeRequest {
+    /// View id.
+    pub view: String,
+    /// One key, or `None` for all keys (`"*"` is normalised to `None`).
+    pub key: Option<String>,
+    /// Window size within the view's order (list views).
+    pub take: Option<usize>,
+    /// Window offset within the view's order (list views).
+    pub skip: Option<usize>,
+    /// `false` to skip the snapshot.
+    pub with_snapshot: bool,
+    /// Only snapshot entities whose `_seq` is greater than this.
+    pub after: Option<String>,
+    /// At most this many snapshot entities.
+    pub snapshot_limit: Option<usize>,
+}
+
+/// What the connection must send to start a subscription.
+pub struct SubscriptionStart {
+    /// The encoded `subscribed` frame.
+    pub subscribed: Frame,
+    /// View id and mode, for the snapshot frames.
+    pub view: Arc<str>,
+    /// Mode of the view.
+    pub mode: Mode,
+    /// The snapshot to send, in view order; `None` for append views or when
+    /// the client asked for no snapshot.
+    pub snapshot: Option<Vec<SnapshotEntry>>,
+}
+
+/// A `skip`/`take` window, as a half-open range of view positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// First position.
+    pub start: usize,
+    /// One past the last position; `None` = to the end.
+    pub end: Option<usize>,
+}
+
+impl Window {
+    fn is_everything(&self) -> bool {
+        self.start == 0 && self.end.is_none()
+    }
+}
+
+/// Position of an entity in a view: sort value, direction, then key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OrderKey {
+    value: SortValue,
+    desc: bool,
+    key: String,
+}
+
+impl Ord for OrderKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let by_value = self.value.cmp(&other.value);
+        let by_value = if self.desc {
+            by_value.reverse()
+        } else {
+            by_value
+        };
+        by_value.then_with(|| self.key.cmp(&other.key))
+    }
+}
+
+impl PartialOrd for OrderKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The members of a list view in view order.
+#[derive(Default)]
+pub struct OrderedIndex {
+    order: BTreeSet<OrderKey>,
+    /// Each member's current sort value, to find it in `order`.
+    values: HashMap<String, SortValue>,
+}
+
+impl OrderedIndex {
+    fn remove(&mut self, key: &str, desc: bool) {
+        if let Some(value) = self.values.remove(key) {
+            self.order.remove(&OrderKey {
+                value,
+                desc,
+                key: key.to_owned(),
+            });
+        }
+    }
+
+    fn insert(&mut self, key: &str, value: SortValue, desc: bool) {
+        self.remove(key, desc);
+        self.values.insert(key.to_owned(), value.clone());
+        self.order.insert(OrderKey {
+            value,
+            desc,
+            key: key.to_owned(),
+        });
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// Keys at the window's positions, in order.
+    fn window(&self, window: Window) -> Vec<String> {
+        let iter = self.order.iter().skip(window.start).map(|k| k.key.clone());
+        match window.end {
+            Some(end) => iter.take(end.saturating_sub(window.start)).collect(),
+            None => iter.collect(),
+        }
+    }
+
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// Subscribers sharing one window of a list view.
+struct WindowGroup {
+    /// Keys currently in the window, in order: what these clients hold.
+    members: Vec<String>,
+    conns: HashSet<ConnId>,
+}
+
+/// Where one subscription is registered inside its view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Slot {
+    All,
+    Key(String),
+    Window(Window),
+}
+
+#[derive(Default)]
+struct Subscribers {
+    all: HashSet<ConnId>,
+    by_key: HashMap<String, HashSet<ConnId>>,
+    windows: HashMap<Window, WindowGroup>,
+}
+
+/// One view: its definition, index and subscribers.
+pub struct View {
+    /// View id, e.g. `Token/list`.
+    pub id: Arc<str>,
+    /// Source entity type.
+    pub source: String,
+    /// Streaming mode.
+    pub mode: Mode,
+    /// Name of the plugin providing the view.
+    pub plugin: String,
+    /// The definition (filter/sort/limit) for derived views; `None` for base views.
+    pub def: Option<ViewDef>,
+    /// Effective sort for list views.
+    sort: SortSpec,
+    index: OrderedIndex,
+    subs: Subscribers,
+}
+
+impl View {
+    fn new(id: &str, source: &str, mode: Mode, plugin: &str, def: Option<ViewDef>) -> Self {
+        let sort = def.as_ref().map_or_else(
+            || SortSpec {
+                field: "_seq".into(),
+                order: Order::Desc,
+            },
+            ViewDef::effective_sort,
+        );
+        Self {
+            id: id.into(),
+            source: source.to_owned(),
+            mode,
+            plugin: plugin.to_owned(),
+            def,
+            sort,
+            index: OrderedIndex::default(),
+            subs: Subscribers::default(),
+        }
+    }
+
+    fn desc(&self) -> bool {
+        self.sort.order == Order::Desc
+    }
+
+    fn is_derived(&self) -> bool {
+        self.def.is_some()
+    }
+
+    fn matches(&self, entity: &Value) -> bool {
+        self.def.as_ref().is_none_or(|d| d.matches(entity))
+    }
+
+    /// The wire `sort` of list views.
+    pub fn wire_sort(&self) -> Option<WireSort> {
+        (self.mode == Mode::List).then(|| WireSort {
+            field: self.sort.field.split('.').map(str::to_owned).collect(),
+            order: self.sort.order,
+        })
+    }
+
+    /// Number of subscriptions to this view.
+    pub fn subscriber_count(&self) -> usize {
+        self.subs.all.len()
+            + self.subs.by_key.values().map(HashSet::len).sum::<usize>()
+            + self
+                .subs
+                .windows
+                .values()
+                .map(|g| g.conns.len())
+                .sum::<usize>()
+    }
+
+    fn rebuild_index(&mut self, store: &Store) {
+        self.index = OrderedIndex::default();
+        if self.mode != Mode::List {
+            return;
+        }
+        let desc = self.desc();
+        for (key, entity) in store.table(&self.source) {
+            if self.matches(entity) {
+                let value = SortValue::of(entity, &self.sort.field);
+                self.index.insert(key, value, desc);
+            }
+        }
+    }
+
+    fn window_for(&self, request: &SubscribeRequest) -> Window {
+        let limit = self.def.as_ref().and_then(|d| d.take);
+        let start = request.skip.unwrap_or(0);
+        let requested_end = request.take.map(|t| start.saturating_add(t));
+        let end = match (requested_end, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Window {
+            start: end.map_or(start, |e| start.min(e)),
+            end,
+        }
+    }
+
+    fn snapshot_keys(&self, slot: &Slot, store: &Store) -> Vec<String> {
+        match (self.mode, slot) {
+            (Mode::Append, _) => Vec::new(),
+            (Mode::List, Slot::Key(key)) => {
+                if self.index.contains(key) {
+                    vec![key.clone()]
+                } else {
+                    Vec::new()
+                }
+            }
+            (Mode::List, Slot::All) => self.index.window(Window {
+                start: 0,
+                end: None,
+            }),
+            (Mode::List, Slot::Window(window)) => self.index.window(*window),
+            (Mode::State, Slot::Key(key)) => store
+                .get(&self.source, key)
+                .map(|_| vec![key.clone()])
+                .unwrap_or_default(),
+            (Mode::State, _) => {
+                let mut keys: Vec<String> =
+                    store.table(&self.source).map(|(k, _)| k.clone()).collect();
+                keys.sort();
+                keys
+            }
+        }
+    }
+
+    fn add(&mut self, conn: ConnId, slot: &Slot) {
+        match slot {
+            Slot::All => {
+                self.subs.all.insert(conn);
+            }
+            Slot::Key(key) => {
+                self.subs
+                    .by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(conn);
+            }
+            Slot::Window(window) => {
+                let index = &self.index;
+                self.subs
+                    .windows
+                    .entry(*window)
+                    .or_insert_with(|| WindowGroup {
+                        members: index.window(*window),
+                        conns: HashSet::new(),
+                    })
+                    .conns
+                    .insert(conn);
+            }
+        }
+    }
+
+    fn remove(&mut self, conn: ConnId, slot: &Slot) {
+        match slot {
+            Slot::All => {
+                self.subs.all.remove(&conn);
+            }
+            Slot::Key(key) => {
+                if let Some(conns) = self.subs.by_key.get_mut(key) {
+                    conns.remove(&conn);
+                    if conns.is_empty() {
+                        self.subs.by_key.remove(key);
+                    }
+                }
+            }
+            Slot::Window(window) => {
+                if let Some(group) = self.subs.windows.get_mut(window) {
+                    group.conns.remove(&conn);
+                    if group.conns.is_empty() {
+                        self.subs.windows.remove(window);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Updates the index for one change and delivers the resulting frames.
+    fn apply(&mut self, change: &Change, store: &Store, deliver: &mut dyn FnMut(ConnId, &Frame)) {
+        let key = change.key.as_str();
+        if self.mode != Mode::List {
+            let frame = match (&change.patch, &change.old) {
+                (Some(patch), _) => entity_frame(
+                    &self.id,
+                    self.mode,
+                    Op::Patch,
+                    key,
+                    Some(patch),
+                    &change.append,
+                    Some(&change.seq),
+                ),
+                (None, Some(_)) => {
+                    entity_frame(&self.id, self.mode, Op::Delete, key, None, &[], None)
+                }
+                (None, None) => return,
+            };
+            self.deliver_to_all_and_key(key, &frame, deliver);
+            return;
+        }
+
+        let was_in = self.index.contains(key);
+        let now_in = change.new.as_deref().is_some_and(|e| self.matches(e));
+        if !was_in && !now_in {
+            return;
+        }
+        let desc = self.desc();
+        match &change.new {
+            Some(entity) if now_in => {
+                let value = SortValue::of(entity, &self.sort.field);
+                self.index.insert(key, value, desc);
+            }
+            _ => self.index.remove(key, desc),
+        }
+
+        let mut frames = FrameCache::new(&self.id, self.mode);
+        // What a client holding every member sees for this change.
+        let direct = if !now_in {
+            frames.delete(key)
+        } else if self.is_derived() || !was_in {
+            frames.upsert(key, store, &self.source)
+        } else {
+            frames.change(key, change)
+        };
+        self.deliver_to_all_and_key(key, &direct, deliver);
+
+        for (window, group) in &mut self.subs.windows {
+            let members = self.index.window(*window);
+            if members == group.members && !members.iter().any(|m| m == key) {
+                continue;
+            }
+            let old: HashSet<&str> = group.members.iter().map(String::as_str).collect();
+            let new: HashSet<&str> = members.iter().map(String::as_str).collect();
+            let mut out: Vec<Frame> = Vec::new();
+            for left in group.members.iter().filter(|m| !new.contains(m.as_str())) {
+                out.push(frames.delete(left));
+            }
+            for member in &members {
+                if !old.contains(member.as_str()) {
+                    out.push(frames.upsert(member, store, &self.source));
+                } else if member == key {
+                    out.push(if self.def.is_some() {
+                        frames.upsert(key, store, &self.source)
+                    } else {
+                        frames.change(key, change)
+                    });
+                }
+            }
+            for conn in &group.conns {
+                for frame in &out {
+                    deliver(*conn, frame);
+                }
+            }
+            group.members = members;
+        }
+    }
+
+    fn deliver_to_all_and_key(
+        &self,
+        key: &str,
+        frame: &Frame,
+        deliver: &mut dyn FnMut(ConnId, &Frame),
+    ) {
+        for conn in &self.subs.all {
+            deliver(*conn, frame);
+        }
+        if let Some(conns) = self.subs.by_key.get(key) {
+            for conn in conns {
+                deliver(*conn, frame);
+            }
+        }
+    }
+}
+
+/// Encodes each distinct frame of one change at most once.
+struct FrameCache<'v> {
+    view: &'v str,
+    mode: Mode,
+    frames: HashMap<(Op, String), Frame>,
+}
+
+impl<'v> FrameCache<'v> {
+    fn new(view: &'v str, mode: Mode) -> Self {
+        Self {
+            view,
+            mode,
+            frames: HashMap::new(),
+        }
+    }
+
+    fn delete(&mut self, key: &str) -> Frame {
+        let (view, mode) = (self.view, self.mode);
+        self.frames
+            .entry((Op::Delete, key.to_owned()))
+            .or_insert_with(|| entity_frame(view, mode, Op::Delete, key, None, &[], None))
+            .clone()
+    }
+
+    fn upsert(&mut self, key: &str, store: &Store, source: &str) -> Frame {
+        let (view, mode) = (self.view, self.mode);
+        self.frames
+            .entry((Op::Upsert, key.to_owned()))
+            .or_insert_with(|| {
+                let entity = store.get(source, key).map(|e| e.as_ref());
+                let seq = entity.and_then(|e| e["_seq"].as_str());
+                entity_frame(view, mode, Op::Upsert, key, entity, &[], seq)
+            })
+            .clone()
+    }
+
+    /// The mutation itself as a `patch` (base views).
+    fn change(&mut self, key: &str, change: &Change) -> Frame {
+        let (view, mode) = (self.view, self.mode);
+        self.frames
+            .entry((Op::Patch, key.to_owned()))
+            .or_insert_with(|| {
+                entity_frame(
+                    view,
+                    mode,
+                    Op::Patch,
+                    key,
+                    change.patch.as_ref(),
+                    &change.append,
+                    Some(&change.seq),
+                )
+            })
+            .clone()
+    }
+}
+
+/// Error of [`Views::subscribe`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct ViewNotFound;
+
+/// Every view and every subscription.
+#[derive(Default)]
+pub struct Views {
+    views: HashMap<Arc<str>, View>,
+    /// View ids drawing from each entity type.
+    by_entity: HashMap<String, Vec<Arc<str>>>,
+    /// Each connection's subscriptions: (view, key) -> slot.
+    conn_subs: HashMap<ConnId, HashMap<(Arc<str>, Option<String>), Slot>>,
+}
+
+impl Views {
+    /// No views yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `E/list`, `E/state` and `E/append` for an entity type.
+    pub fn add_base_views(&mut self, entity: &str, plugin: &str, store: &Store) {
+        for (suffix, mode) in [
+            ("list", Mode::List),
+            ("state", Mode::State),
+            ("append", Mode::Append),
+        ] {
+            let view = View::new(&format!("{entity}/{suffix}"), entity, mode, plugin, None);
+            self.insert(view, store);
+        }
+    }
+
+    /// Adds a derived (list) view.
+    pub fn add_derived(&mut self, def: ViewDef, plugin: &str, store: &Store) {
+        let view = View::new(
+            &def.id.clone(),
+            &def.source.clone(),
+            Mode::List,
+            plugin,
+            Some(def),
+        );
+        self.insert(view, store);
+    }
+
+    fn insert(&mut self, mut view: View, store: &Store) {
+        view.rebuild_index(store);
+        self.by_entity
+            .entry(view.source.clone())
+            .or_default()
+            .push(view.id.clone());
+        self.views.insert(view.id.clone(), view);
+    }
+
+    /// A view by id.
+    pub fn get(&self, id: &str) -> Option<&View> {
+        self.views.get(id)
+    }
+
+    /// All views.
+    pub fn iter(&self) -> impl Iterator<Item = &View> {
+        self.views.values()
+    }
+
+    /// Registers (or replaces) the subscription of `conn` to (view, key) and
+    /// returns what to send first.
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        request: &SubscribeRequest,
+        store: &Store,
+    ) -> Result<SubscriptionStart, ViewNotFound> {
+        let view_id: Arc<str> = self
+            .views
+            .get_key_value(request.view.as_str())
+            .ok_or(ViewNotFound)?
+            .0
+            .clone();
+        self.unsubscribe(conn, &request.view, request.key.as_deref());
+        let view = self.views.get_mut(&view_id).expect("looked up above");
+        let slot = match (&request.key, view.mode) {
+            (Some(key), _) => Slot::Key(key.clone()),
+            (None, Mode::List) => {
+                let window = view.window_for(request);
+                if window.is_everything() {
+                    Slot::All
+                } else {
+                    Slot::Window(window)
+                }
+            }
+            (None, _) => Slot::All,
+        };
+        view.add(conn, &slot);
+        let subscribed = Frame::data(&Subscribed {
+            op: "subscribed",
+            view: &view.id,
+            mode: view.mode,
+            sort: view.wire_sort(),
+        });
+        let snapshot = (view.mode != Mode::Append && request.with_snapshot).then(|| {
+            let entries = view
+                .snapshot_keys(&slot, store)
+                .into_iter()
+                .filter_map(|key| {
+                    let data = store.get(&view.source, &key)?.clone();
+                    Some(SnapshotEntry { key, data })
+                })
+                .filter(|e| match &request.after {
+                    Some(after) => e.data["_seq"].as_str().is_some_and(|s| s > after.as_str()),
+                    None => true,
+                });
+            match request.snapshot_limit {
+                Some(limit) => entries.take(limit).collect(),
+                None => entries.collect(),
+            }
+        });
+        self.conn_subs
+            .entry(conn)
+            .or_default()
+            .insert((view_id.clone(), request.key.clone()), slot);
+        Ok(SubscriptionStart {
+            subscribed,
+            view: view_id,
+            mode: view.mode,
+            snapshot,
+        })
+    }
+
+    /// Removes the subscription of `conn` to (view, key). Returns whether it existed.
+    pub fn unsubscribe(&mut self, conn: ConnId, view: &str, key: Option<&str>) -> bool {
+        let Some(subs) = self.conn_subs.get_mut(&conn) else {
+            return false;
+        };
+        let Some(view_id) = self.views.get_key_value(view).map(|(k, _)| k.clone()) else {
+            return false;
+        };
+        let Some(slot) = subs.remove(&(view_id.clone(), key.map(str::to_owned))) else {
+            return false;
+        };
+        if let Some(view) = self.views.get_mut(&view_id) {
+            view.remove(conn, &slot);
+        }
+        true
+    }
+
+    /// Removes every subscription of a closed connection.
+    pub fn remove_conn(&mut self, conn: ConnId) {
+        for ((view_id, _), slot) in self.conn_subs.remove(&conn).unwrap_or_default() {
+            if let Some(view) = self.views.get_mut(&view_id) {
+                view.remove(conn, &slot);
+            }
+        }
+    }
+
+    /// Number of subscriptions held by `conn`.
+    pub fn subscription_count(&self, conn: ConnId) -> usize {
+        self.conn_subs.get(&conn).map_or(0, HashMap::len)
+    }
+
+    /// Maintains every view of the changed entity type and delivers frames.
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        store: &Store,
+        deliver: &mut dyn FnMut(ConnId, &Frame),
+    ) {
+        let Some(ids) = self.by_entity.get(&change.entity) else {
+            return;
+        };
+        for id in ids {
+            if let Some(view) = self.views.get_mut(id) {
+                view.apply(change, store, deliver);
+            }
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Example Vista plugin: tokens, their supply and their trades.
+//!
+//! Consumes the ingest stream `tokens` and owns the entity types `Token`
+//! (keyed by mint) and `Trade` (keyed by trade id):
+//!
+//! | event `type`      | effect |
+//! |-------------------|--------|
+//! | `token_created`   | `Token[mint] = {mint, symbol, decimals, supply}` |
+//! | `supply_changed`  | `Token[mint].supply += delta` (reads current state) |
+//! | `trade`           | `Trade[id] = {id, mint, price, amount}`; `Token[mint].lastPrice = price`; `{id, price, amount}` appended to `Token[mint].recentTrades` |
+//! | `token_closed`    | deletes `Token[mint]` |
+//!
+//! Any other `type` is a projector error, so a typo in a feed fails loudly
+//! (HTTP 422) instead of being skipped.
+
+use serde::Deserialize;
+use vista_plugin_api::{json, Manifest, Mutation, Number, Plugin, ProjectError, StateView, Value};
+
+/// The plugin; stateless, as every projector is.
+pub struct Tokens;
+
+/// Events of the `tokens` stream.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TokenEvent {
+    TokenCreated {
+        mint: String,
+        symbol: String,
+        decimals: u8,
+        supply: u64,
+    },
+    SupplyChanged {
+        mint: String,
+        delta: i64,
+    },
+    Trade {
+        id: String,
+        mint: String,
+        price: Number,
+        amount: Number,
+    },
+    TokenClosed {
+        mint: String,
+    },
+}
+
+/// The part of a stored token this projector reads back.
+#[derive(Debug, Deserialize)]
+struct StoredToken {
+    supply: u64,
+}
+
+impl Plugin for Tokens {
+    fn manifest() -> Manifest {
+        Manifest::new("tokens", env!("CARGO_PKG_VERSION"))
+            .entity("Token")
+            .entity("Trade")
+            .stream("tokens")
+    }
+
+    fn project(
+        state: &StateView<'_>,
+        _stream: &str,
+        event: &Value,
+    ) -> Result<Vec<Mutation>, ProjectError> {
+        let event = TokenEvent::deserialize(event)?;
+        Ok(match event {
+            TokenEvent::TokenCreated {
+                mint,
+                symbol,
+                decimals,
+                supply,
+            } => vec![Mutation::patch(
+                "Token",
+                mint.clone(),
+                json!({"mint": mint, "symbol": symbol, "decimals": decimals, "supply": supply}),
+            )],
+            TokenEvent::SupplyChanged { mint, delta } => {
+                let token: StoredToken = state.get_as("Token", &mint)?.ok_or_else(|| {
+                    ProjectError::new(format!("supply_changed: unknown token {mint}"))
+                })?;
+                let supply = token.supply.checked_add_signed(delta).ok_or_else(|| {
+                    ProjectError::new(format!(
+                        "supply_changed: supply {} + {delta} is out of range for {mint}",
+                        token.supply
+                    ))
+                })?;
+                vec![Mutation::patch("Token", mint, json!({"supply": supply}))]
+            }
+            TokenEvent::Trade {
+                id,
+                mint,
+                price,
+                amount,
+            } => {
+                if state.get("Token", &mint).is_none() {
+                    return Err(ProjectError::new(format!(
+                        "trade {id}: unknown token {mint}"
+                    )));
+                }
+                vec![
+                    Mutation::patch(
+                        "Trade",
+                        id.clone(),
+                        json!({"id": id, "mint": mint, "price": price, "amount": amount}),
+                    ),
+                    Mutation::patch(
+                        "Token",
+                        mint,
+                        json!({
+                            "lastPrice": price,
+                            "recentTrades": [{"id": id, "price": price, "amount": amount}],
+                        }),
+                    )
+                    .append("recentTrades"),
+                ]
+            }
+            TokenEvent::TokenClosed { mint } => vec![Mutation::delete("Token", mint)],
+        })
+    }
+}
+
+vista_plugin_api::export_plugin!(Tokens);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vista_plugin_api::{MemoryState, StateSource};
+
+    #[test]
+    fn supply_and_trades_accumulate() {
+        let mut state = MemoryState::new();
+        state
+            .ingest::<Tokens>(
+                "tokens",
+                &[
+                    json!({"type": "token_created", "mint": "m1", "symbol": "ABC", "decimals": 6, "supply": 100}),
+                    json!({"type": "supply_changed", "mint": "m1", "delta": -40}),
+                    json!({"type": "trade", "id": "t1", "mint": "m1", "price": 1.5, "amount": 2}),
+                    json!({"type": "trade", "id": "t2", "mint": "m1", "price": 1.75, "amount": 3}),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            state.get("Token", "m1").unwrap(),
+            json!({"mint": "m1", "symbol": "ABC", "decimals": 6, "supply": 60, "lastPrice": 1.75,
+                   "recentTrades": [{"id": "t1", "price": 1.5, "amount": 2}, {"id": "t2", "price": 1.75, "amount": 3}]})
+        );
+        assert_eq!(state.get("Trade", "t2").unwrap()["mint"], "m1");
+    }
+
+    #[test]
+    fn unknown_event_type_is_an_error() {
+        let err = MemoryState::new()
+            .ingest::<Tokens>("tokens", &[json!({"type": "nonsense", "mint": "m"})])
+            .unwrap_err();
+        assert!(
+            err.message().contains("unknown variant `nonsense`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn supply_cannot_go_negative() {
+        let err = MemoryState::new()
+            .ingest::<Tokens>(
+                "tokens",
+                &[
+                    json!({"type": "token_created", "mint": "m", "symbol": "S", "decimals": 0, "supply": 1}),
+                    json!({"type": "supply_changed", "mint": "m", "delta": -2}),
+                ],
+            )
+            .unwrap_err();
+        assert!(err.message().contains("out of range"), "{err}");
+    }
+
+    #[test]
+    fn closing_deletes_the_token() {
+        let mut state = MemoryState::new();
+        state
+            .ingest::<Tokens>(
+                "tokens",
+                &[
+                    json!({"type": "token_created", "mint": "m", "symbol": "S", "decimals": 0, "supply": 1}),
+                    json!({"type": "token_closed", "mint": "m"}),
+                ],
+            )
+            .unwrap();
+        assert!(state.get("Token", "m").is_none());
+    }
+}

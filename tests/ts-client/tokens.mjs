@@ -1,0 +1,266 @@
+// Drives the published `hyperstack-typescript@0.6.9` client against a running
+// Vista host with the `tokens` plugin loaded, and checks that the client's own
+// store converges to the expected entities.
+//
+// Run with:
+//   VISTA_WS_URL=ws://127.0.0.1:8877 VISTA_HTTP_URL=http://127.0.0.1:8877 node tokens.mjs
+//
+// Expects a fresh host (no Token entities yet): Token/list is compared exactly.
+// Exit 0 and one JSON line on stdout on success; non-zero and a message on
+// stderr on failure or timeout.
+
+import assert from 'node:assert/strict';
+import WebSocket from 'ws';
+import { HyperStack } from 'hyperstack-typescript';
+
+// Under Node 20 the client reads `WebSocket.OPEN` etc. from the global even
+// when a websocketFactory is given.
+globalThis.WebSocket = WebSocket;
+
+const WS_URL = process.env.VISTA_WS_URL;
+const HTTP_URL = (process.env.VISTA_HTTP_URL ?? '').replace(/\/+$/, '');
+const TIMEOUT_MS = Number(process.env.VISTA_TIMEOUT_MS ?? 10_000);
+if (!WS_URL || !HTTP_URL) {
+  console.error('tokens.mjs: set VISTA_WS_URL (ws://host:port) and VISTA_HTTP_URL (http://host:port)');
+  process.exit(2);
+}
+
+// The client only knows `state` and `list` view kinds; an append view is read
+// through a list-mode ViewDef (the store is keyed by the frame's `entity`).
+const STACK = {
+  name: 'vista-tokens',
+  url: WS_URL,
+  views: {
+    Token: {
+      list: { mode: 'list', view: 'Token/list' },
+      state: { mode: 'state', view: 'Token/state' },
+    },
+    Trade: {
+      append: { mode: 'list', view: 'Trade/append' },
+    },
+  },
+};
+
+// ---- scripted events -------------------------------------------------------
+
+const PRE_CONNECT = [
+  { type: 'token_created', mint: 'mintA', symbol: 'AAA', decimals: 6, supply: 1000 },
+];
+const BATCH_1 = [
+  { type: 'token_created', mint: 'mintB', symbol: 'BBB', decimals: 9, supply: 5000 },
+  { type: 'token_created', mint: 'mintC', symbol: 'CCC', decimals: 0, supply: 7 },
+  { type: 'supply_changed', mint: 'mintA', delta: 500 },
+  { type: 'trade', id: 't1', mint: 'mintA', price: 1.25, amount: 10 },
+  { type: 'trade', id: 't2', mint: 'mintB', price: 0.5, amount: 300 },
+];
+const BATCH_2 = [
+  { type: 'supply_changed', mint: 'mintA', delta: -100 },
+  { type: 'trade', id: 't3', mint: 'mintA', price: 1.75, amount: 4 },
+  { type: 'token_closed', mint: 'mintC' },
+];
+
+const EXPECTED_MINT_A = {
+  mint: 'mintA', symbol: 'AAA', decimals: 6, supply: 1400, lastPrice: 1.75,
+  recentTrades: [
+    { id: 't1', price: 1.25, amount: 10 },
+    { id: 't3', price: 1.75, amount: 4 },
+  ],
+};
+const EXPECTED_MINT_B = {
+  mint: 'mintB', symbol: 'BBB', decimals: 9, supply: 5000, lastPrice: 0.5,
+  recentTrades: [{ id: 't2', price: 0.5, amount: 300 }],
+};
+const EXPECTED_TRADES = [
+  { id: 't1', mint: 'mintA', price: 1.25, amount: 10 },
+  { id: 't2', mint: 'mintB', price: 0.5, amount: 300 },
+  { id: 't3', mint: 'mintA', price: 1.75, amount: 4 },
+];
+
+// ---- helpers ---------------------------------------------------------------
+
+let hs = null;
+let fatal = null; // set by connection/socket-issue handlers; checked while polling
+
+function fail(message) {
+  console.error(`tokens.mjs: FAIL: ${message}`);
+  finish(1);
+}
+
+function finish(code) {
+  process.exitCode = code;
+  try { hs?.disconnect(); } catch { /* ignore */ }
+  // Let the close handshake happen, but never hang on it.
+  setTimeout(() => process.exit(code), 1000).unref();
+}
+
+async function ingest(events) {
+  const body = events.map((e) => JSON.stringify(e)).join('\n') + '\n';
+  let res;
+  try {
+    res = await fetch(`${HTTP_URL}/ingest/tokens`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-ndjson' },
+      body,
+    });
+  } catch (e) {
+    throw new Error(`POST /ingest/tokens failed: ${e.cause?.message ?? e.message}`);
+  }
+  const text = await res.text();
+  if (res.status !== 200) {
+    throw new Error(`POST /ingest/tokens -> HTTP ${res.status}: ${text.slice(0, 300)}`);
+  }
+  let json;
+  try { json = JSON.parse(text); } catch {
+    throw new Error(`POST /ingest/tokens -> non-JSON body: ${text.slice(0, 300)}`);
+  }
+  assert.equal(json.accepted, events.length, `ingest accepted count (body ${text})`);
+  assert.equal(typeof json.seq, 'string', `ingest seq must be a string (body ${text})`);
+  return json;
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `check` (throws while not yet satisfied) until it passes or the deadline. */
+async function waitFor(label, check, timeoutMs = TIMEOUT_MS) {
+  const deadline = Date.now() + timeoutMs;
+  let lastErr;
+  for (;;) {
+    if (fatal) throw new Error(`${label}: ${fatal}`);
+    try {
+      return check();
+    } catch (e) {
+      lastErr = e;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timeout after ${timeoutMs} ms waiting for ${label}: ${lastErr?.message ?? lastErr}\n`
+        + `client store now: ${dumpStore()}`);
+    }
+    await sleep(25);
+  }
+}
+
+function dumpStore() {
+  if (!hs) return '(not connected)';
+  const out = {};
+  for (const view of ['Token/list', 'Token/state', 'Trade/append']) {
+    out[view] = Object.fromEntries(hs.store.keys(view).map((k) => [k, hs.store.get(view, k)]));
+  }
+  return JSON.stringify(out);
+}
+
+function withoutSeq(entity) {
+  if (entity === null || typeof entity !== 'object') return entity;
+  const { _seq, ...rest } = entity;
+  return rest;
+}
+
+/** Starts an update stream (this is what sends the subscribe) and records updates. */
+function pump(iterable, sink) {
+  const it = iterable[Symbol.asyncIterator]();
+  (async () => {
+    for (;;) {
+      const { value, done } = await it.next();
+      if (done) return;
+      sink.push(value);
+    }
+  })().catch((e) => { fatal = `update stream failed: ${e.message}`; });
+  return it;
+}
+
+// ---- the test --------------------------------------------------------------
+
+async function main() {
+  // 1. Something exists before the client connects: exercises the snapshot path.
+  await ingest(PRE_CONNECT);
+
+  // 2. Connect with the published client.
+  hs = await HyperStack.connect(STACK, {
+    url: WS_URL,
+    maxReconnectAttempts: 0,
+    auth: {
+      websocketFactory: (url, init) => {
+        const ws = new WebSocket(url, init);
+        ws.binaryType = 'arraybuffer'; // otherwise the client rejects binary frames
+        return ws;
+      },
+    },
+  });
+  hs.onConnectionStateChange((state, error) => {
+    if (state === 'error' || state === 'reconnecting') {
+      fatal = `client connection state '${state}'${error ? `: ${error}` : ''}`;
+    }
+  });
+  const issues = [];
+  hs.onSocketIssue((issue) => {
+    issues.push(issue);
+    fatal = `server reported socket issue ${JSON.stringify(issue)}`;
+  });
+  const subscribed = new Map(); // view -> subscribed frame (as parsed by the client)
+  hs.onFrame((frame) => {
+    if (frame.op === 'subscribed' && !subscribed.has(frame.view)) subscribed.set(frame.view, frame);
+  });
+
+  // 3. Subscribe: Token/list (all keys), Token/state key mintA, Trade/append.
+  const listUpdates = [];
+  const stateUpdates = [];
+  const tradeUpdates = [];
+  pump(hs.views.Token.list.watch(), listUpdates);
+  pump(hs.views.Token.state.watch('mintA'), stateUpdates);
+  pump(hs.views.Trade.append.watch(), tradeUpdates);
+
+  const views = ['Token/list', 'Token/state', 'Trade/append'];
+  await waitFor('subscribed frames for all three views', () => {
+    const missing = views.filter((v) => !subscribed.has(v));
+    assert.deepEqual(missing, [], `no 'subscribed' frame yet for ${missing.join(', ')}`);
+  });
+  await waitFor('snapshot of pre-existing mintA in Token/list and Token/state', () => {
+    assert.ok(hs.store.has('Token/list', 'mintA'), 'Token/list store lacks mintA');
+    assert.ok(hs.views.Token.state.getSync('mintA'), 'Token/state store lacks mintA');
+  });
+  const snapshotMintA = withoutSeq(hs.views.Token.state.getSync('mintA'));
+  assert.deepEqual(snapshotMintA, { mint: 'mintA', symbol: 'AAA', decimals: 6, supply: 1000 },
+    'Token/state mintA after snapshot');
+
+  // 4. Live updates, in two batches so mintC is seen before it is closed.
+  await ingest(BATCH_1);
+  await waitFor('mintB and mintC in Token/list', () => {
+    const keys = hs.store.keys('Token/list');
+    assert.ok(keys.includes('mintB') && keys.includes('mintC'), `Token/list keys ${JSON.stringify(keys)}`);
+  });
+  await ingest(BATCH_2);
+
+  // 5. Converge: the client's own store must hold exactly the expected entities.
+  const result = await waitFor('final client store state', () => {
+    const list = hs.views.Token.list.getSync() ?? [];
+    const keys = [...hs.store.keys('Token/list')].sort();
+    assert.deepEqual(keys, ['mintA', 'mintB'], 'Token/list keys');
+    for (const e of list) assert.equal(typeof e._seq, 'string', `Token/list ${e.mint} _seq must be a string`);
+    const byMint = Object.fromEntries(list.map((e) => [e.mint, withoutSeq(e)]));
+    assert.deepEqual(byMint, { mintA: EXPECTED_MINT_A, mintB: EXPECTED_MINT_B }, 'Token/list entities');
+
+    assert.deepEqual(withoutSeq(hs.views.Token.state.getSync('mintA')), EXPECTED_MINT_A, 'Token/state mintA');
+
+    const trades = (hs.views.Trade.append.getSync() ?? []).map(withoutSeq)
+      .sort((a, b) => String(a.id).localeCompare(String(b.id)));
+    assert.deepEqual(trades, EXPECTED_TRADES, 'Trade/append entities');
+    const arrival = [...new Set(tradeUpdates.map((u) => u.key))];
+    assert.deepEqual(arrival, ['t1', 't2', 't3'], 'Trade/append arrival order');
+
+    assert.ok(listUpdates.some((u) => u.type === 'delete' && u.key === 'mintC'), 'no delete update for mintC on Token/list');
+    return { listOrder: list.map((e) => e.mint), arrival };
+  });
+
+  console.log(JSON.stringify({
+    ok: true,
+    test: 'tokens',
+    client: 'hyperstack-typescript@0.6.9',
+    subscribed: Object.fromEntries([...subscribed].map(([v, f]) => [v, { mode: f.mode, sort: f.sort ?? null }])),
+    tokenList: result.listOrder,
+    tradeArrival: result.arrival,
+    updates: { list: listUpdates.length, state: stateUpdates.length, trades: tradeUpdates.length },
+    socketIssues: issues.length,
+  }));
+  finish(0);
+}
+
+main().catch((e) => fail(e.message));

@@ -5,6 +5,7 @@
 // Run with:
 //   VISTA_WS_URL=ws://127.0.0.1:8877 VISTA_HTTP_URL=http://127.0.0.1:8877 node tokens.mjs
 //
+// VISTA_DEBUG=1 prints every frame the client parsed to stderr.
 // Expects a fresh host (no Token entities yet): Token/list is compared exactly.
 // Exit 0 and one JSON line on stdout on success; non-zero and a message on
 // stderr on failure or timeout.
@@ -197,6 +198,7 @@ async function main() {
   });
   const subscribed = new Map(); // view -> subscribed frame (as parsed by the client)
   hs.onFrame((frame) => {
+    if (process.env.VISTA_DEBUG) console.error('frame', JSON.stringify(frame));
     if (frame.op === 'subscribed' && !subscribed.has(frame.view)) subscribed.set(frame.view, frame);
   });
 

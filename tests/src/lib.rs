@@ -1,0 +1,387 @@
+//! Test harness: builds the real binaries, starts the real `vista` host on
+//! a free loopback port with real plugin `.so` files, and talks to it with a
+//! raw WebSocket client and plain HTTP.
+//!
+//! Every [`Host`] gets its own temporary plugins and cache directories and
+//! is killed when dropped. Its log (stderr) is kept in a file so tests can
+//! assert on log lines.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::{tungstenite::Message, MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for an expected frame before failing.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Builds the host and every plugin and fixture crate once per test process
+/// (a no-op when `cargo test --workspace` already built them).
+pub fn ensure_built() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .current_dir(workspace_root())
+            .args(["build", "--quiet"]);
+        for package in [
+            "vista-host",
+            "vista-tokens",
+            "vista-fixture-bad-contract",
+            "vista-fixture-foreign-cdylib",
+            "vista-fixture-token-owner-clash",
+            "vista-fixture-panicky",
+        ] {
+            command.args(["-p", package]);
+        }
+        let status = command.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build of the host and plugins failed"
+        );
+    });
+}
+
+/// Path of the built `vista` binary.
+pub fn vista_binary() -> PathBuf {
+    ensure_built();
+    target_dir().join("debug").join("vista")
+}
+
+/// Path of a built plugin library by crate name, e.g. `vista_tokens`.
+pub fn plugin_artifact(crate_name: &str) -> PathBuf {
+    ensure_built();
+    let path = target_dir()
+        .join("debug")
+        .join(format!("lib{crate_name}.so"));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// A file to place in the plugins directory before start.
+pub enum PluginFile {
+    /// Copy of a built crate's library (`vista_tokens`) under a file name.
+    Built(&'static str, &'static str),
+    /// Arbitrary bytes under a file name.
+    Bytes(Vec<u8>, &'static str),
+}
+
+/// A running `vista` process.
+pub struct Host {
+    child: Child,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    /// The plugins directory (inside `dir`).
+    pub plugins_dir: PathBuf,
+    log_path: PathBuf,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// Starts the host with the `tokens` plugin.
+    pub async fn with_tokens() -> Host {
+        Host::start(vec![PluginFile::Built("vista_tokens", "tokens.so")], &[]).await
+    }
+
+    /// Starts the host with these plugin files and extra `serve` arguments.
+    pub async fn start(files: Vec<PluginFile>, extra_args: &[&str]) -> Host {
+        let binary = vista_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins_dir).unwrap();
+        for file in files {
+            match file {
+                PluginFile::Built(crate_name, name) => {
+                    std::fs::copy(plugin_artifact(crate_name), plugins_dir.join(name)).unwrap();
+                }
+                PluginFile::Bytes(bytes, name) => {
+                    std::fs::write(plugins_dir.join(name), bytes).unwrap()
+                }
+            }
+        }
+        let log_path = dir.path().join("vista.log");
+        let mut child = Command::new(binary)
+            .arg("serve")
+            .arg("--plugins")
+            .arg(&plugins_dir)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("start vista");
+        let stdout = child.stdout.take().unwrap();
+        let addr = tokio::task::spawn_blocking(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let line = lines
+                .next()
+                .expect("vista printed nothing")
+                .expect("read stdout");
+            line.strip_prefix("vista listening on ")
+                .expect("listening line")
+                .to_owned()
+        })
+        .await
+        .unwrap();
+        Host {
+            child,
+            addr,
+            plugins_dir,
+            log_path,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// `ws://127.0.0.1:PORT`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Everything the host logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// `POST /ingest/{stream}` with a raw body: (status, JSON body).
+    pub async fn ingest(&self, stream: &str, body: impl Into<String>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/ingest/{stream}", self.http_url()))
+            .body(body.into())
+            .send()
+            .await
+            .expect("ingest request");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON response body"))
+    }
+
+    /// Ingests NDJSON built from values and asserts success.
+    pub async fn ingest_ok(&self, stream: &str, events: &[Value]) -> Value {
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        let (status, reply) = self.ingest(stream, body).await;
+        assert_eq!(status, 200, "ingest failed: {reply}");
+        reply
+    }
+
+    /// `GET path`: (status, JSON body).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_url()))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON response body"))
+    }
+
+    /// A raw WebSocket client connected to the host.
+    pub async fn client(&self) -> WsClient {
+        WsClient::connect(&self.ws_url()).await
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One message from the server, decoded.
+#[derive(Debug)]
+pub enum Received {
+    /// A JSON frame.
+    Json {
+        /// The decoded JSON.
+        value: Value,
+        /// It arrived as a text message.
+        text: bool,
+        /// It arrived gzipped.
+        gzipped: bool,
+    },
+    /// The server closed: code and reason.
+    Close(Option<(u16, String)>),
+}
+
+/// A raw WebSocket client (tokio-tungstenite) that decodes frames the way
+/// the published clients do: JSON text, JSON binary, or gzip binary.
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl WsClient {
+    /// Connects to `url`.
+    pub async fn connect(url: &str) -> WsClient {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connect");
+        WsClient { ws }
+    }
+
+    /// Sends a JSON value as a text message.
+    pub async fn send(&mut self, value: Value) {
+        self.ws
+            .send(Message::text(value.to_string()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends any message.
+    pub async fn send_message(&mut self, message: Message) {
+        self.ws.send(message).await.expect("send");
+    }
+
+    /// Next raw WebSocket message, pings and pongs included.
+    pub async fn next_raw(&mut self) -> Message {
+        self.ws
+            .next()
+            .await
+            .expect("connection open")
+            .expect("websocket message")
+    }
+
+    /// Next message, or `None` if nothing comes within `wait`.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
+        loop {
+            let message = match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return None,
+                Ok(None) => return Some(Received::Close(None)),
+                Ok(Some(Err(err))) => panic!("websocket error: {err}"),
+                Ok(Some(Ok(message))) => message,
+            };
+            return Some(match message {
+                Message::Text(text) => Received::Json {
+                    value: serde_json::from_str(text.as_str()).expect("text frame is JSON"),
+                    text: true,
+                    gzipped: false,
+                },
+                Message::Binary(bytes) => {
+                    let gzipped = bytes.starts_with(&[0x1f, 0x8b]);
+                    let json = if gzipped {
+                        let mut out = Vec::new();
+                        std::io::Read::read_to_end(
+                            &mut flate2::read::GzDecoder::new(&bytes[..]),
+                            &mut out,
+                        )
+                        .expect("valid gzip");
+                        out
+                    } else {
+                        bytes.to_vec()
+                    };
+                    Received::Json {
+                        value: serde_json::from_slice(&json).expect("binary frame is JSON"),
+                        text: false,
+                        gzipped,
+                    }
+                }
+                Message::Close(frame) => {
+                    Received::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            });
+        }
+    }
+
+    /// Next message; panics after [`FRAME_TIMEOUT`].
+    pub async fn recv(&mut self) -> Received {
+        self.recv_within(FRAME_TIMEOUT)
+            .await
+            .expect("timed out waiting for a frame")
+    }
+
+    /// Next JSON frame (panics on close or timeout).
+    pub async fn recv_json(&mut self) -> Value {
+        match self.recv().await {
+            Received::Json { value, .. } => value,
+            Received::Close(close) => panic!("connection closed: {close:?}"),
+        }
+    }
+
+    /// Asserts that nothing arrives for `wait`.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(got) = self.recv_within(wait).await {
+            panic!("expected no frame, got {got:?}");
+        }
+    }
+
+    /// Waits until the server has processed every message sent so far:
+    /// messages without a reply (unsubscribe, ping) are followed by a
+    /// request that does get one (a subscribe to a view that cannot exist,
+    /// answered with a `view-not-found` issue).
+    pub async fn sync(&mut self) {
+        self.send(serde_json::json!({"type": "subscribe", "view": "__sync__/none"}))
+            .await;
+        let reply = self.recv_json().await;
+        assert_eq!(
+            reply["error"], "view-not-found",
+            "expected the sync reply, got {reply}"
+        );
+    }
+
+    /// Subscribes and returns the `subscribed` frame.
+    pub async fn subscribe(&mut self, request: Value) -> Value {
+        self.send(request).await;
+        let subscribed = self.recv_json().await;
+        assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
+        subscribed
+    }
+
+    /// Reads snapshot frames until `complete:true`; returns the frames.
+    pub async fn snapshot_frames(&mut self) -> Vec<Value> {
+        let mut frames = Vec::new();
+        loop {
+            let frame = self.recv_json().await;
+            assert_eq!(
+                frame["op"], "snapshot",
+                "expected a snapshot frame, got {frame}"
+            );
+            let complete = frame["complete"] == true;
+            frames.push(frame);
+            if complete {
+                return frames;
+            }
+        }
+    }
+
+    /// Reads a whole snapshot; returns the `(key, data)` entries in order.
+    pub async fn snapshot(&mut self) -> Vec<(String, Value)> {
+        self.snapshot_frames()
+            .await
+            .iter()
+            .flat_map(|f| f["data"].as_array().unwrap().clone())
+            .map(|e| (e["key"].as_str().unwrap().to_owned(), e["data"].clone()))
+            .collect()
+    }
+}

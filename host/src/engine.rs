@@ -115,7 +115,7 @@ impl Engine {
                 true
             }
             Err(reason) => {
-                tracing::error!(file = %file.display(), "plugin refused: {reason}");
+                tracing::error!("plugin refused: {}: {reason}", file.display());
                 self.reports.insert(
                     file.to_owned(),
                     PluginReport {
@@ -340,6 +340,11 @@ impl Engine {
     pub fn entity_count(&self, entity: &str) -> usize {
         self.store.count(entity)
     }
+}
+
+/// Collapses a multi-line error (abi_stable's are) into one log-friendly line.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Checks what a projector returned: only its own entities, patches of objects.

@@ -106,10 +106,8 @@ impl Engine {
 
     /// Loads one plugin file, refusing it with a logged reason on any error.
     pub fn load_plugin_file(&mut self, file: &Path) -> bool {
-        match plugins::load(file, &self.cache_dir)
-            .map_err(|e| e.to_string())
-            .and_then(|lib| self.install(lib))
-        {
+        let loaded = plugins::load(file, &self.cache_dir).map_err(|e| one_line(&e.to_string()));
+        match loaded.and_then(|lib| self.install(lib)) {
             Ok(name) => {
                 tracing::info!(file = %file.display(), plugin = %name, "plugin loaded");
                 true
@@ -344,7 +342,7 @@ impl Engine {
 
 /// Collapses a multi-line error (abi_stable's are) into one log-friendly line.
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    text.replace('\0', "").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Checks what a projector returned: only its own entities, patches of objects.

@@ -25,9 +25,26 @@ pub enum LoadError {
     /// The file could not be copied into the cache.
     #[error("cannot copy into the plugin cache: {0}")]
     Copy(#[from] std::io::Error),
-    /// Not a loadable `abi_stable` library, or another contract layout.
-    #[error("not a compatible Vista plugin: {0}")]
-    Library(#[from] Box<LibraryError>),
+    /// Not a shared library at all.
+    #[error("not a loadable shared library: {0}")]
+    NotALibrary(String),
+    /// A shared library without a Vista root module.
+    #[error("not a Vista plugin: it exports no abi_stable root module")]
+    NotAPlugin,
+    /// Built against an incompatible `vista-plugin-api` crate version.
+    #[error("built against vista-plugin-api {found}, this host needs a version compatible with {expected}")]
+    ApiVersion {
+        /// The plugin's `vista-plugin-api` version.
+        found: String,
+        /// The host's.
+        expected: String,
+    },
+    /// The root module's layout differs from the host's contract.
+    #[error("plugin contract layout differs from this host's: {0}")]
+    Layout(String),
+    /// Any other loader failure (root module init panicked, ...).
+    #[error("cannot initialise the plugin: {0}")]
+    Init(String),
     /// Built against another contract version.
     #[error("plugin contract version {found}, this host speaks version {expected}")]
     ContractVersion {
@@ -47,8 +64,6 @@ pub struct PluginLibrary {
     pub manifest: Manifest,
     /// The file in the plugins directory it was loaded from.
     pub file: PathBuf,
-    /// The cache copy actually mapped.
-    pub mapped: PathBuf,
     module: PluginModuleRef,
 }
 
@@ -88,9 +103,13 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
         NEXT_COPY.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::copy(file, &mapped)?;
-    let module = lib_header_from_path(&mapped)
+    let header = lib_header_from_path(&mapped);
+    // Once mapped (or refused), the copy's name is no longer needed: the
+    // mapping outlives the directory entry, and nothing piles up in the cache.
+    let _ = std::fs::remove_file(&mapped);
+    let module = header
         .and_then(|header| header.init_root_module::<PluginModuleRef>())
-        .map_err(Box::new)?;
+        .map_err(library_error)?;
     let found = module.contract_version();
     if found != CONTRACT_VERSION {
         return Err(LoadError::ContractVersion {
@@ -107,9 +126,26 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     Ok(PluginLibrary {
         manifest,
         file: file.to_owned(),
-        mapped,
         module,
     })
+}
+
+/// Turns `abi_stable`'s loader errors into the reasons a user can act on.
+fn library_error(err: LibraryError) -> LoadError {
+    match err {
+        LibraryError::OpenError { err, .. } => LoadError::NotALibrary(err.to_string()),
+        LibraryError::GetSymbolError { .. } | LibraryError::InvalidAbiHeader(_) => LoadError::NotAPlugin,
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::ApiVersion {
+            found: actual_version.to_string(),
+            expected: expected_version.to_string(),
+        },
+        LibraryError::AbiInstability(err) => LoadError::Layout(err.to_string()),
+        other => LoadError::Init(other.to_string()),
+    }
 }
 
 impl PluginLibrary {

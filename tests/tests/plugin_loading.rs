@@ -47,9 +47,9 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
 
     let log = host.log();
     for (file, reason) in [
-        ("garbage.so", "not a compatible Vista plugin"),
+        ("garbage.so", "not a loadable shared library"),
         ("future.so", "plugin contract version 999, this host speaks version 1"),
-        ("foreign.so", "not a compatible Vista plugin"),
+        ("foreign.so", "not a Vista plugin: it exports no abi_stable root module"),
         ("zz-clash.so", "entity \"Token\" is already owned by plugin \"tokens\""),
     ] {
         let entry = report(&plugins, &format!("/{file}"));

@@ -510,6 +510,9 @@ impl<'v> FrameCache<'v> {
     }
 }
 
+/// A subscription's identity on its connection: (view id, key or all keys).
+type SubscriptionId = (Arc<str>, Option<String>);
+
 /// Error of [`Views::subscribe`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct ViewNotFound;
@@ -521,7 +524,7 @@ pub struct Views {
     /// View ids drawing from each entity type.
     by_entity: HashMap<String, Vec<Arc<str>>>,
     /// Each connection's subscriptions: (view, key) -> slot.
-    conn_subs: HashMap<ConnId, HashMap<(Arc<str>, Option<String>), Slot>>,
+    conn_subs: HashMap<ConnId, HashMap<SubscriptionId, Slot>>,
 }
 
 impl Views {

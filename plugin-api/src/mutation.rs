@@ -98,7 +98,7 @@ fn merge_object(target: &mut Value, patch: &Map<String, Value>, append: &[String
                 let slot = target.entry(field.clone()).or_insert(Value::Null);
                 merge_object(slot, inner, append, &path);
             }
-            Value::Array(items) if append.iter().any(|p| *p == path) => {
+            Value::Array(items) if append.contains(&path) => {
                 match target.get_mut(field) {
                     Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
                     _ => {

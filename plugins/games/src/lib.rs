@@ -1,0 +1,158 @@
+//! Example Vista plugin: games, with derived views.
+//!
+//! Consumes the ingest stream `games` and owns the entity type `Game`
+//! (keyed by game id):
+//!
+//! | event `type`   | effect |
+//! |----------------|--------|
+//! | `game_started` | `Game[game] = {id, players, status: "active", startedAt, score: 0, events: []}` |
+//! | `attack`       | appends `{type: "attack", player, damage}` to `events` (append path) and adds `damage` to `score` (reads current state) |
+//! | `game_ended`   | `status: "ended"`, `winner` |
+//!
+//! Derived views, maintained incrementally by the host:
+//! - `ActiveGame/latest`: games whose `status` is `"active"`, newest
+//!   `startedAt` first, at most 10;
+//! - `Game/top`: the 3 games with the highest `score`.
+
+use serde::Deserialize;
+use vista_plugin_api::view::{eq, view};
+use vista_plugin_api::{json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
+
+/// The plugin; stateless, as every projector is.
+pub struct Games;
+
+/// Events of the `games` stream.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum GameEvent {
+    GameStarted {
+        game: String,
+        players: Vec<String>,
+        #[serde(rename = "startedAt")]
+        started_at: i64,
+    },
+    Attack {
+        game: String,
+        player: String,
+        damage: i64,
+    },
+    GameEnded {
+        game: String,
+        winner: String,
+    },
+}
+
+/// The part of a stored game this projector reads back.
+#[derive(Debug, Deserialize)]
+struct StoredGame {
+    score: i64,
+}
+
+impl Plugin for Games {
+    fn manifest() -> Manifest {
+        Manifest::new("games", env!("CARGO_PKG_VERSION"))
+            .entity("Game")
+            .stream("games")
+            .view(
+                view("ActiveGame/latest")
+                    .from("Game")
+                    .filter(eq("status", "active"))
+                    .sort_desc("startedAt")
+                    .take(10),
+            )
+            .view(view("Game/top").from("Game").sort_desc("score").take(3))
+    }
+
+    fn project(
+        state: &StateView<'_>,
+        _stream: &str,
+        event: &Value,
+    ) -> Result<Vec<Mutation>, ProjectError> {
+        Ok(match GameEvent::deserialize(event)? {
+            GameEvent::GameStarted {
+                game,
+                players,
+                started_at,
+            } => vec![Mutation::patch(
+                "Game",
+                game.clone(),
+                json!({"id": game, "players": players, "status": "active", "startedAt": started_at, "score": 0, "events": []}),
+            )],
+            GameEvent::Attack {
+                game,
+                player,
+                damage,
+            } => {
+                let current: StoredGame = state
+                    .get_as("Game", &game)?
+                    .ok_or_else(|| ProjectError::new(format!("attack: unknown game {game}")))?;
+                vec![Mutation::patch(
+                    "Game",
+                    game,
+                    json!({
+                        "score": current.score + damage,
+                        "events": [{"type": "attack", "player": player, "damage": damage}],
+                    }),
+                )
+                .append("events")]
+            }
+            GameEvent::GameEnded { game, winner } => {
+                if state.get("Game", &game).is_none() {
+                    return Err(ProjectError::new(format!("game_ended: unknown game {game}")));
+                }
+                vec![Mutation::patch(
+                    "Game",
+                    game,
+                    json!({"status": "ended", "winner": winner}),
+                )]
+            }
+        })
+    }
+}
+
+vista_plugin_api::export_plugin!(Games);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vista_plugin_api::{MemoryState, StateSource};
+
+    #[test]
+    fn attacks_accumulate_score_and_events() {
+        let mut state = MemoryState::new();
+        state
+            .ingest::<Games>(
+                "games",
+                &[
+                    json!({"type": "game_started", "game": "g1", "players": ["ann", "bob"], "startedAt": 100}),
+                    json!({"type": "attack", "game": "g1", "player": "ann", "damage": 7}),
+                    json!({"type": "attack", "game": "g1", "player": "bob", "damage": 5}),
+                    json!({"type": "game_ended", "game": "g1", "winner": "ann"}),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            state.get("Game", "g1").unwrap(),
+            json!({"id": "g1", "players": ["ann", "bob"], "status": "ended", "winner": "ann", "startedAt": 100, "score": 12,
+                   "events": [{"type": "attack", "player": "ann", "damage": 7}, {"type": "attack", "player": "bob", "damage": 5}]})
+        );
+    }
+
+    #[test]
+    fn the_manifest_declares_valid_derived_views() {
+        let manifest = Games::manifest();
+        manifest.validate().unwrap();
+        let active = &manifest.views[0];
+        assert!(active.matches(&json!({"status": "active"})));
+        assert!(!active.matches(&json!({"status": "ended"})));
+        assert!(!active.matches(&json!({})), "a missing field never matches");
+    }
+
+    #[test]
+    fn attacking_an_unknown_game_is_an_error() {
+        let err = MemoryState::new()
+            .ingest::<Games>("games", &[json!({"type": "attack", "game": "nope", "player": "x", "damage": 1})])
+            .unwrap_err();
+        assert!(err.message().contains("unknown game nope"));
+    }
+}

@@ -4,9 +4,9 @@
 # Extra arguments go to `vista serve` (e.g. --listen 127.0.0.1:9000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -p vista-host -p vista-tokens
+cargo build -p vista-host -p vista-tokens -p vista-games
 mkdir -p plugins.d
-for plugin in vista_tokens; do
+for plugin in vista_tokens vista_games; do
     cp "target/debug/lib${plugin}.so" "plugins.d/${plugin}.so"
 done
 exec target/debug/vista serve --plugins plugins.d --demo-feed "$@"

@@ -48,6 +48,7 @@ pub fn ensure_built() {
         for package in [
             "vista-host",
             "vista-tokens",
+            "vista-games",
             "vista-fixture-bad-contract",
             "vista-fixture-foreign-cdylib",
             "vista-fixture-token-owner-clash",
@@ -103,6 +104,11 @@ impl Host {
     /// Starts the host with the `tokens` plugin.
     pub async fn with_tokens() -> Host {
         Host::start(vec![PluginFile::Built("vista_tokens", "tokens.so")], &[]).await
+    }
+
+    /// Starts the host with the `games` plugin.
+    pub async fn with_games() -> Host {
+        Host::start(vec![PluginFile::Built("vista_games", "games.so")], &[]).await
     }
 
     /// Starts the host with these plugin files and extra `serve` arguments.

@@ -8,14 +8,17 @@
 //! | `game_started` | `Game[game] = {id, players, status: "active", startedAt, score: 0, events: []}` |
 //! | `attack`       | appends `{type: "attack", player, damage}` to `events` (append path) and adds `damage` to `score` (reads current state) |
 //! | `game_ended`   | `status: "ended"`, `winner` |
+//! | `game_removed` | deletes `Game[game]` |
 //!
 //! Derived views, maintained incrementally by the host:
 //! - `ActiveGame/latest`: games whose `status` is `"active"`, newest
 //!   `startedAt` first, at most 10;
-//! - `Game/top`: the 3 games with the highest `score`.
+//! - `Game/top`: the 3 games with the highest `score`;
+//! - `Game/decided`: games that have a `winner` (a comparison on a missing
+//!   field never matches, so undecided games are not in it), newest first.
 
 use serde::Deserialize;
-use vista_plugin_api::view::{eq, view};
+use vista_plugin_api::view::{eq, ne, view};
 use vista_plugin_api::{json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
 
 /// The plugin; stateless, as every projector is.
@@ -40,6 +43,9 @@ enum GameEvent {
         game: String,
         winner: String,
     },
+    GameRemoved {
+        game: String,
+    },
 }
 
 /// The part of a stored game this projector reads back.
@@ -61,6 +67,12 @@ impl Plugin for Games {
                     .take(10),
             )
             .view(view("Game/top").from("Game").sort_desc("score").take(3))
+            .view(
+                view("Game/decided")
+                    .from("Game")
+                    .filter(ne("winner", ""))
+                    .sort_desc("startedAt"),
+            )
     }
 
     fn project(
@@ -96,6 +108,7 @@ impl Plugin for Games {
                 )
                 .append("events")]
             }
+            GameEvent::GameRemoved { game } => vec![Mutation::delete("Game", game)],
             GameEvent::GameEnded { game, winner } => {
                 if state.get("Game", &game).is_none() {
                     return Err(ProjectError::new(format!("game_ended: unknown game {game}")));

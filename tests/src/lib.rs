@@ -53,6 +53,7 @@ pub fn ensure_built() {
             "vista-fixture-foreign-cdylib",
             "vista-fixture-token-owner-clash",
             "vista-fixture-panicky",
+            "vista-fixture-bad-filter",
         ] {
             command.args(["-p", package]);
         }

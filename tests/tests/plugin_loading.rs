@@ -21,6 +21,7 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
             PluginFile::Bytes(garbage, "garbage.so"),
             PluginFile::Built("vista_fixture_bad_contract", "future.so"),
             PluginFile::Built("vista_fixture_foreign_cdylib", "foreign.so"),
+            PluginFile::Built("vista_fixture_bad_filter", "bad-filter.so"),
             PluginFile::Built("vista_tokens", "tokens.so"),
             // Sorts after tokens.so, so `tokens` owns Token first.
             PluginFile::Built("vista_fixture_token_owner_clash", "zz-clash.so"),
@@ -31,7 +32,7 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
 
     let (status, plugins) = host.get_json("/plugins").await;
     assert_eq!(status, 200);
-    assert_eq!(plugins.as_array().unwrap().len(), 5, "{plugins}");
+    assert_eq!(plugins.as_array().unwrap().len(), 6, "{plugins}");
 
     let tokens = report(&plugins, "/tokens.so");
     assert_eq!(tokens["state"], "loaded");
@@ -50,6 +51,10 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
         ("garbage.so", "not a loadable shared library"),
         ("future.so", "plugin contract version 999, this host speaks version 1"),
         ("foreign.so", "not a Vista plugin: it exports no abi_stable root module"),
+        (
+            "bad-filter.so",
+            "manifest error: view \"Broken/cheap\": filter: lt on \"price\": literal true is not a number or string",
+        ),
         ("zz-clash.so", "entity \"Token\" is already owned by plugin \"tokens\""),
     ] {
         let entry = report(&plugins, &format!("/{file}"));

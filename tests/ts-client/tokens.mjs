@@ -11,26 +11,15 @@
 // stderr on failure or timeout.
 
 import assert from 'node:assert/strict';
-import WebSocket from 'ws';
-import { HyperStack } from 'hyperstack-typescript';
+import { harness, withoutSeq } from './lib.mjs';
 
-// Under Node 20 the client reads `WebSocket.OPEN` etc. from the global even
-// when a websocketFactory is given.
-globalThis.WebSocket = WebSocket;
-
-const WS_URL = process.env.VISTA_WS_URL;
-const HTTP_URL = (process.env.VISTA_HTTP_URL ?? '').replace(/\/+$/, '');
-const TIMEOUT_MS = Number(process.env.VISTA_TIMEOUT_MS ?? 10_000);
-if (!WS_URL || !HTTP_URL) {
-  console.error('tokens.mjs: set VISTA_WS_URL (ws://host:port) and VISTA_HTTP_URL (http://host:port)');
-  process.exit(2);
-}
+const h = harness('tokens.mjs');
 
 // The client only knows `state` and `list` view kinds; an append view is read
 // through a list-mode ViewDef (the store is keyed by the frame's `entity`).
 const STACK = {
   name: 'vista-tokens',
-  url: WS_URL,
+  url: h.WS_URL,
   views: {
     Token: {
       list: { mode: 'list', view: 'Token/list' },
@@ -77,145 +66,29 @@ const EXPECTED_TRADES = [
   { id: 't3', mint: 'mintA', price: 1.75, amount: 4 },
 ];
 
-// ---- helpers ---------------------------------------------------------------
-
-let hs = null;
-let fatal = null; // set by connection/socket-issue handlers; checked while polling
-
-function fail(message) {
-  console.error(`tokens.mjs: FAIL: ${message}`);
-  finish(1);
-}
-
-function finish(code) {
-  process.exitCode = code;
-  try { hs?.disconnect(); } catch { /* ignore */ }
-  // Let the close handshake happen, but never hang on it.
-  setTimeout(() => process.exit(code), 1000).unref();
-}
-
-async function ingest(events) {
-  const body = events.map((e) => JSON.stringify(e)).join('\n') + '\n';
-  let res;
-  try {
-    res = await fetch(`${HTTP_URL}/ingest/tokens`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/x-ndjson' },
-      body,
-    });
-  } catch (e) {
-    throw new Error(`POST /ingest/tokens failed: ${e.cause?.message ?? e.message}`);
-  }
-  const text = await res.text();
-  if (res.status !== 200) {
-    throw new Error(`POST /ingest/tokens -> HTTP ${res.status}: ${text.slice(0, 300)}`);
-  }
-  let json;
-  try { json = JSON.parse(text); } catch {
-    throw new Error(`POST /ingest/tokens -> non-JSON body: ${text.slice(0, 300)}`);
-  }
-  assert.equal(json.accepted, events.length, `ingest accepted count (body ${text})`);
-  assert.equal(typeof json.seq, 'string', `ingest seq must be a string (body ${text})`);
-  return json;
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-/** Polls `check` (throws while not yet satisfied) until it passes or the deadline. */
-async function waitFor(label, check, timeoutMs = TIMEOUT_MS) {
-  const deadline = Date.now() + timeoutMs;
-  let lastErr;
-  for (;;) {
-    if (fatal) throw new Error(`${label}: ${fatal}`);
-    try {
-      return check();
-    } catch (e) {
-      lastErr = e;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`timeout after ${timeoutMs} ms waiting for ${label}: ${lastErr?.message ?? lastErr}\n`
-        + `client store now: ${dumpStore()}`);
-    }
-    await sleep(25);
-  }
-}
-
-function dumpStore() {
-  if (!hs) return '(not connected)';
-  const out = {};
-  for (const view of ['Token/list', 'Token/state', 'Trade/append']) {
-    out[view] = Object.fromEntries(hs.store.keys(view).map((k) => [k, hs.store.get(view, k)]));
-  }
-  return JSON.stringify(out);
-}
-
-function withoutSeq(entity) {
-  if (entity === null || typeof entity !== 'object') return entity;
-  const { _seq, ...rest } = entity;
-  return rest;
-}
-
-/** Starts an update stream (this is what sends the subscribe) and records updates. */
-function pump(iterable, sink) {
-  const it = iterable[Symbol.asyncIterator]();
-  (async () => {
-    for (;;) {
-      const { value, done } = await it.next();
-      if (done) return;
-      sink.push(value);
-    }
-  })().catch((e) => { fatal = `update stream failed: ${e.message}`; });
-  return it;
-}
-
 // ---- the test --------------------------------------------------------------
 
 async function main() {
   // 1. Something exists before the client connects: exercises the snapshot path.
-  await ingest(PRE_CONNECT);
+  await h.ingest('tokens', PRE_CONNECT);
 
   // 2. Connect with the published client.
-  hs = await HyperStack.connect(STACK, {
-    url: WS_URL,
-    maxReconnectAttempts: 0,
-    auth: {
-      websocketFactory: (url, init) => {
-        const ws = new WebSocket(url, init);
-        ws.binaryType = 'arraybuffer'; // otherwise the client rejects binary frames
-        return ws;
-      },
-    },
-  });
-  hs.onConnectionStateChange((state, error) => {
-    if (state === 'error' || state === 'reconnecting') {
-      fatal = `client connection state '${state}'${error ? `: ${error}` : ''}`;
-    }
-  });
-  const issues = [];
-  hs.onSocketIssue((issue) => {
-    issues.push(issue);
-    fatal = `server reported socket issue ${JSON.stringify(issue)}`;
-  });
-  const subscribed = new Map(); // view -> subscribed frame (as parsed by the client)
-  hs.onFrame((frame) => {
-    if (process.env.VISTA_DEBUG) console.error('frame', JSON.stringify(frame));
-    if (frame.op === 'subscribed' && !subscribed.has(frame.view)) subscribed.set(frame.view, frame);
-  });
+  const hs = await h.connect(STACK);
 
   // 3. Subscribe: Token/list (all keys), Token/state key mintA, Trade/append.
   const listUpdates = [];
   const stateUpdates = [];
   const tradeUpdates = [];
-  pump(hs.views.Token.list.watch(), listUpdates);
-  pump(hs.views.Token.state.watch('mintA'), stateUpdates);
-  pump(hs.views.Trade.append.watch(), tradeUpdates);
+  h.pump(hs.views.Token.list.watch(), listUpdates);
+  h.pump(hs.views.Token.state.watch('mintA'), stateUpdates);
+  h.pump(hs.views.Trade.append.watch(), tradeUpdates);
 
   const views = ['Token/list', 'Token/state', 'Trade/append'];
-  await waitFor('subscribed frames for all three views', () => {
-    const missing = views.filter((v) => !subscribed.has(v));
+  await h.waitFor('subscribed frames for all three views', () => {
+    const missing = views.filter((v) => !h.subscribed.has(v));
     assert.deepEqual(missing, [], `no 'subscribed' frame yet for ${missing.join(', ')}`);
   });
-  await waitFor('snapshot of pre-existing mintA in Token/list and Token/state', () => {
+  await h.waitFor('snapshot of pre-existing mintA in Token/list and Token/state', () => {
     assert.ok(hs.store.has('Token/list', 'mintA'), 'Token/list store lacks mintA');
     assert.ok(hs.views.Token.state.getSync('mintA'), 'Token/state store lacks mintA');
   });
@@ -224,15 +97,15 @@ async function main() {
     'Token/state mintA after snapshot');
 
   // 4. Live updates, in two batches so mintC is seen before it is closed.
-  await ingest(BATCH_1);
-  await waitFor('mintB and mintC in Token/list', () => {
+  await h.ingest('tokens', BATCH_1);
+  await h.waitFor('mintB and mintC in Token/list', () => {
     const keys = hs.store.keys('Token/list');
     assert.ok(keys.includes('mintB') && keys.includes('mintC'), `Token/list keys ${JSON.stringify(keys)}`);
   });
-  await ingest(BATCH_2);
+  await h.ingest('tokens', BATCH_2);
 
   // 5. Converge: the client's own store must hold exactly the expected entities.
-  const result = await waitFor('final client store state', () => {
+  const result = await h.waitFor('final client store state', () => {
     const list = hs.views.Token.list.getSync() ?? [];
     const keys = [...hs.store.keys('Token/list')].sort();
     assert.deepEqual(keys, ['mintA', 'mintB'], 'Token/list keys');
@@ -256,13 +129,13 @@ async function main() {
     ok: true,
     test: 'tokens',
     client: 'hyperstack-typescript@0.6.9',
-    subscribed: Object.fromEntries([...subscribed].map(([v, f]) => [v, { mode: f.mode, sort: f.sort ?? null }])),
+    subscribed: Object.fromEntries([...h.subscribed].map(([v, f]) => [v, { mode: f.mode, sort: f.sort ?? null }])),
     tokenList: result.listOrder,
     tradeArrival: result.arrival,
     updates: { list: listUpdates.length, state: stateUpdates.length, trades: tradeUpdates.length },
-    socketIssues: issues.length,
+    socketIssues: h.issues.length,
   }));
-  finish(0);
+  h.finish(0);
 }
 
-main().catch((e) => fail(e.message));
+h.run(main);

@@ -1,7 +1,8 @@
 //! The published TypeScript client (`hyperstack-typescript@0.6.9`, under
 //! Node with `ws`) against the real host: `tests/ts-client/tokens.mjs`
 //! subscribes to `Token/list`, `Token/state` and `Trade/append`, ingests a
-//! scripted sequence and asserts the client's own store.
+//! scripted sequence and asserts the client's own store; `games.mjs` does
+//! the same for the derived view `ActiveGame/latest`, order included.
 //!
 //! Needs `npm ci` in `tests/ts-client` (the README's test command does it).
 
@@ -40,6 +41,14 @@ pub fn run_node_script(host: &Host, script: &str) -> String {
 async fn typescript_client_store_holds_exactly_the_expected_tokens_and_trades() {
     let host = Host::with_tokens().await;
     let stdout = tokio::task::block_in_place(|| run_node_script(&host, "tokens.mjs"));
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["ok"], true, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_client_shows_exactly_the_active_games_in_order() {
+    let host = Host::with_games().await;
+    let stdout = tokio::task::block_in_place(|| run_node_script(&host, "games.mjs"));
     let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["ok"], true, "{summary}");
 }

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
-use vista_plugin_api::{Mutation, MutationKind};
+use vista_plugin_api::view::ViewDef;
+use vista_plugin_api::{Manifest, Mutation, MutationKind};
 
 use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing, PushError};
@@ -104,48 +105,67 @@ impl Engine {
         }
     }
 
-    /// Loads one plugin file, refusing it with a logged reason on any error.
+    /// Loads one plugin file under the engine lock (start-up). The file
+    /// watcher maps files outside the lock with [`plugins::load`] and hands
+    /// the result to [`Engine::accept_load`].
     pub fn load_plugin_file(&mut self, file: &Path) -> bool {
-        let loaded = plugins::load(file, &self.cache_dir).map_err(|e| one_line(&e.to_string()));
-        match loaded.and_then(|lib| self.install(lib)) {
-            Ok(name) => {
-                tracing::info!(file = %file.display(), plugin = %name, "plugin loaded");
-                true
-            }
-            Err(reason) => {
-                tracing::error!("plugin refused: {}: {reason}", file.display());
-                self.reports.insert(
-                    file.to_owned(),
-                    PluginReport {
-                        name: None,
-                        version: None,
-                        file: file.display().to_string(),
-                        entities: Vec::new(),
-                        views: Vec::new(),
-                        streams: Vec::new(),
-                        state: "failed",
-                        last_error: Some(reason),
-                    },
-                );
-                false
-            }
-        }
+        let loaded = plugins::load(file, &self.cache_dir);
+        self.accept_load(file, loaded).is_ok()
     }
 
-    fn install(&mut self, lib: PluginLibrary) -> Result<String, String> {
-        let manifest = &lib.manifest;
-        if let Some(existing) = self.plugins.get(&manifest.name) {
-            return Err(format!(
-                "plugin name {:?} is already loaded from {}",
-                manifest.name,
-                existing.file.display()
-            ));
+    /// Installs a freshly mapped plugin, or records why it was refused.
+    ///
+    /// A plugin whose name is already loaded replaces the running version
+    /// atomically with respect to ingest (this runs under the engine lock,
+    /// like every ingest): its views are diffed and subscribers converge
+    /// (see [`Engine::install`]). A refused build leaves the running
+    /// version in place; `GET /plugins` shows the error on that file.
+    pub fn accept_load(
+        &mut self,
+        file: &Path,
+        loaded: Result<PluginLibrary, LoadError>,
+    ) -> Result<String, String> {
+        let result = loaded
+            .map_err(|e| one_line(&e.to_string()))
+            .and_then(|lib| self.install(lib));
+        match &result {
+            Ok(name) => tracing::info!(file = %file.display(), plugin = %name, "plugin loaded"),
+            Err(reason) => {
+                tracing::error!("plugin refused: {}: {reason}", file.display());
+                match self.reports.get_mut(file) {
+                    // A previous build from this file keeps serving.
+                    Some(report) if report.state == "loaded" => report.last_error = Some(reason.clone()),
+                    _ => {
+                        self.reports.insert(
+                            file.to_owned(),
+                            PluginReport {
+                                name: None,
+                                version: None,
+                                file: file.display().to_string(),
+                                entities: Vec::new(),
+                                views: Vec::new(),
+                                streams: Vec::new(),
+                                state: "failed",
+                                last_error: Some(reason.clone()),
+                            },
+                        );
+                    }
+                }
+            }
         }
+        result
+    }
+
+    /// Validates a plugin against the others, then installs it or swaps it
+    /// for the running version of the same name.
+    fn install(&mut self, lib: PluginLibrary) -> Result<String, String> {
+        let manifest = lib.manifest.clone();
+        let name = manifest.name.clone();
         for entity in &manifest.entities {
             if let Some(owner) = self
                 .plugins
                 .values()
-                .find(|p| p.manifest.entities.contains(entity))
+                .find(|p| p.manifest.name != name && p.manifest.entities.contains(entity))
             {
                 return Err(format!(
                     "entity {:?} is already owned by plugin {:?} ({})",
@@ -156,27 +176,39 @@ impl Engine {
             }
         }
         for view in &manifest.views {
-            if self.views.get(&view.id).is_some() {
-                return Err(
-                    LoadError::Manifest(format!("view {:?} already exists", view.id)).to_string(),
-                );
+            if let Some(existing) = self.views.get(&view.id).filter(|v| v.plugin != name) {
+                return Err(format!(
+                    "manifest error: view {:?} is already provided by plugin {:?}",
+                    view.id, existing.plugin
+                ));
             }
         }
-        let mut view_ids = Vec::new();
-        for entity in &manifest.entities {
-            self.views
-                .add_base_views(&entity.name, &manifest.name, &self.store);
-            view_ids.extend(["list", "state", "append"].map(|m| format!("{}/{m}", entity.name)));
+        let previous = self.plugins.remove(&name);
+        let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
+        self.apply_manifest_change(
+            previous.as_ref().map(|p| &p.manifest),
+            Some(&manifest),
+            &mut |conn, item| notes.push((conn, item)),
+        );
+        self.send_notes(notes);
+        if let Some(previous) = &previous {
+            if previous.file != lib.file {
+                if let Some(report) = self.reports.get_mut(&previous.file) {
+                    report.state = "superseded";
+                }
+            }
+            tracing::info!(plugin = %name, from = %previous.manifest.version, to = %manifest.version, "plugin swapped");
         }
-        for view in &manifest.views {
-            view_ids.push(view.id.clone());
-            self.views
-                .add_derived(view.clone(), &manifest.name, &self.store);
-        }
+        let mut view_ids: Vec<String> = manifest
+            .entities
+            .iter()
+            .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)))
+            .collect();
+        view_ids.extend(manifest.views.iter().map(|v| v.id.clone()));
         self.reports.insert(
             lib.file.clone(),
             PluginReport {
-                name: Some(manifest.name.clone()),
+                name: Some(name.clone()),
                 version: Some(manifest.version.clone()),
                 file: lib.file.display().to_string(),
                 entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
@@ -186,9 +218,74 @@ impl Engine {
                 last_error: None,
             },
         );
-        let name = manifest.name.clone();
         self.plugins.insert(name.clone(), lib);
         Ok(name)
+    }
+
+    /// Unloads the plugin loaded from `file` (the file was deleted): its
+    /// projector stops, its views go (subscribers get `view-removed` and
+    /// stay pending), its entity state stays for a later build to serve.
+    pub fn unload_file(&mut self, file: &Path) {
+        self.reports.remove(file);
+        let Some(name) = self.plugins.values().find(|p| p.file == file).map(|p| p.manifest.name.clone()) else {
+            return;
+        };
+        let lib = self.plugins.remove(&name).expect("found above");
+        let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
+        self.apply_manifest_change(Some(&lib.manifest), None, &mut |conn, item| notes.push((conn, item)));
+        self.send_notes(notes);
+        tracing::info!(file = %file.display(), plugin = %name, "plugin unloaded; its entities are kept");
+    }
+
+    /// Turns the views of `old` into those of `new`: removed views first
+    /// (`view-removed`), then redefined ones (converging deltas), then added
+    /// ones (pending subscriptions start).
+    fn apply_manifest_change(
+        &mut self,
+        old: Option<&Manifest>,
+        new: Option<&Manifest>,
+        notify: &mut dyn FnMut(ConnId, Outgoing),
+    ) {
+        let entities = |m: Option<&Manifest>| -> Vec<String> {
+            m.map(|m| m.entities.iter().map(|e| e.name.clone()).collect()).unwrap_or_default()
+        };
+        let derived = |m: Option<&Manifest>| -> BTreeMap<String, ViewDef> {
+            m.map(|m| m.views.iter().map(|v| (v.id.clone(), v.clone())).collect()).unwrap_or_default()
+        };
+        let (old_entities, new_entities) = (entities(old), entities(new));
+        let (old_views, new_views) = (derived(old), derived(new));
+        let plugin = new.or(old).map(|m| m.name.clone()).unwrap_or_default();
+        for id in old_views.keys().filter(|id| !new_views.contains_key(*id)) {
+            self.views.remove_view(id, notify);
+        }
+        for entity in old_entities.iter().filter(|e| !new_entities.contains(e)) {
+            for mode in ["list", "state", "append"] {
+                self.views.remove_view(&format!("{entity}/{mode}"), notify);
+            }
+        }
+        for (id, def) in new_views.iter().filter(|(id, _)| old_views.contains_key(*id)) {
+            self.views.redefine(id, def.clone(), &self.store, notify);
+        }
+        for entity in new_entities.iter().filter(|e| !old_entities.contains(e)) {
+            self.views.add_base_views(entity, &plugin, &self.store, notify);
+        }
+        for (_, def) in new_views.into_iter().filter(|(id, _)| !old_views.contains_key(id)) {
+            self.views.add_derived(def, &plugin, &self.store, notify);
+        }
+    }
+
+    /// Queues view-change notices on their connections' outboxes.
+    fn send_notes(&self, notes: Vec<(ConnId, Outgoing)>) {
+        for (conn, item) in notes {
+            if let Some(outbox) = self.conns.get(&conn) {
+                outbox.push_reply(item);
+            }
+        }
+    }
+
+    /// Whether a plugin is loaded from `file`.
+    pub fn serves_file(&self, file: &Path) -> bool {
+        self.plugins.values().any(|p| p.file == file)
     }
 
     /// Every plugin file seen, for `GET /plugins`.
@@ -280,20 +377,12 @@ impl Engine {
 
     /// Starts (or restarts) a subscription: queues the `subscribed` frame
     /// and the snapshot on the connection's outbox, or a `view-not-found`
-    /// socket issue.
-    pub fn subscribe(
-        &mut self,
-        conn: ConnId,
-        request: &SubscribeRequest,
-        max_subscriptions: usize,
-    ) {
+    /// socket issue (the subscription then waits for the view to appear).
+    pub fn subscribe(&mut self, conn: ConnId, request: &SubscribeRequest, max_subscriptions: usize) {
         let Some(outbox) = self.conns.get(&conn) else {
             return;
         };
-        let replacing = self.views.get(&request.view).is_some()
-            && self
-                .views
-                .unsubscribe(conn, &request.view, request.key.as_deref());
+        let replacing = self.views.unsubscribe(conn, &request.view, request.key.as_deref());
         if !replacing && self.views.subscription_count(conn) >= max_subscriptions {
             outbox.push_reply(Outgoing::Frame(socket_issue(
                 "subscription-limit-exceeded",
@@ -303,21 +392,12 @@ impl Engine {
             return;
         }
         match self.views.subscribe(conn, request, &self.store) {
-            Ok(start) => {
-                outbox.push_reply(Outgoing::Frame(start.subscribed));
-                if let Some(entries) = start.snapshot {
-                    outbox.push_reply(Outgoing::Snapshot {
-                        view: start.view,
-                        mode: start.mode,
-                        entries,
-                    });
-                }
-            }
+            Ok(start) => start.send(conn, &mut |_, item| outbox.push_reply(item)),
             Err(_) => {
-                tracing::debug!(conn, view = %request.view, "subscribe to unknown view");
+                tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
                 outbox.push_reply(Outgoing::Frame(socket_issue(
                     "view-not-found",
-                    &format!("no view named {:?}", request.view),
+                    &format!("no view named {:?}; the subscription starts if a plugin provides it", request.view),
                     false,
                 )));
             }

@@ -14,6 +14,7 @@
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
 //! - [`frame`]: encoding frames once (JSON, safe integers, gzip).
 //! - [`outbox`]: the bounded per-connection queue between engine and socket.
+//! - [`watcher`]: hot reload: watching the plugins directory.
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
 //! [`run`] takes an already-bound listener, so tests bind port 0.
@@ -28,6 +29,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod views;
+pub mod watcher;
 
 use std::future::Future;
 use std::path::PathBuf;

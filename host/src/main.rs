@@ -83,6 +83,13 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(plugins = %config.plugins_dir.display(), "loading plugins");
     let shared = Shared::new(config);
+    let _watcher = match vista_host::watcher::watch(shared.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::error!(%err, "cannot watch the plugins directory; hot reload is off");
+            None
+        }
+    };
     // Machine-readable line tests and scripts wait for.
     println!("vista listening on {address}");
     tracing::info!(%address, "listening (ws://{address}, http://{address})");

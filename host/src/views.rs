@@ -26,7 +26,8 @@ use std::sync::Arc;
 use serde_json::Value;
 use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 
-use crate::frame::{entity_frame, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort};
+use crate::frame::{entity_frame, socket_issue, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort};
+use crate::outbox::Outgoing;
 use crate::store::{Change, Store};
 
 /// Identifies a client connection.
@@ -265,6 +266,22 @@ impl View {
         }
     }
 
+    /// Where a subscription request sits in this view.
+    fn slot_for(&self, request: &SubscribeRequest) -> Slot {
+        match (&request.key, self.mode) {
+            (Some(key), _) => Slot::Key(key.clone()),
+            (None, Mode::List) => {
+                let window = self.window_for(request);
+                if window.is_everything() {
+                    Slot::All
+                } else {
+                    Slot::Window(window)
+                }
+            }
+            (None, _) => Slot::All,
+        }
+    }
+
     fn window_for(&self, request: &SubscribeRequest) -> Window {
         let limit = self.def.as_ref().and_then(|d| d.take);
         let start = request.skip.unwrap_or(0);
@@ -395,7 +412,7 @@ impl View {
             _ => self.index.remove(key, desc),
         }
 
-        let mut frames = FrameCache::new(&self.id, self.mode);
+        let mut frames = FrameCache::new(self.id.clone(), self.mode);
         // What a client holding every member sees for this change.
         let direct = if !now_in {
             frames.delete(key)
@@ -455,14 +472,14 @@ impl View {
 }
 
 /// Encodes each distinct frame of one change at most once.
-struct FrameCache<'v> {
-    view: &'v str,
+struct FrameCache {
+    view: Arc<str>,
     mode: Mode,
     frames: HashMap<(Op, String), Frame>,
 }
 
-impl<'v> FrameCache<'v> {
-    fn new(view: &'v str, mode: Mode) -> Self {
+impl FrameCache {
+    fn new(view: Arc<str>, mode: Mode) -> Self {
         Self {
             view,
             mode,
@@ -471,7 +488,7 @@ impl<'v> FrameCache<'v> {
     }
 
     fn delete(&mut self, key: &str) -> Frame {
-        let (view, mode) = (self.view, self.mode);
+        let (view, mode) = (&*self.view, self.mode);
         self.frames
             .entry((Op::Delete, key.to_owned()))
             .or_insert_with(|| entity_frame(view, mode, Op::Delete, key, None, &[], None))
@@ -479,7 +496,7 @@ impl<'v> FrameCache<'v> {
     }
 
     fn upsert(&mut self, key: &str, store: &Store, source: &str) -> Frame {
-        let (view, mode) = (self.view, self.mode);
+        let (view, mode) = (&*self.view, self.mode);
         self.frames
             .entry((Op::Upsert, key.to_owned()))
             .or_insert_with(|| {
@@ -492,7 +509,7 @@ impl<'v> FrameCache<'v> {
 
     /// The mutation itself as a `patch` (base views).
     fn change(&mut self, key: &str, change: &Change) -> Frame {
-        let (view, mode) = (self.view, self.mode);
+        let (view, mode) = (&*self.view, self.mode);
         self.frames
             .entry((Op::Patch, key.to_owned()))
             .or_insert_with(|| {
@@ -513,7 +530,16 @@ impl<'v> FrameCache<'v> {
 /// A subscription's identity on its connection: (view id, key or all keys).
 type SubscriptionId = (Arc<str>, Option<String>);
 
-/// Error of [`Views::subscribe`].
+/// An active subscription: where it sits in its view, and the request that
+/// made it (kept so the subscription can be re-placed when the view's
+/// definition changes, or restarted when a removed view comes back).
+struct Registered {
+    slot: Slot,
+    request: SubscribeRequest,
+}
+
+/// Error of [`Views::subscribe`]: the view does not exist (the
+/// subscription is kept pending until a plugin provides the view).
 #[derive(Debug, PartialEq, Eq)]
 pub struct ViewNotFound;
 
@@ -523,9 +549,17 @@ pub struct Views {
     views: HashMap<Arc<str>, View>,
     /// View ids drawing from each entity type.
     by_entity: HashMap<String, Vec<Arc<str>>>,
-    /// Each connection's subscriptions: (view, key) -> slot.
-    conn_subs: HashMap<ConnId, HashMap<SubscriptionId, Slot>>,
+    /// Each connection's active subscriptions.
+    conn_subs: HashMap<ConnId, HashMap<SubscriptionId, Registered>>,
+    /// Subscriptions to views that do not exist (yet, or any more), by
+    /// connection and (view id, key); started when the view appears.
+    pending: HashMap<ConnId, HashMap<(String, Option<String>), SubscribeRequest>>,
 }
+
+/// Something to send to one connection because views were added, removed
+/// or redefined (see [`Views::add_base_views`], [`Views::remove_view`],
+/// [`Views::redefine`]).
+pub type Notify<'a> = &'a mut dyn FnMut(ConnId, Outgoing);
 
 impl Views {
     /// No views yet.
@@ -533,37 +567,125 @@ impl Views {
         Self::default()
     }
 
-    /// Adds `E/list`, `E/state` and `E/append` for an entity type.
-    pub fn add_base_views(&mut self, entity: &str, plugin: &str, store: &Store) {
-        for (suffix, mode) in [
-            ("list", Mode::List),
-            ("state", Mode::State),
-            ("append", Mode::Append),
-        ] {
+    /// Adds `E/list`, `E/state` and `E/append` for an entity type, starting
+    /// pending subscriptions to them.
+    pub fn add_base_views(&mut self, entity: &str, plugin: &str, store: &Store, notify: Notify<'_>) {
+        for (suffix, mode) in [("list", Mode::List), ("state", Mode::State), ("append", Mode::Append)] {
             let view = View::new(&format!("{entity}/{suffix}"), entity, mode, plugin, None);
-            self.insert(view, store);
+            self.insert(view, store, notify);
         }
     }
 
-    /// Adds a derived (list) view.
-    pub fn add_derived(&mut self, def: ViewDef, plugin: &str, store: &Store) {
-        let view = View::new(
-            &def.id.clone(),
-            &def.source.clone(),
-            Mode::List,
-            plugin,
-            Some(def),
-        );
-        self.insert(view, store);
+    /// Adds a derived (list) view, starting pending subscriptions to it.
+    pub fn add_derived(&mut self, def: ViewDef, plugin: &str, store: &Store, notify: Notify<'_>) {
+        let view = View::new(&def.id.clone(), &def.source.clone(), Mode::List, plugin, Some(def));
+        self.insert(view, store, notify);
     }
 
-    fn insert(&mut self, mut view: View, store: &Store) {
+    fn insert(&mut self, mut view: View, store: &Store, notify: Notify<'_>) {
         view.rebuild_index(store);
-        self.by_entity
-            .entry(view.source.clone())
-            .or_default()
-            .push(view.id.clone());
-        self.views.insert(view.id.clone(), view);
+        let id = view.id.clone();
+        self.by_entity.entry(view.source.clone()).or_default().push(id.clone());
+        self.views.insert(id.clone(), view);
+        let waiting: Vec<(ConnId, SubscribeRequest)> = self
+            .pending
+            .iter_mut()
+            .flat_map(|(conn, requests)| {
+                let keys: Vec<_> = requests.keys().filter(|(v, _)| **v == *id).cloned().collect();
+                keys.into_iter().filter_map(|k| requests.remove(&k)).map(|r| (*conn, r)).collect::<Vec<_>>()
+            })
+            .collect();
+        for (conn, request) in waiting {
+            if let Ok(start) = self.subscribe(conn, &request, store) {
+                start.send(conn, notify);
+            }
+        }
+    }
+
+    /// Removes a view. Its subscribers get a non-fatal `view-removed` issue
+    /// and their subscriptions stay pending, to restart if the view returns.
+    pub fn remove_view(&mut self, id: &str, notify: Notify<'_>) {
+        let Some(view) = self.views.remove(id) else {
+            return;
+        };
+        if let Some(ids) = self.by_entity.get_mut(&view.source) {
+            ids.retain(|v| **v != *id);
+        }
+        let issue = socket_issue(
+            "view-removed",
+            &format!("view {id:?} was removed by a plugin reload; the subscription stays pending"),
+            false,
+        );
+        for (conn, subs) in &mut self.conn_subs {
+            let ids: Vec<SubscriptionId> = subs.keys().filter(|(v, _)| **v == *id).cloned().collect();
+            for sub_id in ids {
+                let registered = subs.remove(&sub_id).expect("listed above");
+                self.pending
+                    .entry(*conn)
+                    .or_default()
+                    .insert((id.to_owned(), sub_id.1), registered.request);
+                notify(*conn, Outgoing::Frame(issue.clone()));
+            }
+        }
+    }
+
+    /// Replaces a derived view's definition. Each subscriber gets exactly
+    /// the `delete`s and `upsert`s that turn what it holds into its window
+    /// of the new definition, then, if the sort changed, a `subscribed`
+    /// frame carrying the new sort. Unchanged definitions send nothing.
+    pub fn redefine(&mut self, id: &str, def: ViewDef, store: &Store, notify: Notify<'_>) {
+        let Some(view) = self.views.get_mut(id) else {
+            return;
+        };
+        if view.def.as_ref() == Some(&def) {
+            return;
+        }
+        // What every subscriber holds under the old definition.
+        let mut held: Vec<(ConnId, SubscriptionId, Vec<String>)> = Vec::new();
+        for (conn, subs) in &self.conn_subs {
+            for (sub_id, registered) in subs.iter().filter(|(s, _)| *s.0 == *id) {
+                let keys = match &registered.slot {
+                    Slot::Window(window) => view.subs.windows.get(window).map(|g| g.members.clone()).unwrap_or_default(),
+                    slot => view.snapshot_keys(slot, store),
+                };
+                held.push((*conn, sub_id.clone(), keys));
+            }
+        }
+        let old_sort = view.wire_sort();
+        view.sort = def.effective_sort();
+        view.def = Some(def);
+        view.rebuild_index(store);
+        view.subs = Subscribers::default();
+        let sort_changed = view.wire_sort() != old_sort;
+        let subscribed = Frame::data(&Subscribed {
+            op: "subscribed",
+            view: &view.id,
+            mode: view.mode,
+            sort: view.wire_sort(),
+        });
+        let mut frames = FrameCache::new(view.id.clone(), view.mode);
+        for (conn, sub_id, before) in held {
+            let registered = self
+                .conn_subs
+                .get_mut(&conn)
+                .and_then(|subs| subs.get_mut(&sub_id))
+                .expect("collected above");
+            let slot = view.slot_for(&registered.request);
+            view.add(conn, &slot);
+            let after = view.snapshot_keys(&slot, store);
+            registered.slot = slot;
+            let kept: HashSet<&str> = after.iter().map(String::as_str).collect();
+            let had: HashSet<&str> = before.iter().map(String::as_str).collect();
+            for left in before.iter().filter(|k| !kept.contains(k.as_str())) {
+                notify(conn, Outgoing::Frame(frames.delete(left)));
+            }
+            for entered in after.iter().filter(|k| !had.contains(k.as_str())) {
+                notify(conn, Outgoing::Frame(frames.upsert(entered, store, &view.source)));
+            }
+            if sort_changed {
+                notify(conn, Outgoing::Frame(subscribed.clone()));
+            }
+        }
     }
 
     /// A view by id.
@@ -577,33 +699,25 @@ impl Views {
     }
 
     /// Registers (or replaces) the subscription of `conn` to (view, key) and
-    /// returns what to send first.
+    /// returns what to send first. For an unknown view the request is kept
+    /// pending and [`ViewNotFound`] returned.
     pub fn subscribe(
         &mut self,
         conn: ConnId,
         request: &SubscribeRequest,
         store: &Store,
     ) -> Result<SubscriptionStart, ViewNotFound> {
-        let view_id: Arc<str> = self
-            .views
-            .get_key_value(request.view.as_str())
-            .ok_or(ViewNotFound)?
-            .0
-            .clone();
         self.unsubscribe(conn, &request.view, request.key.as_deref());
-        let view = self.views.get_mut(&view_id).expect("looked up above");
-        let slot = match (&request.key, view.mode) {
-            (Some(key), _) => Slot::Key(key.clone()),
-            (None, Mode::List) => {
-                let window = view.window_for(request);
-                if window.is_everything() {
-                    Slot::All
-                } else {
-                    Slot::Window(window)
-                }
-            }
-            (None, _) => Slot::All,
+        let Some((view_id, view)) = self.views.get_key_value(request.view.as_str()) else {
+            self.pending
+                .entry(conn)
+                .or_default()
+                .insert((request.view.clone(), request.key.clone()), request.clone());
+            return Err(ViewNotFound);
         };
+        let view_id = view_id.clone();
+        let slot = view.slot_for(request);
+        let view = self.views.get_mut(&view_id).expect("looked up above");
         view.add(conn, &slot);
         let subscribed = Frame::data(&Subscribed {
             op: "subscribed",
@@ -628,10 +742,13 @@ impl Views {
                 None => entries.collect(),
             }
         });
-        self.conn_subs
-            .entry(conn)
-            .or_default()
-            .insert((view_id.clone(), request.key.clone()), slot);
+        self.conn_subs.entry(conn).or_default().insert(
+            (view_id.clone(), request.key.clone()),
+            Registered {
+                slot,
+                request: request.clone(),
+            },
+        );
         Ok(SubscriptionStart {
             subscribed,
             view: view_id,
@@ -640,44 +757,46 @@ impl Views {
         })
     }
 
-    /// Removes the subscription of `conn` to (view, key). Returns whether it existed.
+    /// Removes the subscription (active or pending) of `conn` to (view,
+    /// key). Returns whether it existed.
     pub fn unsubscribe(&mut self, conn: ConnId, view: &str, key: Option<&str>) -> bool {
+        let was_pending = self
+            .pending
+            .get_mut(&conn)
+            .and_then(|p| p.remove(&(view.to_owned(), key.map(str::to_owned))))
+            .is_some();
         let Some(subs) = self.conn_subs.get_mut(&conn) else {
-            return false;
+            return was_pending;
         };
         let Some(view_id) = self.views.get_key_value(view).map(|(k, _)| k.clone()) else {
-            return false;
+            return was_pending;
         };
-        let Some(slot) = subs.remove(&(view_id.clone(), key.map(str::to_owned))) else {
-            return false;
+        let Some(registered) = subs.remove(&(view_id.clone(), key.map(str::to_owned))) else {
+            return was_pending;
         };
         if let Some(view) = self.views.get_mut(&view_id) {
-            view.remove(conn, &slot);
+            view.remove(conn, &registered.slot);
         }
         true
     }
 
     /// Removes every subscription of a closed connection.
     pub fn remove_conn(&mut self, conn: ConnId) {
-        for ((view_id, _), slot) in self.conn_subs.remove(&conn).unwrap_or_default() {
+        self.pending.remove(&conn);
+        for ((view_id, _), registered) in self.conn_subs.remove(&conn).unwrap_or_default() {
             if let Some(view) = self.views.get_mut(&view_id) {
-                view.remove(conn, &slot);
+                view.remove(conn, &registered.slot);
             }
         }
     }
 
-    /// Number of subscriptions held by `conn`.
+    /// Number of subscriptions held by `conn`, pending ones included.
     pub fn subscription_count(&self, conn: ConnId) -> usize {
-        self.conn_subs.get(&conn).map_or(0, HashMap::len)
+        self.conn_subs.get(&conn).map_or(0, HashMap::len) + self.pending.get(&conn).map_or(0, HashMap::len)
     }
 
     /// Maintains every view of the changed entity type and delivers frames.
-    pub fn apply(
-        &mut self,
-        change: &Change,
-        store: &Store,
-        deliver: &mut dyn FnMut(ConnId, &Frame),
-    ) {
+    pub fn apply(&mut self, change: &Change, store: &Store, deliver: &mut dyn FnMut(ConnId, &Frame)) {
         let Some(ids) = self.by_entity.get(&change.entity) else {
             return;
         };
@@ -685,6 +804,23 @@ impl Views {
             if let Some(view) = self.views.get_mut(id) {
                 view.apply(change, store, deliver);
             }
+        }
+    }
+}
+
+impl SubscriptionStart {
+    /// Sends the `subscribed` frame and the snapshot through `notify`.
+    pub fn send(self, conn: ConnId, notify: Notify<'_>) {
+        notify(conn, Outgoing::Frame(self.subscribed));
+        if let Some(entries) = self.snapshot {
+            notify(
+                conn,
+                Outgoing::Snapshot {
+                    view: self.view,
+                    mode: self.mode,
+                    entries,
+                },
+            );
         }
     }
 }

@@ -129,7 +129,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut views = Views::new();
     let mut subscribers = Vec::new();
     for def in views_under_test() {
-        views.add_derived(def.clone(), "test", &store);
+        views.add_derived(def.clone(), "test", &store, &mut |_, _| {});
         for (skip, take) in WINDOWS {
             let conn = subscribers.len() as ConnId;
             let request = SubscribeRequest {

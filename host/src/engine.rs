@@ -134,7 +134,9 @@ impl Engine {
                 tracing::error!("plugin refused: {}: {reason}", file.display());
                 match self.reports.get_mut(file) {
                     // A previous build from this file keeps serving.
-                    Some(report) if report.state == "loaded" => report.last_error = Some(reason.clone()),
+                    Some(report) if report.state == "loaded" => {
+                        report.last_error = Some(reason.clone())
+                    }
                     _ => {
                         self.reports.insert(
                             file.to_owned(),
@@ -227,12 +229,19 @@ impl Engine {
     /// stay pending), its entity state stays for a later build to serve.
     pub fn unload_file(&mut self, file: &Path) {
         self.reports.remove(file);
-        let Some(name) = self.plugins.values().find(|p| p.file == file).map(|p| p.manifest.name.clone()) else {
+        let Some(name) = self
+            .plugins
+            .values()
+            .find(|p| p.file == file)
+            .map(|p| p.manifest.name.clone())
+        else {
             return;
         };
         let lib = self.plugins.remove(&name).expect("found above");
         let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
-        self.apply_manifest_change(Some(&lib.manifest), None, &mut |conn, item| notes.push((conn, item)));
+        self.apply_manifest_change(Some(&lib.manifest), None, &mut |conn, item| {
+            notes.push((conn, item))
+        });
         self.send_notes(notes);
         tracing::info!(file = %file.display(), plugin = %name, "plugin unloaded; its entities are kept");
     }
@@ -247,10 +256,12 @@ impl Engine {
         notify: &mut dyn FnMut(ConnId, Outgoing),
     ) {
         let entities = |m: Option<&Manifest>| -> Vec<String> {
-            m.map(|m| m.entities.iter().map(|e| e.name.clone()).collect()).unwrap_or_default()
+            m.map(|m| m.entities.iter().map(|e| e.name.clone()).collect())
+                .unwrap_or_default()
         };
         let derived = |m: Option<&Manifest>| -> BTreeMap<String, ViewDef> {
-            m.map(|m| m.views.iter().map(|v| (v.id.clone(), v.clone())).collect()).unwrap_or_default()
+            m.map(|m| m.views.iter().map(|v| (v.id.clone(), v.clone())).collect())
+                .unwrap_or_default()
         };
         let (old_entities, new_entities) = (entities(old), entities(new));
         let (old_views, new_views) = (derived(old), derived(new));
@@ -263,13 +274,20 @@ impl Engine {
                 self.views.remove_view(&format!("{entity}/{mode}"), notify);
             }
         }
-        for (id, def) in new_views.iter().filter(|(id, _)| old_views.contains_key(*id)) {
+        for (id, def) in new_views
+            .iter()
+            .filter(|(id, _)| old_views.contains_key(*id))
+        {
             self.views.redefine(id, def.clone(), &self.store, notify);
         }
         for entity in new_entities.iter().filter(|e| !old_entities.contains(e)) {
-            self.views.add_base_views(entity, &plugin, &self.store, notify);
+            self.views
+                .add_base_views(entity, &plugin, &self.store, notify);
         }
-        for (_, def) in new_views.into_iter().filter(|(id, _)| !old_views.contains_key(id)) {
+        for (_, def) in new_views
+            .into_iter()
+            .filter(|(id, _)| !old_views.contains_key(id))
+        {
             self.views.add_derived(def, &plugin, &self.store, notify);
         }
     }
@@ -378,11 +396,18 @@ impl Engine {
     /// Starts (or restarts) a subscription: queues the `subscribed` frame
     /// and the snapshot on the connection's outbox, or a `view-not-found`
     /// socket issue (the subscription then waits for the view to appear).
-    pub fn subscribe(&mut self, conn: ConnId, request: &SubscribeRequest, max_subscriptions: usize) {
+    pub fn subscribe(
+        &mut self,
+        conn: ConnId,
+        request: &SubscribeRequest,
+        max_subscriptions: usize,
+    ) {
         let Some(outbox) = self.conns.get(&conn) else {
             return;
         };
-        let replacing = self.views.unsubscribe(conn, &request.view, request.key.as_deref());
+        let replacing = self
+            .views
+            .unsubscribe(conn, &request.view, request.key.as_deref());
         if !replacing && self.views.subscription_count(conn) >= max_subscriptions {
             outbox.push_reply(Outgoing::Frame(socket_issue(
                 "subscription-limit-exceeded",
@@ -397,7 +422,10 @@ impl Engine {
                 tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
                 outbox.push_reply(Outgoing::Frame(socket_issue(
                     "view-not-found",
-                    &format!("no view named {:?}; the subscription starts if a plugin provides it", request.view),
+                    &format!(
+                        "no view named {:?}; the subscription starts if a plugin provides it",
+                        request.view
+                    ),
                     false,
                 )));
             }
@@ -422,7 +450,10 @@ impl Engine {
 
 /// Collapses a multi-line error (abi_stable's are) into one log-friendly line.
 fn one_line(text: &str) -> String {
-    text.replace('\0', "").split_whitespace().collect::<Vec<_>>().join(" ")
+    text.replace('\0', "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Checks what a projector returned: only its own entities, patches of objects.

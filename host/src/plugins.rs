@@ -134,7 +134,9 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
 fn library_error(err: LibraryError) -> LoadError {
     match err {
         LibraryError::OpenError { err, .. } => LoadError::NotALibrary(err.to_string()),
-        LibraryError::GetSymbolError { .. } | LibraryError::InvalidAbiHeader(_) => LoadError::NotAPlugin,
+        LibraryError::GetSymbolError { .. } | LibraryError::InvalidAbiHeader(_) => {
+            LoadError::NotAPlugin
+        }
         LibraryError::IncompatibleVersionNumber {
             expected_version,
             actual_version,

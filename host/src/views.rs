@@ -26,7 +26,9 @@ use std::sync::Arc;
 use serde_json::Value;
 use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 
-use crate::frame::{entity_frame, socket_issue, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort};
+use crate::frame::{
+    entity_frame, socket_issue, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort,
+};
 use crate::outbox::Outgoing;
 use crate::store::{Change, Store};
 
@@ -569,8 +571,18 @@ impl Views {
 
     /// Adds `E/list`, `E/state` and `E/append` for an entity type, starting
     /// pending subscriptions to them.
-    pub fn add_base_views(&mut self, entity: &str, plugin: &str, store: &Store, notify: Notify<'_>) {
-        for (suffix, mode) in [("list", Mode::List), ("state", Mode::State), ("append", Mode::Append)] {
+    pub fn add_base_views(
+        &mut self,
+        entity: &str,
+        plugin: &str,
+        store: &Store,
+        notify: Notify<'_>,
+    ) {
+        for (suffix, mode) in [
+            ("list", Mode::List),
+            ("state", Mode::State),
+            ("append", Mode::Append),
+        ] {
             let view = View::new(&format!("{entity}/{suffix}"), entity, mode, plugin, None);
             self.insert(view, store, notify);
         }
@@ -578,21 +590,37 @@ impl Views {
 
     /// Adds a derived (list) view, starting pending subscriptions to it.
     pub fn add_derived(&mut self, def: ViewDef, plugin: &str, store: &Store, notify: Notify<'_>) {
-        let view = View::new(&def.id.clone(), &def.source.clone(), Mode::List, plugin, Some(def));
+        let view = View::new(
+            &def.id.clone(),
+            &def.source.clone(),
+            Mode::List,
+            plugin,
+            Some(def),
+        );
         self.insert(view, store, notify);
     }
 
     fn insert(&mut self, mut view: View, store: &Store, notify: Notify<'_>) {
         view.rebuild_index(store);
         let id = view.id.clone();
-        self.by_entity.entry(view.source.clone()).or_default().push(id.clone());
+        self.by_entity
+            .entry(view.source.clone())
+            .or_default()
+            .push(id.clone());
         self.views.insert(id.clone(), view);
         let waiting: Vec<(ConnId, SubscribeRequest)> = self
             .pending
             .iter_mut()
             .flat_map(|(conn, requests)| {
-                let keys: Vec<_> = requests.keys().filter(|(v, _)| **v == *id).cloned().collect();
-                keys.into_iter().filter_map(|k| requests.remove(&k)).map(|r| (*conn, r)).collect::<Vec<_>>()
+                let keys: Vec<_> = requests
+                    .keys()
+                    .filter(|(v, _)| **v == *id)
+                    .cloned()
+                    .collect();
+                keys.into_iter()
+                    .filter_map(|k| requests.remove(&k))
+                    .map(|r| (*conn, r))
+                    .collect::<Vec<_>>()
             })
             .collect();
         for (conn, request) in waiting {
@@ -617,7 +645,8 @@ impl Views {
             false,
         );
         for (conn, subs) in &mut self.conn_subs {
-            let ids: Vec<SubscriptionId> = subs.keys().filter(|(v, _)| **v == *id).cloned().collect();
+            let ids: Vec<SubscriptionId> =
+                subs.keys().filter(|(v, _)| **v == *id).cloned().collect();
             for sub_id in ids {
                 let registered = subs.remove(&sub_id).expect("listed above");
                 self.pending
@@ -645,7 +674,12 @@ impl Views {
         for (conn, subs) in &self.conn_subs {
             for (sub_id, registered) in subs.iter().filter(|(s, _)| *s.0 == *id) {
                 let keys = match &registered.slot {
-                    Slot::Window(window) => view.subs.windows.get(window).map(|g| g.members.clone()).unwrap_or_default(),
+                    Slot::Window(window) => view
+                        .subs
+                        .windows
+                        .get(window)
+                        .map(|g| g.members.clone())
+                        .unwrap_or_default(),
                     slot => view.snapshot_keys(slot, store),
                 };
                 held.push((*conn, sub_id.clone(), keys));
@@ -680,7 +714,10 @@ impl Views {
                 notify(conn, Outgoing::Frame(frames.delete(left)));
             }
             for entered in after.iter().filter(|k| !had.contains(k.as_str())) {
-                notify(conn, Outgoing::Frame(frames.upsert(entered, store, &view.source)));
+                notify(
+                    conn,
+                    Outgoing::Frame(frames.upsert(entered, store, &view.source)),
+                );
             }
             if sort_changed {
                 notify(conn, Outgoing::Frame(subscribed.clone()));
@@ -792,11 +829,17 @@ impl Views {
 
     /// Number of subscriptions held by `conn`, pending ones included.
     pub fn subscription_count(&self, conn: ConnId) -> usize {
-        self.conn_subs.get(&conn).map_or(0, HashMap::len) + self.pending.get(&conn).map_or(0, HashMap::len)
+        self.conn_subs.get(&conn).map_or(0, HashMap::len)
+            + self.pending.get(&conn).map_or(0, HashMap::len)
     }
 
     /// Maintains every view of the changed entity type and delivers frames.
-    pub fn apply(&mut self, change: &Change, store: &Store, deliver: &mut dyn FnMut(ConnId, &Frame)) {
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        store: &Store,
+        deliver: &mut dyn FnMut(ConnId, &Frame),
+    ) {
         let Some(ids) = self.by_entity.get(&change.entity) else {
             return;
         };

@@ -25,7 +25,10 @@ use crate::Shared;
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct PluginWatcher {
-    _debouncer: notify_debouncer_full::Debouncer<notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    _debouncer: notify_debouncer_full::Debouncer<
+        notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
 }
 
 /// What to do with one path after a batch of events.
@@ -38,8 +41,10 @@ enum Action {
 /// Starts watching `shared.config.plugins_dir`.
 pub fn watch(shared: Arc<Shared>) -> notify::Result<PluginWatcher> {
     let dir = shared.config.plugins_dir.clone();
-    let mut debouncer = new_debouncer(Duration::from_millis(150), None, move |result: DebounceEventResult| {
-        match result {
+    let mut debouncer = new_debouncer(
+        Duration::from_millis(150),
+        None,
+        move |result: DebounceEventResult| match result {
             Ok(events) => {
                 for (path, action) in actions(&events) {
                     apply(&shared, &path, action);
@@ -50,11 +55,13 @@ pub fn watch(shared: Arc<Shared>) -> notify::Result<PluginWatcher> {
                     tracing::warn!(%err, "plugin directory watcher error");
                 }
             }
-        }
-    })?;
+        },
+    )?;
     debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
     tracing::info!(dir = %dir.display(), "watching plugins directory");
-    Ok(PluginWatcher { _debouncer: debouncer })
+    Ok(PluginWatcher {
+        _debouncer: debouncer,
+    })
 }
 
 fn is_plugin_file(path: &Path) -> bool {
@@ -76,18 +83,29 @@ fn actions(events: &[DebouncedEvent]) -> Vec<(PathBuf, Action)> {
     for event in events {
         let paths = &event.event.paths;
         match event.event.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => paths.iter().for_each(|p| set(p, Action::Load)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                paths.iter().for_each(|p| set(p, Action::Load))
+            }
             EventKind::Modify(ModifyKind::Name(RenameMode::Both)) if paths.len() == 2 => {
                 set(&paths[0], Action::Unload);
                 set(&paths[1], Action::Load);
             }
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => paths.iter().for_each(|p| set(p, Action::Load)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
+                paths.iter().for_each(|p| set(p, Action::Load))
+            }
             EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
                 paths.iter().for_each(|p| set(p, Action::Unload))
             }
             EventKind::Modify(ModifyKind::Name(_)) => {
                 for p in paths {
-                    set(p, if p.exists() { Action::Load } else { Action::Unload });
+                    set(
+                        p,
+                        if p.exists() {
+                            Action::Load
+                        } else {
+                            Action::Unload
+                        },
+                    );
                 }
             }
             // Create and data modifications: the file may still be being

@@ -98,14 +98,12 @@ fn merge_object(target: &mut Value, patch: &Map<String, Value>, append: &[String
                 let slot = target.entry(field.clone()).or_insert(Value::Null);
                 merge_object(slot, inner, append, &path);
             }
-            Value::Array(items) if append.contains(&path) => {
-                match target.get_mut(field) {
-                    Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
-                    _ => {
-                        target.insert(field.clone(), value.clone());
-                    }
+            Value::Array(items) if append.contains(&path) => match target.get_mut(field) {
+                Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
+                _ => {
+                    target.insert(field.clone(), value.clone());
                 }
-            }
+            },
             _ => {
                 target.insert(field.clone(), value.clone());
             }

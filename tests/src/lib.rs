@@ -81,6 +81,24 @@ pub fn plugin_artifact(crate_name: &str) -> PathBuf {
     path
 }
 
+/// Builds `package` with cargo feature `feature` into its own target
+/// directory (so the workspace's `target/debug` copy is untouched) and
+/// returns the library: a second build of the same plugin.
+pub fn variant_artifact(package: &str, crate_name: &str, feature: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = target_dir().join("variants").join(feature);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .env("CARGO_TARGET_DIR", &dir)
+        .args(["build", "--quiet", "-p", package, "--features", feature])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "building {package} with {feature} failed");
+    dir.join("debug").join(format!("lib{crate_name}.so"))
+}
+
 /// A file to place in the plugins directory before start.
 pub enum PluginFile {
     /// Copy of a built crate's library (`vista_tokens`) under a file name.
@@ -211,6 +229,28 @@ impl Host {
             .expect("GET");
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON response body"))
+    }
+
+    /// Polls `GET /plugins` until `ready` holds for it; panics after 15 s.
+    pub async fn wait_for_plugins(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, plugins) = self.get_json("/plugins").await;
+            if ready(&plugins) {
+                return plugins;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; /plugins = {plugins}\nlog:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The OS process id of the host.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A raw WebSocket client connected to the host.

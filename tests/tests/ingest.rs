@@ -7,12 +7,15 @@ use serde_json::{json, Value};
 use vista_tests::{Host, PluginFile};
 
 fn created(mint: &str) -> String {
-    json!({"type": "token_created", "mint": mint, "symbol": "S", "decimals": 0, "supply": 10}).to_string()
+    json!({"type": "token_created", "mint": mint, "symbol": "S", "decimals": 0, "supply": 10})
+        .to_string()
 }
 
 async fn token_keys(host: &Host) -> Vec<String> {
     let mut client = host.client().await;
-    client.subscribe(json!({"type": "subscribe", "view": "Token/list"})).await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
     let mut keys: Vec<String> = client
         .snapshot()
         .await
@@ -26,11 +29,15 @@ async fn token_keys(host: &Host) -> Vec<String> {
 #[tokio::test]
 async fn ndjson_and_json_arrays_are_accepted_with_the_last_seq() {
     let host = Host::with_tokens().await;
-    let (status, reply) = host.ingest("tokens", format!("{}\n\n{}\n", created("a"), created("b"))).await;
+    let (status, reply) = host
+        .ingest("tokens", format!("{}\n\n{}\n", created("a"), created("b")))
+        .await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["accepted"], 2);
     assert_eq!(reply["seq"], "0000000000000002");
-    let (status, reply) = host.ingest("tokens", format!("[{}, {}]", created("c"), created("d"))).await;
+    let (status, reply) = host
+        .ingest("tokens", format!("[{}, {}]", created("c"), created("d")))
+        .await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["accepted"], 2);
     assert_eq!(reply["seq"], "0000000000000004");
@@ -41,17 +48,29 @@ async fn ndjson_and_json_arrays_are_accepted_with_the_last_seq() {
 #[tokio::test]
 async fn a_malformed_line_fails_the_whole_request_naming_the_line() {
     let host = Host::with_tokens().await;
-    let body = format!("{}\n{}\n{{\"type\": \"token_created\",\n", created("a"), created("b"));
+    let body = format!(
+        "{}\n{}\n{{\"type\": \"token_created\",\n",
+        created("a"),
+        created("b")
+    );
     let (status, reply) = host.ingest("tokens", body).await;
     assert_eq!(status, 400);
     assert_eq!(reply["error"], "malformed-event");
     assert_eq!(reply["line"], 3);
-    assert!(reply["message"].as_str().unwrap().starts_with("line 3:"), "{reply}");
-    let (status, reply) = host.ingest("tokens", format!("{}\n42\n", created("x"))).await;
+    assert!(
+        reply["message"].as_str().unwrap().starts_with("line 3:"),
+        "{reply}"
+    );
+    let (status, reply) = host
+        .ingest("tokens", format!("{}\n42\n", created("x")))
+        .await;
     assert_eq!((status, reply["line"].as_u64()), (400, Some(2)), "{reply}");
     let (status, reply) = host.ingest("tokens", "").await;
     assert_eq!((status, reply["error"].as_str()), (400, Some("empty-body")));
-    assert!(token_keys(&host).await.is_empty(), "nothing of a refused request is applied");
+    assert!(
+        token_keys(&host).await.is_empty(),
+        "nothing of a refused request is applied"
+    );
 }
 
 #[tokio::test]
@@ -68,18 +87,35 @@ async fn a_projector_error_is_422_naming_the_plugin_and_nothing_is_applied() {
     assert_eq!(reply["error"], "projector-error");
     assert_eq!(reply["plugin"], "tokens");
     assert_eq!(reply["line"], 3);
-    assert!(reply["message"].as_str().unwrap().contains("unknown token ghost"), "{reply}");
-    assert!(token_keys(&host).await.is_empty(), "events 1 and 2 were not applied either");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown token ghost"),
+        "{reply}"
+    );
+    assert!(
+        token_keys(&host).await.is_empty(),
+        "events 1 and 2 were not applied either"
+    );
     assert!(host.log().contains("projector error"), "logged");
 }
 
 #[tokio::test]
 async fn an_unknown_event_type_is_a_projector_error_not_a_silent_skip() {
     let host = Host::with_tokens().await;
-    let (status, reply) = host.ingest("tokens", "{\"type\": \"token_renamed\", \"mint\": \"a\"}").await;
+    let (status, reply) = host
+        .ingest("tokens", "{\"type\": \"token_renamed\", \"mint\": \"a\"}")
+        .await;
     assert_eq!(status, 422);
     assert_eq!(reply["plugin"], "tokens");
-    assert!(reply["message"].as_str().unwrap().contains("unknown variant `token_renamed`"), "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown variant `token_renamed`"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -119,7 +155,9 @@ async fn a_panicking_projector_is_422_and_the_host_keeps_serving() {
     )
     .await;
     let mut watcher = host.client().await;
-    watcher.subscribe(json!({"type": "subscribe", "view": "Token/list"})).await;
+    watcher
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
     watcher.snapshot_frames().await;
 
     let body = "{\"type\":\"note\",\"id\":\"n1\"}\n{\"type\":\"explode\"}\n";
@@ -127,17 +165,31 @@ async fn a_panicking_projector_is_422_and_the_host_keeps_serving() {
     assert_eq!(status, 422, "{reply}");
     assert_eq!(reply["plugin"], "panicky");
     assert_eq!(reply["line"], 2);
-    assert!(reply["message"].as_str().unwrap().contains("panic: kaboom on purpose"), "{reply}");
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("panic: kaboom on purpose"),
+        "{reply}"
+    );
 
     // Same plugin, same host: still works, and n1 was not applied.
-    let (status, _) = host.ingest("notes", "{\"type\":\"note\",\"id\":\"n2\"}").await;
+    let (status, _) = host
+        .ingest("notes", "{\"type\":\"note\",\"id\":\"n2\"}")
+        .await;
     assert_eq!(status, 200);
     let mut notes = host.client().await;
-    notes.subscribe(json!({"type": "subscribe", "view": "Note/list"})).await;
+    notes
+        .subscribe(json!({"type": "subscribe", "view": "Note/list"}))
+        .await;
     let keys: Vec<String> = notes.snapshot().await.into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, ["n2"]);
     // Other plugins and connected clients unaffected.
-    host.ingest_ok("tokens", &[serde_json::from_str::<Value>(&created("a")).unwrap()]).await;
+    host.ingest_ok(
+        "tokens",
+        &[serde_json::from_str::<Value>(&created("a")).unwrap()],
+    )
+    .await;
     assert_eq!(watcher.recv_json().await["key"], "a");
     let (status, health) = host.get_json("/healthz").await;
     assert_eq!((status, health["status"].as_str()), (200, Some("ok")));

@@ -15,7 +15,9 @@ fn report<'a>(plugins: &'a Value, file_suffix: &str) -> &'a Value {
 
 #[tokio::test]
 async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let host = Host::start(
         vec![
             PluginFile::Bytes(garbage, "garbage.so"),
@@ -42,7 +44,14 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
     assert_eq!(tokens["streams"], json!(["tokens"]));
     assert_eq!(
         tokens["views"],
-        json!(["Token/list", "Token/state", "Token/append", "Trade/list", "Trade/state", "Trade/append"])
+        json!([
+            "Token/list",
+            "Token/state",
+            "Token/append",
+            "Trade/list",
+            "Trade/state",
+            "Trade/append"
+        ])
     );
     assert_eq!(tokens["last_error"], Value::Null);
 
@@ -75,7 +84,9 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
     )
     .await;
     let mut client = host.client().await;
-    client.subscribe(json!({"type": "subscribe", "view": "Token/list"})).await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
     assert_eq!(client.snapshot().await.len(), 1);
 }
 
@@ -85,6 +96,8 @@ async fn an_empty_plugins_directory_serves_no_views() {
     let (status, plugins) = host.get_json("/plugins").await;
     assert_eq!((status, plugins), (200, json!([])));
     let mut client = host.client().await;
-    client.send(json!({"type": "subscribe", "view": "Token/list"})).await;
+    client
+        .send(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
     assert_eq!(client.recv_json().await["error"], "view-not-found");
 }

@@ -75,10 +75,17 @@ async fn rust_sdk_store_holds_exactly_the_expected_tokens() {
         .connect()
         .await
         .expect("connect the SDK");
-    hs.views.0.connection().ensure_subscription("Token/list", None).await;
+    hs.views
+        .0
+        .connection()
+        .ensure_subscription("Token/list", None)
+        .await;
 
     let mut expected = BTreeMap::new();
-    expected.insert("a".to_owned(), json!({"mint": "a", "symbol": "AAA", "decimals": 6, "supply": 100}));
+    expected.insert(
+        "a".to_owned(),
+        json!({"mint": "a", "symbol": "AAA", "decimals": 6, "supply": 100}),
+    );
     wait_for_store(&hs, "Token/list", &expected).await;
 
     host.ingest_ok(
@@ -98,7 +105,10 @@ async fn rust_sdk_store_holds_exactly_the_expected_tokens() {
         json!({"mint": "a", "symbol": "AAA", "decimals": 6, "supply": 123, "lastPrice": 3.0,
                "recentTrades": [{"id": "t1", "price": 2.5, "amount": 4}, {"id": "t2", "price": 3.0, "amount": 1}]}),
     );
-    expected.insert("b".to_owned(), json!({"mint": "b", "symbol": "BBB", "decimals": 0, "supply": 7}));
+    expected.insert(
+        "b".to_owned(),
+        json!({"mint": "b", "symbol": "BBB", "decimals": 0, "supply": 7}),
+    );
     wait_for_store(&hs, "Token/list", &expected).await;
     assert!(hs.last_error().await.is_none(), "the SDK saw no error");
     hs.disconnect().await;

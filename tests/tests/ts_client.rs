@@ -41,7 +41,8 @@ pub fn run_node_script(host: &Host, script: &str) -> String {
 async fn typescript_client_store_holds_exactly_the_expected_tokens_and_trades() {
     let host = Host::with_tokens().await;
     let stdout = tokio::task::block_in_place(|| run_node_script(&host, "tokens.mjs"));
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["ok"], true, "{summary}");
 }
 
@@ -49,6 +50,7 @@ async fn typescript_client_store_holds_exactly_the_expected_tokens_and_trades() 
 async fn typescript_client_shows_exactly_the_active_games_in_order() {
     let host = Host::with_games().await;
     let stdout = tokio::task::block_in_place(|| run_node_script(&host, "games.mjs"));
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["ok"], true, "{summary}");
 }

@@ -52,6 +52,7 @@ export function harness(name) {
   let dumpViews = [];
   let fatal = null; // set by connection/socket-issue handlers; checked while polling
   const issues = []; // socket issues the server reported
+  const states = []; // every connection state change: {state, error?}
   const subscribed = new Map(); // view -> first `subscribed` frame (as parsed by the client)
 
   function fail(message) {
@@ -137,12 +138,15 @@ export function harness(name) {
   /**
    * Connects the published client to VISTA_WS_URL with `stack`, never
    * reconnecting; any error/reconnecting state or socket issue makes the
-   * next waitFor fail. Records `subscribed` frames in `h.subscribed`.
+   * next waitFor fail. Records `subscribed` frames in `h.subscribed` and
+   * every connection state change (from the first `connecting` on, since the
+   * handlers are registered before the socket opens) in `h.states`.
    */
   async function connect(stack) {
     dumpViews = stackViews(stack);
     hs = await HyperStack.connect(stack, {
       url: WS_URL,
+      autoReconnect: false, // only defers the first connect (below, after the handlers)
       maxReconnectAttempts: 0,
       auth: {
         websocketFactory: (url, init) => {
@@ -153,7 +157,9 @@ export function harness(name) {
       },
     });
     hs.onConnectionStateChange((state, error) => {
-      if (state === 'error' || state === 'reconnecting') {
+      states.push(error ? { state, error: String(error) } : { state });
+      // `disconnected` only comes from finish() (hs.disconnect()), after the last waitFor.
+      if (state === 'error' || state === 'reconnecting' || state === 'disconnected') {
         fatal = `client connection state '${state}'${error ? `: ${error}` : ''}`;
       }
     });
@@ -165,6 +171,7 @@ export function harness(name) {
       if (process.env.VISTA_DEBUG) console.error('frame', JSON.stringify(frame));
       if (frame.op === 'subscribed' && !subscribed.has(frame.view)) subscribed.set(frame.view, frame);
     });
+    await hs.connect();
     return hs;
   }
 
@@ -176,7 +183,9 @@ export function harness(name) {
   return {
     WS_URL, HTTP_URL, TIMEOUT_MS,
     get hs() { return hs; },
-    issues, subscribed,
+    /** Why the next waitFor will fail (connection state, socket issue), or null. */
+    get fatal() { return fatal; },
+    issues, subscribed, states,
     connect, ingest, waitFor, pump, dumpStore, fail, finish, run,
   };
 }

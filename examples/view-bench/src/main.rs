@@ -56,13 +56,22 @@ impl Rng {
 
 fn view_defs() -> Vec<ViewDef> {
     vec![
-        view("ActiveGame/latest").from("Game").filter(eq("status", "active")).sort_desc("startedAt").take(10),
+        view("ActiveGame/latest")
+            .from("Game")
+            .filter(eq("status", "active"))
+            .sort_desc("startedAt")
+            .take(10),
         view("Game/top").from("Game").sort_desc("score").take(3),
     ]
 }
 
 /// Subscriber windows (skip, take), cycled over subscribers.
-const WINDOWS: [(Option<usize>, Option<usize>); 4] = [(None, None), (None, Some(5)), (Some(2), Some(5)), (Some(1), Some(1))];
+const WINDOWS: [(Option<usize>, Option<usize>); 4] = [
+    (None, None),
+    (None, Some(5)),
+    (Some(2), Some(5)),
+    (Some(1), Some(1)),
+];
 
 /// A workload: the mutation sequence both maintainers apply.
 fn workload(rng: &mut Rng, entities: usize, count: usize) -> Vec<Mutation> {
@@ -119,8 +128,16 @@ fn incremental(entities: usize, subscribers: usize, mutations: &[Mutation]) -> O
     for conn in 0..subscribers {
         let def = &defs[conn % defs.len()];
         let (skip, take) = WINDOWS[(conn / defs.len()) % WINDOWS.len()];
-        let request = SubscribeRequest { view: def.id.clone(), skip, take, with_snapshot: true, ..Default::default() };
-        views.subscribe(conn as u64, &request, &store).expect("view exists");
+        let request = SubscribeRequest {
+            view: def.id.clone(),
+            skip,
+            take,
+            with_snapshot: true,
+            ..Default::default()
+        };
+        views
+            .subscribe(conn as u64, &request, &store)
+            .expect("view exists");
     }
     let mut frames = 0u64;
     let started = Instant::now();
@@ -128,7 +145,11 @@ fn incremental(entities: usize, subscribers: usize, mutations: &[Mutation]) -> O
         let change = store.apply(mutation.clone());
         views.apply(&change, &store, &mut |_, _| frames += 1);
     }
-    Outcome { seconds: started.elapsed().as_secs_f64(), frames, mutations: mutations.len() }
+    Outcome {
+        seconds: started.elapsed().as_secs_f64(),
+        frames,
+        mutations: mutations.len(),
+    }
 }
 
 /// The naive maintainer: per mutation, recompute each subscriber window
@@ -136,44 +157,72 @@ fn incremental(entities: usize, subscribers: usize, mutations: &[Mutation]) -> O
 fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Outcome {
     let mut store = populated_store(&mut Rng(7), entities);
     let defs = view_defs();
-    let window_of = |store: &Store, def: &ViewDef, skip: usize, take: Option<usize>| -> Vec<(String, Value)> {
-        let sort = def.effective_sort();
-        let mut members: Vec<(SortValue, &String, &Value)> = store
-            .table("Game")
-            .filter(|(_, e)| def.matches(e))
-            .map(|(k, e)| (SortValue::of(e, &sort.field), k, e.as_ref()))
-            .collect();
-        members.sort_by(|a, b| {
-            let by_value = if sort.order == Order::Desc { b.0.cmp(&a.0) } else { a.0.cmp(&b.0) };
-            by_value.then_with(|| a.1.cmp(b.1))
-        });
-        let end = take.map_or(def.take.unwrap_or(usize::MAX), |t| (skip + t).min(def.take.unwrap_or(usize::MAX)));
-        members.into_iter().take(end).skip(skip).map(|(_, k, e)| (k.clone(), e.clone())).collect()
-    };
+    let window_of =
+        |store: &Store, def: &ViewDef, skip: usize, take: Option<usize>| -> Vec<(String, Value)> {
+            let sort = def.effective_sort();
+            let mut members: Vec<(SortValue, &String, &Value)> = store
+                .table("Game")
+                .filter(|(_, e)| def.matches(e))
+                .map(|(k, e)| (SortValue::of(e, &sort.field), k, e.as_ref()))
+                .collect();
+            members.sort_by(|a, b| {
+                let by_value = if sort.order == Order::Desc {
+                    b.0.cmp(&a.0)
+                } else {
+                    a.0.cmp(&b.0)
+                };
+                by_value.then_with(|| a.1.cmp(b.1))
+            });
+            let end = take.map_or(def.take.unwrap_or(usize::MAX), |t| {
+                (skip + t).min(def.take.unwrap_or(usize::MAX))
+            });
+            members
+                .into_iter()
+                .take(end)
+                .skip(skip)
+                .map(|(_, k, e)| (k.clone(), e.clone()))
+                .collect()
+        };
     let subs: Vec<(usize, usize, Option<usize>)> = (0..subscribers)
         .map(|conn| {
             let (skip, take) = WINDOWS[(conn / defs.len()) % WINDOWS.len()];
             (conn % defs.len(), skip.unwrap_or(0), take)
         })
         .collect();
-    let mut held: Vec<BTreeMap<String, Value>> =
-        subs.iter().map(|(d, skip, take)| window_of(&store, &defs[*d], *skip, *take).into_iter().collect()).collect();
+    let mut held: Vec<BTreeMap<String, Value>> = subs
+        .iter()
+        .map(|(d, skip, take)| {
+            window_of(&store, &defs[*d], *skip, *take)
+                .into_iter()
+                .collect()
+        })
+        .collect();
     let mut frames = 0u64;
     let started = Instant::now();
     for mutation in mutations {
         let key = mutation.key.clone();
         store.apply(mutation.clone());
         // One recomputation per distinct window, shared by its subscribers.
-        let mut computed: BTreeMap<(usize, usize, Option<usize>), Vec<(String, Value)>> = BTreeMap::new();
+        let mut computed: BTreeMap<(usize, usize, Option<usize>), Vec<(String, Value)>> =
+            BTreeMap::new();
         for (i, sub) in subs.iter().enumerate() {
-            let window = computed.entry(*sub).or_insert_with(|| window_of(&store, &defs[sub.0], sub.1, sub.2));
+            let window = computed
+                .entry(*sub)
+                .or_insert_with(|| window_of(&store, &defs[sub.0], sub.1, sub.2));
             let now: HashSet<&String> = window.iter().map(|(k, _)| k).collect();
             frames += held[i].keys().filter(|k| !now.contains(k)).count() as u64;
-            frames += window.iter().filter(|(k, _)| !held[i].contains_key(k) || *k == key).count() as u64;
+            frames += window
+                .iter()
+                .filter(|(k, _)| !held[i].contains_key(k) || *k == key)
+                .count() as u64;
             held[i] = window.iter().cloned().collect();
         }
     }
-    Outcome { seconds: started.elapsed().as_secs_f64(), frames, mutations: mutations.len() }
+    Outcome {
+        seconds: started.elapsed().as_secs_f64(),
+        frames,
+        mutations: mutations.len(),
+    }
 }
 
 fn main() {
@@ -181,9 +230,17 @@ fn main() {
     println!("| entities | maintainer | mutations | mutations/s | µs/mutation | frames/mutation |");
     println!("|---:|---|---:|---:|---:|---:|");
     for &entities in &args.entities {
-        let mutations = workload(&mut Rng(42), entities, args.mutations.max(args.baseline_mutations));
+        let mutations = workload(
+            &mut Rng(42),
+            entities,
+            args.mutations.max(args.baseline_mutations),
+        );
         let fast = incremental(entities, args.subscribers, &mutations[..args.mutations]);
-        let slow = recompute(entities, args.subscribers, &mutations[..args.baseline_mutations]);
+        let slow = recompute(
+            entities,
+            args.subscribers,
+            &mutations[..args.baseline_mutations],
+        );
         for (name, outcome) in [("incremental", &fast), ("recompute", &slow)] {
             println!(
                 "| {entities} | {name} | {} | {:.0} | {:.2} | {:.2} |",
@@ -194,7 +251,14 @@ fn main() {
             );
         }
         // Same frames on the common prefix: the baseline is a fair comparison.
-        let check = incremental(entities, args.subscribers, &mutations[..args.baseline_mutations]);
-        assert_eq!(check.frames, slow.frames, "both maintainers emit the same number of frames");
+        let check = incremental(
+            entities,
+            args.subscribers,
+            &mutations[..args.baseline_mutations],
+        );
+        assert_eq!(
+            check.frames, slow.frames,
+            "both maintainers emit the same number of frames"
+        );
     }
 }

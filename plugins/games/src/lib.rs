@@ -18,7 +18,7 @@
 //!   field never matches, so undecided games are not in it), newest first.
 
 use serde::Deserialize;
-use vista_plugin_api::view::{eq, ne, view};
+use vista_plugin_api::view::{and, eq, ge, ne, view};
 use vista_plugin_api::{json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
 
 /// The plugin; stateless, as every projector is.
@@ -56,6 +56,9 @@ struct StoredGame {
 
 impl Plugin for Games {
     fn manifest() -> Manifest {
+        if cfg!(feature = "alt-views") {
+            return alternative_manifest();
+        }
         Manifest::new("games", env!("CARGO_PKG_VERSION"))
             .entity("Game")
             .stream("games")
@@ -111,7 +114,9 @@ impl Plugin for Games {
             GameEvent::GameRemoved { game } => vec![Mutation::delete("Game", game)],
             GameEvent::GameEnded { game, winner } => {
                 if state.get("Game", &game).is_none() {
-                    return Err(ProjectError::new(format!("game_ended: unknown game {game}")));
+                    return Err(ProjectError::new(format!(
+                        "game_ended: unknown game {game}"
+                    )));
                 }
                 vec![Mutation::patch(
                     "Game",
@@ -121,6 +126,30 @@ impl Plugin for Games {
             }
         })
     }
+}
+
+/// A second build of this plugin (`--features alt-views`), used to show
+/// hot reload: `ActiveGame/latest` also requires `score >= 10` and keeps 5,
+/// `Game/top` ranks by `startedAt` ascending instead of score,
+/// `Game/decided` is gone and `Game/ended` is new.
+fn alternative_manifest() -> Manifest {
+    Manifest::new("games", concat!(env!("CARGO_PKG_VERSION"), "+alt-views"))
+        .entity("Game")
+        .stream("games")
+        .view(
+            view("ActiveGame/latest")
+                .from("Game")
+                .filter(and([eq("status", "active"), ge("score", 10)]))
+                .sort_desc("startedAt")
+                .take(5),
+        )
+        .view(view("Game/top").from("Game").sort_asc("startedAt").take(3))
+        .view(
+            view("Game/ended")
+                .from("Game")
+                .filter(eq("status", "ended"))
+                .sort_desc("startedAt"),
+        )
 }
 
 vista_plugin_api::export_plugin!(Games);
@@ -164,7 +193,10 @@ mod tests {
     #[test]
     fn attacking_an_unknown_game_is_an_error() {
         let err = MemoryState::new()
-            .ingest::<Games>("games", &[json!({"type": "attack", "game": "nope", "player": "x", "damage": 1})])
+            .ingest::<Games>(
+                "games",
+                &[json!({"type": "attack", "game": "nope", "player": "x", "damage": 1})],
+            )
             .unwrap_err();
         assert!(err.message().contains("unknown game nope"));
     }

@@ -15,6 +15,7 @@
 //! - [`frame`]: encoding frames once (JSON, safe integers, gzip).
 //! - [`outbox`]: the bounded per-connection queue between engine and socket.
 //! - [`watcher`]: hot reload: watching the plugins directory.
+//! - [`scaffold`]: `vista plugin new`.
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
 //! [`run`] takes an already-bound listener, so tests bind port 0.
@@ -26,6 +27,7 @@ pub mod frame;
 pub mod outbox;
 pub mod plugins;
 pub mod protocol;
+pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod views;

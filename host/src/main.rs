@@ -26,6 +26,24 @@ struct Cli {
 enum Command {
     /// Load the plugins in a directory and serve WebSocket + HTTP on one port.
     Serve(ServeArgs),
+    /// Plugin development helpers.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a new plugin crate (one entity, one derived view, a unit test).
+    New {
+        /// Crate and plugin name, e.g. `scores`.
+        name: String,
+        /// Directory to create the crate in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Path of the vista-plugin-api crate [default: the one this binary was built from].
+        #[arg(long)]
+        api_path: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -66,7 +84,20 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => args,
+        Command::Plugin(PluginCommand::New {
+            name,
+            dir,
+            api_path,
+        }) => {
+            let api_path = api_path.unwrap_or_else(vista_host::scaffold::default_api_path);
+            let root = vista_host::scaffold::new_plugin(&name, &dir, &api_path)?;
+            println!("created plugin crate {}", root.display());
+            println!("next: cd {} && cargo test && cargo build, then copy target/debug/lib*.so into the plugins directory", root.display());
+            return Ok(());
+        }
+    };
     let config = Config {
         cache_dir: args
             .cache_dir

@@ -54,6 +54,7 @@ pub fn ensure_built() {
             "vista-fixture-token-owner-clash",
             "vista-fixture-panicky",
             "vista-fixture-bad-filter",
+            "vista-fixture-manifest-panics",
         ] {
             command.args(["-p", package]);
         }

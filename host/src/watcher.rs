@@ -1,6 +1,6 @@
 //! Watching the plugins directory: new builds load, deleted files unload.
 //!
-//! Built on `notify` with `notify-debouncer-full` (150 ms), which coalesces
+//! Built on `notify` with `notify-debouncer-full` (50 ms), which coalesces
 //! the burst of events one copy produces and pairs renames. A file is only
 //! loaded once it is complete:
 //! - written in place (`cp`, a slow copy, `cargo build` output copied in):
@@ -42,7 +42,7 @@ enum Action {
 pub fn watch(shared: Arc<Shared>) -> notify::Result<PluginWatcher> {
     let dir = shared.config.plugins_dir.clone();
     let mut debouncer = new_debouncer(
-        Duration::from_millis(150),
+        Duration::from_millis(50),
         None,
         move |result: DebounceEventResult| match result {
             Ok(events) => {

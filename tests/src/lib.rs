@@ -6,6 +6,8 @@
 //! is killed when dropped. Its log (stderr) is kept in a file so tests can
 //! assert on log lines.
 
+pub mod soak;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -117,6 +117,7 @@ where
         for item in outbox.drain().await {
             match item {
                 Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
+                Outgoing::Update(update) => sink.feed(to_message(update.into_frame())).await?,
                 Outgoing::Snapshot {
                     view,
                     mode,

@@ -19,7 +19,7 @@ use vista_plugin_api::view::ViewDef;
 use vista_plugin_api::{Manifest, Mutation, MutationKind};
 
 use crate::frame::{socket_issue, Frame};
-use crate::outbox::{Outbox, Outgoing, PushError};
+use crate::outbox::{Outbox, Outgoing, PushError, Pushed};
 use crate::plugins::{self, FnStateReader, LoadError, PluginLibrary, PluginReport};
 use crate::store::Store;
 use crate::views::{ConnId, SubscribeRequest, Views};
@@ -483,16 +483,21 @@ fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), Str
     Ok(())
 }
 
-/// Pushes one live frame to one connection, logging and counting overflow.
+/// Pushes one live frame to one connection, counting conflation and
+/// logging slow-consumer disconnects.
 fn deliver(conns: &HashMap<ConnId, Arc<Outbox>>, conn: ConnId, frame: &Frame) {
     let Some(outbox) = conns.get(&conn) else {
         return;
     };
     match outbox.push_live(frame.clone()) {
-        Ok(()) => metrics::counter!("vista_frames_queued_total").increment(1),
-        Err(PushError::Overflow) => {
-            metrics::counter!("vista_outbox_overflow_total").increment(1);
-            tracing::warn!(conn, "client outbox full: closing it with slow-consumer");
+        Ok(Pushed::Queued) => metrics::counter!("vista_frames_queued_total").increment(1),
+        Ok(Pushed::Conflated) => metrics::counter!("vista_frames_conflated_total").increment(1),
+        Err(PushError::SlowConsumer) => {
+            metrics::counter!("vista_slow_consumer_disconnects_total").increment(1);
+            tracing::warn!(
+                conn,
+                "slow consumer: append-view frames past the outbox bound; closing the connection"
+            );
         }
         Err(PushError::Closed) => {}
     }

@@ -28,6 +28,9 @@ pub struct Frame {
     pub bytes: Bytes,
     /// Sent as a text message (socket issues) rather than binary.
     pub text: bool,
+    /// For entity frames: what the frame says, so a slow client's outbox
+    /// can merge it with later frames for the same key (conflation).
+    pub update: Option<Arc<EntityUpdate>>,
 }
 
 impl Frame {
@@ -39,7 +42,11 @@ impl Frame {
         } else {
             Bytes::from(json)
         };
-        Frame { bytes, text: false }
+        Frame {
+            bytes,
+            text: false,
+            update: None,
+        }
     }
 
     /// Encodes a text frame (socket issues, auth replies).
@@ -48,6 +55,7 @@ impl Frame {
         Frame {
             bytes: Bytes::from(json),
             text: true,
+            update: None,
         }
     }
 
@@ -211,36 +219,111 @@ pub enum Op {
     Delete,
 }
 
-/// Encodes a `patch`/`upsert`/`delete` frame.
-pub fn entity_frame(
-    view: &str,
-    mode: Mode,
-    op: Op,
-    key: &str,
-    data: Option<&Value>,
-    append: &[String],
-    seq: Option<&str>,
-) -> Frame {
-    #[derive(serde::Serialize)]
-    struct Entity<'a> {
-        op: Op,
-        mode: Mode,
-        entity: &'a str,
-        key: &'a str,
-        data: Option<SafeJson<'a>>,
-        append: &'a [String],
-        #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<&'a str>,
+/// The content of a `patch`/`upsert`/`delete` frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityUpdate {
+    /// View id (the frame's `entity`).
+    pub view: Arc<str>,
+    /// Mode of the view.
+    pub mode: Mode,
+    /// Frame kind.
+    pub op: Op,
+    /// Entity key.
+    pub key: String,
+    /// Patch data, full entity, or `None` for a delete.
+    pub data: Option<Arc<Value>>,
+    /// Append paths of a patch.
+    pub append: Vec<String>,
+    /// `_seq` of the change.
+    pub seq: Option<String>,
+}
+
+impl EntityUpdate {
+    /// Encodes the frame, keeping the update alongside the bytes.
+    pub fn into_frame(self) -> Frame {
+        #[derive(serde::Serialize)]
+        struct Entity<'a> {
+            op: Op,
+            mode: Mode,
+            entity: &'a str,
+            key: &'a str,
+            data: Option<SafeJson<'a>>,
+            append: &'a [String],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seq: Option<&'a str>,
+        }
+        let mut frame = Frame::data(&Entity {
+            op: self.op,
+            mode: self.mode,
+            entity: &self.view,
+            key: &self.key,
+            data: self.data.as_deref().map(SafeJson),
+            append: &self.append,
+            seq: self.seq.as_deref(),
+        });
+        frame.update = Some(Arc::new(self));
+        frame
     }
-    Frame::data(&Entity {
-        op,
-        mode,
-        entity: view,
-        key,
-        data: data.map(SafeJson),
-        append,
-        seq,
-    })
+
+    /// Whether later updates of the same key may replace or merge into this
+    /// one: everything but append-mode views, whose every event matters.
+    pub fn conflatable(&self) -> bool {
+        self.mode != Mode::Append
+    }
+
+    /// Folds a later update of the same (view, key) into this one, so that
+    /// sending only the result leaves the client in the same state as
+    /// sending both: a later upsert or delete replaces; a patch after a
+    /// delete becomes an upsert of the patch; a patch merges into an earlier
+    /// upsert or patch (append paths concatenate).
+    pub fn absorb(&mut self, later: &EntityUpdate) {
+        match (self.op, later.op) {
+            (_, Op::Upsert | Op::Delete) => *self = later.clone(),
+            (Op::Delete, Op::Patch) => {
+                *self = later.clone();
+                self.op = Op::Upsert;
+                self.append.clear();
+            }
+            (Op::Upsert | Op::Patch, Op::Patch) => {
+                let Some(Value::Object(patch)) = later.data.as_deref() else {
+                    return;
+                };
+                let earlier = self.data.clone().unwrap_or_else(|| Arc::new(Value::Null));
+                if self.op == Op::Patch {
+                    // Paths the earlier patch appended to stay appended unless the
+                    // later one replaces them; paths the later one appends to are
+                    // appended unless the earlier one had replaced them.
+                    let replaced_later = |p: &String| {
+                        vista_plugin_api::view::lookup(&later.data_or_null(), p).is_some()
+                            && !later.append.contains(p)
+                    };
+                    let mut append: Vec<String> = self
+                        .append
+                        .iter()
+                        .filter(|p| !replaced_later(p))
+                        .cloned()
+                        .collect();
+                    for path in &later.append {
+                        let replaced_earlier = vista_plugin_api::view::lookup(&earlier, path)
+                            .is_some()
+                            && !self.append.contains(path);
+                        if !replaced_earlier && !append.contains(path) {
+                            append.push(path.clone());
+                        }
+                    }
+                    self.append = append;
+                }
+                let mut data = Arc::unwrap_or_clone(earlier);
+                vista_plugin_api::merge_patch(&mut data, patch, &later.append);
+                self.data = Some(Arc::new(data));
+                self.seq = later.seq.clone();
+            }
+        }
+    }
+
+    fn data_or_null(&self) -> Value {
+        self.data.as_deref().cloned().unwrap_or(Value::Null)
+    }
 }
 
 /// A socket issue: a text frame the TypeScript client recognises by shape.
@@ -295,17 +378,95 @@ mod tests {
     #[test]
     fn large_frames_are_gzipped_once() {
         let big = json!({"blob": "x".repeat(2000)});
-        let frame = entity_frame(
-            "T/list",
-            Mode::List,
-            Op::Patch,
-            "k",
-            Some(&big),
-            &[],
-            Some("1"),
-        );
+        let frame = patch(big, &[]).into_frame();
         assert_eq!(&frame.bytes[..2], &[0x1f, 0x8b]);
-        let small = entity_frame("T/list", Mode::List, Op::Delete, "k", None, &[], None);
+        let small = EntityUpdate {
+            op: Op::Delete,
+            data: None,
+            ..patch(json!({}), &[])
+        }
+        .into_frame();
         assert_eq!(small.bytes[0], b'{');
+        assert!(
+            small.update.is_some(),
+            "entity frames keep their update for conflation"
+        );
+    }
+
+    fn patch(data: Value, append: &[&str]) -> EntityUpdate {
+        EntityUpdate {
+            view: "T/list".into(),
+            mode: Mode::List,
+            op: Op::Patch,
+            key: "k".into(),
+            data: Some(Arc::new(data)),
+            append: append.iter().map(|s| s.to_string()).collect(),
+            seq: Some("1".into()),
+        }
+    }
+
+    /// What a client holds after applying `updates` to `start`.
+    fn client_apply(start: Option<Value>, updates: &[EntityUpdate]) -> Option<Value> {
+        updates.iter().fold(start, |held, u| match u.op {
+            Op::Delete => None,
+            Op::Upsert => u.data.as_deref().cloned(),
+            Op::Patch => {
+                let mut entity = held.unwrap_or(json!({}));
+                let data = u.data.as_deref().unwrap().as_object().unwrap();
+                vista_plugin_api::merge_patch(&mut entity, data, &u.append);
+                Some(entity)
+            }
+        })
+    }
+
+    #[test]
+    fn conflated_updates_leave_the_client_in_the_same_state() {
+        let start = Some(json!({"a": 1, "list": [1], "log": [0]}));
+        let delete = EntityUpdate {
+            op: Op::Delete,
+            data: None,
+            append: vec![],
+            ..patch(json!({}), &[])
+        };
+        let sequences: Vec<Vec<EntityUpdate>> = vec![
+            vec![
+                patch(json!({"a": 2, "log": [1]}), &["log"]),
+                patch(json!({"b": 3, "log": [2]}), &["log"]),
+            ],
+            vec![
+                patch(json!({"log": [9]}), &[]),
+                patch(json!({"log": [1]}), &["log"]),
+            ],
+            vec![
+                patch(json!({"log": [1]}), &["log"]),
+                patch(json!({"log": [7]}), &[]),
+            ],
+            vec![
+                patch(json!({"list": [5]}), &["list"]),
+                delete.clone(),
+                patch(json!({"a": 9}), &[]),
+            ],
+            vec![
+                delete.clone(),
+                patch(json!({"a": 1, "log": [4]}), &["log"]),
+                patch(json!({"log": [5]}), &["log"]),
+            ],
+            vec![
+                patch(json!({"n": {"x": 1}}), &[]),
+                patch(json!({"n": {"y": 2}}), &[]),
+            ],
+            vec![patch(json!({"a": 5}), &[]), delete.clone()],
+        ];
+        for updates in sequences {
+            let mut merged = updates[0].clone();
+            for later in &updates[1..] {
+                merged.absorb(later);
+            }
+            assert_eq!(
+                client_apply(start.clone(), std::slice::from_ref(&merged)),
+                client_apply(start.clone(), &updates),
+                "{updates:?} merged into {merged:?}"
+            );
+        }
     }
 }

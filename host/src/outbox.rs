@@ -1,27 +1,37 @@
 //! A connection's bounded outbox: the only link between the engine and a
 //! socket writer.
 //!
-//! The engine pushes while holding its lock, so pushing never waits: live
-//! frames beyond the byte bound are refused, the client is closed with a
-//! `slow-consumer:` reason and the event is counted and logged, never
-//! dropped in silence. Subscription replies (the `subscribed` frame and the
-//! snapshot job) are always accepted, because their size is bounded by the
-//! view rather than by the event rate, and they must stay in order with the
-//! live frames that follow them.
+//! The engine pushes while holding its lock, so pushing never waits. Live
+//! frames are queued as shared bytes until the queued bytes pass the bound.
+//! Past it the client is slow, and the outbox *conflates*: it keeps at most
+//! one pending update per (view, key), folding later updates into it
+//! ([`EntityUpdate::absorb`]), so memory is bounded by the number of keys
+//! and the client catches up with the latest state once it reads again.
+//! Append-view frames cannot be conflated (every event matters): past the
+//! bound the client is closed with a `slow-consumer:` reason instead.
+//! Nothing is ever dropped in silence; both outcomes are counted and logged
+//! by the caller.
+//!
+//! Subscription replies (the `subscribed` frame, the snapshot job, socket
+//! issues) are always accepted: their size is bounded by the view, not by
+//! the event rate. Before a reply is queued, pending conflated updates are
+//! moved into the queue so the client sees everything in order.
 //!
 //! The writer drains everything queued at once and flushes once per drain.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use crate::frame::{Frame, Mode, SnapshotEntry};
+use crate::frame::{EntityUpdate, Frame, Mode, SnapshotEntry};
 
 /// Something waiting to be written to one socket.
 pub enum Outgoing {
     /// An encoded frame.
     Frame(Frame),
+    /// A conflated update, encoded by the writer (it is this client's own).
+    Update(EntityUpdate),
     /// A snapshot to encode in batches (50, then 100...) by the writer, off
     /// the engine lock.
     Snapshot {
@@ -41,28 +51,79 @@ pub enum Outgoing {
     },
 }
 
+/// What happened to a live frame.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued as is.
+    Queued,
+    /// Folded into the pending update of its key (slow client).
+    Conflated,
+}
+
 /// Why a live frame was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PushError {
-    /// The outbox was over its bound; the connection is now being closed.
-    Overflow,
+    /// An append frame found the outbox over its bound: the connection is
+    /// now being closed with `slow-consumer:`.
+    SlowConsumer,
     /// The connection is already closing.
     Closed,
 }
 
+/// Pending updates of a slow client, one per (view, key), in first-seen order.
+#[derive(Default)]
+struct Conflation {
+    order: Vec<(Arc<str>, String)>,
+    pending: HashMap<(Arc<str>, String), EntityUpdate>,
+}
+
+impl Conflation {
+    fn absorb(&mut self, update: &EntityUpdate) {
+        let id = (update.view.clone(), update.key.clone());
+        match self.pending.get_mut(&id) {
+            Some(pending) => pending.absorb(update),
+            None => {
+                self.order.push(id.clone());
+                self.pending.insert(id, update.clone());
+            }
+        }
+    }
+
+    fn take(&mut self) -> impl Iterator<Item = EntityUpdate> + '_ {
+        let pending = &mut self.pending;
+        self.order
+            .drain(..)
+            .filter_map(move |id| pending.remove(&id))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
 struct Queue {
     items: VecDeque<Outgoing>,
-    /// Bytes of live frames queued (snapshots are not counted).
+    /// Bytes of live frames queued (replies are not counted).
     live_bytes: usize,
+    /// Non-empty while the client is behind.
+    conflation: Conflation,
     /// Set once a close was queued; nothing more is accepted.
     closing: bool,
+}
+
+impl Queue {
+    /// Moves pending conflated updates into the queue, in order.
+    fn settle_conflation(&mut self) {
+        let updates: Vec<EntityUpdate> = self.conflation.take().collect();
+        self.items.extend(updates.into_iter().map(Outgoing::Update));
+    }
 }
 
 /// The outbox shared by the engine (producer) and the socket writer (consumer).
 pub struct Outbox {
     queue: Mutex<Queue>,
     wake: Notify,
-    /// Bound on queued live-frame bytes.
+    /// Bound on queued live-frame bytes before conflating.
     max_live_bytes: usize,
 }
 
@@ -73,6 +134,7 @@ impl Outbox {
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
                 live_bytes: 0,
+                conflation: Conflation::default(),
                 closing: false,
             }),
             wake: Notify::new(),
@@ -80,27 +142,40 @@ impl Outbox {
         }
     }
 
-    /// Queues a live frame; refuses (and starts closing) when over the bound.
-    pub fn push_live(&self, frame: Frame) -> Result<(), PushError> {
+    /// Queues a live frame, conflating or closing when the client is behind.
+    pub fn push_live(&self, frame: Frame) -> Result<Pushed, PushError> {
         let mut queue = self.queue.lock().expect("outbox lock");
         if queue.closing {
             return Err(PushError::Closed);
         }
-        if queue.live_bytes + frame.len() > self.max_live_bytes {
-            queue.closing = true;
-            queue.items.push_back(Outgoing::Close {
-                code: 1008,
-                reason: "slow-consumer: outbox overflow, reconnect to resync".into(),
-            });
-            drop(queue);
-            self.wake.notify_one();
-            return Err(PushError::Overflow);
-        }
-        queue.live_bytes += frame.len();
-        queue.items.push_back(Outgoing::Frame(frame));
+        let behind =
+            !queue.conflation.is_empty() || queue.live_bytes + frame.len() > self.max_live_bytes;
+        let outcome = if !behind {
+            queue.live_bytes += frame.len();
+            queue.items.push_back(Outgoing::Frame(frame));
+            Ok(Pushed::Queued)
+        } else {
+            match frame.update.as_deref().filter(|u| u.conflatable()) {
+                Some(update) => {
+                    queue.conflation.absorb(update);
+                    Ok(Pushed::Conflated)
+                }
+                None => {
+                    queue.closing = true;
+                    queue.items.push_back(Outgoing::Close {
+                        code: 1008,
+                        reason: format!(
+                            "slow-consumer: more than {} bytes of append-view frames queued",
+                            self.max_live_bytes
+                        ),
+                    });
+                    Err(PushError::SlowConsumer)
+                }
+            }
+        };
         drop(queue);
         self.wake.notify_one();
-        Ok(())
+        outcome
     }
 
     /// Queues a reply to the client's own request (subscribed frame,
@@ -110,6 +185,7 @@ impl Outbox {
         if queue.closing {
             return;
         }
+        queue.settle_conflation();
         if let Outgoing::Close { .. } = item {
             queue.closing = true;
         }
@@ -118,11 +194,13 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    /// Waits until something is queued, then takes all of it.
+    /// Waits until something is queued, then takes all of it (conflated
+    /// updates last, in first-seen order).
     pub async fn drain(&self) -> VecDeque<Outgoing> {
         loop {
             {
                 let mut queue = self.queue.lock().expect("outbox lock");
+                queue.settle_conflation();
                 if !queue.items.is_empty() {
                     queue.live_bytes = 0;
                     return std::mem::take(&mut queue.items);
@@ -132,43 +210,119 @@ impl Outbox {
         }
     }
 
-    /// Whether a close has been queued.
-    pub fn is_closing(&self) -> bool {
-        self.queue.lock().expect("outbox lock").closing
+    /// Number of updates currently held back by conflation.
+    pub fn conflated_len(&self) -> usize {
+        self.queue
+            .lock()
+            .expect("outbox lock")
+            .conflation
+            .order
+            .len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Op;
     use bytes::Bytes;
+    use serde_json::json;
 
-    fn frame(n: usize) -> Frame {
+    fn raw(n: usize) -> Frame {
         Frame {
             bytes: Bytes::from(vec![b'x'; n]),
             text: false,
+            update: None,
         }
     }
 
+    fn update(mode: Mode, key: &str, supply: u64) -> Frame {
+        EntityUpdate {
+            view: "Token/list".into(),
+            mode,
+            op: Op::Patch,
+            key: key.into(),
+            data: Some(Arc::new(json!({"supply": supply, "pad": "x".repeat(40)}))),
+            append: Vec::new(),
+            seq: None,
+        }
+        .into_frame()
+    }
+
     #[tokio::test]
-    async fn overflow_closes_instead_of_dropping_silently() {
-        let outbox = Outbox::new(100);
-        assert_eq!(outbox.push_live(frame(60)), Ok(()));
-        assert_eq!(outbox.push_live(frame(60)), Err(PushError::Overflow));
-        assert_eq!(outbox.push_live(frame(1)), Err(PushError::Closed));
+    async fn a_slow_client_gets_one_merged_update_per_key() {
+        let outbox = Outbox::new(200);
+        assert_eq!(
+            outbox.push_live(update(Mode::List, "a", 1)),
+            Ok(Pushed::Queued)
+        );
+        for supply in 2..50 {
+            assert_eq!(
+                outbox.push_live(update(Mode::List, "a", supply)),
+                Ok(Pushed::Conflated)
+            );
+            assert_eq!(
+                outbox.push_live(update(Mode::List, "b", supply)),
+                Ok(Pushed::Conflated)
+            );
+        }
+        assert_eq!(outbox.conflated_len(), 2, "memory bounded by keys");
+        let items: Vec<Outgoing> = outbox.drain().await.into();
+        assert_eq!(items.len(), 3);
+        let Outgoing::Update(a) = &items[1] else {
+            panic!()
+        };
+        assert_eq!(
+            (
+                a.key.as_str(),
+                a.data.as_deref().unwrap()["supply"].as_u64()
+            ),
+            ("a", Some(49))
+        );
+        // Caught up: frames queue normally again.
+        assert_eq!(
+            outbox.push_live(update(Mode::List, "a", 50)),
+            Ok(Pushed::Queued)
+        );
+    }
+
+    #[tokio::test]
+    async fn append_frames_past_the_bound_close_the_client() {
+        let outbox = Outbox::new(200);
+        assert_eq!(
+            outbox.push_live(update(Mode::Append, "t1", 1)),
+            Ok(Pushed::Queued)
+        );
+        assert_eq!(
+            outbox.push_live(update(Mode::Append, "t2", 1)),
+            Err(PushError::SlowConsumer)
+        );
+        assert_eq!(
+            outbox.push_live(update(Mode::Append, "t3", 1)),
+            Err(PushError::Closed)
+        );
         let items = outbox.drain().await;
-        assert_eq!(items.len(), 2);
         assert!(
             matches!(&items[1], Outgoing::Close { reason, .. } if reason.starts_with("slow-consumer:"))
         );
     }
 
     #[tokio::test]
-    async fn replies_ignore_the_bound_and_drain_resets_it() {
+    async fn replies_ignore_the_bound_and_keep_order_with_conflated_updates() {
         let outbox = Outbox::new(10);
-        outbox.push_reply(Outgoing::Frame(frame(50)));
-        assert_eq!(outbox.push_live(frame(10)), Ok(()));
-        assert_eq!(outbox.drain().await.len(), 2);
-        assert_eq!(outbox.push_live(frame(10)), Ok(()));
+        outbox.push_reply(Outgoing::Frame(raw(50)));
+        assert_eq!(outbox.push_live(raw(10)), Ok(Pushed::Queued));
+        assert_eq!(
+            outbox.push_live(update(Mode::List, "a", 1)),
+            Ok(Pushed::Conflated)
+        );
+        outbox.push_reply(Outgoing::Frame(raw(5)));
+        let items: Vec<Outgoing> = outbox.drain().await.into();
+        assert_eq!(items.len(), 4);
+        assert!(
+            matches!(items[2], Outgoing::Update(_)),
+            "the update precedes the later reply"
+        );
+        assert!(matches!(&items[3], Outgoing::Frame(f) if f.len() == 5));
     }
 }

@@ -41,7 +41,7 @@ pub struct Change {
     /// The entity after it (`None` for a delete).
     pub new: Option<Arc<Value>>,
     /// For a patch: the patch data with `_seq` added, as sent in `patch` frames.
-    pub patch: Option<Value>,
+    pub patch: Option<Arc<Value>>,
     /// For a patch: its append paths.
     pub append: Vec<String>,
     /// The `_seq` assigned to this mutation.
@@ -99,7 +99,7 @@ impl Store {
                     key: mutation.key,
                     old,
                     new,
-                    patch: Some(Value::Object(data)),
+                    patch: Some(Arc::new(Value::Object(data))),
                     append,
                     seq,
                 }

@@ -27,7 +27,7 @@ use serde_json::Value;
 use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 
 use crate::frame::{
-    entity_frame, socket_issue, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort,
+    socket_issue, EntityUpdate, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort,
 };
 use crate::outbox::Outgoing;
 use crate::store::{Change, Store};
@@ -381,19 +381,10 @@ impl View {
     fn apply(&mut self, change: &Change, store: &Store, deliver: &mut dyn FnMut(ConnId, &Frame)) {
         let key = change.key.as_str();
         if self.mode != Mode::List {
+            let mut frames = FrameCache::new(self.id.clone(), self.mode);
             let frame = match (&change.patch, &change.old) {
-                (Some(patch), _) => entity_frame(
-                    &self.id,
-                    self.mode,
-                    Op::Patch,
-                    key,
-                    Some(patch),
-                    &change.append,
-                    Some(&change.seq),
-                ),
-                (None, Some(_)) => {
-                    entity_frame(&self.id, self.mode, Op::Delete, key, None, &[], None)
-                }
+                (Some(_), _) => frames.change(key, change),
+                (None, Some(_)) => frames.delete(key),
                 (None, None) => return,
             };
             self.deliver_to_all_and_key(key, &frame, deliver);
@@ -489,43 +480,65 @@ impl FrameCache {
         }
     }
 
+    fn update(
+        &self,
+        op: Op,
+        key: &str,
+        data: Option<Arc<Value>>,
+        append: Vec<String>,
+        seq: Option<String>,
+    ) -> Frame {
+        EntityUpdate {
+            view: self.view.clone(),
+            mode: self.mode,
+            op,
+            key: key.to_owned(),
+            data,
+            append,
+            seq,
+        }
+        .into_frame()
+    }
+
     fn delete(&mut self, key: &str) -> Frame {
-        let (view, mode) = (&*self.view, self.mode);
+        if let Some(frame) = self.frames.get(&(Op::Delete, key.to_owned())) {
+            return frame.clone();
+        }
+        let frame = self.update(Op::Delete, key, None, Vec::new(), None);
         self.frames
-            .entry((Op::Delete, key.to_owned()))
-            .or_insert_with(|| entity_frame(view, mode, Op::Delete, key, None, &[], None))
-            .clone()
+            .insert((Op::Delete, key.to_owned()), frame.clone());
+        frame
     }
 
     fn upsert(&mut self, key: &str, store: &Store, source: &str) -> Frame {
-        let (view, mode) = (&*self.view, self.mode);
+        if let Some(frame) = self.frames.get(&(Op::Upsert, key.to_owned())) {
+            return frame.clone();
+        }
+        let entity = store.get(source, key).cloned();
+        let seq = entity
+            .as_ref()
+            .and_then(|e| e["_seq"].as_str().map(str::to_owned));
+        let frame = self.update(Op::Upsert, key, entity, Vec::new(), seq);
         self.frames
-            .entry((Op::Upsert, key.to_owned()))
-            .or_insert_with(|| {
-                let entity = store.get(source, key).map(|e| e.as_ref());
-                let seq = entity.and_then(|e| e["_seq"].as_str());
-                entity_frame(view, mode, Op::Upsert, key, entity, &[], seq)
-            })
-            .clone()
+            .insert((Op::Upsert, key.to_owned()), frame.clone());
+        frame
     }
 
     /// The mutation itself as a `patch` (base views).
     fn change(&mut self, key: &str, change: &Change) -> Frame {
-        let (view, mode) = (&*self.view, self.mode);
+        if let Some(frame) = self.frames.get(&(Op::Patch, key.to_owned())) {
+            return frame.clone();
+        }
+        let frame = self.update(
+            Op::Patch,
+            key,
+            change.patch.clone(),
+            change.append.clone(),
+            Some(change.seq.clone()),
+        );
         self.frames
-            .entry((Op::Patch, key.to_owned()))
-            .or_insert_with(|| {
-                entity_frame(
-                    view,
-                    mode,
-                    Op::Patch,
-                    key,
-                    change.patch.as_ref(),
-                    &change.append,
-                    Some(&change.seq),
-                )
-            })
-            .clone()
+            .insert((Op::Patch, key.to_owned()), frame.clone());
+        frame
     }
 }
 

@@ -82,7 +82,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the soak against a fresh host.
 pub async fn run(config: SoakConfig) -> SoakReport {
-    let builds = [variant_artifact("vista-games", "vista_games", "alt-views"), plugin_artifact("vista_games")];
+    let builds = [
+        variant_artifact("vista-games", "vista_games", "alt-views"),
+        plugin_artifact("vista_games"),
+    ];
     let host = Arc::new(Host::with_games().await);
     let games: Vec<String> = (0..config.games).map(|i| format!("g{i:03}")).collect();
     let start_events: Vec<Value> = games
@@ -100,7 +103,9 @@ pub async fn run(config: SoakConfig) -> SoakReport {
     for i in 0..config.clients {
         let mut client = host.client().await;
         let view = ["ActiveGame/latest", "Game/top", "Game/list"][i % 3];
-        client.subscribe(json!({"type": "subscribe", "view": view})).await;
+        client
+            .subscribe(json!({"type": "subscribe", "view": view}))
+            .await;
         let (disconnects, frames, stop) = (disconnects.clone(), frames.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -120,7 +125,9 @@ pub async fn run(config: SoakConfig) -> SoakReport {
 
     // The probe: reports each `subscribed` frame's sort field.
     let mut probe = host.client().await;
-    probe.subscribe(json!({"type": "subscribe", "view": "Game/top"})).await;
+    probe
+        .subscribe(json!({"type": "subscribe", "view": "Game/top"}))
+        .await;
     let (sorts_tx, mut sorts_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, String)>();
     let probe_stop = stop.clone();
     let probe_disconnects = disconnects.clone();
@@ -128,7 +135,10 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         while !probe_stop.load(Ordering::Relaxed) {
             match probe.recv_within(Duration::from_millis(200)).await {
                 Some(Received::Json { value, .. }) if value["op"] == "subscribed" => {
-                    let field = value["sort"]["field"][0].as_str().unwrap_or_default().to_owned();
+                    let field = value["sort"]["field"][0]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     let _ = sorts_tx.send((Instant::now(), field));
                 }
                 Some(Received::Close(_)) => {
@@ -143,15 +153,22 @@ pub async fn run(config: SoakConfig) -> SoakReport {
     // Continuous ingest: batches of attacks, counted per game when accepted.
     let accepted: Arc<std::sync::Mutex<HashMap<String, u64>>> = Arc::default();
     let ingest_task = {
-        let (host, games, accepted, stop) = (host.clone(), games.clone(), accepted.clone(), stop.clone());
+        let (host, games, accepted, stop) =
+            (host.clone(), games.clone(), accepted.clone(), stop.clone());
         tokio::spawn(async move {
             let mut next = 0usize;
             while !stop.load(Ordering::Relaxed) {
-                let batch: Vec<&String> = (0..20).map(|i| &games[(next + i) % games.len()]).collect();
+                let batch: Vec<&String> =
+                    (0..20).map(|i| &games[(next + i) % games.len()]).collect();
                 next += 20;
                 let body: String = batch
                     .iter()
-                    .map(|g| format!("{}\n", json!({"type": "attack", "game": g, "player": "p", "damage": 1})))
+                    .map(|g| {
+                        format!(
+                            "{}\n",
+                            json!({"type": "attack", "game": g, "player": "p", "damage": 1})
+                        )
+                    })
                     .collect();
                 let (status, reply) = host.ingest("games", body).await;
                 assert_eq!(status, 200, "ingest refused during the soak: {reply}");
@@ -194,14 +211,19 @@ pub async fn run(config: SoakConfig) -> SoakReport {
 
     // Every accepted attack reflected exactly once.
     let mut checker = host.client().await;
-    checker.subscribe(json!({"type": "subscribe", "view": "Game/list"})).await;
+    checker
+        .subscribe(json!({"type": "subscribe", "view": "Game/list"}))
+        .await;
     let state: HashMap<String, Value> = checker.snapshot().await.into_iter().collect();
     let counts = accepted.lock().unwrap().clone();
     let (mut lost, mut doubled) = (0u64, 0u64);
     for game in &games {
         let expected = counts.get(game).copied().unwrap_or(0) as i64;
         let entity = &state[game];
-        for seen in [entity["score"].as_i64().unwrap(), entity["events"].as_array().unwrap().len() as i64] {
+        for seen in [
+            entity["score"].as_i64().unwrap(),
+            entity["events"].as_array().unwrap().len() as i64,
+        ] {
             if seen < expected {
                 lost += (expected - seen) as u64;
             } else {

@@ -377,15 +377,29 @@ async fn a_broken_build_keeps_the_old_version_serving() {
     // A manifest error, then a build whose initialisation panics.
     for (fixture, reason) in [
         ("vista_fixture_bad_filter", "view \"Broken/cheap\": filter"),
-        ("vista_fixture_manifest_panics", "panic: cannot initialise: configuration missing"),
+        (
+            "vista_fixture_manifest_panics",
+            "panic: cannot initialise: configuration missing",
+        ),
     ] {
         std::fs::copy(plugin_artifact(fixture), host.plugins_dir.join("games.so")).unwrap();
-        host.wait_for_plugins(reason, |p| p[0]["last_error"].as_str().is_some_and(|e| e.contains(reason)))
-            .await;
-        assert_eq!(games_version(&host.get_json("/plugins").await.1).as_deref(), Some("0.1.0"));
+        host.wait_for_plugins(reason, |p| {
+            p[0]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(reason))
+        })
+        .await;
+        assert_eq!(
+            games_version(&host.get_json("/plugins").await.1).as_deref(),
+            Some("0.1.0")
+        );
     }
     host.ingest_ok("games", &[attack("g1", 1)]).await;
-    assert_eq!(client.recv_json().await["data"]["score"], 2, "the first build still serves");
+    assert_eq!(
+        client.recv_json().await["data"]["score"],
+        2,
+        "the first build still serves"
+    );
 }
 
 #[tokio::test]

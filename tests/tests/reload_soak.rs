@@ -5,9 +5,17 @@
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_nothing_and_disconnect_nobody() {
-    let report = vista_tests::soak::run(vista_tests::soak::SoakConfig { reloads: 12, clients: 20, games: 20 }).await;
+    let report = vista_tests::soak::run(vista_tests::soak::SoakConfig {
+        reloads: 12,
+        clients: 20,
+        games: 20,
+    })
+    .await;
     println!("{}", serde_json::to_string(&report).unwrap());
-    assert!(report.events_accepted > 0, "ingest ran during the reloads: {report:?}");
+    assert!(
+        report.events_accepted > 0,
+        "ingest ran during the reloads: {report:?}"
+    );
     assert_eq!(report.disconnects, 0, "{report:?}");
     assert_eq!(report.events_lost, 0, "{report:?}");
     assert_eq!(report.events_doubled, 0, "{report:?}");

@@ -35,7 +35,7 @@ pub mod watcher;
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -61,6 +61,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Subscriptions one connection may hold.
     pub max_subscriptions_per_connection: usize,
+    /// Open WebSocket connections allowed; more are refused with 503.
+    pub max_connections: usize,
 }
 
 /// State shared by every task of a running host.
@@ -71,6 +73,8 @@ pub struct Shared {
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     next_conn: AtomicU64,
+    /// Open WebSocket connections, checked against `config.max_connections`.
+    open_connections: AtomicUsize,
 }
 
 impl Shared {
@@ -83,6 +87,7 @@ impl Shared {
             config,
             metrics: metrics_handle(),
             next_conn: AtomicU64::new(1),
+            open_connections: AtomicUsize::new(0),
         })
     }
 
@@ -95,6 +100,26 @@ impl Shared {
 
     fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reserves a connection slot; `None` when the limit is reached. The
+    /// slot is released when the returned guard drops.
+    fn reserve_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
+        let open = self.open_connections.fetch_add(1, Ordering::AcqRel);
+        if open >= self.config.max_connections {
+            self.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(self.clone()))
+    }
+}
+
+/// One of `config.max_connections` slots, held for a connection's lifetime.
+pub struct ConnectionSlot(Arc<Shared>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -70,6 +70,9 @@ struct ServeArgs {
     /// Subscriptions one connection may hold.
     #[arg(long, env = "VISTA_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     max_subscriptions: usize,
+    /// Open WebSocket connections allowed (more get HTTP 503).
+    #[arg(long, env = "VISTA_MAX_CONNECTIONS", default_value_t = 50_000)]
+    max_connections: usize,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -107,7 +110,13 @@ async fn main() -> anyhow::Result<()> {
         outbox_bytes: args.outbox_bytes,
         max_message_bytes: args.max_message_bytes,
         max_subscriptions_per_connection: args.max_subscriptions,
+        max_connections: args.max_connections,
     };
+    // Every connection is a file descriptor: use the whole hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(err) => tracing::warn!(%err, "cannot raise the open-files limit"),
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -91,7 +91,32 @@ pub async fn handle(
 }
 
 fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse {
+    let Some(slot) = shared.reserve_connection() else {
+        metrics::counter!("vista_connections_refused_total").increment(1);
+        tracing::warn!(
+            limit = shared.config.max_connections,
+            "connection refused: limit reached"
+        );
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection-limit-exceeded",
+            &format!(
+                "this server accepts at most {} connections",
+                shared.config.max_connections
+            ),
+            json!({"code": "connection-limit-exceeded", "retryable": true}),
+        );
+        response.headers_mut().insert(
+            "x-error-code",
+            header::HeaderValue::from_static("connection-limit-exceeded"),
+        );
+        return response;
+    };
+    // Small buffers keep idle connections cheap: client messages are small
+    // (4 KiB read chunks) and the writer flushes every drain anyway.
     let config = hyper_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(16 << 10)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
     match hyper_tungstenite::upgrade(request, Some(config)) {
@@ -102,6 +127,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
                     Ok(socket) => crate::connection::serve(socket, conn, shared).await,
                     Err(err) => tracing::debug!(%err, "websocket handshake failed"),
                 }
+                drop(slot);
             });
             response
         }

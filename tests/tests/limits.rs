@@ -1,0 +1,108 @@
+//! Connection, message-size and subscription limits: each refusal is
+//! specific and explained, and everyone else keeps being served.
+
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{Error, Message};
+use vista_tests::{Host, PluginFile, Received, WsClient};
+
+async fn tokens_host(args: &[&str]) -> Host {
+    Host::start(vec![PluginFile::Built("vista_tokens", "tokens.so")], args).await
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_get_503_connection_limit_exceeded() {
+    let host = tokens_host(&["--max-connections", "2"]).await;
+    let mut first = host.client().await;
+    let _second = host.client().await;
+    match tokio_tungstenite::connect_async(host.ws_url()).await {
+        Err(Error::Http(response)) => {
+            assert_eq!(response.status(), 503);
+            assert_eq!(
+                response.headers()["x-error-code"],
+                "connection-limit-exceeded"
+            );
+            let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+            assert_eq!(body["error"], "connection-limit-exceeded");
+            assert_eq!(body["code"], "connection-limit-exceeded");
+            assert_eq!(body["retryable"], true);
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    // The open connections are unaffected, and a closed one frees its slot.
+    first
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    first.snapshot().await;
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match tokio_tungstenite::connect_async(host.ws_url()).await {
+            Ok(_) => break,
+            Err(err) => assert!(
+                std::time::Instant::now() < deadline,
+                "slot never freed: {err}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(host.log().contains("connection refused: limit reached"));
+}
+
+#[tokio::test]
+async fn an_oversized_client_message_closes_that_connection_with_1009() {
+    let host = tokens_host(&["--max-message-bytes", "1024"]).await;
+    let mut bystander = host.client().await;
+    bystander
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    bystander.snapshot().await;
+
+    let mut client = host.client().await;
+    client
+        .send_message(Message::text(format!(
+            "{{\"type\":\"ping\",\"pad\":\"{}\"}}",
+            "x".repeat(2000)
+        )))
+        .await;
+    match client.recv().await {
+        Received::Close(Some((code, reason))) => {
+            assert_eq!(code, 1009);
+            assert!(reason.starts_with("message-too-large:"), "{reason}");
+        }
+        other => panic!("expected a 1009 close, got {other:?}"),
+    }
+    host.ingest_ok(
+        "tokens",
+        &[json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1})],
+    )
+    .await;
+    assert_eq!(
+        bystander.recv_json().await["key"],
+        "a",
+        "other clients keep being served"
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_over_the_limit_get_a_socket_issue() {
+    let host = tokens_host(&["--max-subscriptions", "2"]).await;
+    let mut client: WsClient = host.client().await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    client.snapshot().await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Trade/append"}))
+        .await;
+    client
+        .send(json!({"type": "subscribe", "view": "Token/state", "key": "a"}))
+        .await;
+    let issue = client.recv_json().await;
+    assert_eq!(issue["error"], "subscription-limit-exceeded");
+    assert_eq!(issue["fatal"], false);
+    // Re-subscribing to a held (view, key) is a replacement, not a new one.
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    client.snapshot().await;
+}

@@ -256,6 +256,38 @@ impl Host {
         self.child.id()
     }
 
+    /// Resident memory of the host process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// The value of a Prometheus counter from `GET /metrics` (0 if absent).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.http_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// A raw WebSocket client connected to the host.
     pub async fn client(&self) -> WsClient {
         WsClient::connect(&self.ws_url()).await
@@ -297,6 +329,22 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connect");
+        WsClient { ws }
+    }
+
+    /// Connects with a tiny kernel receive buffer (4 KiB), so that a client
+    /// that stops reading is noticed by the server quickly.
+    pub async fn connect_slow_reader(addr: &str) -> WsClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        let stream = socket
+            .connect(addr.parse().expect("socket address"))
+            .await
+            .expect("connect");
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://{addr}/"), MaybeTlsStream::Plain(stream))
+                .await
+                .expect("websocket handshake");
         WsClient { ws }
     }
 

@@ -61,17 +61,6 @@ pub struct SoakReport {
     pub rss_kib_per_reload: f64,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -181,7 +170,7 @@ pub async fn run(config: SoakConfig) -> SoakReport {
     };
 
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = rss_kib(host.pid());
+    let rss_before = host.rss_kib();
     let mut latencies = Vec::with_capacity(config.reloads);
     let target = host.plugins_dir.join("games.so");
     for i in 0..config.reloads {
@@ -200,7 +189,7 @@ pub async fn run(config: SoakConfig) -> SoakReport {
             }
         }
     }
-    let rss_after = rss_kib(host.pid());
+    let rss_after = host.rss_kib();
 
     stop.store(true, Ordering::Relaxed);
     ingest_task.await.expect("ingest task");

@@ -1,0 +1,591 @@
+//! Load generator for Vista: fan-out, latency, idle connections and big
+//! snapshots, each measured against the real `vista` host and, in the same
+//! run, against a baseline broadcaster (see `baseline.rs`).
+//!
+//! Run with (after `cargo build --release -p vista-host -p vista-tokens -p example-loadgen`):
+//!
+//! ```text
+//! target/release/loadgen fanout   --clients 1000 --events 20000
+//! target/release/loadgen latency  --clients 100 --rate 2000 --seconds 10
+//! target/release/loadgen idle     --clients 15000
+//! target/release/loadgen snapshot --entities 100000 --clients 100
+//! ```
+//!
+//! The tool starts the servers itself (so it knows their pids and can read
+//! their CPU time and resident memory from `/proc`), opens the WebSocket
+//! clients from several loopback source addresses (127.0.0.2, .3, ...: past
+//! the ~28k ephemeral ports of one address), subscribes them to
+//! `Token/list`, ingests `token_created` events through `POST
+//! /ingest/tokens` and counts what every client receives. Each event
+//! carries its send time (microseconds since the epoch) in its `symbol`,
+//! which arrives in the `patch` frame: that is the ingest->client latency.
+//! The report is JSON on stdout; a summary goes to stderr.
+
+mod baseline;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::{protocol::WebSocketConfig, Message};
+use tokio_tungstenite::WebSocketStream;
+
+#[derive(Parser)]
+#[command(about = "Vista load generator")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// WebSocket clients to open.
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    /// Loopback source addresses to spread clients over (127.0.0.2...).
+    #[arg(long, default_value_t = 50)]
+    source_addrs: usize,
+    /// Events per ingest request.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    /// Skip the baseline broadcaster.
+    #[arg(long)]
+    no_baseline: bool,
+    /// The vista binary [default: next to this one].
+    #[arg(long)]
+    vista: Option<PathBuf>,
+    /// The tokens plugin [default: libvista_tokens.so next to this binary].
+    #[arg(long)]
+    plugin: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Every client subscribed to Token/list; ingest `--events` as fast as accepted.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        /// Events to ingest.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+    },
+    /// Ingest at a fixed rate and report ingest->client latency.
+    Latency {
+        #[command(flatten)]
+        common: Common,
+        /// Events per second.
+        #[arg(long, default_value_t = 2000)]
+        rate: usize,
+        /// Duration of the ingest phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Hold many subscribed idle connections; report memory per connection.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds to hold them.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+    },
+    /// Time from subscribe to `complete:true` for a large view, for one client then `--clients` at once.
+    Snapshot {
+        #[command(flatten)]
+        common: Common,
+        /// Entities in the view.
+        #[arg(long, default_value_t = 100_000)]
+        entities: usize,
+    },
+    /// (internal) Run the baseline broadcaster.
+    BaselineServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+}
+
+/// Which server a run targets.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Debug)]
+#[serde(rename_all = "lowercase")]
+enum Target {
+    Vista,
+    Baseline,
+}
+
+/// A server process started by the tool.
+struct Server {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(target: Target, common: &Common) -> anyhow::Result<Server> {
+        let here = std::env::current_exe()?;
+        let bin_dir = here.parent().context("binary directory")?.to_owned();
+        let dir = tempfile::tempdir()?;
+        let mut command = match target {
+            Target::Vista => {
+                let vista = common.vista.clone().unwrap_or_else(|| bin_dir.join("vista"));
+                let plugin = common.plugin.clone().unwrap_or_else(|| bin_dir.join("libvista_tokens.so"));
+                let plugins = dir.path().join("plugins");
+                std::fs::create_dir_all(&plugins)?;
+                std::fs::copy(&plugin, plugins.join("tokens.so"))
+                    .with_context(|| format!("copy {}", plugin.display()))?;
+                let mut command = Command::new(vista);
+                command
+                    .arg("serve")
+                    .arg("--plugins")
+                    .arg(&plugins)
+                    .arg("--cache-dir")
+                    .arg(dir.path().join("cache"))
+                    .args(["--listen", "127.0.0.1:0", "--max-body-bytes", "67108864"])
+                    .env("RUST_LOG", "warn");
+                command
+            }
+            Target::Baseline => {
+                let mut command = Command::new(here);
+                command.args(["baseline-server", "--listen", "127.0.0.1:0"]);
+                command
+            }
+        };
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)?;
+        let addr = line.trim().rsplit(' ').next().context("listening line")?.to_owned();
+        Ok(Server { child, addr, _dir: dir })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// user+system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of /proc/PID/stat; after the name they are at 11, 12.
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / per_second
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+}
+
+/// Counters shared by every client task.
+#[derive(Default)]
+struct Tally {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    disconnects: AtomicU64,
+    errors: AtomicU64,
+}
+
+type Socket = WebSocketStream<TcpStream>;
+
+async fn connect(addr: &str, index: usize, source_addrs: usize) -> anyhow::Result<Socket> {
+    let source = std::net::SocketAddr::from(([127, 0, 0, 2 + (index % source_addrs.max(1)) as u8], 0));
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(source)?;
+    let stream = socket.connect(addr.parse()?).await?;
+    stream.set_nodelay(true)?;
+    let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), stream, Some(config)).await?;
+    Ok(ws)
+}
+
+/// Subscribes and waits for `complete:true`; returns the entities received.
+async fn subscribe(ws: &mut Socket, view: &str) -> anyhow::Result<usize> {
+    ws.send(Message::text(json!({"type": "subscribe", "view": view}).to_string())).await?;
+    let mut entities = 0;
+    while let Some(message) = ws.next().await {
+        let bytes = match message? {
+            Message::Binary(b) => b,
+            Message::Text(t) => bytes::Bytes::from(t.as_str().to_owned()),
+            _ => continue,
+        };
+        let value: Value = match bytes.first() {
+            Some(0x1f) => serde_json::from_reader(flate2::read::GzDecoder::new(&bytes[..]))?,
+            _ => serde_json::from_slice(&bytes)?,
+        };
+        if value["op"] == "snapshot" {
+            entities += value["data"].as_array().map_or(0, Vec::len);
+            if value["complete"] == true {
+                return Ok(entities);
+            }
+        }
+    }
+    anyhow::bail!("connection closed during the snapshot")
+}
+
+/// Extracts the send time carried in `"symbol":"T<micros>"`.
+fn sent_micros(frame: &[u8]) -> Option<u64> {
+    const NEEDLE: &[u8] = br#""symbol":"T"#;
+    let at = frame.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+}
+
+/// Reads live frames until told to stop; returns latency samples (µs).
+async fn read_live(mut ws: Socket, tally: Arc<Tally>, sample: bool, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<u32> {
+    let mut samples = Vec::new();
+    loop {
+        tokio::select! {
+            message = ws.next() => match message {
+                Some(Ok(Message::Binary(bytes))) => {
+                    tally.frames.fetch_add(1, Ordering::Relaxed);
+                    tally.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                    if sample {
+                        if let Some(sent) = sent_micros(&bytes) {
+                            samples.push(now_micros().saturating_sub(sent) as u32);
+                        }
+                    }
+                }
+                Some(Ok(Message::Text(text))) => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("socket issue: {}", text.as_str());
+                }
+                Some(Ok(Message::Close(_))) | None => { tally.disconnects.fetch_add(1, Ordering::Relaxed); return samples; }
+                Some(Ok(_)) => {}
+                Some(Err(_)) => { tally.disconnects.fetch_add(1, Ordering::Relaxed); return samples; }
+            },
+            _ = stop.changed() => return samples,
+        }
+    }
+}
+
+/// Connects and subscribes `n` clients, 256 at a time.
+async fn open_clients(addr: &str, n: usize, common: &Common) -> anyhow::Result<(Vec<Socket>, Duration)> {
+    let started = Instant::now();
+    let mut sockets = Vec::with_capacity(n);
+    let mut index = 0;
+    while index < n {
+        let chunk = (n - index).min(256);
+        let mut pending = Vec::with_capacity(chunk);
+        for i in index..index + chunk {
+            let addr = addr.to_owned();
+            let source_addrs = common.source_addrs;
+            pending.push(tokio::spawn(async move {
+                let mut ws = connect(&addr, i, source_addrs).await?;
+                subscribe(&mut ws, "Token/list").await?;
+                anyhow::Ok(ws)
+            }));
+        }
+        for task in pending {
+            sockets.push(task.await??);
+        }
+        index += chunk;
+    }
+    Ok((sockets, started.elapsed()))
+}
+
+fn token_events(from: usize, count: usize, mints: usize, stamp: bool) -> String {
+    let mut body = String::with_capacity(count * 110);
+    let sent = now_micros();
+    for i in from..from + count {
+        let symbol = if stamp { format!("T{sent}") } else { format!("S{i}") };
+        body.push_str(&format!(
+            "{{\"type\":\"token_created\",\"mint\":\"m{:06}\",\"symbol\":\"{symbol}\",\"decimals\":6,\"supply\":{i}}}\n",
+            i % mints
+        ));
+    }
+    body
+}
+
+async fn ingest(http: &reqwest::Client, addr: &str, body: String) -> anyhow::Result<()> {
+    let response = http.post(format!("http://{addr}/ingest/tokens")).body(body).send().await?;
+    anyhow::ensure!(response.status() == 200, "ingest failed: {}", response.text().await?);
+    Ok(())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64 / 1000.0
+}
+
+#[derive(Serialize, Debug, Default)]
+struct Latency {
+    samples: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<u32>) -> Latency {
+        samples.sort_unstable();
+        Latency {
+            samples: samples.len(),
+            p50_ms: percentile(&samples, 0.5),
+            p90_ms: percentile(&samples, 0.9),
+            p99_ms: percentile(&samples, 0.99),
+            p999_ms: percentile(&samples, 0.999),
+            max_ms: samples.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        }
+    }
+}
+
+#[derive(Serialize, Debug)]
+struct StreamRun {
+    target: Target,
+    clients: usize,
+    events: usize,
+    connect_seconds: f64,
+    ingest_seconds: f64,
+    deliver_seconds: f64,
+    expected_frames: u64,
+    delivered_frames: u64,
+    lost_frames: u64,
+    frames_per_second: f64,
+    bytes: u64,
+    host_cpu_seconds: f64,
+    host_cpu_us_per_frame: f64,
+    rss_kib_start: u64,
+    rss_kib_connected: u64,
+    rss_kib_end: u64,
+    disconnects: u64,
+    errors: u64,
+    latency: Latency,
+}
+
+/// One fan-out or latency run against one target.
+async fn stream_run(target: Target, common: &Common, events: usize, rate: Option<usize>) -> anyhow::Result<StreamRun> {
+    let server = Server::start(target, common)?;
+    let rss_start = rss_kib(server.pid());
+    let (sockets, connect_time) = open_clients(&server.addr, common.clients, common).await?;
+    let rss_connected = rss_kib(server.pid());
+    let tally = Arc::new(Tally::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Latency: every client samples at a fixed rate; at max rate only 10 do (cheaper).
+    let samplers = if rate.is_some() { usize::MAX } else { 10 };
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| tokio::spawn(read_live(ws, tally.clone(), i < samplers, stop_rx.clone())))
+        .collect();
+
+    let http = reqwest::Client::new();
+    let cpu_before = cpu_seconds(server.pid());
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut ticker = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(common.batch as f64 / r as f64)));
+    while sent < events {
+        if let Some(ticker) = ticker.as_mut() {
+            ticker.tick().await;
+        }
+        let count = common.batch.min(events - sent);
+        ingest(&http, &server.addr, token_events(sent, count, 1000, true)).await?;
+        sent += count;
+    }
+    let ingest_time = started.elapsed();
+    let expected = (events * common.clients) as u64;
+    let mut last = (tally.frames.load(Ordering::Relaxed), Instant::now());
+    while tally.frames.load(Ordering::Relaxed) < expected {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = tally.frames.load(Ordering::Relaxed);
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let deliver_time = started.elapsed();
+    let cpu = cpu_seconds(server.pid()) - cpu_before;
+    let rss_end = rss_kib(server.pid());
+    stop_tx.send(true)?;
+    let mut samples = Vec::new();
+    for reader in readers {
+        samples.extend(reader.await?);
+    }
+    let delivered = tally.frames.load(Ordering::Relaxed);
+    Ok(StreamRun {
+        target,
+        clients: common.clients,
+        events,
+        connect_seconds: connect_time.as_secs_f64(),
+        ingest_seconds: ingest_time.as_secs_f64(),
+        deliver_seconds: deliver_time.as_secs_f64(),
+        expected_frames: expected,
+        delivered_frames: delivered,
+        lost_frames: expected.saturating_sub(delivered),
+        frames_per_second: delivered as f64 / deliver_time.as_secs_f64(),
+        bytes: tally.bytes.load(Ordering::Relaxed),
+        host_cpu_seconds: cpu,
+        host_cpu_us_per_frame: cpu * 1e6 / delivered.max(1) as f64,
+        rss_kib_start: rss_start,
+        rss_kib_connected: rss_connected,
+        rss_kib_end: rss_end,
+        disconnects: tally.disconnects.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
+        latency: Latency::of(samples),
+    })
+}
+
+/// Runs the baseline and vista, and reports both plus ratios.
+async fn compare(common: &Common, events: usize, rate: Option<usize>) -> anyhow::Result<Value> {
+    let vista = stream_run(Target::Vista, common, events, rate).await?;
+    summarize(&vista);
+    let mut report = json!({"vista": vista});
+    if !common.no_baseline {
+        let baseline = stream_run(Target::Baseline, common, events, rate).await?;
+        summarize(&baseline);
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+        report["baseline"] = json!(baseline);
+        report["ratio_vista_to_baseline"] = json!({
+            "host_cpu_per_frame": ratio(vista.host_cpu_us_per_frame, baseline.host_cpu_us_per_frame),
+            "frames_per_second": ratio(vista.frames_per_second, baseline.frames_per_second),
+            "latency_p99": ratio(vista.latency.p99_ms, baseline.latency.p99_ms),
+            "rss_connected": ratio(vista.rss_kib_connected as f64, baseline.rss_kib_connected as f64),
+        });
+        eprintln!("vista/baseline host CPU per delivered frame: {:.3}", report["ratio_vista_to_baseline"]["host_cpu_per_frame"]);
+    }
+    Ok(report)
+}
+
+fn summarize(run: &StreamRun) {
+    eprintln!(
+        "{:?}: {} clients x {} events: delivered {}/{} ({} lost) in {:.2}s = {:.0} frames/s; host CPU {:.2}s = {:.3} µs/frame; \
+         latency p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms; RSS {} -> {} -> {} KiB; disconnects {} errors {}",
+        run.target, run.clients, run.events, run.delivered_frames, run.expected_frames, run.lost_frames, run.deliver_seconds,
+        run.frames_per_second, run.host_cpu_seconds, run.host_cpu_us_per_frame, run.latency.p50_ms, run.latency.p99_ms,
+        run.latency.p999_ms, run.latency.max_ms, run.rss_kib_start, run.rss_kib_connected, run.rss_kib_end, run.disconnects, run.errors
+    );
+}
+
+async fn idle(common: &Common, hold: u64) -> anyhow::Result<Value> {
+    let server = Server::start(Target::Vista, common)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_start = rss_kib(server.pid());
+    let (sockets, connect_time) = open_clients(&server.addr, common.clients, common).await?;
+    tokio::time::sleep(Duration::from_secs(hold)).await;
+    let rss_held = rss_kib(server.pid());
+    let tally = Arc::new(Tally::default());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> =
+        sockets.into_iter().map(|ws| tokio::spawn(read_live(ws, tally.clone(), false, stop_rx.clone()))).collect();
+    // Everyone still there: one event reaches every connection.
+    let http = reqwest::Client::new();
+    ingest(&http, &server.addr, token_events(0, 1, 1, false)).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tally.frames.load(Ordering::Relaxed) < common.clients as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_tx.send(true)?;
+    for reader in readers {
+        reader.await?;
+    }
+    let per_connection = (rss_held as f64 - rss_start as f64) / common.clients as f64;
+    eprintln!(
+        "idle: {} subscribed connections in {:.2}s; host RSS {} -> {} KiB = {:.2} KiB per connection; {} received the probe event; disconnects {}",
+        common.clients, connect_time.as_secs_f64(), rss_start, rss_held, per_connection,
+        tally.frames.load(Ordering::Relaxed), tally.disconnects.load(Ordering::Relaxed)
+    );
+    Ok(json!({
+        "clients": common.clients,
+        "connect_seconds": connect_time.as_secs_f64(),
+        "rss_kib_start": rss_start,
+        "rss_kib_held": rss_held,
+        "rss_kib_per_connection": per_connection,
+        "received_probe": tally.frames.load(Ordering::Relaxed),
+        "disconnects": tally.disconnects.load(Ordering::Relaxed),
+    }))
+}
+
+async fn snapshot(common: &Common, entities: usize) -> anyhow::Result<Value> {
+    let server = Server::start(Target::Vista, common)?;
+    let http = reqwest::Client::new();
+    let mut sent = 0;
+    while sent < entities {
+        let count = 5000.min(entities - sent);
+        ingest(&http, &server.addr, token_events(sent, count, entities, false)).await?;
+        sent += count;
+    }
+    let mut one = connect(&server.addr, 0, common.source_addrs).await?;
+    let started = Instant::now();
+    let received = subscribe(&mut one, "Token/list").await?;
+    let one_client = started.elapsed().as_secs_f64();
+    anyhow::ensure!(received == entities, "snapshot had {received} of {entities} entities");
+
+    let mut sockets = Vec::new();
+    for i in 0..common.clients {
+        sockets.push(connect(&server.addr, i + 1, common.source_addrs).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let n = subscribe(&mut ws, "Token/list").await?;
+                anyhow::Ok((n, started.elapsed().as_secs_f64()))
+            })
+        })
+        .collect();
+    let mut times = Vec::new();
+    for task in tasks {
+        let (n, t) = task.await??;
+        anyhow::ensure!(n == entities, "snapshot had {n} of {entities} entities");
+        times.push(t);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let last = *times.last().unwrap();
+    eprintln!(
+        "snapshot of {entities}: one client {one_client:.3}s; {} clients at once: median {median:.3}s, last {last:.3}s",
+        common.clients
+    );
+    Ok(json!({"entities": entities, "one_client_seconds": one_client, "clients": common.clients,
+              "concurrent_median_seconds": median, "concurrent_last_seconds": last}))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let report = match cli.scenario {
+            Scenario::BaselineServer { listen } => return baseline::serve(listen).await,
+            Scenario::Fanout { common, events } => json!({"scenario": "fanout", "result": compare(&common, events, None).await?}),
+            Scenario::Latency { common, rate, seconds } => {
+                let events = rate * seconds as usize;
+                json!({"scenario": "latency", "rate": rate, "result": compare(&common, events, Some(rate)).await?})
+            }
+            Scenario::Idle { common, hold } => json!({"scenario": "idle", "result": idle(&common, hold).await?}),
+            Scenario::Snapshot { common, entities } => json!({"scenario": "snapshot", "result": snapshot(&common, entities).await?}),
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        Ok(())
+    })
+}

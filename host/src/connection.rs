@@ -116,6 +116,7 @@ where
     loop {
         for item in outbox.drain().await {
             match item {
+                Outgoing::Live(bytes) => sink.feed(Message::Binary(bytes)).await?,
                 Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
                 Outgoing::Update(update) => sink.feed(to_message(update.into_frame())).await?,
                 Outgoing::Snapshot {

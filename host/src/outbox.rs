@@ -22,12 +22,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::frame::{EntityUpdate, Frame, Mode, SnapshotEntry};
 
 /// Something waiting to be written to one socket.
 pub enum Outgoing {
+    /// A live frame's shared bytes (a binary message). Only the bytes are
+    /// kept: the frame's update is needed only when conflating, and not
+    /// touching its reference count keeps the fan-out path cheap.
+    Live(Bytes),
     /// An encoded frame.
     Frame(Frame),
     /// A conflated update, encoded by the writer (it is this client's own).
@@ -143,16 +148,34 @@ impl Outbox {
     }
 
     /// Queues a live frame, conflating or closing when the client is behind.
-    pub fn push_live(&self, frame: Frame) -> Result<Pushed, PushError> {
+    pub fn push_live(&self, frame: &Frame) -> Result<Pushed, PushError> {
         let mut queue = self.queue.lock().expect("outbox lock");
+        let outcome = self.push_locked(&mut queue, frame.clone());
+        drop(queue);
+        self.wake.notify_one();
+        outcome
+    }
+
+    /// Queues the live frames of one ingest request under a single lock and
+    /// a single wake-up (the fan-out hot path). Calls `outcome` per frame.
+    pub fn push_live_batch(&self, frames: Vec<Frame>, mut outcome: impl FnMut(Result<Pushed, PushError>)) {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        for frame in frames {
+            outcome(self.push_locked(&mut queue, frame));
+        }
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    fn push_locked(&self, queue: &mut Queue, frame: Frame) -> Result<Pushed, PushError> {
         if queue.closing {
             return Err(PushError::Closed);
         }
         let behind =
             !queue.conflation.is_empty() || queue.live_bytes + frame.len() > self.max_live_bytes;
-        let outcome = if !behind {
+        if !behind {
             queue.live_bytes += frame.len();
-            queue.items.push_back(Outgoing::Frame(frame));
+            queue.items.push_back(Outgoing::Live(frame.bytes));
             Ok(Pushed::Queued)
         } else {
             match frame.update.as_deref().filter(|u| u.conflatable()) {
@@ -172,10 +195,7 @@ impl Outbox {
                     Err(PushError::SlowConsumer)
                 }
             }
-        };
-        drop(queue);
-        self.wake.notify_one();
-        outcome
+        }
     }
 
     /// Queues a reply to the client's own request (subscribed frame,
@@ -225,7 +245,6 @@ impl Outbox {
 mod tests {
     use super::*;
     use crate::frame::Op;
-    use bytes::Bytes;
     use serde_json::json;
 
     fn raw(n: usize) -> Frame {
@@ -253,16 +272,16 @@ mod tests {
     async fn a_slow_client_gets_one_merged_update_per_key() {
         let outbox = Outbox::new(200);
         assert_eq!(
-            outbox.push_live(update(Mode::List, "a", 1)),
+            outbox.push_live(&update(Mode::List, "a", 1)),
             Ok(Pushed::Queued)
         );
         for supply in 2..50 {
             assert_eq!(
-                outbox.push_live(update(Mode::List, "a", supply)),
+                outbox.push_live(&update(Mode::List, "a", supply)),
                 Ok(Pushed::Conflated)
             );
             assert_eq!(
-                outbox.push_live(update(Mode::List, "b", supply)),
+                outbox.push_live(&update(Mode::List, "b", supply)),
                 Ok(Pushed::Conflated)
             );
         }
@@ -281,7 +300,7 @@ mod tests {
         );
         // Caught up: frames queue normally again.
         assert_eq!(
-            outbox.push_live(update(Mode::List, "a", 50)),
+            outbox.push_live(&update(Mode::List, "a", 50)),
             Ok(Pushed::Queued)
         );
     }
@@ -290,15 +309,15 @@ mod tests {
     async fn append_frames_past_the_bound_close_the_client() {
         let outbox = Outbox::new(200);
         assert_eq!(
-            outbox.push_live(update(Mode::Append, "t1", 1)),
+            outbox.push_live(&update(Mode::Append, "t1", 1)),
             Ok(Pushed::Queued)
         );
         assert_eq!(
-            outbox.push_live(update(Mode::Append, "t2", 1)),
+            outbox.push_live(&update(Mode::Append, "t2", 1)),
             Err(PushError::SlowConsumer)
         );
         assert_eq!(
-            outbox.push_live(update(Mode::Append, "t3", 1)),
+            outbox.push_live(&update(Mode::Append, "t3", 1)),
             Err(PushError::Closed)
         );
         let items = outbox.drain().await;
@@ -311,9 +330,9 @@ mod tests {
     async fn replies_ignore_the_bound_and_keep_order_with_conflated_updates() {
         let outbox = Outbox::new(10);
         outbox.push_reply(Outgoing::Frame(raw(50)));
-        assert_eq!(outbox.push_live(raw(10)), Ok(Pushed::Queued));
+        assert_eq!(outbox.push_live(&raw(10)), Ok(Pushed::Queued));
         assert_eq!(
-            outbox.push_live(update(Mode::List, "a", 1)),
+            outbox.push_live(&update(Mode::List, "a", 1)),
             Ok(Pushed::Conflated)
         );
         outbox.push_reply(Outgoing::Frame(raw(5)));
@@ -324,5 +343,6 @@ mod tests {
             "the update precedes the later reply"
         );
         assert!(matches!(&items[3], Outgoing::Frame(f) if f.len() == 5));
+        assert!(matches!(&items[1], Outgoing::Live(b) if b.len() == 10));
     }
 }

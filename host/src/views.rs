@@ -380,7 +380,11 @@ impl View {
     /// Updates the index for one change and delivers the resulting frames.
     fn apply(&mut self, change: &Change, store: &Store, deliver: &mut dyn FnMut(ConnId, &Frame)) {
         let key = change.key.as_str();
+        let direct_subscribers = !self.subs.all.is_empty() || self.subs.by_key.contains_key(key);
         if self.mode != Mode::List {
+            if !direct_subscribers {
+                return;
+            }
             let mut frames = FrameCache::new(self.id.clone(), self.mode);
             let frame = match (&change.patch, &change.old) {
                 (Some(_), _) => frames.change(key, change),
@@ -405,16 +409,21 @@ impl View {
             _ => self.index.remove(key, desc),
         }
 
+        if !direct_subscribers && self.subs.windows.is_empty() {
+            return; // index maintained; nobody to tell
+        }
         let mut frames = FrameCache::new(self.id.clone(), self.mode);
         // What a client holding every member sees for this change.
-        let direct = if !now_in {
-            frames.delete(key)
-        } else if self.is_derived() || !was_in {
-            frames.upsert(key, store, &self.source)
-        } else {
-            frames.change(key, change)
-        };
-        self.deliver_to_all_and_key(key, &direct, deliver);
+        if direct_subscribers {
+            let direct = if !now_in {
+                frames.delete(key)
+            } else if self.is_derived() || !was_in {
+                frames.upsert(key, store, &self.source)
+            } else {
+                frames.change(key, change)
+            };
+            self.deliver_to_all_and_key(key, &direct, deliver);
+        }
 
         for (window, group) in &mut self.subs.windows {
             let members = self.index.window(*window);

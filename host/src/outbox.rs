@@ -150,7 +150,7 @@ impl Outbox {
     /// Queues a live frame, conflating or closing when the client is behind.
     pub fn push_live(&self, frame: &Frame) -> Result<Pushed, PushError> {
         let mut queue = self.queue.lock().expect("outbox lock");
-        let outcome = self.push_locked(&mut queue, frame.clone());
+        let outcome = self.push_locked(&mut queue, frame);
         drop(queue);
         self.wake.notify_one();
         outcome
@@ -158,7 +158,11 @@ impl Outbox {
 
     /// Queues the live frames of one ingest request under a single lock and
     /// a single wake-up (the fan-out hot path). Calls `outcome` per frame.
-    pub fn push_live_batch(&self, frames: Vec<Frame>, mut outcome: impl FnMut(Result<Pushed, PushError>)) {
+    pub fn push_live_batch<'f>(
+        &self,
+        frames: impl IntoIterator<Item = &'f Frame>,
+        mut outcome: impl FnMut(Result<Pushed, PushError>),
+    ) {
         let mut queue = self.queue.lock().expect("outbox lock");
         for frame in frames {
             outcome(self.push_locked(&mut queue, frame));
@@ -167,7 +171,7 @@ impl Outbox {
         self.wake.notify_one();
     }
 
-    fn push_locked(&self, queue: &mut Queue, frame: Frame) -> Result<Pushed, PushError> {
+    fn push_locked(&self, queue: &mut Queue, frame: &Frame) -> Result<Pushed, PushError> {
         if queue.closing {
             return Err(PushError::Closed);
         }
@@ -175,7 +179,7 @@ impl Outbox {
             !queue.conflation.is_empty() || queue.live_bytes + frame.len() > self.max_live_bytes;
         if !behind {
             queue.live_bytes += frame.len();
-            queue.items.push_back(Outgoing::Live(frame.bytes));
+            queue.items.push_back(Outgoing::Live(frame.bytes.clone()));
             Ok(Pushed::Queued)
         } else {
             match frame.update.as_deref().filter(|u| u.conflatable()) {
@@ -223,7 +227,10 @@ impl Outbox {
                 queue.settle_conflation();
                 if !queue.items.is_empty() {
                     queue.live_bytes = 0;
-                    return std::mem::take(&mut queue.items);
+                    // Sized like this drain: one allocation per drain for a
+                    // busy client, next to nothing kept by an idle one.
+                    let next = VecDeque::with_capacity(queue.items.len());
+                    return std::mem::replace(&mut queue.items, next);
                 }
             }
             self.wake.notified().await;

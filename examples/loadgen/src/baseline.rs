@@ -32,7 +32,8 @@ pub async fn serve(listen: std::net::SocketAddr) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let clients = clients.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(request, clients.clone()));
+            let service =
+                hyper::service::service_fn(move |request| handle(request, clients.clone()));
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
@@ -41,13 +42,20 @@ pub async fn serve(listen: std::net::SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-async fn handle(mut request: Request<Incoming>, clients: Clients) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    mut request: Request<Incoming>,
+    clients: Clients,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     if hyper_tungstenite::is_upgrade_request(&request) {
         let config = hyper_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(4 << 10)
             .write_buffer_size(16 << 10);
-        let Ok((response, websocket)) = hyper_tungstenite::upgrade(&mut request, Some(config)) else {
-            return Ok(Response::builder().status(400).body(Full::default()).unwrap());
+        let Ok((response, websocket)) = hyper_tungstenite::upgrade(&mut request, Some(config))
+        else {
+            return Ok(Response::builder()
+                .status(400)
+                .body(Full::default())
+                .unwrap());
         };
         tokio::spawn(async move {
             if let Ok(socket) = websocket.await {
@@ -56,14 +64,21 @@ async fn handle(mut request: Request<Incoming>, clients: Clients) -> Result<Resp
         });
         return Ok(response);
     }
-    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let mut accepted = 0;
     {
         let mut clients = clients.lock().unwrap();
         clients.retain(|c| !c.is_closed());
         for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let mut frame = Vec::with_capacity(line.len() + 80);
-            frame.extend_from_slice(br#"{"op":"patch","mode":"list","entity":"Token/list","key":"k","data":"#);
+            frame.extend_from_slice(
+                br#"{"op":"patch","mode":"list","entity":"Token/list","key":"k","data":"#,
+            );
             frame.extend_from_slice(line);
             frame.push(b'}');
             let frame = Bytes::from(frame);
@@ -99,7 +114,9 @@ where
     while let Some(Ok(message)) = stream.next().await {
         if let Message::Text(text) = message {
             if text.as_str().contains("subscribe") {
-                let _ = tx.send(Bytes::from_static(br#"{"op":"subscribed","view":"Token/list","mode":"list"}"#));
+                let _ = tx.send(Bytes::from_static(
+                    br#"{"op":"subscribed","view":"Token/list","mode":"list"}"#,
+                ));
                 let _ = tx.send(Bytes::from_static(
                     br#"{"op":"snapshot","mode":"list","entity":"Token/list","data":[],"complete":true}"#,
                 ));

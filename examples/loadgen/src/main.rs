@@ -141,8 +141,14 @@ impl Server {
         let dir = tempfile::tempdir()?;
         let mut command = match target {
             Target::Vista => {
-                let vista = common.vista.clone().unwrap_or_else(|| bin_dir.join("vista"));
-                let plugin = common.plugin.clone().unwrap_or_else(|| bin_dir.join("libvista_tokens.so"));
+                let vista = common
+                    .vista
+                    .clone()
+                    .unwrap_or_else(|| bin_dir.join("vista"));
+                let plugin = common
+                    .plugin
+                    .clone()
+                    .unwrap_or_else(|| bin_dir.join("libvista_tokens.so"));
                 let plugins = dir.path().join("plugins");
                 std::fs::create_dir_all(&plugins)?;
                 std::fs::copy(&plugin, plugins.join("tokens.so"))
@@ -164,11 +170,26 @@ impl Server {
                 command
             }
         };
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line)?;
-        let addr = line.trim().rsplit(' ').next().context("listening line")?.to_owned();
-        Ok(Server { child, addr, _dir: dir })
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )?;
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .context("listening line")?
+            .to_owned();
+        Ok(Server {
+            child,
+            addr,
+            _dir: dir,
+        })
     }
 
     fn pid(&self) -> u32 {
@@ -183,7 +204,10 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // Fields 14 and 15 of /proc/PID/stat; after the name they are at 11, 12.
     let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / per_second
@@ -192,12 +216,22 @@ fn cpu_seconds(pid: u32) -> f64 {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok())
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0)
 }
 
 fn now_micros() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 /// Counters shared by every client task.
@@ -212,19 +246,27 @@ struct Tally {
 type Socket = WebSocketStream<TcpStream>;
 
 async fn connect(addr: &str, index: usize, source_addrs: usize) -> anyhow::Result<Socket> {
-    let source = std::net::SocketAddr::from(([127, 0, 0, 2 + (index % source_addrs.max(1)) as u8], 0));
+    let source =
+        std::net::SocketAddr::from(([127, 0, 0, 2 + (index % source_addrs.max(1)) as u8], 0));
     let socket = TcpSocket::new_v4()?;
     socket.bind(source)?;
     let stream = socket.connect(addr.parse()?).await?;
     stream.set_nodelay(true)?;
-    let config = WebSocketConfig::default().read_buffer_size(16 << 10).write_buffer_size(0);
-    let (ws, _) = tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), stream, Some(config)).await?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 << 10)
+        .write_buffer_size(0);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), stream, Some(config))
+            .await?;
     Ok(ws)
 }
 
 /// Subscribes and waits for `complete:true`; returns the entities received.
 async fn subscribe(ws: &mut Socket, view: &str) -> anyhow::Result<usize> {
-    ws.send(Message::text(json!({"type": "subscribe", "view": view}).to_string())).await?;
+    ws.send(Message::text(
+        json!({"type": "subscribe", "view": view}).to_string(),
+    ))
+    .await?;
     let mut entities = 0;
     while let Some(message) = ws.next().await {
         let bytes = match message? {
@@ -250,12 +292,23 @@ async fn subscribe(ws: &mut Socket, view: &str) -> anyhow::Result<usize> {
 fn sent_micros(frame: &[u8]) -> Option<u64> {
     const NEEDLE: &[u8] = br#""symbol":"T"#;
     let at = frame.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
-    let digits = frame[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&frame[at..at + digits]).ok()?.parse().ok()
+    let digits = frame[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&frame[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Reads live frames until told to stop; returns latency samples (µs).
-async fn read_live(mut ws: Socket, tally: Arc<Tally>, sample: bool, mut stop: tokio::sync::watch::Receiver<bool>) -> Vec<u32> {
+async fn read_live(
+    mut ws: Socket,
+    tally: Arc<Tally>,
+    sample: bool,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<u32> {
     let mut samples = Vec::new();
     loop {
         tokio::select! {
@@ -283,7 +336,11 @@ async fn read_live(mut ws: Socket, tally: Arc<Tally>, sample: bool, mut stop: to
 }
 
 /// Connects and subscribes `n` clients, 256 at a time.
-async fn open_clients(addr: &str, n: usize, common: &Common) -> anyhow::Result<(Vec<Socket>, Duration)> {
+async fn open_clients(
+    addr: &str,
+    n: usize,
+    common: &Common,
+) -> anyhow::Result<(Vec<Socket>, Duration)> {
     let started = Instant::now();
     let mut sockets = Vec::with_capacity(n);
     let mut index = 0;
@@ -311,7 +368,11 @@ fn token_events(from: usize, count: usize, mints: usize, stamp: bool) -> String 
     let mut body = String::with_capacity(count * 110);
     let sent = now_micros();
     for i in from..from + count {
-        let symbol = if stamp { format!("T{sent}") } else { format!("S{i}") };
+        let symbol = if stamp {
+            format!("T{sent}")
+        } else {
+            format!("S{i}")
+        };
         body.push_str(&format!(
             "{{\"type\":\"token_created\",\"mint\":\"m{:06}\",\"symbol\":\"{symbol}\",\"decimals\":6,\"supply\":{i}}}\n",
             i % mints
@@ -321,8 +382,16 @@ fn token_events(from: usize, count: usize, mints: usize, stamp: bool) -> String 
 }
 
 async fn ingest(http: &reqwest::Client, addr: &str, body: String) -> anyhow::Result<()> {
-    let response = http.post(format!("http://{addr}/ingest/tokens")).body(body).send().await?;
-    anyhow::ensure!(response.status() == 200, "ingest failed: {}", response.text().await?);
+    let response = http
+        .post(format!("http://{addr}/ingest/tokens"))
+        .body(body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "ingest failed: {}",
+        response.text().await?
+    );
     Ok(())
 }
 
@@ -382,7 +451,12 @@ struct StreamRun {
 }
 
 /// One fan-out or latency run against one target.
-async fn stream_run(target: Target, common: &Common, events: usize, rate: Option<usize>) -> anyhow::Result<StreamRun> {
+async fn stream_run(
+    target: Target,
+    common: &Common,
+    events: usize,
+    rate: Option<usize>,
+) -> anyhow::Result<StreamRun> {
     let server = Server::start(target, common)?;
     let rss_start = rss_kib(server.pid());
     let (sockets, connect_time) = open_clients(&server.addr, common.clients, common).await?;
@@ -401,7 +475,8 @@ async fn stream_run(target: Target, common: &Common, events: usize, rate: Option
     let cpu_before = cpu_seconds(server.pid());
     let started = Instant::now();
     let mut sent = 0;
-    let mut ticker = rate.map(|r| tokio::time::interval(Duration::from_secs_f64(common.batch as f64 / r as f64)));
+    let mut ticker = rate
+        .map(|r| tokio::time::interval(Duration::from_secs_f64(common.batch as f64 / r as f64)));
     while sent < events {
         if let Some(ticker) = ticker.as_mut() {
             ticker.tick().await;
@@ -470,7 +545,10 @@ async fn compare(common: &Common, events: usize, rate: Option<usize>) -> anyhow:
             "latency_p99": ratio(vista.latency.p99_ms, baseline.latency.p99_ms),
             "rss_connected": ratio(vista.rss_kib_connected as f64, baseline.rss_kib_connected as f64),
         });
-        eprintln!("vista/baseline host CPU per delivered frame: {:.3}", report["ratio_vista_to_baseline"]["host_cpu_per_frame"]);
+        eprintln!(
+            "vista/baseline host CPU per delivered frame: {:.3}",
+            report["ratio_vista_to_baseline"]["host_cpu_per_frame"]
+        );
     }
     Ok(report)
 }
@@ -494,13 +572,16 @@ async fn idle(common: &Common, hold: u64) -> anyhow::Result<Value> {
     let rss_held = rss_kib(server.pid());
     let tally = Arc::new(Tally::default());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let readers: Vec<_> =
-        sockets.into_iter().map(|ws| tokio::spawn(read_live(ws, tally.clone(), false, stop_rx.clone()))).collect();
+    let readers: Vec<_> = sockets
+        .into_iter()
+        .map(|ws| tokio::spawn(read_live(ws, tally.clone(), false, stop_rx.clone())))
+        .collect();
     // Everyone still there: one event reaches every connection.
     let http = reqwest::Client::new();
     ingest(&http, &server.addr, token_events(0, 1, 1, false)).await?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tally.frames.load(Ordering::Relaxed) < common.clients as u64 && Instant::now() < deadline {
+    while tally.frames.load(Ordering::Relaxed) < common.clients as u64 && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_tx.send(true)?;
@@ -530,14 +611,22 @@ async fn snapshot(common: &Common, entities: usize) -> anyhow::Result<Value> {
     let mut sent = 0;
     while sent < entities {
         let count = 5000.min(entities - sent);
-        ingest(&http, &server.addr, token_events(sent, count, entities, false)).await?;
+        ingest(
+            &http,
+            &server.addr,
+            token_events(sent, count, entities, false),
+        )
+        .await?;
         sent += count;
     }
     let mut one = connect(&server.addr, 0, common.source_addrs).await?;
     let started = Instant::now();
     let received = subscribe(&mut one, "Token/list").await?;
     let one_client = started.elapsed().as_secs_f64();
-    anyhow::ensure!(received == entities, "snapshot had {received} of {entities} entities");
+    anyhow::ensure!(
+        received == entities,
+        "snapshot had {received} of {entities} entities"
+    );
 
     let mut sockets = Vec::new();
     for i in 0..common.clients {
@@ -566,14 +655,18 @@ async fn snapshot(common: &Common, entities: usize) -> anyhow::Result<Value> {
         "snapshot of {entities}: one client {one_client:.3}s; {} clients at once: median {median:.3}s, last {last:.3}s",
         common.clients
     );
-    Ok(json!({"entities": entities, "one_client_seconds": one_client, "clients": common.clients,
-              "concurrent_median_seconds": median, "concurrent_last_seconds": last}))
+    Ok(
+        json!({"entities": entities, "one_client_seconds": one_client, "clients": common.clients,
+              "concurrent_median_seconds": median, "concurrent_last_seconds": last}),
+    )
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let report = match cli.scenario {
             Scenario::BaselineServer { listen } => return baseline::serve(listen).await,

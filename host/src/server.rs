@@ -113,9 +113,9 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         return response;
     };
     // Small buffers keep idle connections cheap: client messages are small
-    // (4 KiB read chunks) and the writer flushes every drain anyway.
+    // (1 KiB read chunks) and the writer flushes every drain anyway.
     let config = hyper_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-        .read_buffer_size(4 << 10)
+        .read_buffer_size(1 << 10)
         .write_buffer_size(16 << 10)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));

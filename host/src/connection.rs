@@ -3,7 +3,8 @@
 //!
 //! The writer takes everything queued in one go, feeds it to the socket and
 //! flushes once, so a burst of frames costs one flush. Snapshots are encoded
-//! here, in batches of 50 then 100, off the engine lock. Both loops are
+//! here, in batches of 50 then 100, off the engine lock, once per snapshot
+//! however many subscribers share it. Both loops are
 //! generic over `Sink`/`Stream` of tungstenite messages so they can be
 //! driven without a socket.
 
@@ -16,7 +17,7 @@ use hyper_tungstenite::tungstenite::{
     Message, Utf8Bytes,
 };
 
-use crate::frame::{snapshot_batches, snapshot_frame, socket_issue, Frame};
+use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing};
 use crate::protocol::{parse_client_message, ClientMessage};
 use crate::views::ConnId;
@@ -119,16 +120,9 @@ where
                 Outgoing::Live(bytes) => sink.feed(Message::Binary(bytes)).await?,
                 Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
                 Outgoing::Update(update) => sink.feed(to_message(update.into_frame())).await?,
-                Outgoing::Snapshot {
-                    view,
-                    mode,
-                    entries,
-                } => {
-                    let total = entries.len();
-                    for range in snapshot_batches(total) {
-                        let complete = range.end == total;
-                        let frame = snapshot_frame(&view, mode, &entries[range], complete);
-                        sink.feed(to_message(frame)).await?;
+                Outgoing::Snapshot(snapshot) => {
+                    for frame in snapshot.frames().await {
+                        sink.feed(to_message(frame.clone())).await?;
                     }
                 }
                 Outgoing::Close { code, reason } => {

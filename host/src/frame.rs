@@ -151,6 +151,47 @@ pub struct WireSort {
     pub order: vista_plugin_api::view::Order,
 }
 
+/// A snapshot captured under the engine lock and encoded off it, once: the
+/// first writer that sends it encodes the batches (50, then 100, ...), and
+/// every other subscriber that got the same snapshot (same view, same store
+/// version) shares the bytes.
+pub struct Snapshot {
+    /// View id (the frames' `entity`).
+    pub view: Arc<str>,
+    /// Mode of the view.
+    pub mode: Mode,
+    /// Entities in view order.
+    pub entries: Vec<SnapshotEntry>,
+    encoded: tokio::sync::OnceCell<Vec<Frame>>,
+}
+
+impl Snapshot {
+    /// A snapshot not encoded yet.
+    pub fn new(view: Arc<str>, mode: Mode, entries: Vec<SnapshotEntry>) -> Self {
+        Self {
+            view,
+            mode,
+            entries,
+            encoded: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The batch frames, encoding them on first use.
+    pub async fn frames(&self) -> &[Frame] {
+        self.encoded
+            .get_or_init(|| async {
+                let total = self.entries.len();
+                snapshot_batches(total)
+                    .map(|range| {
+                        let complete = range.end == total;
+                        snapshot_frame(&self.view, self.mode, &self.entries[range], complete)
+                    })
+                    .collect()
+            })
+            .await
+    }
+}
+
 /// One `{"key":K,"data":D}` entry of a snapshot batch.
 pub struct SnapshotEntry {
     /// Entity key.
@@ -168,12 +209,14 @@ struct SnapshotItem<'a> {
 /// Encodes one snapshot batch frame.
 pub fn snapshot_frame(view: &str, mode: Mode, entries: &[SnapshotEntry], complete: bool) -> Frame {
     #[derive(serde::Serialize)]
+    // `complete` before `data`: a client can tell the last batch from the
+    // first bytes of the frame.
     struct Snapshot<'a> {
         op: &'static str,
         mode: Mode,
         entity: &'a str,
-        data: Vec<SnapshotItem<'a>>,
         complete: bool,
+        data: Vec<SnapshotItem<'a>>,
     }
     Frame::data(&Snapshot {
         op: "snapshot",

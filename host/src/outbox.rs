@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::frame::{EntityUpdate, Frame, Mode, SnapshotEntry};
+use crate::frame::{EntityUpdate, Frame, Snapshot};
 
 /// Something waiting to be written to one socket.
 pub enum Outgoing {
@@ -37,16 +37,9 @@ pub enum Outgoing {
     Frame(Frame),
     /// A conflated update, encoded by the writer (it is this client's own).
     Update(EntityUpdate),
-    /// A snapshot to encode in batches (50, then 100...) by the writer, off
-    /// the engine lock.
-    Snapshot {
-        /// View id (the `entity` field of the frames).
-        view: Arc<str>,
-        /// Mode of the view.
-        mode: Mode,
-        /// Entities in view order.
-        entries: Vec<SnapshotEntry>,
-    },
+    /// A snapshot, encoded in batches by the writer off the engine lock
+    /// (and shared with other subscribers of the same snapshot).
+    Snapshot(Arc<Snapshot>),
     /// Close the connection with this code and reason, after what is queued.
     Close {
         /// WebSocket close code.
@@ -251,7 +244,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::Op;
+    use crate::frame::{Mode, Op};
     use serde_json::json;
 
     fn raw(n: usize) -> Frame {

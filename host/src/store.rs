@@ -69,6 +69,11 @@ impl Store {
         self.tables.get(entity).map_or(0, HashMap::len)
     }
 
+    /// Number of mutations applied so far: changes whenever any entity does.
+    pub fn version(&self) -> u64 {
+        self.last_seq
+    }
+
     /// The `_seq` text of the last applied mutation.
     pub fn last_seq(&self) -> String {
         format_seq(self.last_seq)

@@ -21,13 +21,13 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use serde_json::Value;
 use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 
 use crate::frame::{
-    socket_issue, EntityUpdate, Frame, Mode, Op, SnapshotEntry, Subscribed, WireSort,
+    socket_issue, EntityUpdate, Frame, Mode, Op, Snapshot, SnapshotEntry, Subscribed, WireSort,
 };
 use crate::outbox::Outgoing;
 use crate::store::{Change, Store};
@@ -64,7 +64,7 @@ pub struct SubscriptionStart {
     pub mode: Mode,
     /// The snapshot to send, in view order; `None` for append views or when
     /// the client asked for no snapshot.
-    pub snapshot: Option<Vec<SnapshotEntry>>,
+    pub snapshot: Option<Arc<Snapshot>>,
 }
 
 /// A `skip`/`take` window, as a half-open range of view positions.
@@ -578,6 +578,10 @@ pub struct Views {
     /// Subscriptions to views that do not exist (yet, or any more), by
     /// connection and (view id, key); started when the view appears.
     pending: HashMap<ConnId, HashMap<(String, Option<String>), SubscribeRequest>>,
+    /// The last whole-view snapshot of each view and the store version it
+    /// was taken at: subscribers arriving before anything changes share it
+    /// (and its encoding). Weak, so it lives only as long as a writer needs it.
+    snapshot_cache: HashMap<Arc<str>, (u64, Weak<Snapshot>)>,
 }
 
 /// Something to send to one connection because views were added, removed
@@ -623,6 +627,7 @@ impl Views {
     }
 
     fn insert(&mut self, mut view: View, store: &Store, notify: Notify<'_>) {
+        self.snapshot_cache.remove(&*view.id);
         view.rebuild_index(store);
         let id = view.id.clone();
         self.by_entity
@@ -655,6 +660,7 @@ impl Views {
     /// Removes a view. Its subscribers get a non-fatal `view-removed` issue
     /// and their subscriptions stay pending, to restart if the view returns.
     pub fn remove_view(&mut self, id: &str, notify: Notify<'_>) {
+        self.snapshot_cache.remove(id);
         let Some(view) = self.views.remove(id) else {
             return;
         };
@@ -691,6 +697,7 @@ impl Views {
         if view.def.as_ref() == Some(&def) {
             return;
         }
+        self.snapshot_cache.remove(id);
         // What every subscriber holds under the old definition.
         let mut held: Vec<(ConnId, SubscriptionId, Vec<String>)> = Vec::new();
         for (conn, subs) in &self.conn_subs {
@@ -784,7 +791,17 @@ impl Views {
             mode: view.mode,
             sort: view.wire_sort(),
         });
+        let shareable =
+            slot == Slot::All && request.after.is_none() && request.snapshot_limit.is_none();
+        let cached = shareable
+            .then(|| self.snapshot_cache.get(&view_id))
+            .flatten()
+            .filter(|(version, _)| *version == store.version())
+            .and_then(|(_, weak)| weak.upgrade());
         let snapshot = (view.mode != Mode::Append && request.with_snapshot).then(|| {
+            if let Some(snapshot) = cached {
+                return snapshot;
+            }
             let entries = view
                 .snapshot_keys(&slot, store)
                 .into_iter()
@@ -796,10 +813,18 @@ impl Views {
                     Some(after) => e.data["_seq"].as_str().is_some_and(|s| s > after.as_str()),
                     None => true,
                 });
-            match request.snapshot_limit {
+            let entries = match request.snapshot_limit {
                 Some(limit) => entries.take(limit).collect(),
                 None => entries.collect(),
+            };
+            let snapshot = Arc::new(Snapshot::new(view_id.clone(), view.mode, entries));
+            if shareable {
+                self.snapshot_cache.insert(
+                    view_id.clone(),
+                    (store.version(), Arc::downgrade(&snapshot)),
+                );
             }
+            snapshot
         });
         self.conn_subs.entry(conn).or_default().insert(
             (view_id.clone(), request.key.clone()),
@@ -877,15 +902,8 @@ impl SubscriptionStart {
     /// Sends the `subscribed` frame and the snapshot through `notify`.
     pub fn send(self, conn: ConnId, notify: Notify<'_>) {
         notify(conn, Outgoing::Frame(self.subscribed));
-        if let Some(entries) = self.snapshot {
-            notify(
-                conn,
-                Outgoing::Snapshot {
-                    view: self.view,
-                    mode: self.mode,
-                    entries,
-                },
-            );
+        if let Some(snapshot) = self.snapshot {
+            notify(conn, Outgoing::Snapshot(snapshot));
         }
     }
 }

@@ -187,7 +187,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             let start = views
                 .subscribe(conn, &request, &store)
                 .expect("view exists");
-            prop_assert_eq!(start.snapshot.map(|s| s.len()), Some(0));
+            prop_assert_eq!(start.snapshot.map(|s| s.entries.len()), Some(0));
             subscribers.push(Subscriber {
                 conn,
                 def: def.clone(),
@@ -263,8 +263,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let snapshot: Vec<(String, Value)> = start
             .snapshot
             .unwrap()
-            .into_iter()
-            .map(|e| (e.key, Value::clone(&e.data)))
+            .entries
+            .iter()
+            .map(|e| (e.key.clone(), Value::clone(&e.data)))
             .collect();
         prop_assert_eq!(snapshot, sub.expected(&store));
     }

@@ -135,6 +135,16 @@ impl Host {
 
     /// Starts the host with these plugin files and extra `serve` arguments.
     pub async fn start(files: Vec<PluginFile>, extra_args: &[&str]) -> Host {
+        Host::start_wrapped(&[], files, extra_args).await
+    }
+
+    /// Like [`Host::start`], with the host run under a wrapper command
+    /// (e.g. `prlimit --nofile=40:40 --`).
+    pub async fn start_wrapped(
+        wrapper: &[&str],
+        files: Vec<PluginFile>,
+        extra_args: &[&str],
+    ) -> Host {
         let binary = vista_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins_dir = dir.path().join("plugins");
@@ -150,7 +160,15 @@ impl Host {
             }
         }
         let log_path = dir.path().join("vista.log");
-        let mut child = Command::new(binary)
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
             .arg("serve")
             .arg("--plugins")
             .arg(&plugins_dir)
@@ -251,9 +269,29 @@ impl Host {
         }
     }
 
-    /// The OS process id of the host.
+    /// The OS process id of the host (a wrapper `exec`s it, keeping the pid).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// user+system CPU time of the host so far, in clock ticks.
+    pub fn cpu_ticks(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        fields
+            .get(11)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+            + fields
+                .get(12)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
     }
 
     /// Resident memory of the host process, in KiB.

@@ -106,3 +106,62 @@ async fn subscriptions_over_the_limit_get_a_socket_issue() {
         .await;
     client.snapshot().await;
 }
+
+#[tokio::test]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    // A hard limit of 48 open files: the host cannot raise it.
+    let host = Host::start_wrapped(
+        &["prlimit", "--nofile=48:48", "--"],
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &[],
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..60 {
+        sockets.push(
+            tokio::net::TcpStream::connect(&host.addr)
+                .await
+                .expect("the kernel accepts into the backlog"),
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !host.log().contains("accept failed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no EMFILE seen:\n{}",
+            host.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Out of descriptors: backing off, not spinning.
+    let before = host.cpu_ticks();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let used = host.cpu_ticks() - before;
+    assert!(used < 30, "the accept loop spun: {used} ticks in 1 s");
+    // Descriptors come back: the host serves again.
+    drop(sockets);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            std::time::Duration::from_secs(2),
+            tokio_tungstenite::connect_async(host.ws_url()),
+        )
+        .await
+        {
+            use futures_util::SinkExt;
+            ws.send(Message::text(
+                json!({"type": "subscribe", "view": "Token/list"}).to_string(),
+            ))
+            .await
+            .unwrap();
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host never recovered:\n{}",
+            host.log()
+        );
+    }
+    let (status, _) = host.get_json("/healthz").await;
+    assert_eq!(status, 200);
+}

@@ -577,7 +577,8 @@ async fn stream_run(
         rss_kib_start: rss_start,
         rss_kib_connected: rss_connected,
         rss_kib_end: rss_end,
-        rss_kib_per_connection: (rss_connected as f64 - rss_start as f64) / common.clients.max(1) as f64,
+        rss_kib_per_connection: (rss_connected as f64 - rss_start as f64)
+            / common.clients.max(1) as f64,
         disconnects: tally.disconnects.load(Ordering::Relaxed),
         errors: tally.errors.load(Ordering::Relaxed),
         latency: Latency::of(samples),

@@ -152,6 +152,9 @@ fn incremental(entities: usize, subscribers: usize, mutations: &[Mutation]) -> O
     }
 }
 
+/// (view index, skip, take) of one subscriber.
+type SubscriberWindow = (usize, usize, Option<usize>);
+
 /// The naive maintainer: per mutation, recompute each subscriber window
 /// from all entities and diff against what the subscriber holds.
 fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Outcome {
@@ -183,7 +186,7 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
                 .map(|(_, k, e)| (k.clone(), e.clone()))
                 .collect()
         };
-    let subs: Vec<(usize, usize, Option<usize>)> = (0..subscribers)
+    let subs: Vec<SubscriberWindow> = (0..subscribers)
         .map(|conn| {
             let (skip, take) = WINDOWS[(conn / defs.len()) % WINDOWS.len()];
             (conn % defs.len(), skip.unwrap_or(0), take)
@@ -203,8 +206,7 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
         let key = mutation.key.clone();
         store.apply(mutation.clone());
         // One recomputation per distinct window, shared by its subscribers.
-        let mut computed: BTreeMap<(usize, usize, Option<usize>), Vec<(String, Value)>> =
-            BTreeMap::new();
+        let mut computed: BTreeMap<SubscriberWindow, Vec<(String, Value)>> = BTreeMap::new();
         for (i, sub) in subs.iter().enumerate() {
             let window = computed
                 .entry(*sub)

@@ -438,6 +438,16 @@ impl Engine {
         self.views.unsubscribe(conn, view, key)
     }
 
+    /// Queues a close frame on every connection (server shutdown).
+    pub fn close_all(&self, code: u16, reason: &str) {
+        for outbox in self.conns.values() {
+            outbox.push_reply(Outgoing::Close {
+                code,
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
     /// Number of open connections.
     pub fn connection_count(&self) -> usize {
         self.conns.len()

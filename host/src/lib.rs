@@ -139,7 +139,8 @@ fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Serves HTTP and WebSocket connections on `listener` until `shutdown`
-/// completes.
+/// completes; then tells every client (close 1001 `server-shutdown:`) and
+/// gives the writers a moment to flush.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -168,4 +169,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             }
         });
     }
+    shared
+        .engine()
+        .close_all(1001, "server-shutdown: the server is restarting; reconnect");
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }

@@ -165,3 +165,26 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let (status, _) = host.get_json("/healthz").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn sigterm_closes_every_client_with_server_shutdown() {
+    let host = tokens_host(&[]).await;
+    let mut client = host.client().await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    client.snapshot().await;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &host.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    match client.recv().await {
+        Received::Close(Some((code, reason))) => {
+            assert_eq!(code, 1001);
+            assert!(reason.starts_with("server-shutdown:"), "{reason}");
+        }
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    assert!(host.log().contains("shutting down"));
+}

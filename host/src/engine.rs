@@ -177,11 +177,15 @@ impl Engine {
                 ));
             }
         }
-        for view in &manifest.views {
-            if let Some(existing) = self.views.get(&view.id).filter(|v| v.plugin != name) {
+        let base_view_ids = manifest
+            .entities
+            .iter()
+            .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)));
+        for id in base_view_ids.chain(manifest.views.iter().map(|v| v.id.clone())) {
+            if let Some(existing) = self.views.get(&id).filter(|v| v.plugin != name) {
                 return Err(format!(
-                    "manifest error: view {:?} is already provided by plugin {:?}",
-                    view.id, existing.plugin
+                    "manifest error: view {id:?} is already provided by plugin {:?}",
+                    existing.plugin
                 ));
             }
         }

@@ -38,7 +38,7 @@ where
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
     loop {
         tokio::select! {
-            message = stream.next() => match message {
+            message = stream.next() => match message.inspect(|_| outbox.heard_from_client()) {
                 Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, text.as_str()),
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                     Ok(text) => handle_text(&shared, conn, &outbox, text),
@@ -118,6 +118,7 @@ where
         for item in outbox.drain().await {
             match item {
                 Outgoing::Live(bytes) => sink.feed(Message::Binary(bytes)).await?,
+                Outgoing::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await?,
                 Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
                 Outgoing::Update(update) => sink.feed(to_message(update.into_frame())).await?,
                 Outgoing::Snapshot(snapshot) => {

@@ -442,6 +442,29 @@ impl Engine {
         self.views.unsubscribe(conn, view, key)
     }
 
+    /// Liveness: pings clients quiet for a third of `timeout` and closes
+    /// those silent for longer than `timeout` (no message, no pong) with
+    /// `idle-timeout:`. Returns (pinged, closed).
+    pub fn sweep_idle(&self, timeout: std::time::Duration) -> (usize, usize) {
+        let (mut pinged, mut closed) = (0, 0);
+        for (conn, outbox) in &self.conns {
+            let silent = outbox.silent_for();
+            if silent > timeout {
+                tracing::info!(conn, silent_s = silent.as_secs(), "closing a silent client");
+                outbox.push_reply(Outgoing::Close {
+                    code: 1001,
+                    reason: format!("idle-timeout: nothing received for {} s", silent.as_secs()),
+                });
+                closed += 1;
+            } else if silent > timeout / 3 {
+                outbox.push_reply(Outgoing::Ping);
+                pinged += 1;
+            }
+        }
+        metrics::counter!("vista_idle_disconnects_total").increment(closed as u64);
+        (pinged, closed)
+    }
+
     /// Queues a close frame on every connection (server shutdown).
     pub fn close_all(&self, code: u16, reason: &str) {
         for outbox in self.conns.values() {

@@ -63,6 +63,9 @@ pub struct Config {
     pub max_subscriptions_per_connection: usize,
     /// Open WebSocket connections allowed; more are refused with 503.
     pub max_connections: usize,
+    /// Clients silent (no message, no pong) for longer are closed; quiet
+    /// ones are pinged first. `None` disables the check.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// State shared by every task of a running host.
@@ -143,6 +146,17 @@ fn metrics_handle() -> PrometheusHandle {
 /// gives the writers a moment to flush.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    if let Some(timeout) = shared.config.idle_timeout {
+        // One sweeper for all connections: no per-connection timer.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(timeout / 3);
+            loop {
+                ticker.tick().await;
+                shared.engine().sweep_idle(timeout);
+            }
+        });
+    }
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,

@@ -73,6 +73,10 @@ struct ServeArgs {
     /// Open WebSocket connections allowed (more get HTTP 503).
     #[arg(long, env = "VISTA_MAX_CONNECTIONS", default_value_t = 50_000)]
     max_connections: usize,
+    /// Close clients that send nothing (no message, no pong to the server's
+    /// pings) for this many seconds; 0 disables.
+    #[arg(long, env = "VISTA_IDLE_TIMEOUT_SECS", default_value_t = 90)]
+    idle_timeout_secs: u64,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -111,6 +115,8 @@ async fn main() -> anyhow::Result<()> {
         max_message_bytes: args.max_message_bytes,
         max_subscriptions_per_connection: args.max_subscriptions,
         max_connections: args.max_connections,
+        idle_timeout: (args.idle_timeout_secs > 0)
+            .then(|| Duration::from_secs(args.idle_timeout_secs)),
     };
     // Every connection is a file descriptor: use the whole hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {

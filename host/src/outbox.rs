@@ -20,7 +20,9 @@
 //! The writer drains everything queued at once and flushes once per drain.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -40,6 +42,8 @@ pub enum Outgoing {
     /// A snapshot, encoded in batches by the writer off the engine lock
     /// (and shared with other subscribers of the same snapshot).
     Snapshot(Arc<Snapshot>),
+    /// A WebSocket ping (liveness check of a quiet client).
+    Ping,
     /// Close the connection with this code and reason, after what is queued.
     Close {
         /// WebSocket close code.
@@ -123,6 +127,19 @@ pub struct Outbox {
     wake: Notify,
     /// Bound on queued live-frame bytes before conflating.
     max_live_bytes: usize,
+    /// When the client last sent anything (pongs included), in
+    /// milliseconds since [`clock_origin`]; read by the idle sweeper.
+    last_heard_ms: AtomicU64,
+}
+
+/// The origin of [`Outbox`] liveness timestamps.
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    clock_origin().elapsed().as_millis() as u64
 }
 
 impl Outbox {
@@ -137,7 +154,18 @@ impl Outbox {
             }),
             wake: Notify::new(),
             max_live_bytes,
+            last_heard_ms: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// Records that the client sent something.
+    pub fn heard_from_client(&self) {
+        self.last_heard_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the client has been silent.
+    pub fn silent_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)))
     }
 
     /// Queues a live frame, conflating or closing when the client is behind.

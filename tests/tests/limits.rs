@@ -188,3 +188,59 @@ async fn sigterm_closes_every_client_with_server_shutdown() {
     }
     assert!(host.log().contains("shutting down"));
 }
+
+#[tokio::test]
+async fn silent_clients_are_pinged_then_closed_and_responsive_ones_stay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = tokens_host(&["--idle-timeout-secs", "2"]).await;
+    let mut responsive = host.client().await;
+    // A client that completes the handshake and then reads nothing, so it
+    // answers none of the server's pings: plain TCP, frames parsed by hand.
+    let mut silent = tokio::net::TcpStream::connect(&host.addr).await.unwrap();
+    silent
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await
+        .unwrap();
+
+    // Reading answers the server's pings (tungstenite replies with pongs).
+    let mut pings = 0;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    while std::time::Instant::now() < until {
+        if let Ok(message) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), responsive.next_raw()).await
+        {
+            pings += matches!(message, Message::Ping(_)) as usize;
+        }
+    }
+    assert!(pings >= 1, "a quiet client is pinged");
+    responsive
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    responsive.snapshot().await;
+
+    // Everything the silent client was sent: the 101, pings, then a close
+    // frame (opcode 0x8) with code 1001 and an `idle-timeout:` reason.
+    let mut received = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        silent.read_to_end(&mut received),
+    )
+    .await
+    .expect("the server closed the silent connection")
+    .unwrap();
+    let at = received
+        .windows(13)
+        .position(|w| w == b"idle-timeout:")
+        .expect("a close reason naming the idle timeout");
+    assert_eq!(
+        &received[at - 2..at],
+        &1001u16.to_be_bytes(),
+        "close code 1001"
+    );
+    assert_eq!(received[at - 4] & 0x0f, 0x8, "a close frame");
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+    assert!(host.log().contains("closing a silent client"));
+}

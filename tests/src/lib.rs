@@ -511,6 +511,15 @@ impl WsClient {
         }
     }
 
+    /// Reads a whole snapshot; returns its keys in order.
+    pub async fn snapshot_keys(&mut self) -> Vec<String> {
+        self.snapshot()
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
     /// Reads a whole snapshot; returns the `(key, data)` entries in order.
     pub async fn snapshot(&mut self) -> Vec<(String, Value)> {
         self.snapshot_frames()

@@ -28,12 +28,7 @@ fn removed(game: &str) -> Value {
 async fn subscribe(host: &Host, request: Value) -> (WsClient, Vec<String>) {
     let mut client = host.client().await;
     client.subscribe(request).await;
-    let keys = client
-        .snapshot()
-        .await
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys = client.snapshot_keys().await;
     (client, keys)
 }
 
@@ -78,12 +73,7 @@ async fn subscribed_carries_the_view_sort_and_the_snapshot_is_the_window_in_orde
         subscribed,
         json!({"op": "subscribed", "view": "ActiveGame/latest", "mode": "list", "sort": {"field": ["startedAt"], "order": "desc"}})
     );
-    let keys: Vec<String> = client
-        .snapshot()
-        .await
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys: Vec<String> = client.snapshot_keys().await;
     let expected: Vec<String> = (2..=11).rev().map(|t| format!("g{t:02}")).collect();
     assert_eq!(keys, expected, "active games, newest first, 10 of them");
 }

@@ -133,13 +133,7 @@ async fn a_new_build_converges_raw_and_typescript_clients_without_reconnecting()
     for view in ["ActiveGame/latest", "Game/top", "Game/decided", "Game/list"] {
         raw.subscribe(json!({"type": "subscribe", "view": view}))
             .await;
-        subscribed.push(
-            raw.snapshot()
-                .await
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect::<Vec<_>>(),
-        );
+        subscribed.push(raw.snapshot_keys().await);
     }
     assert_eq!(
         subscribed[0],
@@ -281,12 +275,7 @@ async fn cargo_build_output_copied_in_under_a_new_name_replaces_the_running_buil
     client
         .subscribe(json!({"type": "subscribe", "view": "ActiveGame/latest"}))
         .await;
-    let keys: Vec<String> = client
-        .snapshot()
-        .await
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys: Vec<String> = client.snapshot_keys().await;
     assert_eq!(keys, ["g09", "g08", "g07", "g06", "g04"]);
 }
 
@@ -441,12 +430,7 @@ async fn deleting_the_file_unloads_the_views_and_keeps_the_entities() {
     )
     .unwrap();
     assert_eq!(client.recv_json().await["op"], "subscribed");
-    let keys: Vec<String> = client
-        .snapshot()
-        .await
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys: Vec<String> = client.snapshot_keys().await;
     assert_eq!(keys, ["g2", "g1"]);
 }
 

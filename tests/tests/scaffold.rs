@@ -77,12 +77,7 @@ async fn scaffold_build_drop_edit_rebuild_and_converge() {
     client
         .subscribe(json!({"type": "subscribe", "view": "ScaffoldedScores/top"}))
         .await;
-    let keys: Vec<String> = client
-        .snapshot()
-        .await
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let keys: Vec<String> = client.snapshot_keys().await;
     assert_eq!(keys, ["a", "c"]);
 
     // Edit the filter, rebuild, drop the new build over the old one.

@@ -617,3 +617,55 @@ async fn websocket_pings_are_answered() {
         .expect("pong in time");
     assert_eq!(pong, Message::Pong(b"hello".to_vec().into()));
 }
+
+#[tokio::test]
+async fn sdk_subscribe_options_with_snapshot_after_and_snapshot_limit() {
+    let host = Host::with_tokens().await;
+    let first = host
+        .ingest_ok("tokens", &[created("a", 1), created("b", 1)])
+        .await;
+    host.ingest_ok("tokens", &[created("c", 1), created("d", 1)])
+        .await;
+    let mut client = host.client().await;
+
+    // withSnapshot:false: subscribed, then only live frames.
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list", "withSnapshot": false}))
+        .await;
+    client.expect_silence(QUIET).await;
+    host.ingest_ok(
+        "tokens",
+        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
+    )
+    .await;
+    assert_eq!(client.recv_json().await["op"], "patch");
+
+    // after: only entities changed after that `_seq` (a, changed just now; c, d).
+    let after = first["seq"].as_str().unwrap();
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/state", "after": after}))
+        .await;
+    let mut keys = client.snapshot_keys().await;
+    keys.sort();
+    assert_eq!(keys, ["a", "c", "d"]);
+
+    // snapshotLimit: at most that many entities, in view order (newest first).
+    client
+        .subscribe(
+            json!({"type": "subscribe", "view": "Token/list", "key": "*", "snapshotLimit": 2}),
+        )
+        .await;
+    assert_eq!(client.snapshot_keys().await, ["a", "d"]);
+
+    // refresh_auth is acknowledged (auth is not enabled) with a text reply.
+    client
+        .send(json!({"type": "refresh_auth", "token": "t"}))
+        .await;
+    match client.recv().await {
+        Received::Json { value, text, .. } => {
+            assert!(text);
+            assert_eq!(value["success"], true);
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -305,11 +305,6 @@ impl Engine {
         }
     }
 
-    /// Whether a plugin is loaded from `file`.
-    pub fn serves_file(&self, file: &Path) -> bool {
-        self.plugins.values().any(|p| p.file == file)
-    }
-
     /// Every plugin file seen, for `GET /plugins`.
     pub fn plugin_reports(&self) -> Vec<PluginReport> {
         self.reports.values().cloned().collect()
@@ -473,16 +468,6 @@ impl Engine {
                 reason: reason.to_owned(),
             });
         }
-    }
-
-    /// Number of open connections.
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
-    /// Number of entities of a type.
-    pub fn entity_count(&self, entity: &str) -> usize {
-        self.store.count(entity)
     }
 }
 

@@ -64,11 +64,6 @@ impl Store {
         self.tables.get(entity).into_iter().flatten()
     }
 
-    /// Number of entities of one type.
-    pub fn count(&self, entity: &str) -> usize {
-        self.tables.get(entity).map_or(0, HashMap::len)
-    }
-
     /// Number of mutations applied so far: changes whenever any entity does.
     pub fn version(&self) -> u64 {
         self.last_seq

@@ -149,16 +149,6 @@ impl OrderedIndex {
             None => iter.collect(),
         }
     }
-
-    /// Number of members.
-    pub fn len(&self) -> usize {
-        self.values.len()
-    }
-
-    /// Whether the view is empty.
-    pub fn is_empty(&self) -> bool {
-        self.values.is_empty()
-    }
 }
 
 /// Subscribers sharing one window of a list view.
@@ -240,18 +230,6 @@ impl View {
             field: self.sort.field.split('.').map(str::to_owned).collect(),
             order: self.sort.order,
         })
-    }
-
-    /// Number of subscriptions to this view.
-    pub fn subscriber_count(&self) -> usize {
-        self.subs.all.len()
-            + self.subs.by_key.values().map(HashSet::len).sum::<usize>()
-            + self
-                .subs
-                .windows
-                .values()
-                .map(|g| g.conns.len())
-                .sum::<usize>()
     }
 
     fn rebuild_index(&mut self, store: &Store) {
@@ -757,11 +735,6 @@ impl Views {
     /// A view by id.
     pub fn get(&self, id: &str) -> Option<&View> {
         self.views.get(id)
-    }
-
-    /// All views.
-    pub fn iter(&self) -> impl Iterator<Item = &View> {
-        self.views.values()
     }
 
     /// Registers (or replaces) the subscription of `conn` to (view, key) and

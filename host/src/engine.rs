@@ -325,16 +325,23 @@ impl Engine {
         if consumers.is_empty() {
             return Err(IngestError::UnknownStream(stream.to_owned()));
         }
-        // Mutations of earlier events, visible to later ones before commit.
-        let mut staged: HashMap<(String, String), Option<Value>> = HashMap::new();
+        // Mutations of earlier events are visible to later ones before
+        // commit: a read of entity[key] replays this request's mutations of
+        // that key over the stored value. Only reads pay for it; a feed that
+        // never reads state stages nothing but an index entry.
         let mut mutations: Vec<Mutation> = Vec::new();
+        let mut staged: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for event in events {
             for plugin in &consumers {
                 let reader = FnStateReader(|entity: &str, key: &str| {
-                    match staged.get(&(entity.to_owned(), key.to_owned())) {
-                        Some(value) => value.as_ref().map(Value::to_string),
-                        None => self.store.get(entity, key).map(|v| v.to_string()),
-                    }
+                    let stored = self.store.get(entity, key).map(|v| Value::clone(v));
+                    let value = match staged.get(&(entity.to_owned(), key.to_owned())) {
+                        Some(indexes) => indexes
+                            .iter()
+                            .fold(stored, |value, i| replay(value, &mutations[*i])),
+                        None => stored,
+                    };
+                    value.map(|v| v.to_string())
                 });
                 let name = &plugin.manifest.name;
                 let projector_error = |message: String| IngestError::Projector {
@@ -347,23 +354,10 @@ impl Engine {
                     .map_err(projector_error)?;
                 for mutation in produced {
                     check_mutation(plugin, &mutation).map_err(projector_error)?;
-                    let id = (mutation.entity.clone(), mutation.key.clone());
-                    let current = match staged.get(&id) {
-                        Some(value) => value.clone(),
-                        None => self.store.get(&id.0, &id.1).map(|v| Value::clone(v)),
-                    };
-                    let next = match &mutation.kind {
-                        MutationKind::Patch {
-                            data: Value::Object(data),
-                            append,
-                        } => {
-                            let mut entity = current.unwrap_or(Value::Null);
-                            vista_plugin_api::merge_patch(&mut entity, data, append);
-                            Some(entity)
-                        }
-                        _ => None,
-                    };
-                    staged.insert(id, next);
+                    staged
+                        .entry((mutation.entity.clone(), mutation.key.clone()))
+                        .or_default()
+                        .push(mutations.len());
                     mutations.push(mutation);
                 }
             }
@@ -468,6 +462,22 @@ impl Engine {
                 reason: reason.to_owned(),
             });
         }
+    }
+}
+
+/// An entity after one more (validated) mutation, by the store's rules.
+fn replay(value: Option<Value>, mutation: &Mutation) -> Option<Value> {
+    match &mutation.kind {
+        MutationKind::Patch {
+            data: Value::Object(data),
+            append,
+        } => {
+            let mut entity = value.unwrap_or(Value::Null);
+            vista_plugin_api::merge_patch(&mut entity, data, append);
+            Some(entity)
+        }
+        MutationKind::Patch { .. } => value,
+        MutationKind::Delete => None,
     }
 }
 

@@ -13,6 +13,10 @@ fn created(mint: &str, supply: u64) -> Value {
     json!({"type": "token_created", "mint": mint, "symbol": format!("S{mint}"), "decimals": 6, "supply": supply})
 }
 
+fn supply(mint: &str, delta: i64) -> Value {
+    json!({"type": "supply_changed", "mint": mint, "delta": delta})
+}
+
 fn trade(id: &str, mint: &str, price: f64, amount: u64) -> Value {
     json!({"type": "trade", "id": id, "mint": mint, "price": price, "amount": amount})
 }
@@ -52,11 +56,7 @@ async fn list_subscription_sends_subscribed_snapshot_then_patches() {
     let seq_b = snapshot[0].1["_seq"].as_str().unwrap().to_owned();
     assert_eq!(seq_b.len(), 16);
 
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 5})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 5)]).await;
     let patch = client.recv_json().await;
     assert_eq!(patch["op"], "patch");
     assert_eq!(patch["mode"], "list");
@@ -89,16 +89,8 @@ async fn state_mode_sends_one_entity_and_its_patches() {
     assert_eq!(frames[0]["data"].as_array().unwrap().len(), 1);
     assert_eq!(frames[0]["data"][0]["key"], "a");
 
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "b", "delta": 1})],
-    )
-    .await;
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("b", 1)]).await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
     let patch = client.recv_json().await;
     assert_eq!(
         (
@@ -249,11 +241,7 @@ async fn large_snapshots_and_large_patches_are_gzipped() {
     assert_eq!(snapshot_entities, 120);
 
     // Small patch: plain JSON. Large patch: gzip.
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "m001", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("m001", 1)]).await;
     match client.recv().await {
         Received::Json { gzipped, value, .. } => assert!(!gzipped && value["data"]["supply"] == 2),
         other => panic!("{other:?}"),
@@ -354,16 +342,8 @@ async fn key_filter_limits_a_list_subscription_to_one_key() {
     let frames = client.snapshot_frames().await;
     assert_eq!(frames[0]["data"].as_array().unwrap().len(), 1);
     assert_eq!(frames[0]["data"][0]["key"], "b");
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "b", "delta": 7})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
+    host.ingest_ok("tokens", &[supply("b", 7)]).await;
     let patch = client.recv_json().await;
     assert_eq!(
         (patch["key"].as_str(), patch["data"]["supply"].as_u64()),
@@ -392,11 +372,7 @@ async fn take_and_skip_window_a_list_view() {
     assert_eq!(window, ["t4", "t3"]);
 
     // t1 moves to the front: order t1 t5 t4 t3 t2, window [t5, t4]: t3 leaves, t5 enters.
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "t1", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("t1", 1)]).await;
     let first = client.recv_json().await;
     let second = client.recv_json().await;
     assert_eq!(
@@ -414,11 +390,7 @@ async fn take_and_skip_window_a_list_view() {
     client.expect_silence(QUIET).await;
 
     // A change to t2 (outside the window, stays outside): t2 t1 t5 t4 t3 -> window [t1, t5].
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "t2", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("t2", 1)]).await;
     let mut got: Vec<(String, String)> = Vec::new();
     for _ in 0..2 {
         let f = client.recv_json().await;
@@ -454,19 +426,11 @@ async fn resubscribing_to_the_same_view_and_key_restarts_it_once() {
         again[0]["data"][0]["key"], "a",
         "fresh snapshot on resubscribe"
     );
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
     let patch = client.recv_json().await;
     assert_eq!(patch["op"], "patch");
     client.expect_silence(QUIET).await; // exactly one copy, stream not killed
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
     assert_eq!(
         client.recv_json().await["data"]["supply"],
         3,
@@ -491,11 +455,7 @@ async fn unsubscribe_stops_only_that_subscription() {
         .send(json!({"type": "unsubscribe", "view": "Token/list"}))
         .await;
     client.sync().await;
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
     let frame = client.recv_json().await;
     assert_eq!(frame["entity"], "Token/state");
     client.expect_silence(QUIET).await;
@@ -503,11 +463,7 @@ async fn unsubscribe_stops_only_that_subscription() {
         .send(json!({"type": "unsubscribe", "view": "Token/state", "key": "a"}))
         .await;
     client.sync().await;
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
     client.expect_silence(QUIET).await;
 }
 
@@ -592,11 +548,7 @@ async fn integers_beyond_2_pow_53_are_sent_as_strings() {
     assert_eq!(by_key("big")["supply"], json!("18446744073709551615"));
     assert_eq!(by_key("safe")["supply"], json!(9_007_199_254_740_991u64));
     // Arithmetic in the projector still uses the exact number.
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "big", "delta": -15})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("big", -15)]).await;
     assert_eq!(
         client.recv_json().await["data"]["supply"],
         json!("18446744073709551600")
@@ -633,11 +585,7 @@ async fn sdk_subscribe_options_with_snapshot_after_and_snapshot_limit() {
         .subscribe(json!({"type": "subscribe", "view": "Token/list", "withSnapshot": false}))
         .await;
     client.expect_silence(QUIET).await;
-    host.ingest_ok(
-        "tokens",
-        &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
-    )
-    .await;
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
     assert_eq!(client.recv_json().await["op"], "patch");
 
     // after: only entities changed after that `_seq` (a, changed just now; c, d).

@@ -14,22 +14,14 @@
 // stderr on failure or timeout.
 
 import assert from 'node:assert/strict';
-import { harness, withoutSeq } from './lib.mjs';
+import { harness, withoutSeq, activeGamesStack } from './lib.mjs';
 
 const h = harness('games.mjs');
 
 const VIEW = 'ActiveGame/latest';
 const WINDOW = 10;
 
-const STACK = {
-  name: 'vista-games',
-  url: h.WS_URL,
-  views: {
-    ActiveGame: {
-      latest: { mode: 'list', view: VIEW },
-    },
-  },
-};
+const STACK = activeGamesStack(h.WS_URL);
 
 // ---- scripted events -------------------------------------------------------
 // Ids are zero-padded so that byte order (server) and localeCompare (client)

@@ -31,6 +31,15 @@ export function withoutSeq(entity) {
 }
 
 /** Every view id (`Token/list`, ...) declared in a stack definition. */
+/** The stack for the `games` plugin's derived view `ActiveGame/latest`. */
+export function activeGamesStack(url) {
+  return {
+    name: 'vista-games',
+    url,
+    views: { ActiveGame: { latest: { mode: 'list', view: 'ActiveGame/latest' } } },
+  };
+}
+
 export function stackViews(stack) {
   return Object.values(stack.views).flatMap((group) => Object.values(group).map((def) => def.view));
 }

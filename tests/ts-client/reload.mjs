@@ -30,7 +30,7 @@
 
 import assert from 'node:assert/strict';
 import readline from 'node:readline';
-import { harness, sleep } from './lib.mjs';
+import { harness, sleep, activeGamesStack } from './lib.mjs';
 
 const NAME = 'reload.mjs';
 const h = harness(NAME);
@@ -53,15 +53,7 @@ const GO_TIMEOUT_MS = Number(process.env.VISTA_GO_TIMEOUT_MS ?? 120_000);
 const VIEW = 'ActiveGame/latest';
 const SORT = { field: ['startedAt'], order: 'desc' };
 
-const STACK = {
-  name: 'vista-games',
-  url: h.WS_URL,
-  views: {
-    ActiveGame: {
-      latest: { mode: 'list', view: VIEW },
-    },
-  },
-};
+const STACK = activeGamesStack(h.WS_URL);
 
 const sorted = (ids) => [...ids].sort();
 

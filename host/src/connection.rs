@@ -1,14 +1,21 @@
 //! One WebSocket client: a reader loop that handles client messages and a
 //! writer loop that drains the connection's [`Outbox`].
 //!
+//! The reader turns client messages into engine commands; it never waits
+//! for the engine. Subscribes are rate-limited per connection (a token
+//! bucket: `--subscribe-rate` per second, bursts up to
+//! `--subscribe-burst`); one over the limit gets a non-fatal
+//! `rate-limit-exceeded` socket issue and is not registered.
+//!
 //! The writer takes everything queued in one go, feeds it to the socket and
 //! flushes once, so a burst of frames costs one flush. Snapshots are encoded
-//! here, in batches of 50 then 100, off the engine lock, once per snapshot
-//! however many subscribers share it. Both loops are
-//! generic over `Sink`/`Stream` of tungstenite messages so they can be
-//! driven without a socket.
+//! (JSON and gzip) on a blocking thread in batches of 50 then 100, once per
+//! snapshot however many subscribers share it; async workers never
+//! compress. Both loops are generic over `Sink`/`Stream` of tungstenite
+//! messages so they can be driven without a socket.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper_tungstenite::tungstenite::{
@@ -17,6 +24,7 @@ use hyper_tungstenite::tungstenite::{
     Message, Utf8Bytes,
 };
 
+use crate::engine::Command;
 use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing};
 use crate::protocol::{parse_client_message, ClientMessage};
@@ -32,16 +40,23 @@ where
         + 'static,
 {
     let (sink, mut stream) = socket.split();
-    let outbox = Arc::new(Outbox::new(shared.config.outbox_bytes));
-    shared.engine().connect(conn, outbox.clone());
+    let outbox = Arc::new(Outbox::new(conn, shared.config.outbox_bytes));
+    shared.engine.send(Command::Connect {
+        conn,
+        outbox: outbox.clone(),
+    });
+    let mut limiter = TokenBucket::new(
+        shared.config.subscribe_rate,
+        shared.config.subscribe_burst,
+    );
     metrics::gauge!("vista_connections").increment(1.0);
     let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
     loop {
         tokio::select! {
             message = stream.next() => match message.inspect(|_| outbox.heard_from_client()) {
-                Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, text.as_str()),
+                Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, &mut limiter, text.as_str()),
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => handle_text(&shared, conn, &outbox, text),
+                    Ok(text) => handle_text(&shared, conn, &outbox, &mut limiter, text),
                     Err(_) => reply_issue(&outbox, "invalid-message", "binary message is not UTF-8 JSON"),
                 },
                 Some(Ok(Message::Close(_))) | None => break,
@@ -60,7 +75,7 @@ where
             _ = &mut writer => break,
         }
     }
-    shared.engine().disconnect(conn);
+    shared.engine.send(Command::Disconnect { conn });
     metrics::gauge!("vista_connections").decrement(1.0);
     if !writer.is_finished() {
         outbox.push_reply(Outgoing::Close {
@@ -76,17 +91,68 @@ fn reply_issue(outbox: &Outbox, code: &str, message: &str) {
     outbox.push_reply(Outgoing::Frame(socket_issue(code, message, false)));
 }
 
-fn handle_text(shared: &Shared, conn: ConnId, outbox: &Outbox, text: &str) {
+/// A token bucket: `rate` tokens a second, at most `burst` saved up. Small
+/// enough to own rather than pull in a rate-limiting crate for one counter
+/// per connection.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        Self {
+            rate: f64::from(rate),
+            burst: f64::from(burst.max(1)),
+            tokens: f64::from(burst.max(1)),
+            refilled: Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is there.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn handle_text(
+    shared: &Shared,
+    conn: ConnId,
+    outbox: &Outbox,
+    limiter: &mut TokenBucket,
+    text: &str,
+) {
     match parse_client_message(text) {
         Ok(ClientMessage::Subscribe(request)) => {
-            shared.engine().subscribe(
-                conn,
-                &request,
-                shared.config.max_subscriptions_per_connection,
-            );
+            if !limiter.take() {
+                metrics::counter!("vista_subscribes_rate_limited_total").increment(1);
+                reply_issue(
+                    outbox,
+                    "rate-limit-exceeded",
+                    &format!(
+                        "at most {} subscribes per second (bursts of {}); {:?} was not subscribed",
+                        shared.config.subscribe_rate, shared.config.subscribe_burst, request.view
+                    ),
+                );
+                return;
+            }
+            shared.engine.send(Command::Subscribe { conn, request });
         }
         Ok(ClientMessage::Unsubscribe { view, key }) => {
-            shared.engine().unsubscribe(conn, &view, key.as_deref());
+            shared
+                .engine
+                .send(Command::Unsubscribe { conn, view, key });
         }
         Ok(ClientMessage::Ping) => {}
         Ok(ClientMessage::RefreshAuth) => {
@@ -120,12 +186,20 @@ where
                 Outgoing::Live(bytes) => sink.feed(Message::Binary(bytes)).await?,
                 Outgoing::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await?,
                 Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
-                Outgoing::Update(update) => sink.feed(to_message(update.into_frame())).await?,
-                Outgoing::Snapshot(snapshot) => {
-                    for frame in snapshot.frames().await {
+                Outgoing::Update(update) => {
+                    // A slow client's merged update: encode (and gzip) it
+                    // off the async workers.
+                    let frame = tokio::task::spawn_blocking(move || update.into_frame())
+                        .await
+                        .expect("encoding does not panic");
+                    sink.feed(to_message(frame)).await?
+                }
+                Outgoing::Snapshot(job) => {
+                    for frame in job.snapshot.frames().await {
                         sink.feed(to_message(frame.clone())).await?;
                     }
                 }
+                Outgoing::Cancel(_) => {}
                 Outgoing::Close { code, reason } => {
                     if code != 1000 {
                         tracing::info!(code, %reason, "closing client connection");

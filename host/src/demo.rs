@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::engine::EventInput;
+use crate::ingest::IngestBody;
 use crate::Shared;
 
 /// A tiny deterministic xorshift generator; the demo needs variety, not
@@ -55,13 +55,8 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
             json!({"type": "trade", "id": format!("trade{next_trade}"), "mint": mint, "price": price, "amount": 1 + rng.next() % 50})
         };
         let text = event.to_string();
-        let result = shared.engine().ingest(
-            "tokens",
-            &[EventInput {
-                position: 1,
-                json: &text,
-            }],
-        );
+        let body = Arc::new(IngestBody::from_events([text.as_str()]));
+        let result = shared.engine.ingest("tokens", body).await;
         if let Err(err) = result {
             tracing::warn!(%err, "demo feed event refused");
         }

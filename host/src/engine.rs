@@ -1,36 +1,50 @@
 //! The engine: sole owner of plugins, entity store, views, subscriptions and
-//! connection outboxes.
+//! connection outboxes, running on a thread of its own.
 //!
-//! It lives behind one `std::sync::Mutex` ([`crate::Shared::engine`]).
-//! Every operation (ingest, subscribe, unsubscribe, plugin load) runs to
-//! completion under the lock and never awaits: frames are pushed into
-//! bounded [`Outbox`]es, which never block, and sockets are written by each
-//! connection's own task. Serializing ingest and subscribe through one lock
-//! is what makes a snapshot and the live frames after it exact: a
-//! subscription sees every mutation either in its snapshot or as a frame,
-//! never both, never neither.
+//! Everything that changes server state reaches the engine as a
+//! [`Command`] on one channel ([`EngineHandle`]); requests that need an
+//! answer carry a oneshot reply. Async workers (HTTP handlers, connection
+//! readers) only send commands and await replies: they never run plugin
+//! code, view maintenance or gzip, and never block on the engine, so
+//! `/healthz`, `/metrics` and accepting connections keep answering however
+//! busy it is.
+//!
+//! Serializing ingest commits and subscribes on one thread is what makes a
+//! snapshot and the live frames after it exact: a subscription sees every
+//! mutation either in its snapshot or as a frame, never both, never
+//! neither.
+//!
+//! An ingest request goes through two steps:
+//! 1. *projection*: the request is handed to the projector thread of every
+//!    plugin consuming the stream ([`crate::projector`]); the engine goes on
+//!    with other commands meanwhile. A plugin projects one request at a
+//!    time: a request for a busy plugin waits in `deferred`, in arrival
+//!    order, so each projection reads the state its predecessors committed.
+//! 2. *commit*: when every projector answered, their mutations are applied
+//!    to the store in event order (then plugin name order), views are
+//!    maintained and frames delivered; then the HTTP request is answered.
+//!
+//! A projector that makes no progress for `--projector-timeout-ms` is
+//! *stuck*: its request is answered 503 `projector-timeout` with nothing
+//! applied, its streams answer 503 `plugin-stuck` until a new build of it
+//! loads, and everything else carries on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use tokio::sync::oneshot;
 use vista_plugin_api::view::ViewDef;
-use vista_plugin_api::{Manifest, Mutation, MutationKind};
+use vista_plugin_api::{Manifest, Mutation};
 
 use crate::frame::{socket_issue, Frame};
+use crate::ingest::IngestBody;
 use crate::outbox::{Outbox, Outgoing, PushError, Pushed};
-use crate::plugins::{self, FnStateReader, LoadError, PluginLibrary, PluginReport};
+use crate::plugins::{self, LoadError, PluginLibrary, PluginReport, PluginState};
+use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
 use crate::store::Store;
-use crate::views::{ConnId, SubscribeRequest, Views};
-
-/// One event of an ingest request.
-pub struct EventInput<'a> {
-    /// 1-based line (NDJSON) or item (JSON array) number, for error messages.
-    pub position: usize,
-    /// The event's JSON text (an object).
-    pub json: &'a str,
-}
+use crate::views::{ConnId, Removed, SubscribeRequest, Views};
 
 /// Result of a successful ingest.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,32 +71,344 @@ pub enum IngestError {
         /// The plugin's message.
         message: String,
     },
+    /// A projector made no progress within the deadline; it is now stuck.
+    #[error("plugin {plugin:?} made no progress for {timeout_ms} ms; it is marked stuck until a new build loads")]
+    ProjectorTimeout {
+        /// Plugin name.
+        plugin: String,
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// A plugin consuming the stream is stuck from an earlier request.
+    #[error("plugin {plugin:?} is stuck (a projector timed out); load a new build of it")]
+    PluginStuck {
+        /// Plugin name.
+        plugin: String,
+    },
+    /// The engine stopped (the server is shutting down).
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
-/// The state of the whole server, owned by one lock.
+/// Why a plugin build was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The file could not be loaded as a plugin.
+    #[error("{0}")]
+    Load(String),
+    /// An entity type already belongs to another plugin.
+    #[error("entity {entity:?} is already owned by plugin {owner:?} ({file})")]
+    EntityTaken {
+        /// The entity type.
+        entity: String,
+        /// The plugin owning it.
+        owner: String,
+        /// That plugin's file.
+        file: String,
+    },
+    /// A view id is already served by another plugin.
+    #[error("manifest error: view {view:?} is already provided by plugin {owner:?}")]
+    ViewTaken {
+        /// The view id.
+        view: String,
+        /// The plugin providing it.
+        owner: String,
+    },
+    /// The projector thread could not be started.
+    #[error("cannot start the projector thread: {0}")]
+    Thread(String),
+}
+
+/// A request to the engine thread.
+pub enum Command {
+    /// Project and commit an ingest request.
+    Ingest {
+        /// Stream name.
+        stream: String,
+        /// The events.
+        body: Arc<IngestBody>,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Ingested, IngestError>>,
+    },
+    /// A projector thread finished a request.
+    Projected(Projected),
+    /// A connection opened.
+    Connect {
+        /// Its id.
+        conn: ConnId,
+        /// Its outbox.
+        outbox: Arc<Outbox>,
+    },
+    /// A connection closed.
+    Disconnect {
+        /// Its id.
+        conn: ConnId,
+    },
+    /// Start or replace a subscription; the answer goes to the outbox.
+    Subscribe {
+        /// The connection.
+        conn: ConnId,
+        /// What it asked for.
+        request: SubscribeRequest,
+    },
+    /// Stop a subscription.
+    Unsubscribe {
+        /// The connection.
+        conn: ConnId,
+        /// View id.
+        view: String,
+        /// Key, `None` for all keys.
+        key: Option<String>,
+    },
+    /// Install a mapped plugin build (or record why it was refused).
+    Load {
+        /// The file in the plugins directory.
+        file: PathBuf,
+        /// The mapped library, or the load error.
+        loaded: Box<Result<PluginLibrary, LoadError>>,
+        /// Where the outcome goes (plugin name or reason).
+        reply: Option<oneshot::Sender<Result<String, InstallError>>>,
+    },
+    /// A plugin file was deleted.
+    Unload {
+        /// The file in the plugins directory.
+        file: PathBuf,
+    },
+    /// What `GET /plugins` shows.
+    Reports {
+        /// Where the reports go.
+        reply: oneshot::Sender<Vec<PluginReport>>,
+    },
+    /// Ping quiet clients, close silent ones.
+    SweepIdle {
+        /// The idle timeout.
+        timeout: Duration,
+    },
+    /// Close every client.
+    CloseAll {
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+        /// Drop what is still queued so the close goes out next.
+        discard_queued: bool,
+    },
+}
+
+/// The async side's handle to the engine thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+impl EngineHandle {
+    /// Sends a command that needs no answer. Ignored once the engine stopped.
+    pub fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+
+    /// Projects and commits an ingest request.
+    pub async fn ingest(
+        &self,
+        stream: &str,
+        body: Arc<IngestBody>,
+    ) -> Result<Ingested, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Ingest {
+            stream: stream.to_owned(),
+            body,
+            reply,
+        });
+        answer.await.unwrap_or(Err(IngestError::ShuttingDown))
+    }
+
+    /// Every plugin file seen, for `GET /plugins`.
+    pub async fn reports(&self) -> Vec<PluginReport> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Reports { reply });
+        answer.await.unwrap_or_default()
+    }
+
+    /// Installs a mapped build; blocks the calling (non-async) thread until
+    /// the engine answers. Used by the file watcher.
+    pub fn load_blocking(
+        &self,
+        file: &Path,
+        loaded: Result<PluginLibrary, LoadError>,
+    ) -> Result<String, InstallError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Load {
+            file: file.to_owned(),
+            loaded: Box::new(loaded),
+            reply: Some(reply),
+        });
+        answer
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(InstallError::Load("the server is shutting down".into())))
+    }
+}
+
+/// Starts the engine thread; it runs until every [`EngineHandle`] is dropped.
+pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) {
+    let handle = EngineHandle {
+        commands: engine.commands.clone(),
+    };
+    let commands = engine
+        .queue
+        .take()
+        .expect("the engine thread is started once");
+    let thread = std::thread::Builder::new()
+        .name("engine".into())
+        .spawn(move || {
+            // The engine holds a sender for its projector threads' answers,
+            // so the channel never disconnects; `Stop` is implied by the
+            // process ending.
+            loop {
+                let wait = engine.next_deadline().unwrap_or(Duration::from_secs(3600));
+                match commands.recv_timeout(wait) {
+                    Ok(command) => engine.handle(command),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                engine.check_deadlines();
+            }
+        })
+        .expect("start the engine thread");
+    (handle, thread)
+}
+
+/// A loaded plugin build and its projector thread.
+struct LoadedPlugin {
+    lib: Arc<PluginLibrary>,
+    worker: ProjectorWorker,
+    stuck: bool,
+}
+
+/// An ingest request being projected.
+struct InFlight {
+    body: Arc<IngestBody>,
+    reply: oneshot::Sender<Result<Ingested, IngestError>>,
+    /// Consuming plugins, in name order, with their answers so far.
+    parts: Vec<Part>,
+}
+
+struct Part {
+    plugin: String,
+    outcome: Option<Projection>,
+    /// Progress probe: the worker's counter when last seen changing, and when.
+    last_progress: u64,
+    progress_at: Instant,
+}
+
+/// An ingest request waiting for a busy plugin.
+struct Waiting {
+    stream: String,
+    body: Arc<IngestBody>,
+    reply: oneshot::Sender<Result<Ingested, IngestError>>,
+}
+
+/// The state of the whole server, owned by the engine thread.
 pub struct Engine {
-    store: Store,
+    store: SharedStore,
     views: Views,
     /// Loaded plugins by name.
-    plugins: BTreeMap<String, PluginLibrary>,
+    plugins: BTreeMap<String, LoadedPlugin>,
     /// What `GET /plugins` shows, by plugin file.
     reports: BTreeMap<PathBuf, PluginReport>,
     /// Outboxes of open connections.
     conns: HashMap<ConnId, Arc<Outbox>>,
     /// Where plugin files are copied before being mapped.
     cache_dir: PathBuf,
+    max_subscriptions: usize,
+    projector_timeout: Duration,
+    in_flight: HashMap<u64, InFlight>,
+    /// Plugins projecting a request, and which.
+    busy: HashMap<String, u64>,
+    deferred: VecDeque<Waiting>,
+    next_ticket: u64,
+    commands: mpsc::Sender<Command>,
+    queue: Option<mpsc::Receiver<Command>>,
 }
 
 impl Engine {
     /// An engine with no plugins.
-    pub fn new(cache_dir: PathBuf) -> Self {
+    pub fn new(cache_dir: PathBuf, max_subscriptions: usize, projector_timeout: Duration) -> Self {
+        let (commands, queue) = mpsc::channel();
         Self {
-            store: Store::new(),
+            store: Arc::new(RwLock::new(Store::new())),
             views: Views::new(),
             plugins: BTreeMap::new(),
             reports: BTreeMap::new(),
             conns: HashMap::new(),
             cache_dir,
+            max_subscriptions,
+            projector_timeout,
+            in_flight: HashMap::new(),
+            busy: HashMap::new(),
+            deferred: VecDeque::new(),
+            next_ticket: 1,
+            commands,
+            queue: Some(queue),
+        }
+    }
+
+    fn store(&self) -> RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Ingest {
+                stream,
+                body,
+                reply,
+            } => self.ingest(Waiting {
+                stream,
+                body,
+                reply,
+            }),
+            Command::Projected(projected) => self.projected(projected),
+            Command::Connect { conn, outbox } => {
+                self.conns.insert(conn, outbox);
+            }
+            Command::Disconnect { conn } => {
+                self.views.remove_conn(conn);
+                self.conns.remove(&conn);
+            }
+            Command::Subscribe { conn, request } => self.subscribe(conn, &request),
+            Command::Unsubscribe { conn, view, key } => {
+                if let Removed::Active(generation) =
+                    self.views.unsubscribe(conn, &view, key.as_deref())
+                {
+                    self.cancel_snapshot(conn, generation);
+                }
+            }
+            Command::Load {
+                file,
+                loaded,
+                reply,
+            } => {
+                let outcome = self.accept_load(&file, *loaded);
+                if let Some(reply) = reply {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Command::Unload { file } => self.unload_file(&file),
+            Command::Reports { reply } => {
+                let _ = reply.send(self.reports.values().cloned().collect());
+            }
+            Command::SweepIdle { timeout } => {
+                self.sweep_idle(timeout);
+            }
+            Command::CloseAll {
+                code,
+                reason,
+                discard_queued,
+            } => {
+                for outbox in self.conns.values() {
+                    outbox.close(code, &reason, discard_queued);
+                }
+            }
         }
     }
 
@@ -101,32 +427,24 @@ impl Engine {
         };
         files.sort();
         for file in files {
-            self.load_plugin_file(&file);
+            let loaded = plugins::load(&file, &self.cache_dir);
+            let _ = self.accept_load(&file, loaded);
         }
-    }
-
-    /// Loads one plugin file under the engine lock (start-up). The file
-    /// watcher maps files outside the lock with [`plugins::load`] and hands
-    /// the result to [`Engine::accept_load`].
-    pub fn load_plugin_file(&mut self, file: &Path) -> bool {
-        let loaded = plugins::load(file, &self.cache_dir);
-        self.accept_load(file, loaded).is_ok()
     }
 
     /// Installs a freshly mapped plugin, or records why it was refused.
     ///
-    /// A plugin whose name is already loaded replaces the running version
-    /// atomically with respect to ingest (this runs under the engine lock,
-    /// like every ingest): its views are diffed and subscribers converge
-    /// (see [`Engine::install`]). A refused build leaves the running
-    /// version in place; `GET /plugins` shows the error on that file.
+    /// A plugin whose name is already loaded replaces the running version:
+    /// its views are diffed and subscribers converge (see
+    /// [`Engine::install`]). A refused build leaves the running version in
+    /// place; `GET /plugins` shows the error on that file.
     pub fn accept_load(
         &mut self,
         file: &Path,
         loaded: Result<PluginLibrary, LoadError>,
-    ) -> Result<String, String> {
+    ) -> Result<String, InstallError> {
         let result = loaded
-            .map_err(|e| one_line(&e.to_string()))
+            .map_err(|e| InstallError::Load(one_line(&e.to_string())))
             .and_then(|lib| self.install(lib));
         match &result {
             Ok(name) => tracing::info!(file = %file.display(), plugin = %name, "plugin loaded"),
@@ -134,8 +452,8 @@ impl Engine {
                 tracing::error!("plugin refused: {}: {reason}", file.display());
                 match self.reports.get_mut(file) {
                     // A previous build from this file keeps serving.
-                    Some(report) if report.state == "loaded" => {
-                        report.last_error = Some(reason.clone())
+                    Some(report) if report.state != PluginState::Failed => {
+                        report.last_error = Some(reason.to_string())
                     }
                     _ => {
                         self.reports.insert(
@@ -147,8 +465,8 @@ impl Engine {
                                 entities: Vec::new(),
                                 views: Vec::new(),
                                 streams: Vec::new(),
-                                state: "failed",
-                                last_error: Some(reason.clone()),
+                                state: PluginState::Failed,
+                                last_error: Some(reason.to_string()),
                             },
                         );
                     }
@@ -160,57 +478,53 @@ impl Engine {
 
     /// Validates a plugin against the others, then installs it or swaps it
     /// for the running version of the same name.
-    fn install(&mut self, lib: PluginLibrary) -> Result<String, String> {
+    fn install(&mut self, lib: PluginLibrary) -> Result<String, InstallError> {
         let manifest = lib.manifest.clone();
         let name = manifest.name.clone();
         for entity in &manifest.entities {
-            if let Some(owner) = self
-                .plugins
-                .values()
-                .find(|p| p.manifest.name != name && p.manifest.entities.contains(entity))
-            {
-                return Err(format!(
-                    "entity {:?} is already owned by plugin {:?} ({})",
-                    entity.name,
-                    owner.manifest.name,
-                    owner.file.display()
-                ));
+            if let Some(owner) = self.plugins.values().find(|p| {
+                p.lib.manifest.name != name && p.lib.manifest.entities.contains(entity)
+            }) {
+                return Err(InstallError::EntityTaken {
+                    entity: entity.name.clone(),
+                    owner: owner.lib.manifest.name.clone(),
+                    file: owner.lib.file.display().to_string(),
+                });
             }
         }
-        let base_view_ids = manifest
-            .entities
-            .iter()
-            .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)));
-        for id in base_view_ids.chain(manifest.views.iter().map(|v| v.id.clone())) {
+        for id in view_ids(&manifest) {
             if let Some(existing) = self.views.get(&id).filter(|v| v.plugin != name) {
-                return Err(format!(
-                    "manifest error: view {id:?} is already provided by plugin {:?}",
-                    existing.plugin
-                ));
+                return Err(InstallError::ViewTaken {
+                    view: id,
+                    owner: existing.plugin.clone(),
+                });
             }
         }
+        let lib = Arc::new(lib);
+        let commands = self.commands.clone();
+        let worker = ProjectorWorker::spawn(lib.clone(), self.store.clone(), move |done| {
+            let _ = commands.send(Command::Projected(done));
+        })
+        .map_err(|e| InstallError::Thread(e.to_string()))?;
         let previous = self.plugins.remove(&name);
         let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
         self.apply_manifest_change(
-            previous.as_ref().map(|p| &p.manifest),
+            previous.as_ref().map(|p| &p.lib.manifest),
             Some(&manifest),
             &mut |conn, item| notes.push((conn, item)),
         );
         self.send_notes(notes);
         if let Some(previous) = &previous {
-            if previous.file != lib.file {
-                if let Some(report) = self.reports.get_mut(&previous.file) {
-                    report.state = "superseded";
+            if previous.lib.file != lib.file {
+                if let Some(report) = self.reports.get_mut(&previous.lib.file) {
+                    report.state = PluginState::Superseded;
                 }
             }
-            tracing::info!(plugin = %name, from = %previous.manifest.version, to = %manifest.version, "plugin swapped");
+            if previous.stuck {
+                tracing::info!(plugin = %name, "a new build replaces the stuck one; its streams are served again");
+            }
+            tracing::info!(plugin = %name, from = %previous.lib.manifest.version, to = %manifest.version, "plugin swapped");
         }
-        let mut view_ids: Vec<String> = manifest
-            .entities
-            .iter()
-            .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)))
-            .collect();
-        view_ids.extend(manifest.views.iter().map(|v| v.id.clone()));
         self.reports.insert(
             lib.file.clone(),
             PluginReport {
@@ -218,13 +532,22 @@ impl Engine {
                 version: Some(manifest.version.clone()),
                 file: lib.file.display().to_string(),
                 entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
-                views: view_ids,
+                views: view_ids(&manifest).collect(),
                 streams: manifest.streams.clone(),
-                state: "loaded",
+                state: PluginState::Loaded,
                 last_error: None,
             },
         );
-        self.plugins.insert(name.clone(), lib);
+        self.plugins.insert(
+            name.clone(),
+            LoadedPlugin {
+                lib,
+                worker,
+                stuck: false,
+            },
+        );
+        // Requests that waited for the stuck build can run now.
+        self.pump_deferred();
         Ok(name)
     }
 
@@ -236,17 +559,18 @@ impl Engine {
         let Some(name) = self
             .plugins
             .values()
-            .find(|p| p.file == file)
-            .map(|p| p.manifest.name.clone())
+            .find(|p| p.lib.file == file)
+            .map(|p| p.lib.manifest.name.clone())
         else {
             return;
         };
-        let lib = self.plugins.remove(&name).expect("found above");
+        let plugin = self.plugins.remove(&name).expect("found above");
         let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
-        self.apply_manifest_change(Some(&lib.manifest), None, &mut |conn, item| {
+        self.apply_manifest_change(Some(&plugin.lib.manifest), None, &mut |conn, item| {
             notes.push((conn, item))
         });
         self.send_notes(notes);
+        self.pump_deferred();
         tracing::info!(file = %file.display(), plugin = %name, "plugin unloaded; its entities are kept");
     }
 
@@ -270,6 +594,7 @@ impl Engine {
         let (old_entities, new_entities) = (entities(old), entities(new));
         let (old_views, new_views) = (derived(old), derived(new));
         let plugin = new.or(old).map(|m| m.name.clone()).unwrap_or_default();
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         for id in old_views.keys().filter(|id| !new_views.contains_key(*id)) {
             self.views.remove_view(id, notify);
         }
@@ -282,17 +607,16 @@ impl Engine {
             .iter()
             .filter(|(id, _)| old_views.contains_key(*id))
         {
-            self.views.redefine(id, def.clone(), &self.store, notify);
+            self.views.redefine(id, def.clone(), &store, notify);
         }
         for entity in new_entities.iter().filter(|e| !old_entities.contains(e)) {
-            self.views
-                .add_base_views(entity, &plugin, &self.store, notify);
+            self.views.add_base_views(entity, &plugin, &store, notify);
         }
         for (_, def) in new_views
             .into_iter()
             .filter(|(id, _)| !old_views.contains_key(id))
         {
-            self.views.add_derived(def, &plugin, &self.store, notify);
+            self.views.add_derived(def, &plugin, &store, notify);
         }
     }
 
@@ -305,112 +629,277 @@ impl Engine {
         }
     }
 
-    /// Every plugin file seen, for `GET /plugins`.
-    pub fn plugin_reports(&self) -> Vec<PluginReport> {
-        self.reports.values().cloned().collect()
-    }
-
-    /// Projects a request's events and, if every one succeeds, applies all
-    /// the mutations and broadcasts the frames. All or nothing.
-    pub fn ingest(
-        &mut self,
-        stream: &str,
-        events: &[EventInput<'_>],
-    ) -> Result<Ingested, IngestError> {
-        let consumers: Vec<&PluginLibrary> = self
+    /// Starts projecting a request, or queues it behind a busy plugin.
+    fn ingest(&mut self, request: Waiting) {
+        let consumers: Vec<String> = self
             .plugins
             .values()
-            .filter(|p| p.manifest.streams.iter().any(|s| s == stream))
+            .filter(|p| p.lib.manifest.streams.iter().any(|s| *s == request.stream))
+            .map(|p| p.lib.manifest.name.clone())
             .collect();
-        if consumers.is_empty() {
-            return Err(IngestError::UnknownStream(stream.to_owned()));
+        let shares_a_plugin = |w: &Waiting| {
+            self.consumers(&w.stream)
+                .any(|name| consumers.iter().any(|c| *c == name))
+        };
+        let waits = consumers.iter().any(|c| self.busy.contains_key(c))
+            || self.deferred.iter().any(shares_a_plugin);
+        if waits {
+            self.deferred.push_back(request);
+        } else {
+            self.dispatch(request, consumers);
         }
-        // Mutations of earlier events are visible to later ones before
-        // commit: a read of entity[key] replays this request's mutations of
-        // that key over the stored value. Only reads pay for it; a feed that
-        // never reads state stages nothing but an index entry.
-        let mut mutations: Vec<Mutation> = Vec::new();
-        let mut staged: HashMap<(String, String), Vec<usize>> = HashMap::new();
-        for event in events {
-            for plugin in &consumers {
-                let reader = FnStateReader(|entity: &str, key: &str| {
-                    let stored = self.store.get(entity, key).map(|v| Value::clone(v));
-                    let value = match staged.get(&(entity.to_owned(), key.to_owned())) {
-                        Some(indexes) => indexes
-                            .iter()
-                            .fold(stored, |value, i| replay(value, &mutations[*i])),
-                        None => stored,
-                    };
-                    value.map(|v| v.to_string())
-                });
-                let name = &plugin.manifest.name;
-                let projector_error = |message: String| IngestError::Projector {
-                    plugin: name.clone(),
-                    position: event.position,
-                    message,
-                };
-                let produced = plugin
-                    .project(stream, event.json, &reader)
-                    .map_err(projector_error)?;
-                for mutation in produced {
-                    check_mutation(plugin, &mutation).map_err(projector_error)?;
-                    staged
-                        .entry((mutation.entity.clone(), mutation.key.clone()))
-                        .or_default()
-                        .push(mutations.len());
-                    mutations.push(mutation);
+    }
+
+    fn consumers<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.plugins
+            .values()
+            .filter(move |p| p.lib.manifest.streams.iter().any(|s| s == stream))
+            .map(|p| p.lib.manifest.name.clone())
+    }
+
+    /// Hands a request to its consumers' projector threads.
+    fn dispatch(&mut self, request: Waiting, consumers: Vec<String>) {
+        let Waiting {
+            stream,
+            body,
+            reply,
+        } = request;
+        if consumers.is_empty() {
+            let _ = reply.send(Err(IngestError::UnknownStream(stream)));
+            return;
+        }
+        if let Some(stuck) = consumers.iter().find(|c| self.plugins[*c].stuck) {
+            let _ = reply.send(Err(IngestError::PluginStuck {
+                plugin: stuck.clone(),
+            }));
+            return;
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let stream: Arc<str> = stream.into();
+        let now = Instant::now();
+        let mut parts = Vec::with_capacity(consumers.len());
+        for name in consumers {
+            let plugin = &self.plugins[&name];
+            let job = ProjectJob {
+                ticket,
+                stream: stream.clone(),
+                body: body.clone(),
+            };
+            let outcome = (!plugin.worker.submit(job)).then(|| {
+                Err(crate::projector::ProjectFailure {
+                    position: 0,
+                    message: "the projector thread is gone".into(),
+                })
+            });
+            if outcome.is_none() {
+                self.busy.insert(name.clone(), ticket);
+            }
+            parts.push(Part {
+                last_progress: plugin.worker.progress(),
+                progress_at: now,
+                plugin: name,
+                outcome,
+            });
+        }
+        self.in_flight.insert(ticket, InFlight { body, reply, parts });
+        self.finish_if_done(ticket);
+    }
+
+    /// A projector thread answered.
+    fn projected(&mut self, projected: Projected) {
+        if self.busy.get(&projected.plugin) == Some(&projected.ticket) {
+            self.busy.remove(&projected.plugin);
+        }
+        if let Some(request) = self.in_flight.get_mut(&projected.ticket) {
+            if let Some(part) = request
+                .parts
+                .iter_mut()
+                .find(|p| p.plugin == projected.plugin && p.outcome.is_none())
+            {
+                part.outcome = Some(projected.outcome);
+            }
+            self.finish_if_done(projected.ticket);
+        }
+        self.pump_deferred();
+    }
+
+    /// Answers a request once it failed or every projector answered.
+    fn finish_if_done(&mut self, ticket: u64) {
+        let Some(request) = self.in_flight.get(&ticket) else {
+            return;
+        };
+        let failed = request
+            .parts
+            .iter()
+            .find(|p| matches!(p.outcome, Some(Err(_))));
+        if failed.is_none() && request.parts.iter().any(|p| p.outcome.is_none()) {
+            return;
+        }
+        let request = self.in_flight.remove(&ticket).expect("looked up above");
+        if let Some(part) = request
+            .parts
+            .iter()
+            .find(|p| matches!(p.outcome, Some(Err(_))))
+        {
+            let Some(Err(failure)) = &part.outcome else {
+                unreachable!("matched above")
+            };
+            let _ = request.reply.send(Err(IngestError::Projector {
+                plugin: part.plugin.clone(),
+                position: failure.position,
+                message: failure.message.clone(),
+            }));
+            return;
+        }
+        let outcomes: Vec<Vec<Vec<Mutation>>> = request
+            .parts
+            .into_iter()
+            .map(|p| match p.outcome {
+                Some(Ok(produced)) => produced,
+                _ => unreachable!("every part answered without error"),
+            })
+            .collect();
+        let seq = self.commit(outcomes);
+        metrics::counter!("vista_events_ingested_total").increment(request.body.len() as u64);
+        let _ = request.reply.send(Ok(Ingested {
+            accepted: request.body.len(),
+            seq,
+        }));
+    }
+
+    /// Applies the mutations in event order (then plugin order) and
+    /// delivers the frames. Returns the last `_seq`.
+    fn commit(&mut self, outcomes: Vec<Vec<Vec<Mutation>>>) -> String {
+        let total: usize = outcomes.iter().flatten().map(Vec::len).sum();
+        let events = outcomes.first().map_or(0, Vec::len);
+        let mut per_plugin: Vec<std::vec::IntoIter<Vec<Mutation>>> =
+            outcomes.into_iter().map(Vec::into_iter).collect();
+        let mut deliveries = Deliveries::new(total);
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..events {
+            for produced in &mut per_plugin {
+                for mutation in produced.next().unwrap_or_default() {
+                    let change = store.apply(mutation);
+                    self.views.apply(&change, &store, &mut |conn, frame| {
+                        deliveries.push(conn, frame)
+                    });
                 }
             }
         }
-        let mut deliveries = Deliveries::new(mutations.len());
-        for mutation in mutations {
-            let change = self.store.apply(mutation);
-            self.views.apply(&change, &self.store, &mut |conn, frame| {
-                deliveries.push(conn, frame)
-            });
-        }
+        let seq = store.last_seq();
+        drop(store);
         deliveries.flush(&self.conns);
-        Ok(Ingested {
-            accepted: events.len(),
-            seq: self.store.last_seq(),
-        })
+        seq
     }
 
-    /// Registers a new connection's outbox.
-    pub fn connect(&mut self, conn: ConnId, outbox: Arc<Outbox>) {
-        self.conns.insert(conn, outbox);
+    /// Dispatches waiting requests whose plugins are free, keeping each
+    /// plugin's requests in arrival order.
+    fn pump_deferred(&mut self) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let mut claimed: HashSet<String> = HashSet::new();
+        let mut still_waiting = VecDeque::new();
+        while let Some(request) = self.deferred.pop_front() {
+            let consumers: Vec<String> = self.consumers(&request.stream).collect();
+            if consumers
+                .iter()
+                .any(|c| self.busy.contains_key(c) || claimed.contains(c))
+            {
+                claimed.extend(consumers);
+                still_waiting.push_back(request);
+            } else {
+                self.dispatch(request, consumers);
+            }
+        }
+        self.deferred = still_waiting;
     }
 
-    /// Forgets a closed connection and all its subscriptions.
-    pub fn disconnect(&mut self, conn: ConnId) {
-        self.views.remove_conn(conn);
-        self.conns.remove(&conn);
+    /// Time until the earliest projector deadline.
+    fn next_deadline(&self) -> Option<Duration> {
+        self.in_flight
+            .values()
+            .flat_map(|r| r.parts.iter().filter(|p| p.outcome.is_none()))
+            .map(|p| (p.progress_at + self.projector_timeout).saturating_duration_since(Instant::now()))
+            .min()
+            .map(|d| d.max(Duration::from_millis(1)))
+    }
+
+    /// Declares stuck every projector that made no progress for the
+    /// timeout, answering its request with 503 `projector-timeout`.
+    fn check_deadlines(&mut self) {
+        let now = Instant::now();
+        let mut expired: Vec<(u64, String)> = Vec::new();
+        for (ticket, request) in &mut self.in_flight {
+            for part in request.parts.iter_mut().filter(|p| p.outcome.is_none()) {
+                let Some(plugin) = self.plugins.get(&part.plugin) else {
+                    continue;
+                };
+                let progress = plugin.worker.progress();
+                if progress != part.last_progress {
+                    part.last_progress = progress;
+                    part.progress_at = now;
+                } else if now.duration_since(part.progress_at) >= self.projector_timeout {
+                    expired.push((*ticket, part.plugin.clone()));
+                }
+            }
+        }
+        for (ticket, name) in expired {
+            let timeout_ms = self.projector_timeout.as_millis() as u64;
+            tracing::error!(plugin = %name, timeout_ms, "projector timed out; plugin marked stuck, its streams answer 503 until a new build loads");
+            metrics::counter!("vista_projector_timeouts_total").increment(1);
+            if let Some(plugin) = self.plugins.get_mut(&name) {
+                plugin.stuck = true;
+                plugin.worker.demote();
+                if let Some(report) = self.reports.get_mut(&plugin.lib.file) {
+                    report.state = PluginState::Stuck;
+                    report.last_error = Some(format!(
+                        "projector made no progress for {timeout_ms} ms"
+                    ));
+                }
+            }
+            if self.busy.get(&name) == Some(&ticket) {
+                self.busy.remove(&name);
+            }
+            if let Some(request) = self.in_flight.remove(&ticket) {
+                let _ = request.reply.send(Err(IngestError::ProjectorTimeout {
+                    plugin: name,
+                    timeout_ms,
+                }));
+            }
+        }
+        self.pump_deferred();
     }
 
     /// Starts (or restarts) a subscription: queues the `subscribed` frame
     /// and the snapshot on the connection's outbox, or a `view-not-found`
     /// socket issue (the subscription then waits for the view to appear).
-    pub fn subscribe(
-        &mut self,
-        conn: ConnId,
-        request: &SubscribeRequest,
-        max_subscriptions: usize,
-    ) {
-        let Some(outbox) = self.conns.get(&conn) else {
+    fn subscribe(&mut self, conn: ConnId, request: &SubscribeRequest) {
+        let Some(outbox) = self.conns.get(&conn).cloned() else {
             return;
         };
-        let replacing = self
+        let replaced = self
             .views
             .unsubscribe(conn, &request.view, request.key.as_deref());
-        if !replacing && self.views.subscription_count(conn) >= max_subscriptions {
+        if let Removed::Active(generation) = replaced {
+            // A snapshot still queued for the replaced subscription is stale.
+            outbox.cancel_snapshot(generation);
+        } else if replaced == Removed::Nothing
+            && self.views.subscription_count(conn) >= self.max_subscriptions
+        {
             outbox.push_reply(Outgoing::Frame(socket_issue(
                 "subscription-limit-exceeded",
-                &format!("at most {max_subscriptions} subscriptions per connection"),
+                &format!(
+                    "at most {} subscriptions per connection",
+                    self.max_subscriptions
+                ),
                 false,
             )));
             return;
         }
-        match self.views.subscribe(conn, request, &self.store) {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        match self.views.subscribe(conn, request, &store) {
             Ok(start) => start.send(conn, &mut |_, item| outbox.push_reply(item)),
             Err(_) => {
                 tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
@@ -426,15 +915,16 @@ impl Engine {
         }
     }
 
-    /// Stops a subscription; returns whether it existed.
-    pub fn unsubscribe(&mut self, conn: ConnId, view: &str, key: Option<&str>) -> bool {
-        self.views.unsubscribe(conn, view, key)
+    fn cancel_snapshot(&self, conn: ConnId, generation: u64) {
+        if let Some(outbox) = self.conns.get(&conn) {
+            outbox.cancel_snapshot(generation);
+        }
     }
 
     /// Liveness: pings clients quiet for a third of `timeout` and closes
     /// those silent for longer than `timeout` (no message, no pong) with
     /// `idle-timeout:`. Returns (pinged, closed).
-    pub fn sweep_idle(&self, timeout: std::time::Duration) -> (usize, usize) {
+    fn sweep_idle(&self, timeout: Duration) -> (usize, usize) {
         let (mut pinged, mut closed) = (0, 0);
         for (conn, outbox) in &self.conns {
             let silent = outbox.silent_for();
@@ -454,31 +944,20 @@ impl Engine {
         (pinged, closed)
     }
 
-    /// Queues a close frame on every connection (server shutdown).
-    pub fn close_all(&self, code: u16, reason: &str) {
-        for outbox in self.conns.values() {
-            outbox.push_reply(Outgoing::Close {
-                code,
-                reason: reason.to_owned(),
-            });
-        }
+    /// Number of entities of one type (tests and benchmarks).
+    pub fn entity_count(&self, entity: &str) -> usize {
+        self.store().table(entity).count()
     }
 }
 
-/// An entity after one more (validated) mutation, by the store's rules.
-fn replay(value: Option<Value>, mutation: &Mutation) -> Option<Value> {
-    match &mutation.kind {
-        MutationKind::Patch {
-            data: Value::Object(data),
-            append,
-        } => {
-            let mut entity = value.unwrap_or(Value::Null);
-            vista_plugin_api::merge_patch(&mut entity, data, append);
-            Some(entity)
-        }
-        MutationKind::Patch { .. } => value,
-        MutationKind::Delete => None,
-    }
+/// Every view id a manifest serves: base views of its entities, then its
+/// derived views.
+fn view_ids(manifest: &Manifest) -> impl Iterator<Item = String> + '_ {
+    manifest
+        .entities
+        .iter()
+        .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)))
+        .chain(manifest.views.iter().map(|v| v.id.clone()))
 }
 
 /// Collapses a multi-line error (abi_stable's are) into one log-friendly line.
@@ -487,33 +966,6 @@ fn one_line(text: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Checks what a projector returned: only its own entities, patches of objects.
-fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), String> {
-    if !plugin
-        .manifest
-        .entities
-        .iter()
-        .any(|e| e.name == mutation.entity)
-    {
-        return Err(format!(
-            "mutation of entity {:?}, which this plugin does not own",
-            mutation.entity
-        ));
-    }
-    if mutation.key.is_empty() {
-        return Err(format!("mutation of {} with an empty key", mutation.entity));
-    }
-    if let MutationKind::Patch { data, .. } = &mutation.kind {
-        if !data.is_object() {
-            return Err(format!(
-                "patch of {}[{}] is not a JSON object",
-                mutation.entity, mutation.key
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The live frames of one ingest request, gathered per connection and
@@ -538,7 +990,7 @@ impl Deliveries {
         Self {
             frames: Vec::new(),
             pending: HashMap::new(),
-            per_connection_hint,
+            per_connection_hint: per_connection_hint.min(1024),
             queued: 0,
             conflated: 0,
             slow_consumers: 0,

@@ -151,10 +151,16 @@ pub struct WireSort {
     pub order: vista_plugin_api::view::Order,
 }
 
-/// A snapshot captured under the engine lock and encoded off it, once: the
-/// first writer that sends it encodes the batches (50, then 100, ...), and
-/// every other subscriber that got the same snapshot (same view, same store
-/// version) shares the bytes.
+/// What one queued snapshot entry is charged against a client's outbox
+/// bound before it is encoded: the entry itself plus a typical entity's
+/// encoded size. The real size is known only once encoded, and encoding on
+/// the engine thread to measure it would cost more than the snapshot.
+pub const SNAPSHOT_ENTRY_ESTIMATE: usize = 128;
+
+/// A snapshot captured by the engine and encoded off it, once, on a
+/// blocking thread: the first writer that sends it encodes the batches (50,
+/// then 100, ...), and every other subscriber that got the same snapshot
+/// (same view, same store version) shares the bytes.
 pub struct Snapshot {
     /// View id (the frames' `entity`).
     pub view: Arc<str>,
@@ -162,33 +168,53 @@ pub struct Snapshot {
     pub mode: Mode,
     /// Entities in view order.
     pub entries: Vec<SnapshotEntry>,
+    estimated_bytes: usize,
     encoded: tokio::sync::OnceCell<Vec<Frame>>,
 }
 
 impl Snapshot {
     /// A snapshot not encoded yet.
     pub fn new(view: Arc<str>, mode: Mode, entries: Vec<SnapshotEntry>) -> Self {
+        let estimated_bytes = entries
+            .iter()
+            .map(|e| e.key.len() + SNAPSHOT_ENTRY_ESTIMATE)
+            .sum::<usize>()
+            + 64;
         Self {
             view,
             mode,
             entries,
+            estimated_bytes,
             encoded: tokio::sync::OnceCell::new(),
         }
     }
 
-    /// The batch frames, encoding them on first use.
-    pub async fn frames(&self) -> &[Frame] {
+    /// What the snapshot counts against an outbox bound while queued.
+    pub fn estimated_bytes(&self) -> usize {
+        self.estimated_bytes
+    }
+
+    /// The batch frames, encoding them (JSON and gzip) on a blocking thread
+    /// on first use: async workers never compress.
+    pub async fn frames(self: &Arc<Self>) -> &[Frame] {
         self.encoded
             .get_or_init(|| async {
-                let total = self.entries.len();
-                snapshot_batches(total)
-                    .map(|range| {
-                        let complete = range.end == total;
-                        snapshot_frame(&self.view, self.mode, &self.entries[range], complete)
-                    })
-                    .collect()
+                let snapshot = self.clone();
+                tokio::task::spawn_blocking(move || snapshot.encode())
+                    .await
+                    .expect("snapshot encoding does not panic")
             })
             .await
+    }
+
+    fn encode(&self) -> Vec<Frame> {
+        let total = self.entries.len();
+        snapshot_batches(total)
+            .map(|range| {
+                let complete = range.end == total;
+                snapshot_frame(&self.view, self.mode, &self.entries[range], complete)
+            })
+            .collect()
     }
 }
 

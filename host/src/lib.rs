@@ -8,7 +8,11 @@
 //!   (`/ingest/{stream}`, `/plugins`, `/healthz`, `/metrics`).
 //! - [`connection`]: one client: reading its messages, writing its outbox.
 //! - [`protocol`]: parsing client messages (both message forms).
-//! - [`engine`]: the single owner of plugins, store, views and outboxes.
+//! - [`engine`]: the single owner of plugins, store, views and outboxes,
+//!   on its own thread, reached through commands.
+//! - [`projector`]: one thread per plugin build running its projector,
+//!   with deadlines, and the overlay a request's reads go through.
+//! - [`ingest`]: splitting an ingest body into events.
 //! - [`plugins`]: loading `.so` files through the ABI-stable contract.
 //! - [`store`]: entities and `_seq` stamping.
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
@@ -24,8 +28,10 @@ pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod frame;
+pub mod ingest;
 pub mod outbox;
 pub mod plugins;
+pub mod projector;
 pub mod protocol;
 pub mod scaffold;
 pub mod server;
@@ -36,15 +42,15 @@ pub mod watcher;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::engine::Engine;
+use crate::engine::{Command, Engine, EngineHandle};
 
 /// Settings of a running host.
 #[derive(Debug, Clone)]
@@ -66,11 +72,22 @@ pub struct Config {
     /// Clients silent (no message, no pong) for longer are closed; quiet
     /// ones are pinged first. `None` disables the check.
     pub idle_timeout: Option<Duration>,
+    /// A projector making no progress for this long is declared stuck.
+    pub projector_timeout: Duration,
+    /// Subscribes per second one connection may make, on average.
+    pub subscribe_rate: u32,
+    /// Subscribes one connection may make at once.
+    pub subscribe_burst: u32,
+    /// On shutdown, how long writers may flush before clients are closed.
+    pub shutdown_grace: Duration,
+    /// Ingest requests read and processed at once; more wait their turn.
+    pub max_concurrent_ingests: usize,
 }
 
 /// State shared by every task of a running host.
 pub struct Shared {
-    engine: Mutex<Engine>,
+    /// Commands to the engine thread.
+    pub engine: EngineHandle,
     /// The host's settings.
     pub config: Config,
     /// Renders `/metrics`.
@@ -78,27 +95,29 @@ pub struct Shared {
     next_conn: AtomicU64,
     /// Open WebSocket connections, checked against `config.max_connections`.
     open_connections: AtomicUsize,
+    /// Ingest requests being read or processed.
+    ingest_permits: tokio::sync::Semaphore,
 }
 
 impl Shared {
-    /// Builds the engine and loads every plugin in `config.plugins_dir`.
+    /// Builds the engine, loads every plugin in `config.plugins_dir` and
+    /// starts the engine thread.
     pub fn new(config: Config) -> Arc<Self> {
-        let mut engine = Engine::new(config.cache_dir.clone());
+        let mut engine = Engine::new(
+            config.cache_dir.clone(),
+            config.max_subscriptions_per_connection,
+            config.projector_timeout,
+        );
         engine.load_plugin_dir(&config.plugins_dir);
+        let (engine, _thread) = engine::spawn(engine);
         Arc::new(Self {
-            engine: Mutex::new(engine),
-            config,
+            engine,
             metrics: metrics_handle(),
             next_conn: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
+            ingest_permits: tokio::sync::Semaphore::new(config.max_concurrent_ingests.max(1)),
+            config,
         })
-    }
-
-    /// Locks the engine. Never hold the guard across an `.await`.
-    pub fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -142,8 +161,11 @@ fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Serves HTTP and WebSocket connections on `listener` until `shutdown`
-/// completes; then tells every client (close 1001 `server-shutdown:`) and
-/// gives the writers a moment to flush.
+/// completes, then shuts down in order: stop accepting (the listener is
+/// closed, so new connections are refused), let writers flush what is
+/// queued followed by close 1001 `server-shutdown:` for up to
+/// `config.shutdown_grace`, then drop what is still queued so the close goes
+/// out next, and wait a last moment for the writers.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     if let Some(timeout) = shared.config.idle_timeout {
@@ -153,7 +175,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             let mut ticker = tokio::time::interval(timeout / 3);
             loop {
                 ticker.tick().await;
-                shared.engine().sweep_idle(timeout);
+                shared.engine.send(Command::SweepIdle { timeout });
             }
         });
     }
@@ -183,8 +205,45 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             }
         });
     }
-    shared
-        .engine()
-        .close_all(1001, "server-shutdown: the server is restarting; reconnect");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(listener);
+    let reason = "server-shutdown: the server is restarting; reconnect";
+    tracing::info!(
+        clients = shared.open_connections.load(Ordering::Acquire),
+        grace_s = shared.config.shutdown_grace.as_secs_f64(),
+        "stopped accepting; flushing clients"
+    );
+    shared.engine.send(Command::CloseAll {
+        code: 1001,
+        reason: reason.into(),
+        discard_queued: false,
+    });
+    if !shared.wait_for_clients(shared.config.shutdown_grace).await {
+        let left = shared.open_connections.load(Ordering::Acquire);
+        tracing::warn!(left, "grace period over; closing clients that are still behind");
+        shared.engine.send(Command::CloseAll {
+            code: 1001,
+            reason: reason.into(),
+            discard_queued: true,
+        });
+        shared.wait_for_clients(Duration::from_secs(1)).await;
+    }
+}
+
+impl Shared {
+    /// Waits until every WebSocket connection and ingest request has ended,
+    /// or `limit` passes; returns whether they all ended.
+    async fn wait_for_clients(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let idle = || {
+            self.open_connections.load(Ordering::Acquire) == 0
+                && self.ingest_permits.available_permits() == self.config.max_concurrent_ingests.max(1)
+        };
+        while !idle() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
 }

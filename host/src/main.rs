@@ -77,6 +77,25 @@ struct ServeArgs {
     /// pings) for this many seconds; 0 disables.
     #[arg(long, env = "VISTA_IDLE_TIMEOUT_SECS", default_value_t = 90)]
     idle_timeout_secs: u64,
+    /// A projector making no progress for this many milliseconds is marked
+    /// stuck: its request gets 503 `projector-timeout`, its streams 503
+    /// `plugin-stuck` until a new build loads.
+    #[arg(long, env = "VISTA_PROJECTOR_TIMEOUT_MS", default_value_t = 5000)]
+    projector_timeout_ms: u64,
+    /// Subscribes per second one connection may make on average (more get a
+    /// `rate-limit-exceeded` socket issue).
+    #[arg(long, env = "VISTA_SUBSCRIBE_RATE", default_value_t = 50)]
+    subscribe_rate: u32,
+    /// Subscribes one connection may make in a burst.
+    #[arg(long, env = "VISTA_SUBSCRIBE_BURST", default_value_t = 256)]
+    subscribe_burst: u32,
+    /// On SIGTERM, seconds writers may flush queued frames before clients
+    /// are closed regardless.
+    #[arg(long, env = "VISTA_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    shutdown_grace_secs: u64,
+    /// Ingest requests read and processed at once (bounds body memory).
+    #[arg(long, env = "VISTA_MAX_CONCURRENT_INGESTS", default_value_t = 64)]
+    max_concurrent_ingests: usize,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -117,6 +136,11 @@ async fn main() -> anyhow::Result<()> {
         max_connections: args.max_connections,
         idle_timeout: (args.idle_timeout_secs > 0)
             .then(|| Duration::from_secs(args.idle_timeout_secs)),
+        projector_timeout: Duration::from_millis(args.projector_timeout_ms.max(1)),
+        subscribe_rate: args.subscribe_rate,
+        subscribe_burst: args.subscribe_burst,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        max_concurrent_ingests: args.max_concurrent_ingests,
     };
     // Every connection is a file descriptor: use the whole hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {

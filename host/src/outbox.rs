@@ -12,10 +12,16 @@
 //! Nothing is ever dropped in silence; both outcomes are counted and logged
 //! by the caller.
 //!
-//! Subscription replies (the `subscribed` frame, the snapshot job, socket
-//! issues) are always accepted: their size is bounded by the view, not by
-//! the event rate. Before a reply is queued, pending conflated updates are
-//! moved into the queue so the client sees everything in order.
+//! Replies to the client's own requests (the `subscribed` frame, snapshot
+//! jobs, socket issues) count against the same bound: one reply is always
+//! accepted, however large (a snapshot of a big view), but a client that
+//! lets replies pile up past the bound (subscribing again and again without
+//! reading) is closed with `slow-consumer:`. A queued snapshot counts its
+//! estimated encoded size ([`Snapshot::estimated_bytes`]) and is dropped
+//! from the queue if its subscription is replaced or removed before the
+//! writer takes it ([`Outbox::cancel_snapshot`]). Before a reply is queued,
+//! pending conflated updates are moved into the queue so the client sees
+//! everything in order.
 //!
 //! The writer drains everything queued at once and flushes once per drain.
 
@@ -28,6 +34,15 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::frame::{EntityUpdate, Frame, Snapshot};
+use crate::views::ConnId;
+
+/// A snapshot queued for one subscription.
+pub struct SnapshotJob {
+    /// The (possibly shared) snapshot.
+    pub snapshot: Arc<Snapshot>,
+    /// The subscription it starts (see [`Outbox::cancel_snapshot`]).
+    pub generation: u64,
+}
 
 /// Something waiting to be written to one socket.
 pub enum Outgoing {
@@ -39,9 +54,12 @@ pub enum Outgoing {
     Frame(Frame),
     /// A conflated update, encoded by the writer (it is this client's own).
     Update(EntityUpdate),
-    /// A snapshot, encoded in batches by the writer off the engine lock
-    /// (and shared with other subscribers of the same snapshot).
-    Snapshot(Arc<Snapshot>),
+    /// A snapshot, encoded in batches off the engine (and shared with
+    /// other subscribers of the same snapshot).
+    Snapshot(SnapshotJob),
+    /// Not queued: drops the queued snapshot of this subscription
+    /// generation (its subscription was removed).
+    Cancel(u64),
     /// A WebSocket ping (liveness check of a quiet client).
     Ping,
     /// Close the connection with this code and reason, after what is queued.
@@ -105,8 +123,8 @@ impl Conflation {
 
 struct Queue {
     items: VecDeque<Outgoing>,
-    /// Bytes of live frames queued (replies are not counted).
-    live_bytes: usize,
+    /// Bytes queued: live frames, replies, snapshot estimates.
+    queued_bytes: usize,
     /// Non-empty while the client is behind.
     conflation: Conflation,
     /// Set once a close was queued; nothing more is accepted.
@@ -123,6 +141,7 @@ impl Queue {
 
 /// The outbox shared by the engine (producer) and the socket writer (consumer).
 pub struct Outbox {
+    conn: ConnId,
     queue: Mutex<Queue>,
     wake: Notify,
     /// Bound on queued live-frame bytes before conflating.
@@ -143,12 +162,14 @@ fn now_ms() -> u64 {
 }
 
 impl Outbox {
-    /// An empty outbox bounded at `max_live_bytes` of live frames.
-    pub fn new(max_live_bytes: usize) -> Self {
+    /// An empty outbox for connection `conn`, bounded at `max_live_bytes`
+    /// of queued frames.
+    pub fn new(conn: ConnId, max_live_bytes: usize) -> Self {
         Self {
+            conn,
             queue: Mutex::new(Queue {
                 items: VecDeque::new(),
-                live_bytes: 0,
+                queued_bytes: 0,
                 conflation: Conflation::default(),
                 closing: false,
             }),
@@ -197,9 +218,9 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         let behind =
-            !queue.conflation.is_empty() || queue.live_bytes + frame.len() > self.max_live_bytes;
+            !queue.conflation.is_empty() || queue.queued_bytes + frame.len() > self.max_live_bytes;
         if !behind {
-            queue.live_bytes += frame.len();
+            queue.queued_bytes += frame.len();
             queue.items.push_back(Outgoing::Live(frame.bytes.clone()));
             Ok(Pushed::Queued)
         } else {
@@ -224,17 +245,87 @@ impl Outbox {
     }
 
     /// Queues a reply to the client's own request (subscribed frame,
-    /// snapshot, socket issue), regardless of the bound.
+    /// snapshot, socket issue), a ping or a close. A reply finding the
+    /// queue already past the bound closes the client instead
+    /// (`slow-consumer:`): it asks for more than it reads.
     pub fn push_reply(&self, item: Outgoing) {
+        if let Outgoing::Cancel(generation) = item {
+            self.cancel_snapshot(generation);
+            return;
+        }
         let mut queue = self.queue.lock().expect("outbox lock");
         if queue.closing {
             return;
         }
         queue.settle_conflation();
-        if let Outgoing::Close { .. } = item {
+        let size = match &item {
+            Outgoing::Frame(frame) => frame.len(),
+            Outgoing::Snapshot(job) => job.snapshot.estimated_bytes(),
+            _ => 0,
+        };
+        if size > 0 && queue.queued_bytes > self.max_live_bytes {
+            tracing::warn!(
+                conn = self.conn,
+                queued = queue.queued_bytes,
+                "slow consumer: replies past the outbox bound; closing the connection"
+            );
+            metrics::counter!("vista_slow_consumer_disconnects_total").increment(1);
             queue.closing = true;
+            queue.items.push_back(Outgoing::Close {
+                code: 1008,
+                reason: format!(
+                    "slow-consumer: more than {} bytes of replies and snapshots queued",
+                    self.max_live_bytes
+                ),
+            });
+        } else {
+            if let Outgoing::Close { .. } = item {
+                queue.closing = true;
+            }
+            queue.queued_bytes += size;
+            queue.items.push_back(item);
         }
-        queue.items.push_back(item);
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    /// Drops the snapshot queued for subscription `generation`, if the
+    /// writer has not taken it yet. Returns whether one was dropped.
+    pub fn cancel_snapshot(&self, generation: u64) -> bool {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        let Some(at) = queue
+            .items
+            .iter()
+            .position(|item| matches!(item, Outgoing::Snapshot(job) if job.generation == generation))
+        else {
+            return false;
+        };
+        if let Some(Outgoing::Snapshot(job)) = queue.items.remove(at) {
+            queue.queued_bytes = queue
+                .queued_bytes
+                .saturating_sub(job.snapshot.estimated_bytes());
+        }
+        metrics::counter!("vista_snapshots_cancelled_total").increment(1);
+        true
+    }
+
+    /// Closes the connection with `code` and `reason` after what is queued,
+    /// or, with `discard_queued`, instead of it (shutdown after its grace
+    /// period: the close goes out next even to a client that fell behind).
+    pub fn close(&self, code: u16, reason: &str, discard_queued: bool) {
+        let mut queue = self.queue.lock().expect("outbox lock");
+        if discard_queued {
+            queue.items.clear();
+            queue.conflation = Conflation::default();
+            queue.queued_bytes = 0;
+        } else if queue.closing {
+            return;
+        }
+        queue.closing = true;
+        queue.items.push_back(Outgoing::Close {
+            code,
+            reason: reason.to_owned(),
+        });
         drop(queue);
         self.wake.notify_one();
     }
@@ -247,7 +338,7 @@ impl Outbox {
                 let mut queue = self.queue.lock().expect("outbox lock");
                 queue.settle_conflation();
                 if !queue.items.is_empty() {
-                    queue.live_bytes = 0;
+                    queue.queued_bytes = 0;
                     // Sized like this drain: one allocation per drain for a
                     // busy client, next to nothing kept by an idle one.
                     let next = VecDeque::with_capacity(queue.items.len());
@@ -298,7 +389,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_client_gets_one_merged_update_per_key() {
-        let outbox = Outbox::new(200);
+        let outbox = Outbox::new(1, 200);
         assert_eq!(
             outbox.push_live(&update(Mode::List, "a", 1)),
             Ok(Pushed::Queued)
@@ -335,7 +426,7 @@ mod tests {
 
     #[tokio::test]
     async fn append_frames_past_the_bound_close_the_client() {
-        let outbox = Outbox::new(200);
+        let outbox = Outbox::new(1, 200);
         assert_eq!(
             outbox.push_live(&update(Mode::Append, "t1", 1)),
             Ok(Pushed::Queued)
@@ -355,8 +446,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replies_ignore_the_bound_and_keep_order_with_conflated_updates() {
-        let outbox = Outbox::new(10);
+    async fn replies_keep_order_with_conflated_updates() {
+        let outbox = Outbox::new(1, 100);
         outbox.push_reply(Outgoing::Frame(raw(50)));
         assert_eq!(outbox.push_live(&raw(10)), Ok(Pushed::Queued));
         assert_eq!(
@@ -372,5 +463,45 @@ mod tests {
         );
         assert!(matches!(&items[3], Outgoing::Frame(f) if f.len() == 5));
         assert!(matches!(&items[1], Outgoing::Live(b) if b.len() == 10));
+    }
+
+    fn snapshot_job(entries: usize, generation: u64) -> Outgoing {
+        let entries = (0..entries)
+            .map(|i| crate::frame::SnapshotEntry {
+                key: format!("k{i}"),
+                data: Arc::new(json!({})),
+            })
+            .collect();
+        Outgoing::Snapshot(SnapshotJob {
+            snapshot: Arc::new(Snapshot::new("T/list".into(), Mode::List, entries)),
+            generation,
+        })
+    }
+
+    #[tokio::test]
+    async fn replies_piling_up_past_the_bound_close_the_client() {
+        let outbox = Outbox::new(1, 1000);
+        outbox.push_reply(snapshot_job(100, 1)); // one big reply is fine
+        outbox.push_reply(snapshot_job(100, 2)); // the queue was already over
+        let items: Vec<Outgoing> = outbox.drain().await.into();
+        assert_eq!(items.len(), 2);
+        assert!(
+            matches!(&items[1], Outgoing::Close { code: 1008, reason } if reason.starts_with("slow-consumer:"))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_snapshot_leaves_the_queue_and_its_bytes() {
+        let outbox = Outbox::new(1, 100_000);
+        outbox.push_reply(snapshot_job(10, 1));
+        outbox.push_reply(Outgoing::Frame(raw(5)));
+        outbox.push_reply(snapshot_job(10, 2));
+        assert!(outbox.cancel_snapshot(1));
+        assert!(!outbox.cancel_snapshot(1), "already gone");
+        outbox.push_reply(Outgoing::Cancel(2));
+        let items: Vec<Outgoing> = outbox.drain().await.into();
+        assert_eq!(items.len(), 1);
+        assert!(matches!(&items[0], Outgoing::Frame(f) if f.len() == 5));
+        assert_eq!(outbox.queue.lock().unwrap().queued_bytes, 0);
     }
 }

@@ -67,6 +67,20 @@ pub struct PluginLibrary {
     module: PluginModuleRef,
 }
 
+/// The state of one plugin file, as `GET /plugins` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginState {
+    /// Serving.
+    Loaded,
+    /// Nothing from this file serves (see `last_error`).
+    Failed,
+    /// A build of the same plugin from another file replaced it.
+    Superseded,
+    /// Its projector timed out; its streams answer 503 until a new build loads.
+    Stuck,
+}
+
 /// One plugin file as shown by `GET /plugins`.
 #[derive(Debug, Clone, Serialize)]
 pub struct PluginReport {
@@ -82,8 +96,8 @@ pub struct PluginReport {
     pub views: Vec<String>,
     /// Ingest streams consumed.
     pub streams: Vec<String>,
-    /// `loaded` or `failed`.
-    pub state: &'static str,
+    /// What this file is doing now.
+    pub state: PluginState,
     /// Why the last load of this file failed.
     pub last_error: Option<String>,
 }

@@ -9,7 +9,13 @@
 //!
 //! Errors are JSON `{"error": code, "message": text, ...}` with a specific
 //! status: 400 malformed body (naming the line), 404 unknown stream or
-//! route, 413 body over the limit, 422 projector error (naming the plugin).
+//! route, 413 body over the limit, 422 projector error (naming the plugin),
+//! 503 projector timeout or stuck plugin (naming the plugin).
+//!
+//! Handlers never do heavy work on the async workers: an ingest body is
+//! split into events on a blocking thread and handed to the engine thread;
+//! the handler awaits its answer. `/healthz` and `/metrics` never touch the
+//! engine, so they answer however busy it is.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -18,9 +24,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
-use serde_json::{json, value::RawValue, Value};
+use serde_json::{json, Value};
 
-use crate::engine::{EventInput, IngestError};
+use crate::engine::IngestError;
+use crate::ingest::IngestBody;
 use crate::Shared;
 
 /// HTTP response with a fully buffered body.
@@ -54,7 +61,7 @@ pub async fn handle(
     let response = match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/plugins") => {
-            let reports = shared.engine().plugin_reports();
+            let reports = shared.engine.reports().await;
             json_response(
                 StatusCode::OK,
                 &serde_json::to_value(reports).expect("reports serialize"),
@@ -141,6 +148,15 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
 }
 
 async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> HttpResponse {
+    // Bounds the memory of bodies being read and processed at once.
+    let Ok(_permit) = shared.ingest_permits.acquire().await else {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "the server is shutting down",
+            json!({}),
+        );
+    };
     let limit = shared.config.max_body_bytes;
     let too_large = || {
         error_response(
@@ -170,22 +186,17 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             )
         }
     };
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "malformed-body",
-            "body is not UTF-8",
-            json!({}),
-        );
-    };
-    let events = match parse_events(text) {
+    let parsed = tokio::task::spawn_blocking(move || IngestBody::parse(body))
+        .await
+        .expect("parsing does not panic");
+    let events = match parsed {
         Ok(events) => events,
-        Err((position, message)) => {
+        Err(malformed) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
                 "malformed-event",
-                &format!("line {position}: {message}"),
-                json!({"line": position}),
+                &format!("line {}: {}", malformed.position, malformed.message),
+                json!({"line": malformed.position}),
             )
         }
     };
@@ -197,22 +208,11 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             json!({}),
         );
     }
-    let inputs: Vec<EventInput<'_>> = events
-        .iter()
-        .map(|(position, raw)| EventInput {
-            position: *position,
-            json: raw.get(),
-        })
-        .collect();
-    let result = shared.engine().ingest(stream, &inputs);
-    match result {
-        Ok(done) => {
-            metrics::counter!("vista_events_ingested_total").increment(done.accepted as u64);
-            json_response(
-                StatusCode::OK,
-                &json!({"accepted": done.accepted, "seq": done.seq}),
-            )
-        }
+    match shared.engine.ingest(stream, Arc::new(events)).await {
+        Ok(done) => json_response(
+            StatusCode::OK,
+            &json!({"accepted": done.accepted, "seq": done.seq}),
+        ),
         Err(err @ IngestError::UnknownStream(_)) => error_response(
             StatusCode::NOT_FOUND,
             "unknown-stream",
@@ -232,61 +232,33 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
                 json!({"plugin": plugin, "line": position}),
             )
         }
-    }
-}
-
-/// Splits a body into events: a JSON array of objects, or NDJSON (one object
-/// per non-blank line). Positions are 1-based line numbers (NDJSON, and for
-/// arrays the line where the bad item starts) or item numbers for arrays.
-fn parse_events(text: &str) -> Result<Vec<(usize, &RawValue)>, (usize, String)> {
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> = serde_json::from_str(text)
-            .map_err(|e| (e.line(), format!("invalid JSON array: {e}")))?;
-        return items
-            .into_iter()
-            .enumerate()
-            .map(|(i, raw)| {
-                if raw.get().starts_with('{') {
-                    Ok((i + 1, raw))
-                } else {
-                    Err((i + 1, format!("item {} is not a JSON object", i + 1)))
-                }
-            })
-            .collect();
-    }
-    let mut events = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
+        Err(err @ IngestError::ProjectorTimeout { .. }) => {
+            let IngestError::ProjectorTimeout { plugin, timeout_ms } = &err else {
+                unreachable!()
+            };
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projector-timeout",
+                &err.to_string(),
+                json!({"plugin": plugin, "timeout_ms": timeout_ms}),
+            )
         }
-        let raw: &RawValue =
-            serde_json::from_str(line).map_err(|e| (index + 1, format!("invalid JSON: {e}")))?;
-        if !raw.get().starts_with('{') {
-            return Err((index + 1, "event is not a JSON object".into()));
+        Err(err @ IngestError::PluginStuck { .. }) => {
+            let IngestError::PluginStuck { plugin } = &err else {
+                unreachable!()
+            };
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin-stuck",
+                &err.to_string(),
+                json!({"plugin": plugin}),
+            )
         }
-        events.push((index + 1, raw));
-    }
-    Ok(events)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_events;
-
-    #[test]
-    fn ndjson_errors_name_the_line() {
-        let (line, message) = parse_events("{\"a\":1}\n\n{\"b\":\n").unwrap_err();
-        assert_eq!(line, 3);
-        assert!(message.contains("invalid JSON"));
-        assert_eq!(parse_events("{\"a\":1}\n[1]").unwrap_err().0, 2);
-    }
-
-    #[test]
-    fn arrays_and_ndjson_both_parse() {
-        assert_eq!(parse_events(" [{\"a\":1},{\"b\":2}]").unwrap().len(), 2);
-        assert_eq!(parse_events("{\"a\":1}\r\n{\"b\":2}\n").unwrap().len(), 2);
-        assert_eq!(parse_events("[{\"a\":1}, 3]").unwrap_err().0, 2);
+        Err(err @ IngestError::ShuttingDown) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            &err.to_string(),
+            json!({}),
+        ),
     }
 }

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
-use vista_plugin_api::{merge_patch, Mutation, MutationKind};
+use vista_plugin_api::mutation::value_at_mut;
+use vista_plugin_api::{apply_patch, Mutation, MutationKind};
 
 /// Formats a sequence number as its fixed-width `_seq` text.
 pub fn format_seq(seq: u64) -> String {
@@ -82,7 +83,11 @@ impl Store {
         let seq = format_seq(self.last_seq);
         let table = self.tables.entry(mutation.entity.clone()).or_default();
         match mutation.kind {
-            MutationKind::Patch { data, append } => {
+            MutationKind::Patch {
+                data,
+                mut append,
+                caps,
+            } => {
                 let mut data = match data {
                     Value::Object(map) => map,
                     _ => Map::new(),
@@ -92,7 +97,23 @@ impl Store {
                 let slot = table
                     .entry(mutation.key.clone())
                     .or_insert_with(|| Arc::new(Value::Object(Map::new())));
-                merge_patch(Arc::make_mut(slot), &data, &append);
+                let entity = Arc::make_mut(slot);
+                let trimmed = apply_patch(entity, &data, &append, &caps);
+                // A capped array was trimmed: the appended items alone would
+                // leave clients with a longer array than ours, so the patch
+                // carries the whole trimmed array and replaces theirs.
+                for path in trimmed {
+                    let whole = value_at_mut(entity, &path).map(|v| v.clone());
+                    let mut patch = Value::Object(std::mem::take(&mut data));
+                    if let (Some(whole), Some(slot)) = (whole, value_at_mut(&mut patch, &path)) {
+                        *slot = whole;
+                    }
+                    let Value::Object(map) = patch else {
+                        unreachable!("built as an object")
+                    };
+                    data = map;
+                    append.retain(|p| *p != path);
+                }
                 let new = Some(slot.clone());
                 Change {
                     entity: mutation.entity,
@@ -150,5 +171,20 @@ mod tests {
         assert_eq!(captured["v"], 1);
         assert_eq!(change.new.unwrap()["v"], 2);
         assert_eq!(change.patch.unwrap()["_seq"], format_seq(2));
+    }
+
+    #[test]
+    fn a_trimmed_capped_array_is_sent_whole() {
+        let mut store = Store::new();
+        let push = |n: u64| Mutation::patch("T", "k", json!({"a": {"recent": [n]}})).append_capped("a.recent", 3);
+        for n in 1..=3 {
+            let change = store.apply(push(n));
+            assert_eq!(change.append, vec!["a.recent".to_owned()], "no trim: append");
+            assert_eq!(change.patch.unwrap()["a"]["recent"], json!([n]));
+        }
+        let change = store.apply(push(4));
+        assert!(change.append.is_empty(), "trimmed: replace");
+        assert_eq!(change.patch.unwrap()["a"]["recent"], json!([2, 3, 4]));
+        assert_eq!(store.get("T", "k").unwrap()["a"]["recent"], json!([2, 3, 4]));
     }
 }

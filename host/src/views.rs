@@ -29,7 +29,7 @@ use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 use crate::frame::{
     socket_issue, EntityUpdate, Frame, Mode, Op, Snapshot, SnapshotEntry, Subscribed, WireSort,
 };
-use crate::outbox::Outgoing;
+use crate::outbox::{Outgoing, SnapshotJob};
 use crate::store::{Change, Store};
 
 /// Identifies a client connection.
@@ -65,6 +65,20 @@ pub struct SubscriptionStart {
     /// The snapshot to send, in view order; `None` for append views or when
     /// the client asked for no snapshot.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// Identifies this subscription on its connection, so a snapshot still
+    /// queued when it is replaced or removed can be dropped.
+    pub generation: u64,
+}
+
+/// What [`Views::unsubscribe`] removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// There was no such subscription.
+    Nothing,
+    /// A pending subscription (its view did not exist).
+    Pending,
+    /// An active subscription, with its generation.
+    Active(u64),
 }
 
 /// A `skip`/`take` window, as a half-open range of view positions.
@@ -143,11 +157,19 @@ impl OrderedIndex {
 
     /// Keys at the window's positions, in order.
     fn window(&self, window: Window) -> Vec<String> {
-        let iter = self.order.iter().skip(window.start).map(|k| k.key.clone());
-        match window.end {
-            Some(end) => iter.take(end.saturating_sub(window.start)).collect(),
-            None => iter.collect(),
-        }
+        self.window_iter(window).cloned().collect()
+    }
+
+    /// The same keys, borrowed.
+    fn window_iter(&self, window: Window) -> impl Iterator<Item = &String> {
+        let take = window
+            .end
+            .map_or(usize::MAX, |end| end.saturating_sub(window.start));
+        self.order
+            .iter()
+            .skip(window.start)
+            .take(take)
+            .map(|k| &k.key)
     }
 }
 
@@ -277,29 +299,38 @@ impl View {
     }
 
     fn snapshot_keys(&self, slot: &Slot, store: &Store) -> Vec<String> {
+        self.snapshot_iter(slot, store).cloned().collect()
+    }
+
+    /// The keys a subscription's snapshot holds, in order, borrowed: a
+    /// limited snapshot reads only what it sends.
+    fn snapshot_iter<'a>(
+        &'a self,
+        slot: &'a Slot,
+        store: &'a Store,
+    ) -> Box<dyn Iterator<Item = &'a String> + 'a> {
         match (self.mode, slot) {
-            (Mode::Append, _) => Vec::new(),
+            (Mode::Append, _) => Box::new(std::iter::empty()),
             (Mode::List, Slot::Key(key)) => {
-                if self.index.contains(key) {
-                    vec![key.clone()]
-                } else {
-                    Vec::new()
-                }
+                Box::new(self.index.contains(key).then_some(key).into_iter())
             }
-            (Mode::List, Slot::All) => self.index.window(Window {
+            (Mode::List, Slot::All) => Box::new(self.index.window_iter(Window {
                 start: 0,
                 end: None,
-            }),
-            (Mode::List, Slot::Window(window)) => self.index.window(*window),
-            (Mode::State, Slot::Key(key)) => store
-                .get(&self.source, key)
-                .map(|_| vec![key.clone()])
-                .unwrap_or_default(),
+            })),
+            (Mode::List, Slot::Window(window)) => Box::new(self.index.window_iter(*window)),
+            (Mode::State, Slot::Key(key)) => Box::new(
+                store
+                    .get(&self.source, key)
+                    .is_some()
+                    .then_some(key)
+                    .into_iter(),
+            ),
             (Mode::State, _) => {
-                let mut keys: Vec<String> =
-                    store.table(&self.source).map(|(k, _)| k.clone()).collect();
-                keys.sort();
-                keys
+                // Key order has no index: sort borrowed keys, copy none.
+                let mut keys: Vec<&String> = store.table(&self.source).map(|(k, _)| k).collect();
+                keys.sort_unstable();
+                Box::new(keys.into_iter())
             }
         }
     }
@@ -538,6 +569,7 @@ type SubscriptionId = (Arc<str>, Option<String>);
 struct Registered {
     slot: Slot,
     request: SubscribeRequest,
+    generation: u64,
 }
 
 /// Error of [`Views::subscribe`]: the view does not exist (the
@@ -560,6 +592,7 @@ pub struct Views {
     /// was taken at: subscribers arriving before anything changes share it
     /// (and its encoding). Weak, so it lives only as long as a writer needs it.
     snapshot_cache: HashMap<Arc<str>, (u64, Weak<Snapshot>)>,
+    next_generation: u64,
 }
 
 /// Something to send to one connection because views were added, removed
@@ -659,6 +692,7 @@ impl Views {
                     .entry(*conn)
                     .or_default()
                     .insert((id.to_owned(), sub_id.1), registered.request);
+                notify(*conn, Outgoing::Cancel(registered.generation));
                 notify(*conn, Outgoing::Frame(issue.clone()));
             }
         }
@@ -776,11 +810,13 @@ impl Views {
                 return snapshot;
             }
             let entries = view
-                .snapshot_keys(&slot, store)
-                .into_iter()
+                .snapshot_iter(&slot, store)
                 .filter_map(|key| {
-                    let data = store.get(&view.source, &key)?.clone();
-                    Some(SnapshotEntry { key, data })
+                    let data = store.get(&view.source, key)?.clone();
+                    Some(SnapshotEntry {
+                        key: key.clone(),
+                        data,
+                    })
                 })
                 .filter(|e| match &request.after {
                     Some(after) => e.data["_seq"].as_str().is_some_and(|s| s > after.as_str()),
@@ -799,11 +835,14 @@ impl Views {
             }
             snapshot
         });
+        self.next_generation += 1;
+        let generation = self.next_generation;
         self.conn_subs.entry(conn).or_default().insert(
             (view_id.clone(), request.key.clone()),
             Registered {
                 slot,
                 request: request.clone(),
+                generation,
             },
         );
         Ok(SubscriptionStart {
@@ -811,30 +850,36 @@ impl Views {
             view: view_id,
             mode: view.mode,
             snapshot,
+            generation,
         })
     }
 
     /// Removes the subscription (active or pending) of `conn` to (view,
-    /// key). Returns whether it existed.
-    pub fn unsubscribe(&mut self, conn: ConnId, view: &str, key: Option<&str>) -> bool {
+    /// key), saying what it was.
+    pub fn unsubscribe(&mut self, conn: ConnId, view: &str, key: Option<&str>) -> Removed {
         let was_pending = self
             .pending
             .get_mut(&conn)
             .and_then(|p| p.remove(&(view.to_owned(), key.map(str::to_owned))))
             .is_some();
+        let nothing = if was_pending {
+            Removed::Pending
+        } else {
+            Removed::Nothing
+        };
         let Some(subs) = self.conn_subs.get_mut(&conn) else {
-            return was_pending;
+            return nothing;
         };
         let Some(view_id) = self.views.get_key_value(view).map(|(k, _)| k.clone()) else {
-            return was_pending;
+            return nothing;
         };
         let Some(registered) = subs.remove(&(view_id.clone(), key.map(str::to_owned))) else {
-            return was_pending;
+            return nothing;
         };
         if let Some(view) = self.views.get_mut(&view_id) {
             view.remove(conn, &registered.slot);
         }
-        true
+        Removed::Active(registered.generation)
     }
 
     /// Removes every subscription of a closed connection.
@@ -876,7 +921,13 @@ impl SubscriptionStart {
     pub fn send(self, conn: ConnId, notify: Notify<'_>) {
         notify(conn, Outgoing::Frame(self.subscribed));
         if let Some(snapshot) = self.snapshot {
-            notify(conn, Outgoing::Snapshot(snapshot));
+            notify(
+                conn,
+                Outgoing::Snapshot(SnapshotJob {
+                    snapshot,
+                    generation: self.generation,
+                }),
+            );
         }
     }
 }

@@ -9,8 +9,8 @@
 //! - moved into place (`mv`, rename): on the rename, which is atomic;
 //! - deleted or moved away: the plugin loaded from it unloads.
 //!
-//! The library is mapped (copied into the cache, `dlopen`ed, checked)
-//! outside the engine lock; only the swap itself takes the lock.
+//! The library is mapped (copied into the cache, checked, `dlopen`ed) on the
+//! watcher's thread; only the swap itself is an engine command.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult, DebouncedEvent};
 
+use crate::engine::Command;
 use crate::plugins;
 use crate::Shared;
 
@@ -122,7 +123,7 @@ fn apply(shared: &Shared, path: &Path, action: Action) {
         Action::Load if path.exists() => {
             let started = Instant::now();
             let loaded = plugins::load(path, &shared.config.cache_dir);
-            let outcome = shared.engine().accept_load(path, loaded);
+            let outcome = shared.engine.load_blocking(path, loaded);
             let elapsed = started.elapsed();
             metrics::histogram!("vista_plugin_reload_seconds").record(elapsed.as_secs_f64());
             if outcome.is_ok() {
@@ -132,7 +133,9 @@ fn apply(shared: &Shared, path: &Path, action: Action) {
                 metrics::counter!("vista_plugin_reload_failures_total").increment(1);
             }
         }
-        Action::Unload if !path.exists() => shared.engine().unload_file(path),
+        Action::Unload if !path.exists() => shared.engine.send(Command::Unload {
+            file: path.to_owned(),
+        }),
         _ => {}
     }
 }

@@ -1,11 +1,14 @@
 //! Mutations a projector returns, and the merge rules that apply them.
 //!
-//! [`merge_patch`] is the single implementation of the rules, used by the
+//! [`apply_patch`] is the single implementation of the rules, used by the
 //! host's entity store and by [`MemoryState`] in plugin unit tests:
 //! objects merge recursively, arrays and scalars are replaced, and arrays at
-//! the mutation's append paths are concatenated instead.
+//! the mutation's append paths are concatenated instead. An append path may
+//! carry a cap ([`Mutation::append_capped`]): after the append, the array
+//! keeps only its last `cap` items, so an entity that collects, say, its
+//! recent trades stays bounded however long it lives.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -36,6 +39,9 @@ pub enum MutationKind {
         /// Dot paths whose arrays are appended to rather than replaced.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         append: Vec<String>,
+        /// Append paths whose arrays keep only their last N items.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        caps: BTreeMap<String, usize>,
     },
     /// Remove the entity.
     Delete,
@@ -50,6 +56,7 @@ impl Mutation {
             kind: MutationKind::Patch {
                 data,
                 append: Vec::new(),
+                caps: BTreeMap::new(),
             },
         }
     }
@@ -71,6 +78,46 @@ impl Mutation {
         }
         self
     }
+
+    /// Like [`Mutation::append`], and the array at `path` then keeps only
+    /// its last `cap` items. Clients see the same array as the host: when
+    /// the cap trims, the host sends the whole trimmed array instead of the
+    /// appended items.
+    pub fn append_capped(mut self, path: impl Into<String>, cap: usize) -> Self {
+        if let MutationKind::Patch { append, caps, .. } = &mut self.kind {
+            let path = path.into();
+            append.push(path.clone());
+            caps.insert(path, cap);
+        }
+        self
+    }
+}
+
+/// Applies a patch by the rules of the module docs: [`merge_patch`], then
+/// the caps. Returns the capped paths whose arrays were trimmed.
+pub fn apply_patch(
+    target: &mut Value,
+    patch: &Map<String, Value>,
+    append: &[String],
+    caps: &BTreeMap<String, usize>,
+) -> Vec<String> {
+    merge_patch(target, patch, append);
+    let mut trimmed = Vec::new();
+    for (path, cap) in caps {
+        if let Some(Value::Array(items)) = value_at_mut(target, path) {
+            if items.len() > *cap {
+                items.drain(..items.len() - cap);
+                trimmed.push(path.clone());
+            }
+        }
+    }
+    trimmed
+}
+
+/// The value at a dot path, if every step is an object field.
+pub fn value_at_mut<'v>(value: &'v mut Value, path: &str) -> Option<&'v mut Value> {
+    path.split('.')
+        .try_fold(value, |value, field| value.as_object_mut()?.get_mut(field))
 }
 
 /// Deep-merges `patch` into `target` (see the module docs).
@@ -133,9 +180,10 @@ impl MemoryState {
             MutationKind::Patch {
                 data: Value::Object(data),
                 append,
+                caps,
             } => {
                 let entity = self.entities.entry(id).or_insert(Value::Null);
-                merge_patch(entity, data, append);
+                apply_patch(entity, data, append, caps);
             }
             MutationKind::Patch { .. } => {}
             MutationKind::Delete => {
@@ -199,6 +247,24 @@ mod tests {
             &["events".into()],
         );
         assert_eq!(entity, json!({"events": [1]}));
+    }
+
+    #[test]
+    fn capped_appends_keep_the_last_items() {
+        let mut entity = json!({"recent": [1, 2, 3]});
+        let m = Mutation::patch("T", "k", json!({"recent": [4, 5]})).append_capped("recent", 4);
+        let MutationKind::Patch { data, append, caps } = &m.kind else {
+            unreachable!()
+        };
+        let trimmed = apply_patch(&mut entity, data.as_object().unwrap(), append, caps);
+        assert_eq!(entity, json!({"recent": [2, 3, 4, 5]}));
+        assert_eq!(trimmed, vec!["recent".to_owned()]);
+        let untouched = apply_patch(&mut entity, &obj(json!({"other": 1})), append, caps);
+        assert!(untouched.is_empty());
+        assert_eq!(
+            serde_json::to_value(&m).unwrap()["caps"],
+            json!({"recent": 4})
+        );
     }
 
     #[test]

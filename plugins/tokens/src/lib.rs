@@ -7,7 +7,7 @@
 //! |-------------------|--------|
 //! | `token_created`   | `Token[mint] = {mint, symbol, decimals, supply}` |
 //! | `supply_changed`  | `Token[mint].supply += delta` (reads current state) |
-//! | `trade`           | `Trade[id] = {id, mint, price, amount}`; `Token[mint].lastPrice = price`; `{id, price, amount}` appended to `Token[mint].recentTrades` |
+//! | `trade`           | `Trade[id] = {id, mint, price, amount}`; `Token[mint].lastPrice = price`; `{id, price, amount}` appended to `Token[mint].recentTrades`, which keeps the last [`RECENT_TRADES`] |
 //! | `token_closed`    | deletes `Token[mint]` |
 //!
 //! Any other `type` is a projector error, so a typo in a feed fails loudly
@@ -15,6 +15,9 @@
 
 use serde::Deserialize;
 use vista_plugin_api::{json, Manifest, Mutation, Number, Plugin, ProjectError, StateView, Value};
+
+/// How many trades `Token.recentTrades` keeps (the oldest are dropped).
+pub const RECENT_TRADES: usize = 50;
 
 /// The plugin; stateless, as every projector is.
 pub struct Tokens;
@@ -112,7 +115,7 @@ impl Plugin for Tokens {
                             "recentTrades": [{"id": id, "price": price, "amount": amount}],
                         }),
                     )
-                    .append("recentTrades"),
+                    .append_capped("recentTrades", RECENT_TRADES),
                 ]
             }
             TokenEvent::TokenClosed { mint } => vec![Mutation::delete("Token", mint)],
@@ -147,6 +150,23 @@ mod tests {
                    "recentTrades": [{"id": "t1", "price": 1.5, "amount": 2}, {"id": "t2", "price": 1.75, "amount": 3}]})
         );
         assert_eq!(state.get("Trade", "t2").unwrap()["mint"], "m1");
+    }
+
+    #[test]
+    fn recent_trades_keep_the_last_fifty() {
+        let mut state = MemoryState::new();
+        let mut events = vec![
+            json!({"type": "token_created", "mint": "m", "symbol": "S", "decimals": 0, "supply": 1}),
+        ];
+        events.extend((0..120).map(|i| {
+            json!({"type": "trade", "id": format!("t{i}"), "mint": "m", "price": i, "amount": 1})
+        }));
+        state.ingest::<Tokens>("tokens", &events).unwrap();
+        let token = state.get("Token", "m").unwrap();
+        let recent = token["recentTrades"].as_array().unwrap();
+        assert_eq!(recent.len(), RECENT_TRADES);
+        assert_eq!(recent[0]["id"], "t70");
+        assert_eq!(recent[49]["id"], "t119");
     }
 
     #[test]

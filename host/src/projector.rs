@@ -1,0 +1,295 @@
+//! Projector threads: each loaded plugin build runs its projector on a
+//! thread of its own, never on the engine thread or an async worker.
+//!
+//! Why a thread per plugin: plugin code is foreign and may loop forever. The
+//! engine hands a whole ingest request to each consuming plugin's thread
+//! ([`ProjectJob`]) and goes on serving other streams, subscriptions and
+//! reloads; a thread that makes no progress for `--projector-timeout-ms` is
+//! declared stuck by the engine and abandoned (threads cannot be killed; it
+//! is reniced to the lowest priority so a spinning one costs little).
+//!
+//! Reads inside a request go through an [`Overlay`]: the request's own
+//! staged mutations of a key are folded, once each, into a materialized
+//! value, so a read costs one lookup and one serialization of the entity,
+//! however many events of the request touched it (replaying the staged
+//! history on every read made a request quadratic). Keys the request did not
+//! touch are read from the shared store under its read lock, which is held
+//! only to clone an `Arc`.
+//!
+//! A projector sees the committed store plus its *own* staged mutations:
+//! plugins consuming the same stream project concurrently, and another
+//! plugin's changes from the same request become visible once committed.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{Map, Value};
+use vista_plugin_api::{apply_patch, Mutation, MutationKind};
+
+use crate::ingest::IngestBody;
+use crate::plugins::{FnStateReader, PluginLibrary};
+use crate::store::Store;
+
+/// The store shared by the engine (the only writer) and projector threads.
+pub type SharedStore = Arc<RwLock<Store>>;
+
+/// One ingest request for one plugin.
+pub struct ProjectJob {
+    /// Identifies the request in the engine.
+    pub ticket: u64,
+    /// The stream the events arrived on.
+    pub stream: Arc<str>,
+    /// The events.
+    pub body: Arc<IngestBody>,
+}
+
+/// The mutations each event produced (index = event index), or why the
+/// request failed.
+pub type Projection = Result<Vec<Vec<Mutation>>, ProjectFailure>;
+
+/// A projector error or an invalid mutation, at one event.
+#[derive(Debug, Clone)]
+pub struct ProjectFailure {
+    /// The event's line or item number.
+    pub position: usize,
+    /// The plugin's message, or what was wrong with its output.
+    pub message: String,
+}
+
+/// What a projector thread reports back.
+pub struct Projected {
+    /// The request's ticket.
+    pub ticket: u64,
+    /// The plugin's name.
+    pub plugin: String,
+    /// The result.
+    pub outcome: Projection,
+}
+
+/// Handle to one plugin build's projector thread.
+pub struct ProjectorWorker {
+    jobs: mpsc::Sender<ProjectJob>,
+    progress: Arc<AtomicU64>,
+    thread_id: Arc<AtomicI32>,
+}
+
+impl ProjectorWorker {
+    /// Starts the thread. `done` receives every finished job.
+    pub fn spawn(
+        lib: Arc<PluginLibrary>,
+        store: SharedStore,
+        done: impl Fn(Projected) + Send + 'static,
+    ) -> std::io::Result<Self> {
+        let (jobs, queue) = mpsc::channel::<ProjectJob>();
+        let progress = Arc::new(AtomicU64::new(0));
+        let thread_id = Arc::new(AtomicI32::new(0));
+        let (counter, tid) = (progress.clone(), thread_id.clone());
+        std::thread::Builder::new()
+            .name(format!("projector-{}", lib.manifest.name))
+            .spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                tid.store(unsafe { libc::syscall(libc::SYS_gettid) } as i32, Ordering::Relaxed);
+                while let Ok(job) = queue.recv() {
+                    let outcome = project_request(&lib, &store, &job, &counter);
+                    done(Projected {
+                        ticket: job.ticket,
+                        plugin: lib.manifest.name.clone(),
+                        outcome,
+                    });
+                }
+            })?;
+        Ok(Self {
+            jobs,
+            progress,
+            thread_id,
+        })
+    }
+
+    /// Queues a request; `false` if the thread is gone.
+    pub fn submit(&self, job: ProjectJob) -> bool {
+        self.jobs.send(job).is_ok()
+    }
+
+    /// Events projected so far by this thread: the engine's progress probe.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Gives a stuck thread the lowest CPU priority. The thread cannot be
+    /// stopped; this keeps a spinning projector from starving the host.
+    pub fn demote(&self) {
+        let tid = self.thread_id.load(Ordering::Relaxed);
+        if tid > 0 {
+            // SAFETY: setpriority on a thread id of this process.
+            let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
+            if result != 0 {
+                tracing::warn!(tid, "cannot lower the priority of a stuck projector thread");
+            }
+        }
+    }
+}
+
+/// Projects every event of a request, staging each event's mutations in an
+/// overlay so later events read them.
+fn project_request(
+    lib: &PluginLibrary,
+    store: &SharedStore,
+    job: &ProjectJob,
+    progress: &AtomicU64,
+) -> Projection {
+    let overlay = Overlay::new(store);
+    let mut produced: Vec<Vec<Mutation>> = Vec::with_capacity(job.body.len());
+    for (position, json) in job.body.events() {
+        let fail = |message: String| ProjectFailure { position, message };
+        let mutations = {
+            let reader = FnStateReader(|entity: &str, key: &str| overlay.read(entity, key, &produced));
+            lib.project(&job.stream, json, &reader).map_err(fail)?
+        };
+        for (index, mutation) in mutations.iter().enumerate() {
+            check_mutation(lib, mutation).map_err(fail)?;
+            overlay.stage(mutation, (produced.len(), index));
+        }
+        produced.push(mutations);
+        progress.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(produced)
+}
+
+/// Checks what a projector returned: only its own entities, patches of objects.
+fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), String> {
+    if !plugin
+        .manifest
+        .entities
+        .iter()
+        .any(|e| e.name == mutation.entity)
+    {
+        return Err(format!(
+            "mutation of entity {:?}, which this plugin does not own",
+            mutation.entity
+        ));
+    }
+    if mutation.key.is_empty() {
+        return Err(format!("mutation of {} with an empty key", mutation.entity));
+    }
+    if let MutationKind::Patch { data, .. } = &mutation.kind {
+        if !data.is_object() {
+            return Err(format!(
+                "patch of {}[{}] is not a JSON object",
+                mutation.entity, mutation.key
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A key the request has mutated: its value as of the last fold, and the
+/// staged mutations (event index, mutation index) not folded in yet.
+struct Staged {
+    value: Option<Value>,
+    unfolded: Vec<(usize, usize)>,
+    loaded: bool,
+}
+
+/// The request's staged state over the shared store.
+struct Overlay<'s> {
+    store: &'s SharedStore,
+    staged: RefCell<HashMap<(String, String), Staged>>,
+}
+
+impl<'s> Overlay<'s> {
+    fn new(store: &'s SharedStore) -> Self {
+        Self {
+            store,
+            staged: RefCell::new(HashMap::new()),
+        }
+    }
+
+    fn stored(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        store.get(entity, key).cloned()
+    }
+
+    /// Records that mutation `at` of this request touches its key. Nothing
+    /// is computed until a projector reads the key.
+    fn stage(&self, mutation: &Mutation, at: (usize, usize)) {
+        self.staged
+            .borrow_mut()
+            .entry((mutation.entity.clone(), mutation.key.clone()))
+            .or_insert_with(|| Staged {
+                value: None,
+                unfolded: Vec::new(),
+                loaded: false,
+            })
+            .unfolded
+            .push(at);
+    }
+
+    /// The JSON text of `entity[key]` as this request sees it.
+    fn read(&self, entity: &str, key: &str, produced: &[Vec<Mutation>]) -> Option<String> {
+        let mut staged = self.staged.borrow_mut();
+        let Some(entry) = staged.get_mut(&(entity.to_owned(), key.to_owned())) else {
+            drop(staged);
+            return self.stored(entity, key).map(|v| v.to_string());
+        };
+        if !entry.loaded {
+            entry.value = self.stored(entity, key).map(|v| Value::clone(&v));
+            entry.loaded = true;
+        }
+        for (event, index) in entry.unfolded.drain(..) {
+            fold(&mut entry.value, &produced[event][index]);
+        }
+        entry.value.as_ref().map(Value::to_string)
+    }
+}
+
+/// An entity after one more (validated) mutation, by the store's rules.
+fn fold(value: &mut Option<Value>, mutation: &Mutation) {
+    match &mutation.kind {
+        MutationKind::Patch {
+            data: Value::Object(data),
+            append,
+            caps,
+        } => {
+            let entity = value.get_or_insert_with(|| Value::Object(Map::new()));
+            apply_patch(entity, data, append, caps);
+        }
+        MutationKind::Patch { .. } => {}
+        MutationKind::Delete => *value = None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn reads_see_staged_mutations_folded_once() {
+        let store: SharedStore = Arc::new(RwLock::new(Store::new()));
+        store
+            .write()
+            .unwrap()
+            .apply(Mutation::patch("T", "k", json!({"n": 1, "keep": true})));
+        let overlay = Overlay::new(&store);
+        let produced = vec![
+            vec![Mutation::patch("T", "k", json!({"n": 2}))],
+            vec![Mutation::patch("T", "k", json!({"l": [1]})).append_capped("l", 2)],
+            vec![Mutation::patch("T", "k", json!({"l": [2, 3]})).append_capped("l", 2)],
+        ];
+        overlay.stage(&produced[0][0], (0, 0));
+        let first: Value = serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
+        assert_eq!((first["n"].clone(), first["keep"].clone()), (json!(2), json!(true)));
+        overlay.stage(&produced[1][0], (1, 0));
+        overlay.stage(&produced[2][0], (2, 0));
+        let later: Value = serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
+        assert_eq!(later["l"], json!([2, 3]));
+        assert!(overlay.read("T", "other", &produced).is_none());
+        overlay.stage(&Mutation::delete("T", "k"), (0, 0));
+        let mut deleted = produced.clone();
+        deleted[0][0] = Mutation::delete("T", "k");
+        assert!(overlay.read("T", "k", &deleted).is_none());
+    }
+}

@@ -9,7 +9,8 @@
 //! - [`connection`]: one client: reading its messages, writing its outbox.
 //! - [`protocol`]: parsing client messages (both message forms).
 //! - [`engine`]: the single owner of plugins, store, views and outboxes.
-//! - [`plugins`]: loading `.so` files through the ABI-stable contract.
+//! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
+//!   checked first in a child process (`vista plugin check`).
 //! - [`store`]: entities and `_seq` stamping.
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
 //! - [`frame`]: encoding frames once (JSON, safe integers, gzip).

@@ -44,6 +44,14 @@ enum PluginCommand {
         #[arg(long)]
         api_path: Option<PathBuf>,
     },
+    /// Map a plugin file exactly as the host does and print one JSON line:
+    /// `{"ok":true,"name":..,"version":..}` (exit 0) or
+    /// `{"ok":false,"error":..}` (exit 1). The host runs this in a child
+    /// process before mapping a file itself.
+    Check {
+        /// The plugin file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -104,7 +112,21 @@ async fn main() -> anyhow::Result<()> {
             println!("next: cd {} && cargo test && cargo build, then copy target/debug/lib*.so into the plugins directory", root.display());
             return Ok(());
         }
+        Command::Plugin(PluginCommand::Check { file }) => {
+            let answer = vista_host::plugins::check_answer(&file);
+            println!("{}", serde_json::to_string(&answer)?);
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::process::exit(if answer.ok { 0 } else { 1 });
+        }
     };
+    // Plugin files are checked in a child process (`vista plugin check`)
+    // before they are mapped here: a bad file cannot take the host down.
+    match std::env::current_exe() {
+        Ok(exe) => vista_host::plugins::set_checker(exe),
+        Err(err) => {
+            tracing::warn!(%err, "cannot find this executable; plugin files are mapped unchecked")
+        }
+    }
     let config = Config {
         cache_dir: args
             .cache_dir
@@ -158,3 +180,4 @@ async fn main() -> anyhow::Result<()> {
     vista_host::run(listener, shared, shutdown).await;
     Ok(())
 }
+

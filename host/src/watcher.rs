@@ -9,8 +9,9 @@
 //! - moved into place (`mv`, rename): on the rename, which is atomic;
 //! - deleted or moved away: the plugin loaded from it unloads.
 //!
-//! The library is mapped (copied into the cache, `dlopen`ed, checked)
-//! outside the engine lock; only the swap itself takes the lock.
+//! The library is mapped (copied into the cache, checked in a child
+//! process, `dlopen`ed, checked) outside the engine lock; only the swap
+//! itself takes the lock.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

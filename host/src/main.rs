@@ -127,11 +127,12 @@ async fn main() -> anyhow::Result<()> {
             tracing::warn!(%err, "cannot find this executable; plugin files are mapped unchecked")
         }
     }
+    let plugins_dir = plugins_dir(args.plugins);
     let config = Config {
         cache_dir: args
             .cache_dir
             .unwrap_or_else(|| std::env::temp_dir().join("vista-plugin-cache")),
-        plugins_dir: args.plugins,
+        plugins_dir,
         max_body_bytes: args.max_body_bytes,
         outbox_bytes: args.outbox_bytes,
         max_message_bytes: args.max_message_bytes,
@@ -181,3 +182,23 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The plugins directory, created if missing (so it can be watched) and
+/// made absolute: files loaded at start and paths reported by the watcher
+/// must be the same paths, or a deleted file would not unload.
+fn plugins_dir(dir: PathBuf) -> PathBuf {
+    if !dir.exists() {
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "created the plugins directory"),
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), %err, "cannot create the plugins directory")
+            }
+        }
+    }
+    match std::fs::canonicalize(&dir) {
+        Ok(absolute) => absolute,
+        Err(err) => {
+            tracing::error!(dir = %dir.display(), %err, "cannot resolve the plugins directory");
+            std::path::absolute(&dir).unwrap_or(dir)
+        }
+    }
+}

@@ -89,7 +89,7 @@ pub enum LoadError {
         name: &'static str,
     },
     /// The plugin check did not answer in time and was killed.
-    #[error("plugin check did not finish within {} s; killed", .0.as_secs())]
+    #[error("plugin check did not finish within {:?}; killed", .0)]
     CheckTimedOut(Duration),
     /// The plugin check could not be run or gave no usable answer.
     #[error("plugin check failed: {0}")]
@@ -199,7 +199,7 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     ));
     std::fs::copy(file, &mapped)?;
     let checked = match CHECKER.get() {
-        Some(exe) => check_in_child(exe, &mapped),
+        Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT),
         None => Ok(()),
     };
     let result = checked.and_then(|()| map(&mapped));
@@ -237,8 +237,8 @@ fn map(path: &Path) -> Result<(Manifest, PluginModuleRef), LoadError> {
 }
 
 /// Runs `exe plugin check path` and waits for its answer (at most
-/// [`CHECK_TIMEOUT`]; then the child is killed).
-fn check_in_child(exe: &Path, path: &Path) -> Result<(), LoadError> {
+/// `timeout`, [`CHECK_TIMEOUT`] in [`load`]; then the child is killed).
+fn check_in_child(exe: &Path, path: &Path, timeout: Duration) -> Result<(), LoadError> {
     let mut child = Command::new(exe)
         .args(["plugin", "check"])
         .arg(path)
@@ -257,14 +257,14 @@ fn check_in_child(exe: &Path, path: &Path) -> Result<(), LoadError> {
         let _ = stdout.read_to_end(&mut out);
         let _ = sender.send(out);
     });
-    let deadline = Instant::now() + CHECK_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(LoadError::CheckTimedOut(CHECK_TIMEOUT));
+                return Err(LoadError::CheckTimedOut(timeout));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(5)),
             Err(err) => {
@@ -381,5 +381,92 @@ impl<F: Fn(&str, &str) -> Option<String>> StateReader for FnStateReader<F> {
         (self.0)(entity.as_str(), key.as_str())
             .map(RString::from)
             .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in checker: a shell script with this body. Written by a
+    /// child `sh`, so no write descriptor of it is ever open in this
+    /// process (another test thread forking meanwhile would inherit it and
+    /// running the script would fail with ETXTBSY).
+    fn checker(name: &str, body: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vista-checker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let status = Command::new("/bin/sh")
+            .args([
+                "-c",
+                r#"printf '#!/bin/sh\n%s\n' "$1" > "$2" && chmod 755 "$2""#,
+                "sh",
+            ])
+            .arg(body)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        path
+    }
+
+    fn run(name: &str, body: &str) -> Result<(), LoadError> {
+        let exe = checker(name, body);
+        let result = check_in_child(&exe, Path::new("/cache/x.so"), Duration::from_millis(500));
+        let _ = std::fs::remove_file(exe);
+        result
+    }
+
+    #[test]
+    fn the_child_answer_decides() {
+        run(
+            "ok",
+            r#"echo 'plugin says hi'; echo '{"ok":true,"name":"a","version":"1"}'"#,
+        )
+        .expect("ok answer");
+        let refused = run(
+            "no",
+            r#"echo "{\"ok\":false,\"error\":\"manifest error: $3\"}"; exit 1"#,
+        )
+        .unwrap_err();
+        assert!(matches!(refused, LoadError::Refused(_)), "{refused:?}");
+        assert_eq!(refused.to_string(), "manifest error: /cache/x.so");
+        // The cache path in a reason is replaced by the plugins-dir file.
+        let named = name_the_file(refused, Path::new("/cache/x.so"), Path::new("/p/x.so"));
+        assert_eq!(named.to_string(), "manifest error: /p/x.so");
+    }
+
+    #[test]
+    fn a_crash_names_the_signal() {
+        let err = run("bus", "kill -BUS $$").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin check crashed with signal SIGBUS (7)"
+        );
+        let err = run("segv", "kill -SEGV $$").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin check crashed with signal SIGSEGV (11)"
+        );
+    }
+
+    #[test]
+    fn a_hung_check_is_killed() {
+        let started = Instant::now();
+        let err = run("hang", "exec sleep 30").unwrap_err();
+        assert!(matches!(err, LoadError::CheckTimedOut(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "plugin check did not finish within 500ms; killed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn no_answer_is_a_refusal() {
+        let err = run("silent", "exit 3").unwrap_err();
+        assert!(matches!(err, LoadError::CheckFailed(_)), "{err:?}");
+        let err = run("ok-but-failed", r#"echo '{"ok":true}'; exit 2"#).unwrap_err();
+        assert!(matches!(err, LoadError::CheckFailed(_)), "{err:?}");
     }
 }

@@ -20,8 +20,9 @@
 //! runs `vista plugin check CACHE-COPY` in a child process, which does the
 //! same mapping ([`check`]) and answers one JSON line ([`CheckAnswer`]).
 //! Only if the child answers ok is the copy mapped in-process. A child
-//! killed by a signal, silent for [`CHECK_TIMEOUT`], or answering an error
-//! refuses the file with that reason; the host is never at risk. The child
+//! killed by a signal, not done within [`CHECK_TIMEOUT`] (then killed), or
+//! answering an error refuses the file with that reason, and the host runs
+//! on (only what the child proved mappable is mapped here). The child
 //! checks the cache copy, the very bytes mapped afterwards, so the file
 //! cannot change between check and use. Without a checker (library use, unit
 //! tests) files are mapped in-process directly.

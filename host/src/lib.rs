@@ -13,7 +13,8 @@
 //! - [`projector`]: one thread per plugin build running its projector,
 //!   with deadlines, and the overlay a request's reads go through.
 //! - [`ingest`]: splitting an ingest body into events.
-//! - [`plugins`]: loading `.so` files through the ABI-stable contract.
+//! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
+//!   checked first in a child process (`vista plugin check`).
 //! - [`store`]: entities and `_seq` stamping.
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
 //! - [`frame`]: encoding frames once (JSON, safe integers, gzip).

@@ -44,6 +44,14 @@ enum PluginCommand {
         #[arg(long)]
         api_path: Option<PathBuf>,
     },
+    /// Map a plugin file exactly as the host does and print one JSON line:
+    /// `{"ok":true,"name":..,"version":..}` (exit 0) or
+    /// `{"ok":false,"error":..}` (exit 1). The host runs this in a child
+    /// process before mapping a file itself.
+    Check {
+        /// The plugin file.
+        file: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,12 +131,27 @@ async fn main() -> anyhow::Result<()> {
             println!("next: cd {} && cargo test && cargo build, then copy target/debug/lib*.so into the plugins directory", root.display());
             return Ok(());
         }
+        Command::Plugin(PluginCommand::Check { file }) => {
+            let answer = vista_host::plugins::check_answer(&file);
+            println!("{}", serde_json::to_string(&answer)?);
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::process::exit(if answer.ok { 0 } else { 1 });
+        }
     };
+    // Plugin files are checked in a child process (`vista plugin check`)
+    // before they are mapped here: a bad file cannot take the host down.
+    match std::env::current_exe() {
+        Ok(exe) => vista_host::plugins::set_checker(exe),
+        Err(err) => {
+            tracing::warn!(%err, "cannot find this executable; plugin files are mapped unchecked")
+        }
+    }
+    let plugins_dir = plugins_dir(args.plugins);
     let config = Config {
         cache_dir: args
             .cache_dir
             .unwrap_or_else(|| std::env::temp_dir().join("vista-plugin-cache")),
-        plugins_dir: args.plugins,
+        plugins_dir,
         max_body_bytes: args.max_body_bytes,
         outbox_bytes: args.outbox_bytes,
         max_message_bytes: args.max_message_bytes,
@@ -181,4 +204,25 @@ async fn main() -> anyhow::Result<()> {
     };
     vista_host::run(listener, shared, shutdown).await;
     Ok(())
+}
+
+/// The plugins directory, created if missing (so it can be watched) and
+/// made absolute: files loaded at start and paths reported by the watcher
+/// must be the same paths, or a deleted file would not unload.
+fn plugins_dir(dir: PathBuf) -> PathBuf {
+    if !dir.exists() {
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => tracing::info!(dir = %dir.display(), "created the plugins directory"),
+            Err(err) => {
+                tracing::error!(dir = %dir.display(), %err, "cannot create the plugins directory")
+            }
+        }
+    }
+    match std::fs::canonicalize(&dir) {
+        Ok(absolute) => absolute,
+        Err(err) => {
+            tracing::error!(dir = %dir.display(), %err, "cannot resolve the plugins directory");
+            std::path::absolute(&dir).unwrap_or(dir)
+        }
+    }
 }

@@ -6,16 +6,38 @@
 //! has seen, so a later build dropped over the same name must get a fresh
 //! path (and the original file can be replaced while the copy stays mapped).
 //!
-//! Loading checks, in order: the `abi_stable` header and root-module layout
-//! (a foreign or stale `.so` fails here), [`CONTRACT_VERSION`], then the
-//! manifest. Each failure is a [`LoadError`] naming the file and the reason.
+//! Mapping a plugin checks, in order: the `abi_stable` header and
+//! root-module layout (a foreign or stale `.so` fails here),
+//! [`CONTRACT_VERSION`], then the manifest (parsed and validated). Each
+//! failure is a [`LoadError`] naming the file and the reason.
+//!
+//! Mapping is not safe against every file: the dynamic loader trusts the
+//! ELF headers, so a truncated copy (a build cut short, a half-synced file)
+//! or a hostile file can fault the process while it is being mapped
+//! (SIGBUS when the loader touches a page past the end of the file,
+//! SIGSEGV, ...), which no error handling can catch. So when a checker is
+//! set ([`set_checker`], the `vista` binary sets itself), [`load`] first
+//! runs `vista plugin check CACHE-COPY` in a child process, which does the
+//! same mapping ([`check`]) and answers one JSON line ([`CheckAnswer`]).
+//! Only if the child answers ok is the copy mapped in-process. A child
+//! killed by a signal, not done within [`CHECK_TIMEOUT`] (then killed), or
+//! answering an error refuses the file with that reason, and the host runs
+//! on (only what the child proved mappable is mapped here). The child
+//! checks the cache copy, the very bytes mapped afterwards, so the file
+//! cannot change between check and use. Without a checker (library use, unit
+//! tests) files are mapped in-process directly.
 
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::{ROption, RStr, RString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vista_plugin_api::ffi::{state_reader_ref, PluginModuleRef, StateReader};
 use vista_plugin_api::{Manifest, Mutation, CONTRACT_VERSION};
 
@@ -56,6 +78,23 @@ pub enum LoadError {
     /// The manifest function failed or returned something invalid.
     #[error("manifest error: {0}")]
     Manifest(String),
+    /// The plugin check (child process) refused the file; its reason.
+    #[error("{0}")]
+    Refused(String),
+    /// The plugin check was killed by a signal while mapping the file.
+    #[error("plugin check crashed with signal {name} ({signal})")]
+    CheckCrashed {
+        /// The signal number.
+        signal: i32,
+        /// Its name (`SIGBUS`, ...).
+        name: &'static str,
+    },
+    /// The plugin check did not answer in time and was killed.
+    #[error("plugin check did not finish within {:?}; killed", .0)]
+    CheckTimedOut(Duration),
+    /// The plugin check could not be run or gave no usable answer.
+    #[error("plugin check failed: {0}")]
+    CheckFailed(String),
 }
 
 /// A loaded plugin library: its manifest and its root module.
@@ -104,7 +143,64 @@ pub struct PluginReport {
 
 static NEXT_COPY: AtomicU64 = AtomicU64::new(0);
 
-/// Copies `file` into `cache_dir` under a unique name and loads it.
+/// The executable run as `EXE plugin check FILE` before a file is mapped.
+static CHECKER: OnceLock<PathBuf> = OnceLock::new();
+
+/// How long the plugin check may take before it is killed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Makes [`load`] check every file in a child process first: `exe plugin
+/// check FILE` (normally the running `vista` binary). Set once, before
+/// plugins load; later calls are ignored.
+pub fn set_checker(exe: PathBuf) {
+    let _ = CHECKER.set(exe);
+}
+
+/// The answer of `vista plugin check`: one JSON line on stdout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckAnswer {
+    /// The file maps as a valid plugin.
+    pub ok: bool,
+    /// Plugin name (when ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Plugin version (when ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The [`LoadError`] text (when not ok).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `vista plugin check FILE`: maps `file` in this process exactly as
+/// [`load`] does and returns the manifest. Never unmapped; meant for a
+/// short-lived process.
+pub fn check(file: &Path) -> Result<Manifest, LoadError> {
+    map(file).map(|(manifest, _module)| manifest)
+}
+
+/// [`check`], as the answer `vista plugin check` prints.
+pub fn check_answer(file: &Path) -> CheckAnswer {
+    match check(file) {
+        Ok(manifest) => CheckAnswer {
+            ok: true,
+            name: Some(manifest.name),
+            version: Some(manifest.version),
+            error: None,
+        },
+        Err(err) => CheckAnswer {
+            ok: false,
+            name: None,
+            version: None,
+            error: Some(err.to_string()),
+        },
+    }
+}
+
+/// Copies `file` into `cache_dir` under a unique name, checks the copy in
+/// a child process (when a checker is set, see [`set_checker`]) and maps it.
+///
+/// Error texts name `file`, never the cache copy.
 pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     std::fs::create_dir_all(cache_dir)?;
     let stem = file
@@ -117,11 +213,26 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
         NEXT_COPY.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::copy(file, &mapped)?;
-    let header = lib_header_from_path(&mapped);
+    let checked = match CHECKER.get() {
+        Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT),
+        None => Ok(()),
+    };
+    let result = checked.and_then(|()| map(&mapped));
     // Once mapped (or refused), the copy's name is no longer needed: the
     // mapping outlives the directory entry, and nothing piles up in the cache.
     let _ = std::fs::remove_file(&mapped);
-    let module = header
+    let (manifest, module) = result.map_err(|err| name_the_file(err, &mapped, file))?;
+    Ok(PluginLibrary {
+        manifest,
+        file: file.to_owned(),
+        module,
+    })
+}
+
+/// Maps `path` in this process and checks it: header, layout, contract
+/// version, manifest. Shared by [`load`] and [`check`].
+fn map(path: &Path) -> Result<(Manifest, PluginModuleRef), LoadError> {
+    let module = lib_header_from_path(path)
         .and_then(|header| header.init_root_module::<PluginModuleRef>())
         .map_err(library_error)?;
     let found = module.contract_version();
@@ -137,11 +248,105 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     let manifest: Manifest =
         serde_json::from_str(&manifest_json).map_err(|e| LoadError::Manifest(e.to_string()))?;
     manifest.validate().map_err(LoadError::Manifest)?;
-    Ok(PluginLibrary {
-        manifest,
-        file: file.to_owned(),
-        module,
-    })
+    Ok((manifest, module))
+}
+
+/// Runs `exe plugin check path` and waits for its answer (at most
+/// `timeout`, [`CHECK_TIMEOUT`] in [`load`]; then the child is killed).
+fn check_in_child(exe: &Path, path: &Path, timeout: Duration) -> Result<(), LoadError> {
+    let mut child = Command::new(exe)
+        .args(["plugin", "check"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| LoadError::CheckFailed(format!("cannot start {}: {e}", exe.display())))?;
+    // Read stdout on a thread so a chatty plugin cannot fill the pipe and
+    // stall the child; the answer arrives over a channel so that a pipe
+    // kept open by a grandchild cannot stall the host.
+    let (sender, answer) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.read_to_end(&mut out);
+        let _ = sender.send(out);
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LoadError::CheckTimedOut(timeout));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(LoadError::CheckFailed(format!("cannot wait for it: {err}")));
+            }
+        }
+    };
+    if let Some(signal) = status.signal() {
+        return Err(LoadError::CheckCrashed {
+            signal,
+            name: signal_name(signal),
+        });
+    }
+    let out = answer
+        .recv_timeout(Duration::from_secs(1))
+        .unwrap_or_default();
+    let out = String::from_utf8_lossy(&out);
+    // The answer is the last line: a plugin may print while initialising.
+    let parsed = out
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| serde_json::from_str::<CheckAnswer>(l).ok());
+    match parsed {
+        Some(CheckAnswer { ok: true, .. }) if status.success() => Ok(()),
+        Some(CheckAnswer {
+            ok: false,
+            error: Some(error),
+            ..
+        }) => Err(LoadError::Refused(error)),
+        _ => Err(LoadError::CheckFailed(format!(
+            "it exited with {status} without an answer"
+        ))),
+    }
+}
+
+/// The conventional name of a signal that can end a plugin check.
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Reasons mention the mapped path (the loader's messages do); users know
+/// the file in the plugins directory, so name that instead.
+fn name_the_file(err: LoadError, mapped: &Path, file: &Path) -> LoadError {
+    let (mapped, file) = (mapped.display().to_string(), file.display().to_string());
+    let fix = |text: String| text.replace(&mapped, &file);
+    match err {
+        LoadError::NotALibrary(text) => LoadError::NotALibrary(fix(text)),
+        LoadError::Layout(text) => LoadError::Layout(fix(text)),
+        LoadError::Init(text) => LoadError::Init(fix(text)),
+        LoadError::Manifest(text) => LoadError::Manifest(fix(text)),
+        LoadError::Refused(text) => LoadError::Refused(fix(text)),
+        LoadError::CheckFailed(text) => LoadError::CheckFailed(fix(text)),
+        other => other,
+    }
 }
 
 /// Turns `abi_stable`'s loader errors into the reasons a user can act on.
@@ -191,5 +396,92 @@ impl<F: Fn(&str, &str) -> Option<String>> StateReader for FnStateReader<F> {
         (self.0)(entity.as_str(), key.as_str())
             .map(RString::from)
             .into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in checker: a shell script with this body. Written by a
+    /// child `sh`, so no write descriptor of it is ever open in this
+    /// process (another test thread forking meanwhile would inherit it and
+    /// running the script would fail with ETXTBSY).
+    fn checker(name: &str, body: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vista-checker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        let status = Command::new("/bin/sh")
+            .args([
+                "-c",
+                r#"printf '#!/bin/sh\n%s\n' "$1" > "$2" && chmod 755 "$2""#,
+                "sh",
+            ])
+            .arg(body)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        path
+    }
+
+    fn run(name: &str, body: &str) -> Result<(), LoadError> {
+        let exe = checker(name, body);
+        let result = check_in_child(&exe, Path::new("/cache/x.so"), Duration::from_millis(500));
+        let _ = std::fs::remove_file(exe);
+        result
+    }
+
+    #[test]
+    fn the_child_answer_decides() {
+        run(
+            "ok",
+            r#"echo 'plugin says hi'; echo '{"ok":true,"name":"a","version":"1"}'"#,
+        )
+        .expect("ok answer");
+        let refused = run(
+            "no",
+            r#"echo "{\"ok\":false,\"error\":\"manifest error: $3\"}"; exit 1"#,
+        )
+        .unwrap_err();
+        assert!(matches!(refused, LoadError::Refused(_)), "{refused:?}");
+        assert_eq!(refused.to_string(), "manifest error: /cache/x.so");
+        // The cache path in a reason is replaced by the plugins-dir file.
+        let named = name_the_file(refused, Path::new("/cache/x.so"), Path::new("/p/x.so"));
+        assert_eq!(named.to_string(), "manifest error: /p/x.so");
+    }
+
+    #[test]
+    fn a_crash_names_the_signal() {
+        let err = run("bus", "kill -BUS $$").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin check crashed with signal SIGBUS (7)"
+        );
+        let err = run("segv", "kill -SEGV $$").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin check crashed with signal SIGSEGV (11)"
+        );
+    }
+
+    #[test]
+    fn a_hung_check_is_killed() {
+        let started = Instant::now();
+        let err = run("hang", "exec sleep 30").unwrap_err();
+        assert!(matches!(err, LoadError::CheckTimedOut(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "plugin check did not finish within 500ms; killed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn no_answer_is_a_refusal() {
+        let err = run("silent", "exit 3").unwrap_err();
+        assert!(matches!(err, LoadError::CheckFailed(_)), "{err:?}");
+        let err = run("ok-but-failed", r#"echo '{"ok":true}'; exit 2"#).unwrap_err();
+        assert!(matches!(err, LoadError::CheckFailed(_)), "{err:?}");
     }
 }

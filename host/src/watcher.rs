@@ -9,8 +9,9 @@
 //! - moved into place (`mv`, rename): on the rename, which is atomic;
 //! - deleted or moved away: the plugin loaded from it unloads.
 //!
-//! The library is mapped (copied into the cache, checked, `dlopen`ed) on the
-//! watcher's thread; only the swap itself is an engine command.
+//! The library is mapped (copied into the cache, checked in a child
+//! process, `dlopen`ed) on the watcher's thread; only the swap itself is an
+//! engine command.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

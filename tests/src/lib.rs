@@ -530,3 +530,56 @@ impl WsClient {
             .collect()
     }
 }
+
+impl Host {
+    /// Starts the host in working directory `cwd` with these `serve`
+    /// arguments; unlike [`Host::start`] no `--plugins` is added, so a
+    /// relative or missing plugins directory can be tested. `plugins_dir`
+    /// is `cwd` joined with the `--plugins` argument (default `plugins.d`);
+    /// the cache and the log live in the host's own temporary directory.
+    pub async fn start_in(cwd: &Path, args: &[&str]) -> Host {
+        let binary = vista_binary();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = args
+            .iter()
+            .position(|a| *a == "--plugins")
+            .and_then(|i| args.get(i + 1))
+            .copied()
+            .unwrap_or("plugins.d");
+        let log_path = dir.path().join("vista.log");
+        let mut child = Command::new(binary)
+            .current_dir(cwd)
+            .arg("serve")
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("VISTA_PLUGINS_DIR")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("start vista");
+        let stdout = child.stdout.take().unwrap();
+        let addr = tokio::task::spawn_blocking(move || {
+            let line = BufReader::new(stdout)
+                .lines()
+                .next()
+                .expect("vista printed nothing")
+                .expect("read stdout");
+            line.strip_prefix("vista listening on ")
+                .expect("listening line")
+                .to_owned()
+        })
+        .await
+        .unwrap();
+        Host {
+            child,
+            addr,
+            plugins_dir: cwd.join(plugins),
+            log_path,
+            http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+}

@@ -34,7 +34,7 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
     let mut body = json!({"error": code, "message": message});
     if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
         body.extend(extra);
@@ -119,15 +119,16 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         .write_buffer_size(16 << 10)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
+    let ip_slot = crate::hygiene::take_ip_slot(request);
     match hyper_tungstenite::upgrade(request, Some(config)) {
         Ok((response, websocket)) => {
             let conn = shared.next_conn_id();
             tokio::spawn(async move {
-                match websocket.await {
-                    Ok(socket) => crate::connection::serve(socket, conn, shared).await,
-                    Err(err) => tracing::debug!(%err, "websocket handshake failed"),
+                if let Some(socket) = crate::hygiene::finish_upgrade(websocket, &shared.config).await
+                {
+                    crate::connection::serve(socket, conn, shared).await;
                 }
-                drop(slot);
+                drop((slot, ip_slot));
             });
             response
         }

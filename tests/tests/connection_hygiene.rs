@@ -340,9 +340,17 @@ async fn a_client_still_sending_always_receives_its_1009_close() {
     let mut failures = Vec::new();
     for run in 0..30 {
         let outcome = tokio::time::timeout(Duration::from_secs(10), async {
-            let (mut ws, _) = tokio_tungstenite::connect_async(host.ws_url())
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
+            // A small send buffer: most of the message is still in the
+            // client when the server closes, as over a real network.
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.set_send_buffer_size(16 << 10).unwrap();
+            let stream = socket.connect(host.addr.parse().unwrap()).await.unwrap();
+            let (mut ws, _) = tokio_tungstenite::client_async(
+                host.ws_url(),
+                MaybeTlsStream::Plain(stream),
+            )
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
             ws.send(Message::text(big.clone()))
                 .await
                 .map_err(|e| format!("send: {e}"))?;

@@ -45,10 +45,7 @@ where
     let outbox = Arc::new(Outbox::new(shared.config.outbox_bytes));
     shared.engine().connect(conn, outbox.clone());
     metrics::gauge!("vista_connections").increment(1.0);
-    let mut writer = tokio::spawn(crate::hygiene::write_returning_sink(
-        sink,
-        outbox.clone(),
-    ));
+    let mut writer = tokio::spawn(crate::hygiene::write_returning_sink(sink, outbox.clone()));
     let mut writer_finished = None;
     let ended;
     loop {

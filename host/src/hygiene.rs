@@ -245,7 +245,10 @@ impl RateLimitedLog {
     pub fn note(&self, log: impl FnOnce(u64)) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        if state.0.is_some_and(|last| now.duration_since(last) < self.every) {
+        if state
+            .0
+            .is_some_and(|last| now.duration_since(last) < self.every)
+        {
             state.1 += 1;
             return;
         }
@@ -275,9 +278,9 @@ impl AcceptErrors {
     /// Records a failed accept, logging it if a line is due.
     pub fn failed(&self, err: &std::io::Error) {
         metrics::counter!("vista_accept_errors_total").increment(1);
-        self.0.note(|suppressed| {
-            tracing::error!(%err, suppressed, "accept failed; retrying in 100ms")
-        });
+        self.0.note(
+            |suppressed| tracing::error!(%err, suppressed, "accept failed; retrying in 100ms"),
+        );
     }
 
     /// Records a successful accept: reports failures not yet logged.
@@ -332,14 +335,12 @@ impl<T> RawDrain for hyper_tungstenite::WebSocketStream<T>
 where
     T: AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    fn drain_raw(&mut self, until: tokio::time::Instant) -> impl Future<Output = ()> + Send {
-        async move {
-            let io = self.get_mut();
-            let mut buffer = vec![0u8; 16 << 10];
-            while let Ok(Ok(read)) = tokio::time::timeout_at(until, io.read(&mut buffer)).await {
-                if read == 0 {
-                    break;
-                }
+    async fn drain_raw(&mut self, until: tokio::time::Instant) {
+        let io = self.get_mut();
+        let mut buffer = vec![0u8; 16 << 10];
+        while let Ok(Ok(read)) = tokio::time::timeout_at(until, io.read(&mut buffer)).await {
+            if read == 0 {
+                break;
             }
         }
     }

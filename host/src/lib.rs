@@ -187,7 +187,12 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             }
         };
         accept_errors.succeeded();
-        tokio::spawn(hygiene::serve_tcp(stream, peer, shared.clone(), ips.clone()));
+        tokio::spawn(hygiene::serve_tcp(
+            stream,
+            peer,
+            shared.clone(),
+            ips.clone(),
+        ));
     }
     shared
         .engine()

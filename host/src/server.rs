@@ -10,6 +10,10 @@
 //! Errors are JSON `{"error": code, "message": text, ...}` with a specific
 //! status: 400 malformed body (naming the line), 404 unknown stream or
 //! route, 413 body over the limit, 422 projector error (naming the plugin).
+//! Upgrades over `max_connections` get 503 `connection-limit-exceeded`;
+//! connections over the per-IP cap are answered 429
+//! `ip-connection-limit-exceeded` before reaching this module
+//! ([`crate::hygiene`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -34,7 +38,12 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    extra: Value,
+) -> HttpResponse {
     let mut body = json!({"error": code, "message": message});
     if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
         body.extend(extra);
@@ -124,7 +133,8 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         Ok((response, websocket)) => {
             let conn = shared.next_conn_id();
             tokio::spawn(async move {
-                if let Some(socket) = crate::hygiene::finish_upgrade(websocket, &shared.config).await
+                if let Some(socket) =
+                    crate::hygiene::finish_upgrade(websocket, &shared.config).await
                 {
                     crate::connection::serve(socket, conn, shared).await;
                 }

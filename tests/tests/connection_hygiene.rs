@@ -42,7 +42,10 @@ async fn half_sent_requests_and_silent_connections_are_closed_within_the_header_
     let mut stuck = Vec::new();
     for i in 0..200 {
         let mut stream = TcpStream::connect(&host.addr).await.unwrap();
-        stream.write_all(partials[i % partials.len()]).await.unwrap();
+        stream
+            .write_all(partials[i % partials.len()])
+            .await
+            .unwrap();
         stuck.push(stream);
     }
     let mut silent = TcpStream::connect(&host.addr).await.unwrap();
@@ -191,7 +194,10 @@ async fn failed_accepts_are_logged_at_most_once_a_second() {
     }
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let log = host.log();
-    let lines: Vec<&str> = log.lines().filter(|l| l.contains("accept failed")).collect();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
     assert!(
         lines.len() <= 5,
         "{} accept-failed lines in ~3 s:\n{}",
@@ -223,7 +229,11 @@ async fn raw_websocket(addr: &str) -> TcpStream {
         stream.read_exact(&mut byte).await.unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     stream
 }
 
@@ -231,7 +241,10 @@ async fn raw_websocket(addr: &str) -> TcpStream {
 /// `mask` is `None`.
 fn client_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
     assert!(payload.len() < 126);
-    let mut frame = vec![first, payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 }];
+    let mut frame = vec![
+        first,
+        payload.len() as u8 | if mask.is_some() { 0x80 } else { 0 },
+    ];
     match mask {
         Some(mask) => {
             frame.extend_from_slice(&mask);
@@ -276,7 +289,10 @@ async fn read_close(stream: &mut TcpStream) -> (u16, String) {
             .await
             .expect("no close frame within 10 s")
             .expect("read");
-        assert!(read > 0, "connection ended without a close frame: {received:?}");
+        assert!(
+            read > 0,
+            "connection ended without a close frame: {received:?}"
+        );
         received.extend_from_slice(&buffer[..read]);
     }
 }
@@ -317,7 +333,7 @@ async fn protocol_violations_close_with_1002_or_1007_and_a_reason() {
 
     // Fragmented text whose fragments are not UTF-8 together.
     let mut fragmented = client_frame(0x01, &[b'"', 0xe2, 0x82], MASK);
-    fragmented.extend(client_frame(0x80, &[b'"'], MASK));
+    fragmented.extend(client_frame(0x80, b"\"", MASK));
     let (code, reason) = close_after(&host, &fragmented).await;
     assert_eq!(code, 1007, "{reason}");
 
@@ -345,12 +361,10 @@ async fn a_client_still_sending_always_receives_its_1009_close() {
             let socket = TcpSocket::new_v4().unwrap();
             socket.set_send_buffer_size(16 << 10).unwrap();
             let stream = socket.connect(host.addr.parse().unwrap()).await.unwrap();
-            let (mut ws, _) = tokio_tungstenite::client_async(
-                host.ws_url(),
-                MaybeTlsStream::Plain(stream),
-            )
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+            let (mut ws, _) =
+                tokio_tungstenite::client_async(host.ws_url(), MaybeTlsStream::Plain(stream))
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
             ws.send(Message::text(big.clone()))
                 .await
                 .map_err(|e| format!("send: {e}"))?;

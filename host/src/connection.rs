@@ -13,6 +13,13 @@
 //! snapshot however many subscribers share it; async workers never
 //! compress. Both loops are generic over `Sink`/`Stream` of tungstenite
 //! messages so they can be driven without a socket.
+//!
+//! A read error the client caused closes it with a specific code and reason
+//! (1009 `message-too-large:`, 1002 `protocol-error:`, 1007 `invalid-utf8:`;
+//! see [`crate::hygiene::close_for_read_error`]). When the server closes, the
+//! writer hands its sink back and the socket lingers: input is read and
+//! discarded until the client's close frame, end of input or 2 s, so the
+//! close frame is not lost to a reset ([`crate::hygiene::close_and_linger`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,9 +43,12 @@ pub async fn serve<S>(socket: S, conn: ConnId, shared: Arc<Shared>)
 where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + Sink<Message, Error = tungstenite::Error>
+        + crate::hygiene::RawDrain
+        + Unpin
         + Send
         + 'static,
 {
+    use crate::hygiene::Ended;
     let (sink, mut stream) = socket.split();
     let outbox = Arc::new(Outbox::new(conn, shared.config.outbox_bytes));
     shared.engine.send(Command::Connect {
@@ -50,7 +60,9 @@ where
         shared.config.subscribe_burst,
     );
     metrics::gauge!("vista_connections").increment(1.0);
-    let mut writer = tokio::spawn(write_loop(sink, outbox.clone()));
+    let mut writer = tokio::spawn(crate::hygiene::write_returning_sink(sink, outbox.clone()));
+    let mut writer_finished = None;
+    let ended;
     loop {
         tokio::select! {
             message = stream.next() => match message.inspect(|_| outbox.heard_from_client()) {
@@ -59,32 +71,30 @@ where
                     Ok(text) => handle_text(&shared, conn, &outbox, &mut limiter, text),
                     Err(_) => reply_issue(&outbox, "invalid-message", "binary message is not UTF-8 JSON"),
                 },
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) | None => {
+                    ended = Ended::ByPeer;
+                    break;
+                }
                 Some(Ok(_)) => {} // ping/pong: answered by tungstenite
                 Some(Err(err)) => {
                     tracing::debug!(conn, %err, "websocket read error");
-                    if let tungstenite::Error::Capacity(err) = &err {
-                        outbox.push_reply(Outgoing::Close {
-                            code: 1009,
-                            reason: format!("message-too-large: {err}"),
-                        });
+                    if let Some((code, reason)) = crate::hygiene::close_for_read_error(&err) {
+                        outbox.push_reply(Outgoing::Close { code, reason });
                     }
+                    ended = Ended::ReadError;
                     break;
                 }
             },
-            _ = &mut writer => break,
+            finished = &mut writer => {
+                writer_finished = Some(finished);
+                ended = Ended::Writer;
+                break;
+            }
         }
     }
     shared.engine.send(Command::Disconnect { conn });
     metrics::gauge!("vista_connections").decrement(1.0);
-    if !writer.is_finished() {
-        outbox.push_reply(Outgoing::Close {
-            code: 1000,
-            reason: String::new(),
-        });
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer).await;
-        writer.abort();
-    }
+    crate::hygiene::close_and_linger(stream, writer, writer_finished, &outbox, ended).await;
 }
 
 fn reply_issue(outbox: &Outbox, code: &str, message: &str) {

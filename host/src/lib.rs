@@ -7,6 +7,8 @@
 //! - [`server`]: the listening port: WebSocket upgrades and the HTTP API
 //!   (`/ingest/{stream}`, `/plugins`, `/healthz`, `/metrics`).
 //! - [`connection`]: one client: reading its messages, writing its outbox.
+//! - [`hygiene`]: timeouts, the per-IP cap, close codes and the lingering
+//!   close that keep stuck or misbehaving peers from holding connections.
 //! - [`protocol`]: parsing client messages (both message forms).
 //! - [`engine`]: the single owner of plugins, store, views and outboxes,
 //!   on its own thread, reached through commands.
@@ -29,6 +31,7 @@ pub mod connection;
 pub mod demo;
 pub mod engine;
 pub mod frame;
+pub mod hygiene;
 pub mod ingest;
 pub mod outbox;
 pub mod plugins;
@@ -46,8 +49,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -83,6 +84,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Ingest requests read and processed at once; more wait their turn.
     pub max_concurrent_ingests: usize,
+    /// Time a connection gets to send a complete request head, counted from
+    /// accept and, on a keep-alive connection, from the previous response
+    /// (so it is also the idle keep-alive timeout); also the time a
+    /// WebSocket upgrade gets to complete. `None` disables.
+    pub header_timeout: Option<Duration>,
+    /// Open TCP connections allowed from one IP address (0: unlimited);
+    /// more are answered 429 `ip-connection-limit-exceeded`.
+    pub max_connections_per_ip: usize,
 }
 
 /// State shared by every task of a running host.
@@ -167,6 +176,10 @@ fn metrics_handle() -> PrometheusHandle {
 /// queued followed by close 1001 `server-shutdown:` for up to
 /// `config.shutdown_grace`, then drop what is still queued so the close goes
 /// out next, and wait a last moment for the writers.
+///
+/// Each accepted connection is served by [`hygiene::serve_tcp`] (header
+/// timeout, per-IP cap). A failed accept (typically EMFILE) backs off for
+/// 100 ms and is logged at most once per second.
 pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     if let Some(timeout) = shared.config.idle_timeout {
@@ -180,31 +193,29 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             }
         });
     }
+    let ips = hygiene::IpLimiter::new(shared.config.max_connections_per_ip);
+    let accept_errors = hygiene::AcceptErrors::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(err) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::error!(%err, "accept failed; retrying in 100ms");
+                accept_errors.failed(&err);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| server::handle(request, shared.clone()));
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "http connection ended with an error");
-            }
-        });
+        accept_errors.succeeded();
+        tokio::spawn(hygiene::serve_tcp(
+            stream,
+            peer,
+            shared.clone(),
+            ips.clone(),
+        ));
     }
     drop(listener);
     let reason = "server-shutdown: the server is restarting; reconnect";

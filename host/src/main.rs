@@ -104,6 +104,16 @@ struct ServeArgs {
     /// Ingest requests read and processed at once (bounds body memory).
     #[arg(long, env = "VISTA_MAX_CONCURRENT_INGESTS", default_value_t = 64)]
     max_concurrent_ingests: usize,
+    /// Close connections that do not send a complete request head within
+    /// this many seconds of connecting or of their previous response (so
+    /// also the idle keep-alive timeout), or do not complete a WebSocket
+    /// upgrade in that time; 0 disables.
+    #[arg(long, env = "VISTA_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    header_timeout_secs: u64,
+    /// Open TCP connections allowed from one IP address (more get HTTP 429
+    /// `ip-connection-limit-exceeded`); 0 means unlimited.
+    #[arg(long, env = "VISTA_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
+    max_connections_per_ip: usize,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -164,6 +174,9 @@ async fn main() -> anyhow::Result<()> {
         subscribe_burst: args.subscribe_burst,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         max_concurrent_ingests: args.max_concurrent_ingests,
+        header_timeout: (args.header_timeout_secs > 0)
+            .then(|| Duration::from_secs(args.header_timeout_secs)),
+        max_connections_per_ip: args.max_connections_per_ip,
     };
     // Every connection is a file descriptor: use the whole hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -11,11 +11,10 @@
 //! status: 400 malformed body (naming the line), 404 unknown stream or
 //! route, 413 body over the limit, 422 projector error (naming the plugin),
 //! 503 projector timeout or stuck plugin (naming the plugin).
-//!
-//! Handlers never do heavy work on the async workers: an ingest body is
-//! split into events on a blocking thread and handed to the engine thread;
-//! the handler awaits its answer. `/healthz` and `/metrics` never touch the
-//! engine, so they answer however busy it is.
+//! Upgrades over `max_connections` get 503 `connection-limit-exceeded`;
+//! connections over the per-IP cap are answered 429
+//! `ip-connection-limit-exceeded` before reaching this module
+//! ([`crate::hygiene`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,7 +40,12 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
+pub(crate) fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    extra: Value,
+) -> HttpResponse {
     let mut body = json!({"error": code, "message": message});
     if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
         body.extend(extra);
@@ -126,15 +130,17 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         .write_buffer_size(16 << 10)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
+    let ip_slot = crate::hygiene::take_ip_slot(request);
     match hyper_tungstenite::upgrade(request, Some(config)) {
         Ok((response, websocket)) => {
             let conn = shared.next_conn_id();
             tokio::spawn(async move {
-                match websocket.await {
-                    Ok(socket) => crate::connection::serve(socket, conn, shared).await,
-                    Err(err) => tracing::debug!(%err, "websocket handshake failed"),
+                if let Some(socket) =
+                    crate::hygiene::finish_upgrade(websocket, &shared.config).await
+                {
+                    crate::connection::serve(socket, conn, shared).await;
                 }
-                drop(slot);
+                drop((slot, ip_slot));
             });
             response
         }

@@ -23,6 +23,13 @@
 //! 2. *commit*: when every projector answered, their mutations are applied
 //!    to the store in event order (then plugin name order), views are
 //!    maintained and frames delivered; then the HTTP request is answered.
+//!    A big request commits in chunks of [`COMMIT_CHUNK`] mutations, and
+//!    the engine handles waiting commands and other requests' commits
+//!    between chunks, so a 10,000-event request delays nobody else by more
+//!    than one chunk. Each mutation is still either in a snapshot or sent as
+//!    a frame; a snapshot taken between chunks holds part of the request.
+//!    A request's plugins stay busy until its commit ends, so the next
+//!    request for them projects over the committed state.
 //!
 //! A projector that makes no progress for `--projector-timeout-ms` is
 //! *stuck*: its request is answered 503 `projector-timeout` with nothing
@@ -248,6 +255,10 @@ impl EngineHandle {
     }
 }
 
+/// Mutations applied per commit step before the engine looks at its
+/// commands again.
+pub const COMMIT_CHUNK: usize = 512;
+
 /// Starts the engine thread; it runs until every [`EngineHandle`] is dropped.
 pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) {
     let handle = EngineHandle {
@@ -264,11 +275,20 @@ pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) 
             // so the channel never disconnects; `Stop` is implied by the
             // process ending.
             loop {
-                let wait = engine.next_deadline().unwrap_or(Duration::from_secs(3600));
-                match commands.recv_timeout(wait) {
-                    Ok(command) => engine.handle(command),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                if engine.committing.is_empty() {
+                    let wait = engine.next_deadline().unwrap_or(Duration::from_secs(3600));
+                    match commands.recv_timeout(wait) {
+                        Ok(command) => engine.handle(command),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    engine.commit_step();
+                    // Between chunks: whatever arrived meanwhile, bounded so
+                    // a command flood cannot starve the commit.
+                    for command in commands.try_iter().take(256) {
+                        engine.handle(command);
+                    }
                 }
                 engine.check_deadlines();
             }
@@ -300,6 +320,16 @@ struct Part {
     progress_at: Instant,
 }
 
+/// A request whose projections all succeeded, being applied chunk by chunk.
+struct Commit {
+    /// Mutations in commit order, still to apply.
+    mutations: std::vec::IntoIter<Mutation>,
+    plugins: Vec<String>,
+    ticket: u64,
+    events: usize,
+    reply: oneshot::Sender<Result<Ingested, IngestError>>,
+}
+
 /// An ingest request waiting for a busy plugin.
 struct Waiting {
     stream: String,
@@ -325,6 +355,8 @@ pub struct Engine {
     /// Plugins projecting a request, and which.
     busy: HashMap<String, u64>,
     deferred: VecDeque<Waiting>,
+    /// Requests being committed, taking turns chunk by chunk.
+    committing: VecDeque<Commit>,
     next_ticket: u64,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
@@ -346,6 +378,7 @@ impl Engine {
             in_flight: HashMap::new(),
             busy: HashMap::new(),
             deferred: VecDeque::new(),
+            committing: VecDeque::new(),
             next_ticket: 1,
             commands,
             queue: Some(queue),
@@ -708,8 +741,9 @@ impl Engine {
 
     /// A projector thread answered.
     fn projected(&mut self, projected: Projected) {
-        if self.busy.get(&projected.plugin) == Some(&projected.ticket) {
-            self.busy.remove(&projected.plugin);
+        if !self.in_flight.contains_key(&projected.ticket) {
+            // A request already answered (failed or timed out elsewhere).
+            self.release(&projected.plugin, projected.ticket);
         }
         if let Some(request) = self.in_flight.get_mut(&projected.ticket) {
             if let Some(part) = request
@@ -745,6 +779,11 @@ impl Engine {
             let Some(Err(failure)) = &part.outcome else {
                 unreachable!("matched above")
             };
+            // Plugins that answered are free; the others are freed when
+            // they answer.
+            for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
+                self.release(&answered.plugin, ticket);
+            }
             let _ = request.reply.send(Err(IngestError::Projector {
                 plugin: part.plugin.clone(),
                 position: failure.position,
@@ -752,6 +791,7 @@ impl Engine {
             }));
             return;
         }
+        let plugins: Vec<String> = request.parts.iter().map(|p| p.plugin.clone()).collect();
         let outcomes: Vec<Vec<Vec<Mutation>>> = request
             .parts
             .into_iter()
@@ -760,37 +800,68 @@ impl Engine {
                 _ => unreachable!("every part answered without error"),
             })
             .collect();
-        let seq = self.commit(outcomes);
-        metrics::counter!("vista_events_ingested_total").increment(request.body.len() as u64);
-        let _ = request.reply.send(Ok(Ingested {
-            accepted: request.body.len(),
-            seq,
-        }));
-    }
-
-    /// Applies the mutations in event order (then plugin order) and
-    /// delivers the frames. Returns the last `_seq`.
-    fn commit(&mut self, outcomes: Vec<Vec<Vec<Mutation>>>) -> String {
-        let total: usize = outcomes.iter().flatten().map(Vec::len).sum();
+        // Event order, then plugin order.
         let events = outcomes.first().map_or(0, Vec::len);
         let mut per_plugin: Vec<std::vec::IntoIter<Vec<Mutation>>> =
             outcomes.into_iter().map(Vec::into_iter).collect();
-        let mut deliveries = Deliveries::new(total);
-        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut ordered = Vec::new();
         for _ in 0..events {
             for produced in &mut per_plugin {
-                for mutation in produced.next().unwrap_or_default() {
-                    let change = store.apply(mutation);
-                    self.views.apply(&change, &store, &mut |conn, frame| {
-                        deliveries.push(conn, frame)
-                    });
-                }
+                ordered.extend(produced.next().unwrap_or_default());
             }
+        }
+        self.committing.push_back(Commit {
+            mutations: ordered.into_iter(),
+            plugins,
+            ticket,
+            events: request.body.len(),
+            reply: request.reply,
+        });
+        if self.committing.len() == 1 {
+            // Nothing else is committing: small requests finish at once.
+            self.commit_step();
+        }
+    }
+
+    /// Applies the next chunk of the oldest commit and delivers its frames;
+    /// a finished commit answers its request, an unfinished one goes to the
+    /// back of the line.
+    fn commit_step(&mut self) {
+        let Some(mut commit) = self.committing.pop_front() else {
+            return;
+        };
+        let chunk = commit.mutations.len().min(COMMIT_CHUNK);
+        let mut deliveries = Deliveries::new(chunk);
+        let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        for mutation in commit.mutations.by_ref().take(chunk) {
+            let change = store.apply(mutation);
+            self.views.apply(&change, &store, &mut |conn, frame| {
+                deliveries.push(conn, frame)
+            });
         }
         let seq = store.last_seq();
         drop(store);
         deliveries.flush(&self.conns);
-        seq
+        if commit.mutations.len() > 0 {
+            self.committing.push_back(commit);
+            return;
+        }
+        for plugin in &commit.plugins {
+            self.release(plugin, commit.ticket);
+        }
+        metrics::counter!("vista_events_ingested_total").increment(commit.events as u64);
+        let _ = commit.reply.send(Ok(Ingested {
+            accepted: commit.events,
+            seq,
+        }));
+        self.pump_deferred();
+    }
+
+    /// Frees `plugin` if it is busy with `ticket`.
+    fn release(&mut self, plugin: &str, ticket: u64) {
+        if self.busy.get(plugin) == Some(&ticket) {
+            self.busy.remove(plugin);
+        }
     }
 
     /// Dispatches waiting requests whose plugins are free, keeping each
@@ -859,10 +930,12 @@ impl Engine {
                     ));
                 }
             }
-            if self.busy.get(&name) == Some(&ticket) {
-                self.busy.remove(&name);
-            }
+            self.release(&name, ticket);
             if let Some(request) = self.in_flight.remove(&ticket) {
+                // Plugins of this request that answered are free.
+                for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
+                    self.release(&answered.plugin, ticket);
+                }
                 let _ = request.reply.send(Err(IngestError::ProjectorTimeout {
                     plugin: name,
                     timeout_ms,

@@ -57,6 +57,7 @@ pub fn ensure_built() {
             "vista-fixture-panicky",
             "vista-fixture-bad-filter",
             "vista-fixture-manifest-panics",
+            "vista-fixture-spinner",
         ] {
             command.args(["-p", package]);
         }
@@ -386,6 +387,11 @@ impl WsClient {
         WsClient { ws }
     }
 
+    /// The underlying WebSocket, to split into sink and stream.
+    pub fn into_inner(self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+
     /// Sends a JSON value as a text message.
     pub async fn send(&mut self, value: Value) {
         self.ws
@@ -581,5 +587,43 @@ impl Host {
             http: reqwest::Client::new(),
             _dir: dir,
         }
+    }
+}
+
+impl Host {
+    /// Sends SIGTERM to the host (graceful shutdown).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `limit` for the host to exit; its exit status, if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for vista") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `GET /healthz`, returning how long the answer took (panics unless 200).
+    pub async fn healthz_latency(&self) -> Duration {
+        let started = std::time::Instant::now();
+        let response = self
+            .http
+            .get(format!("{}/healthz", self.http_url()))
+            .send()
+            .await
+            .expect("GET /healthz");
+        assert_eq!(response.status(), 200);
+        started.elapsed()
     }
 }

@@ -9,7 +9,13 @@
 //! target/release/loadgen latency  --clients 100 --rate 2000 --seconds 10
 //! target/release/loadgen idle     --clients 15000
 //! target/release/loadgen snapshot --entities 100000 --clients 100
+//! target/release/loadgen ingest   --events 20000
 //! ```
+//!
+//! `ingest` measures the host alone: the cost per event of requests of 10
+//! to 10,000 events, all on one key (trades on one token, which read and
+//! append to it) or on spread keys (token creations), and one request of
+//! 4,000 trades on a fresh token.
 //!
 //! The tool starts the servers itself (so it knows their pids and can read
 //! their CPU time and resident memory from `/proc`), opens the WebSocket
@@ -103,6 +109,14 @@ enum Scenario {
         /// Entities in the view.
         #[arg(long, default_value_t = 100_000)]
         entities: usize,
+    },
+    /// Per-event ingest cost by request size, same key and spread keys.
+    Ingest {
+        #[command(flatten)]
+        common: Common,
+        /// Events per request size (at least one request each).
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
     },
     /// (internal) Run the baseline broadcaster.
     BaselineServer {
@@ -487,6 +501,7 @@ struct StreamRun {
     events: usize,
     connect_seconds: f64,
     ingest_seconds: f64,
+    ingest_events_per_second: f64,
     deliver_seconds: f64,
     expected_frames: u64,
     delivered_frames: u64,
@@ -566,6 +581,7 @@ async fn stream_run(
         events,
         connect_seconds: connect_time.as_secs_f64(),
         ingest_seconds: ingest_time.as_secs_f64(),
+        ingest_events_per_second: events as f64 / ingest_time.as_secs_f64(),
         deliver_seconds: deliver_time.as_secs_f64(),
         expected_frames: expected,
         delivered_frames: delivered,
@@ -598,6 +614,7 @@ async fn compare(common: &Common, events: usize, rate: Option<usize>) -> anyhow:
         report["ratio_vista_to_baseline"] = json!({
             "host_cpu_per_frame": ratio(vista.host_cpu_us_per_frame, baseline.host_cpu_us_per_frame),
             "frames_per_second": ratio(vista.frames_per_second, baseline.frames_per_second),
+            "ingest_events_per_second": ratio(vista.ingest_events_per_second, baseline.ingest_events_per_second),
             "latency_p99": ratio(vista.latency.p99_ms, baseline.latency.p99_ms),
             "rss_connected": ratio(vista.rss_kib_connected as f64, baseline.rss_kib_connected as f64),
         });
@@ -607,6 +624,63 @@ async fn compare(common: &Common, events: usize, rate: Option<usize>) -> anyhow:
         );
     }
     Ok(report)
+}
+
+/// Trades `from..from+count` on one token, as NDJSON.
+fn trade_events(mint: &str, from: usize, count: usize) -> String {
+    (from..from + count)
+        .map(|i| {
+            format!("{{\"type\":\"trade\",\"id\":\"t{i}\",\"mint\":\"{mint}\",\"price\":{i},\"amount\":1}}\n")
+        })
+        .collect()
+}
+
+/// Per-event ingest cost for request sizes 10..10,000, on one key and on
+/// spread keys, against one host with no subscribers.
+async fn ingest_scaling(common: &Common, events: usize) -> anyhow::Result<Value> {
+    let server = Server::start(Target::Vista, common)?;
+    let http = reqwest::Client::new();
+    let mut rows = Vec::new();
+    let mut next_id = 0;
+    let mut next_mint = 0;
+    for size in [10usize, 100, 1_000, 10_000] {
+        let requests = (events / size).max(1);
+        // Same key: trades on one token (each reads and appends to it).
+        let mint = format!("same{size}");
+        ingest(&http, &server.addr, format!("{{\"type\":\"token_created\",\"mint\":\"{mint}\",\"symbol\":\"S\",\"decimals\":0,\"supply\":1}}\n")).await?;
+        let started = Instant::now();
+        for _ in 0..requests {
+            ingest(&http, &server.addr, trade_events(&mint, next_id, size)).await?;
+            next_id += size;
+        }
+        let same_us = started.elapsed().as_secs_f64() * 1e6 / (requests * size) as f64;
+        // Spread keys: token creations, one key each.
+        let started = Instant::now();
+        for _ in 0..requests {
+            ingest(&http, &server.addr, token_events(next_mint, size, usize::MAX, false)).await?;
+            next_mint += size;
+        }
+        let spread_us = started.elapsed().as_secs_f64() * 1e6 / (requests * size) as f64;
+        eprintln!("{size:>6} events/request: same key {same_us:.2} µs/event, spread keys {spread_us:.2} µs/event");
+        rows.push(json!({"events_per_request": size, "requests": requests, "same_key_us_per_event": same_us, "spread_keys_us_per_event": spread_us}));
+    }
+    ingest(&http, &server.addr, "{\"type\":\"token_created\",\"mint\":\"fresh\",\"symbol\":\"S\",\"decimals\":0,\"supply\":1}\n".into()).await?;
+    let started = Instant::now();
+    ingest(&http, &server.addr, trade_events("fresh", next_id, 4_000)).await?;
+    let four_thousand_ms = started.elapsed().as_secs_f64() * 1e3;
+    eprintln!("4,000 trades on one token in one request: {four_thousand_ms:.1} ms");
+    let column = |name: &str| rows.iter().map(|r| r[name].as_f64().unwrap_or(0.0)).collect::<Vec<f64>>();
+    let spread = |values: Vec<f64>| {
+        let max = values.iter().cloned().fold(f64::MIN, f64::max);
+        let min = values.iter().cloned().fold(f64::MAX, f64::min);
+        max / min
+    };
+    Ok(json!({
+        "sizes": rows,
+        "same_key_max_over_min": spread(column("same_key_us_per_event")),
+        "spread_keys_max_over_min": spread(column("spread_keys_us_per_event")),
+        "four_thousand_trades_one_request_ms": four_thousand_ms,
+    }))
 }
 
 fn summarize(run: &StreamRun) {
@@ -750,6 +824,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Idle { common, hold } => json!({"scenario": "idle", "result": idle(&common, hold).await?}),
             Scenario::Snapshot { common, entities } => json!({"scenario": "snapshot", "result": snapshot(&common, entities).await?}),
+            Scenario::Ingest { common, events } => json!({"scenario": "ingest", "result": ingest_scaling(&common, events).await?}),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())

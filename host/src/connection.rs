@@ -35,7 +35,7 @@ use crate::engine::Command;
 use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing};
 use crate::protocol::{parse_client_message, ClientMessage};
-use crate::views::ConnId;
+use crate::vocab::ConnId;
 use crate::Shared;
 
 /// Serves one upgraded WebSocket until either side closes it.
@@ -55,10 +55,7 @@ where
         conn,
         outbox: outbox.clone(),
     });
-    let mut limiter = TokenBucket::new(
-        shared.config.subscribe_rate,
-        shared.config.subscribe_burst,
-    );
+    let mut limiter = TokenBucket::new(shared.config.subscribe_rate, shared.config.subscribe_burst);
     metrics::gauge!("vista_connections").increment(1.0);
     let mut writer = tokio::spawn(crate::hygiene::write_returning_sink(sink, outbox.clone()));
     let mut writer_finished = None;
@@ -160,9 +157,7 @@ fn handle_text(
             shared.engine.send(Command::Subscribe { conn, request });
         }
         Ok(ClientMessage::Unsubscribe { view, key }) => {
-            shared
-                .engine
-                .send(Command::Unsubscribe { conn, view, key });
+            shared.engine.send(Command::Unsubscribe { conn, view, key });
         }
         Ok(ClientMessage::Ping) => {}
         Ok(ClientMessage::RefreshAuth) => {
@@ -209,7 +204,6 @@ where
                         sink.feed(to_message(frame.clone())).await?;
                     }
                 }
-                Outgoing::Cancel(_) => {}
                 Outgoing::Close { code, reason } => {
                     if code != 1000 {
                         tracing::info!(code, %reason, "closing client connection");

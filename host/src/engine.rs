@@ -47,11 +47,12 @@ use vista_plugin_api::{Manifest, Mutation};
 
 use crate::frame::{socket_issue, Frame};
 use crate::ingest::IngestBody;
-use crate::outbox::{Outbox, Outgoing, PushError, Pushed};
+use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
 use crate::plugins::{self, LoadError, PluginLibrary, PluginReport, PluginState};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
 use crate::store::Store;
-use crate::views::{ConnId, Removed, SubscribeRequest, Views};
+use crate::views::{Notice, Removed, Views};
+use crate::vocab::{ConnId, SubscribeRequest};
 
 /// Result of a successful ingest.
 #[derive(Debug, PartialEq, Eq)]
@@ -515,9 +516,11 @@ impl Engine {
         let manifest = lib.manifest.clone();
         let name = manifest.name.clone();
         for entity in &manifest.entities {
-            if let Some(owner) = self.plugins.values().find(|p| {
-                p.lib.manifest.name != name && p.lib.manifest.entities.contains(entity)
-            }) {
+            if let Some(owner) = self
+                .plugins
+                .values()
+                .find(|p| p.lib.manifest.name != name && p.lib.manifest.entities.contains(entity))
+            {
                 return Err(InstallError::EntityTaken {
                     entity: entity.name.clone(),
                     owner: owner.lib.manifest.name.clone(),
@@ -540,7 +543,7 @@ impl Engine {
         })
         .map_err(|e| InstallError::Thread(e.to_string()))?;
         let previous = self.plugins.remove(&name);
-        let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
+        let mut notes: Vec<(ConnId, Notice)> = Vec::new();
         self.apply_manifest_change(
             previous.as_ref().map(|p| &p.lib.manifest),
             Some(&manifest),
@@ -598,7 +601,7 @@ impl Engine {
             return;
         };
         let plugin = self.plugins.remove(&name).expect("found above");
-        let mut notes: Vec<(ConnId, Outgoing)> = Vec::new();
+        let mut notes: Vec<(ConnId, Notice)> = Vec::new();
         self.apply_manifest_change(Some(&plugin.lib.manifest), None, &mut |conn, item| {
             notes.push((conn, item))
         });
@@ -614,7 +617,7 @@ impl Engine {
         &mut self,
         old: Option<&Manifest>,
         new: Option<&Manifest>,
-        notify: &mut dyn FnMut(ConnId, Outgoing),
+        notify: &mut dyn FnMut(ConnId, Notice),
     ) {
         let entities = |m: Option<&Manifest>| -> Vec<String> {
             m.map(|m| m.entities.iter().map(|e| e.name.clone()).collect())
@@ -654,10 +657,10 @@ impl Engine {
     }
 
     /// Queues view-change notices on their connections' outboxes.
-    fn send_notes(&self, notes: Vec<(ConnId, Outgoing)>) {
-        for (conn, item) in notes {
+    fn send_notes(&self, notes: Vec<(ConnId, Notice)>) {
+        for (conn, notice) in notes {
             if let Some(outbox) = self.conns.get(&conn) {
-                outbox.push_reply(item);
+                tell(outbox, notice);
             }
         }
     }
@@ -667,12 +670,12 @@ impl Engine {
         let consumers: Vec<String> = self
             .plugins
             .values()
-            .filter(|p| p.lib.manifest.streams.iter().any(|s| *s == request.stream))
+            .filter(|p| p.lib.manifest.streams.contains(&request.stream))
             .map(|p| p.lib.manifest.name.clone())
             .collect();
         let shares_a_plugin = |w: &Waiting| {
             self.consumers(&w.stream)
-                .any(|name| consumers.iter().any(|c| *c == name))
+                .any(|name| consumers.contains(&name))
         };
         let waits = consumers.iter().any(|c| self.busy.contains_key(c))
             || self.deferred.iter().any(shares_a_plugin);
@@ -735,7 +738,8 @@ impl Engine {
                 outcome,
             });
         }
-        self.in_flight.insert(ticket, InFlight { body, reply, parts });
+        self.in_flight
+            .insert(ticket, InFlight { body, reply, parts });
         self.finish_if_done(ticket);
     }
 
@@ -892,7 +896,9 @@ impl Engine {
         self.in_flight
             .values()
             .flat_map(|r| r.parts.iter().filter(|p| p.outcome.is_none()))
-            .map(|p| (p.progress_at + self.projector_timeout).saturating_duration_since(Instant::now()))
+            .map(|p| {
+                (p.progress_at + self.projector_timeout).saturating_duration_since(Instant::now())
+            })
             .min()
             .map(|d| d.max(Duration::from_millis(1)))
     }
@@ -925,9 +931,8 @@ impl Engine {
                 plugin.worker.demote();
                 if let Some(report) = self.reports.get_mut(&plugin.lib.file) {
                     report.state = PluginState::Stuck;
-                    report.last_error = Some(format!(
-                        "projector made no progress for {timeout_ms} ms"
-                    ));
+                    report.last_error =
+                        Some(format!("projector made no progress for {timeout_ms} ms"));
                 }
             }
             self.release(&name, ticket);
@@ -973,7 +978,7 @@ impl Engine {
         }
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         match self.views.subscribe(conn, request, &store) {
-            Ok(start) => start.send(conn, &mut |_, item| outbox.push_reply(item)),
+            Ok(start) => start.send(conn, &mut |_, notice| tell(&outbox, notice)),
             Err(_) => {
                 tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
                 outbox.push_reply(Outgoing::Frame(socket_issue(
@@ -1020,6 +1025,23 @@ impl Engine {
     /// Number of entities of one type (tests and benchmarks).
     pub fn entity_count(&self, entity: &str) -> usize {
         self.store().table(entity).count()
+    }
+}
+
+/// Queues what views asked to tell a connection.
+fn tell(outbox: &Outbox, notice: Notice) {
+    match notice {
+        Notice::Frame(frame) => outbox.push_reply(Outgoing::Frame(frame)),
+        Notice::Snapshot {
+            snapshot,
+            generation,
+        } => outbox.push_reply(Outgoing::Snapshot(SnapshotJob {
+            snapshot,
+            generation,
+        })),
+        Notice::Cancel(generation) => {
+            outbox.cancel_snapshot(generation);
+        }
     }
 }
 

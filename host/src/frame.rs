@@ -15,6 +15,8 @@ use flate2::{write::GzEncoder, Compression};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
+pub use crate::vocab::{Mode, Op};
+
 /// Frames at least this long are sent gzipped.
 pub const GZIP_THRESHOLD: usize = 1024;
 
@@ -114,18 +116,6 @@ impl Serialize for SafeJson<'_> {
             other => other.serialize(serializer),
         }
     }
-}
-
-/// Streaming mode of a view, as named on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Many entities, snapshot then changes.
-    List,
-    /// One entity by key.
-    State,
-    /// New events only, no snapshot.
-    Append,
 }
 
 /// `{"op":"subscribed",...}`: first frame of every subscription.
@@ -274,18 +264,6 @@ pub fn snapshot_batches(total: usize) -> impl Iterator<Item = std::ops::Range<us
         start = end.max(start + 1);
         Some(range)
     })
-}
-
-/// Kinds of entity frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Op {
-    /// Partial state, deep-merged by the client.
-    Patch,
-    /// Full entity, replacing the client's copy.
-    Upsert,
-    /// The key leaves the view.
-    Delete,
 }
 
 /// The content of a `patch`/`upsert`/`delete` frame.

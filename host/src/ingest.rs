@@ -31,7 +31,10 @@ impl IngestBody {
     /// object per non-blank line).
     pub fn parse(body: Bytes) -> Result<IngestBody, MalformedBody> {
         let text = std::str::from_utf8(&body).map_err(|err| MalformedBody {
-            position: 1 + body[..err.valid_up_to()].iter().filter(|b| **b == b'\n').count(),
+            position: 1 + body[..err.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count(),
             message: "body is not UTF-8".into(),
         })?;
         let base = text.as_ptr() as usize;
@@ -41,11 +44,10 @@ impl IngestBody {
         };
         let mut events = Vec::new();
         if text.trim_start().starts_with('[') {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(text).map_err(|e| MalformedBody {
-                    position: e.line(),
-                    message: format!("invalid JSON array: {e}"),
-                })?;
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| MalformedBody {
+                position: e.line(),
+                message: format!("invalid JSON array: {e}"),
+            })?;
             for (i, raw) in items.into_iter().enumerate() {
                 if !raw.get().starts_with('{') {
                     return Err(MalformedBody {
@@ -141,7 +143,9 @@ mod tests {
 
     #[test]
     fn invalid_utf8_names_its_line() {
-        let err = IngestBody::parse(Bytes::from_static(b"{\"a\":1}\n{\"b\":\"\xff\"}")).err().unwrap();
+        let err = IngestBody::parse(Bytes::from_static(b"{\"a\":1}\n{\"b\":\"\xff\"}"))
+            .err()
+            .unwrap();
         assert_eq!(err.position, 2);
     }
 }

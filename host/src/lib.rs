@@ -21,6 +21,7 @@
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
 //! - [`frame`]: encoding frames once (JSON, safe integers, gzip).
 //! - [`outbox`]: the bounded per-connection queue between engine and socket.
+//! - [`vocab`]: the shared words: connection ids, subscribe requests, modes, ops.
 //! - [`watcher`]: hot reload: watching the plugins directory.
 //! - [`scaffold`]: `vista plugin new`.
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
@@ -41,6 +42,7 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod views;
+pub mod vocab;
 pub mod watcher;
 
 use std::future::Future;
@@ -231,7 +233,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     });
     if !shared.wait_for_clients(shared.config.shutdown_grace).await {
         let left = shared.open_connections.load(Ordering::Acquire);
-        tracing::warn!(left, "grace period over; closing clients that are still behind");
+        tracing::warn!(
+            left,
+            "grace period over; closing clients that are still behind"
+        );
         shared.engine.send(Command::CloseAll {
             code: 1001,
             reason: reason.into(),
@@ -248,7 +253,8 @@ impl Shared {
         let deadline = Instant::now() + limit;
         let idle = || {
             self.open_connections.load(Ordering::Acquire) == 0
-                && self.ingest_permits.available_permits() == self.config.max_concurrent_ingests.max(1)
+                && self.ingest_permits.available_permits()
+                    == self.config.max_concurrent_ingests.max(1)
         };
         while !idle() {
             if Instant::now() >= deadline {

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::frame::{EntityUpdate, Frame, Snapshot};
-use crate::views::ConnId;
+use crate::vocab::ConnId;
 
 /// A snapshot queued for one subscription.
 pub struct SnapshotJob {
@@ -57,9 +57,6 @@ pub enum Outgoing {
     /// A snapshot, encoded in batches off the engine (and shared with
     /// other subscribers of the same snapshot).
     Snapshot(SnapshotJob),
-    /// Not queued: drops the queued snapshot of this subscription
-    /// generation (its subscription was removed).
-    Cancel(u64),
     /// A WebSocket ping (liveness check of a quiet client).
     Ping,
     /// Close the connection with this code and reason, after what is queued.
@@ -249,10 +246,6 @@ impl Outbox {
     /// queue already past the bound closes the client instead
     /// (`slow-consumer:`): it asks for more than it reads.
     pub fn push_reply(&self, item: Outgoing) {
-        if let Outgoing::Cancel(generation) = item {
-            self.cancel_snapshot(generation);
-            return;
-        }
         let mut queue = self.queue.lock().expect("outbox lock");
         if queue.closing {
             return;
@@ -293,11 +286,9 @@ impl Outbox {
     /// writer has not taken it yet. Returns whether one was dropped.
     pub fn cancel_snapshot(&self, generation: u64) -> bool {
         let mut queue = self.queue.lock().expect("outbox lock");
-        let Some(at) = queue
-            .items
-            .iter()
-            .position(|item| matches!(item, Outgoing::Snapshot(job) if job.generation == generation))
-        else {
+        let Some(at) = queue.items.iter().position(
+            |item| matches!(item, Outgoing::Snapshot(job) if job.generation == generation),
+        ) else {
             return false;
         };
         if let Some(Outgoing::Snapshot(job)) = queue.items.remove(at) {
@@ -498,7 +489,7 @@ mod tests {
         outbox.push_reply(snapshot_job(10, 2));
         assert!(outbox.cancel_snapshot(1));
         assert!(!outbox.cancel_snapshot(1), "already gone");
-        outbox.push_reply(Outgoing::Cancel(2));
+        assert!(outbox.cancel_snapshot(2));
         let items: Vec<Outgoing> = outbox.drain().await.into();
         assert_eq!(items.len(), 1);
         assert!(matches!(&items[0], Outgoing::Frame(f) if f.len() == 5));

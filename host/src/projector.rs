@@ -91,7 +91,10 @@ impl ProjectorWorker {
             .name(format!("projector-{}", lib.manifest.name))
             .spawn(move || {
                 // SAFETY: gettid has no preconditions.
-                tid.store(unsafe { libc::syscall(libc::SYS_gettid) } as i32, Ordering::Relaxed);
+                tid.store(
+                    unsafe { libc::syscall(libc::SYS_gettid) } as i32,
+                    Ordering::Relaxed,
+                );
                 while let Ok(job) = queue.recv() {
                     let outcome = project_request(&lib, &store, &job, &counter);
                     done(Projected {
@@ -145,7 +148,8 @@ fn project_request(
     for (position, json) in job.body.events() {
         let fail = |message: String| ProjectFailure { position, message };
         let mutations = {
-            let reader = FnStateReader(|entity: &str, key: &str| overlay.read(entity, key, &produced));
+            let reader =
+                FnStateReader(|entity: &str, key: &str| overlay.read(entity, key, &produced));
             lib.project(&job.stream, json, &reader).map_err(fail)?
         };
         for (index, mutation) in mutations.iter().enumerate() {
@@ -280,11 +284,16 @@ mod tests {
             vec![Mutation::patch("T", "k", json!({"l": [2, 3]})).append_capped("l", 2)],
         ];
         overlay.stage(&produced[0][0], (0, 0));
-        let first: Value = serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
-        assert_eq!((first["n"].clone(), first["keep"].clone()), (json!(2), json!(true)));
+        let first: Value =
+            serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
+        assert_eq!(
+            (first["n"].clone(), first["keep"].clone()),
+            (json!(2), json!(true))
+        );
         overlay.stage(&produced[1][0], (1, 0));
         overlay.stage(&produced[2][0], (2, 0));
-        let later: Value = serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
+        let later: Value =
+            serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
         assert_eq!(later["l"], json!([2, 3]));
         assert!(overlay.read("T", "other", &produced).is_none());
         overlay.stage(&Mutation::delete("T", "k"), (0, 0));

@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::views::SubscribeRequest;
+use crate::vocab::SubscribeRequest;
 
 /// One message from a client.
 #[derive(Debug, Clone, PartialEq)]

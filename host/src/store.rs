@@ -176,15 +176,24 @@ mod tests {
     #[test]
     fn a_trimmed_capped_array_is_sent_whole() {
         let mut store = Store::new();
-        let push = |n: u64| Mutation::patch("T", "k", json!({"a": {"recent": [n]}})).append_capped("a.recent", 3);
+        let push = |n: u64| {
+            Mutation::patch("T", "k", json!({"a": {"recent": [n]}})).append_capped("a.recent", 3)
+        };
         for n in 1..=3 {
             let change = store.apply(push(n));
-            assert_eq!(change.append, vec!["a.recent".to_owned()], "no trim: append");
+            assert_eq!(
+                change.append,
+                vec!["a.recent".to_owned()],
+                "no trim: append"
+            );
             assert_eq!(change.patch.unwrap()["a"]["recent"], json!([n]));
         }
         let change = store.apply(push(4));
         assert!(change.append.is_empty(), "trimmed: replace");
         assert_eq!(change.patch.unwrap()["a"]["recent"], json!([2, 3, 4]));
-        assert_eq!(store.get("T", "k").unwrap()["a"]["recent"], json!([2, 3, 4]));
+        assert_eq!(
+            store.get("T", "k").unwrap()["a"]["recent"],
+            json!([2, 3, 4])
+        );
     }
 }

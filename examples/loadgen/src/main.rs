@@ -657,7 +657,12 @@ async fn ingest_scaling(common: &Common, events: usize) -> anyhow::Result<Value>
         // Spread keys: token creations, one key each.
         let started = Instant::now();
         for _ in 0..requests {
-            ingest(&http, &server.addr, token_events(next_mint, size, usize::MAX, false)).await?;
+            ingest(
+                &http,
+                &server.addr,
+                token_events(next_mint, size, usize::MAX, false),
+            )
+            .await?;
             next_mint += size;
         }
         let spread_us = started.elapsed().as_secs_f64() * 1e6 / (requests * size) as f64;
@@ -669,7 +674,11 @@ async fn ingest_scaling(common: &Common, events: usize) -> anyhow::Result<Value>
     ingest(&http, &server.addr, trade_events("fresh", next_id, 4_000)).await?;
     let four_thousand_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!("4,000 trades on one token in one request: {four_thousand_ms:.1} ms");
-    let column = |name: &str| rows.iter().map(|r| r[name].as_f64().unwrap_or(0.0)).collect::<Vec<f64>>();
+    let column = |name: &str| {
+        rows.iter()
+            .map(|r| r[name].as_f64().unwrap_or(0.0))
+            .collect::<Vec<f64>>()
+    };
     let spread = |values: Vec<f64>| {
         let max = values.iter().cloned().fold(f64::MIN, f64::max);
         let min = values.iter().cloned().fold(f64::MAX, f64::min);

@@ -1,0 +1,411 @@
+//! One view: its definition, its index, its subscribers grouped by what
+//! they see, and the frames one change produces for them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
+
+use super::index::{OrderedIndex, Window};
+use crate::frame::{EntityUpdate, Frame, WireSort};
+use crate::store::{Change, Store};
+use crate::vocab::{ConnId, Mode, Op, SubscribeRequest};
+
+/// Subscribers sharing one window of a list view.
+pub(crate) struct WindowGroup {
+    /// Keys currently in the window, in order: what these clients hold.
+    pub(crate) members: Vec<String>,
+    pub(crate) conns: HashSet<ConnId>,
+}
+
+/// Where one subscription is registered inside its view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Slot {
+    All,
+    Key(String),
+    Window(Window),
+}
+
+#[derive(Default)]
+pub(crate) struct Subscribers {
+    pub(crate) all: HashSet<ConnId>,
+    pub(crate) by_key: HashMap<String, HashSet<ConnId>>,
+    pub(crate) windows: HashMap<Window, WindowGroup>,
+}
+
+/// One view: its definition, index and subscribers.
+pub struct View {
+    /// View id, e.g. `Token/list`.
+    pub id: Arc<str>,
+    /// Source entity type.
+    pub source: String,
+    /// Streaming mode.
+    pub mode: Mode,
+    /// Name of the plugin providing the view.
+    pub plugin: String,
+    /// The definition (filter/sort/limit) for derived views; `None` for base views.
+    pub def: Option<ViewDef>,
+    /// Effective sort for list views.
+    pub(crate) sort: SortSpec,
+    pub(crate) index: OrderedIndex,
+    pub(crate) subs: Subscribers,
+}
+
+impl View {
+    pub(crate) fn new(
+        id: &str,
+        source: &str,
+        mode: Mode,
+        plugin: &str,
+        def: Option<ViewDef>,
+    ) -> Self {
+        let sort = def.as_ref().map_or_else(
+            || SortSpec {
+                field: "_seq".into(),
+                order: Order::Desc,
+            },
+            ViewDef::effective_sort,
+        );
+        Self {
+            id: id.into(),
+            source: source.to_owned(),
+            mode,
+            plugin: plugin.to_owned(),
+            def,
+            sort,
+            index: OrderedIndex::default(),
+            subs: Subscribers::default(),
+        }
+    }
+
+    pub(crate) fn desc(&self) -> bool {
+        self.sort.order == Order::Desc
+    }
+
+    pub(crate) fn is_derived(&self) -> bool {
+        self.def.is_some()
+    }
+
+    pub(crate) fn matches(&self, entity: &Value) -> bool {
+        self.def.as_ref().is_none_or(|d| d.matches(entity))
+    }
+
+    /// The wire `sort` of list views.
+    pub fn wire_sort(&self) -> Option<WireSort> {
+        (self.mode == Mode::List).then(|| WireSort {
+            field: self.sort.field.split('.').map(str::to_owned).collect(),
+            order: self.sort.order,
+        })
+    }
+
+    pub(crate) fn rebuild_index(&mut self, store: &Store) {
+        self.index = OrderedIndex::default();
+        if self.mode != Mode::List {
+            return;
+        }
+        let desc = self.desc();
+        for (key, entity) in store.table(&self.source) {
+            if self.matches(entity) {
+                let value = SortValue::of(entity, &self.sort.field);
+                self.index.insert(key, value, desc);
+            }
+        }
+    }
+
+    /// Where a subscription request sits in this view.
+    pub(crate) fn slot_for(&self, request: &SubscribeRequest) -> Slot {
+        match (&request.key, self.mode) {
+            (Some(key), _) => Slot::Key(key.clone()),
+            (None, Mode::List) => {
+                let window = self.window_for(request);
+                if window.is_everything() {
+                    Slot::All
+                } else {
+                    Slot::Window(window)
+                }
+            }
+            (None, _) => Slot::All,
+        }
+    }
+
+    pub(crate) fn window_for(&self, request: &SubscribeRequest) -> Window {
+        let limit = self.def.as_ref().and_then(|d| d.take);
+        let start = request.skip.unwrap_or(0);
+        let requested_end = request.take.map(|t| start.saturating_add(t));
+        let end = match (requested_end, limit) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Window {
+            start: end.map_or(start, |e| start.min(e)),
+            end,
+        }
+    }
+
+    pub(crate) fn snapshot_keys(&self, slot: &Slot, store: &Store) -> Vec<String> {
+        self.snapshot_iter(slot, store).cloned().collect()
+    }
+
+    /// The keys a subscription's snapshot holds, in order, borrowed: a
+    /// limited snapshot reads only what it sends.
+    pub(crate) fn snapshot_iter<'a>(
+        &'a self,
+        slot: &'a Slot,
+        store: &'a Store,
+    ) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        match (self.mode, slot) {
+            (Mode::Append, _) => Box::new(std::iter::empty()),
+            (Mode::List, Slot::Key(key)) => {
+                Box::new(self.index.contains(key).then_some(key).into_iter())
+            }
+            (Mode::List, Slot::All) => Box::new(self.index.window_iter(Window {
+                start: 0,
+                end: None,
+            })),
+            (Mode::List, Slot::Window(window)) => Box::new(self.index.window_iter(*window)),
+            (Mode::State, Slot::Key(key)) => Box::new(
+                store
+                    .get(&self.source, key)
+                    .is_some()
+                    .then_some(key)
+                    .into_iter(),
+            ),
+            (Mode::State, _) => {
+                // Key order has no index: sort borrowed keys, copy none.
+                let mut keys: Vec<&String> = store.table(&self.source).map(|(k, _)| k).collect();
+                keys.sort_unstable();
+                Box::new(keys.into_iter())
+            }
+        }
+    }
+
+    pub(crate) fn add(&mut self, conn: ConnId, slot: &Slot) {
+        match slot {
+            Slot::All => {
+                self.subs.all.insert(conn);
+            }
+            Slot::Key(key) => {
+                self.subs
+                    .by_key
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(conn);
+            }
+            Slot::Window(window) => {
+                let index = &self.index;
+                self.subs
+                    .windows
+                    .entry(*window)
+                    .or_insert_with(|| WindowGroup {
+                        members: index.window(*window),
+                        conns: HashSet::new(),
+                    })
+                    .conns
+                    .insert(conn);
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, conn: ConnId, slot: &Slot) {
+        match slot {
+            Slot::All => {
+                self.subs.all.remove(&conn);
+            }
+            Slot::Key(key) => {
+                if let Some(conns) = self.subs.by_key.get_mut(key) {
+                    conns.remove(&conn);
+                    if conns.is_empty() {
+                        self.subs.by_key.remove(key);
+                    }
+                }
+            }
+            Slot::Window(window) => {
+                if let Some(group) = self.subs.windows.get_mut(window) {
+                    group.conns.remove(&conn);
+                    if group.conns.is_empty() {
+                        self.subs.windows.remove(window);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Updates the index for one change and delivers the resulting frames.
+    pub(crate) fn apply(
+        &mut self,
+        change: &Change,
+        store: &Store,
+        deliver: &mut dyn FnMut(ConnId, &Frame),
+    ) {
+        let key = change.key.as_str();
+        let direct_subscribers = !self.subs.all.is_empty() || self.subs.by_key.contains_key(key);
+        if self.mode != Mode::List {
+            if !direct_subscribers {
+                return;
+            }
+            let mut frames = FrameCache::new(self.id.clone(), self.mode);
+            let frame = match (&change.patch, &change.old) {
+                (Some(_), _) => frames.change(key, change),
+                (None, Some(_)) => frames.delete(key),
+                (None, None) => return,
+            };
+            self.deliver_to_all_and_key(key, &frame, deliver);
+            return;
+        }
+
+        let was_in = self.index.contains(key);
+        let now_in = change.new.as_deref().is_some_and(|e| self.matches(e));
+        if !was_in && !now_in {
+            return;
+        }
+        let desc = self.desc();
+        match &change.new {
+            Some(entity) if now_in => {
+                let value = SortValue::of(entity, &self.sort.field);
+                self.index.insert(key, value, desc);
+            }
+            _ => self.index.remove(key, desc),
+        }
+
+        if !direct_subscribers && self.subs.windows.is_empty() {
+            return; // index maintained; nobody to tell
+        }
+        let mut frames = FrameCache::new(self.id.clone(), self.mode);
+        // What a client holding every member sees for this change.
+        if direct_subscribers {
+            let direct = if !now_in {
+                frames.delete(key)
+            } else if self.is_derived() || !was_in {
+                frames.upsert(key, store, &self.source)
+            } else {
+                frames.change(key, change)
+            };
+            self.deliver_to_all_and_key(key, &direct, deliver);
+        }
+
+        for (window, group) in &mut self.subs.windows {
+            let members = self.index.window(*window);
+            if members == group.members && !members.iter().any(|m| m == key) {
+                continue;
+            }
+            let old: HashSet<&str> = group.members.iter().map(String::as_str).collect();
+            let new: HashSet<&str> = members.iter().map(String::as_str).collect();
+            let mut out: Vec<Frame> = Vec::new();
+            for left in group.members.iter().filter(|m| !new.contains(m.as_str())) {
+                out.push(frames.delete(left));
+            }
+            for member in &members {
+                if !old.contains(member.as_str()) {
+                    out.push(frames.upsert(member, store, &self.source));
+                } else if member == key {
+                    out.push(if self.def.is_some() {
+                        frames.upsert(key, store, &self.source)
+                    } else {
+                        frames.change(key, change)
+                    });
+                }
+            }
+            for conn in &group.conns {
+                for frame in &out {
+                    deliver(*conn, frame);
+                }
+            }
+            group.members = members;
+        }
+    }
+
+    pub(crate) fn deliver_to_all_and_key(
+        &self,
+        key: &str,
+        frame: &Frame,
+        deliver: &mut dyn FnMut(ConnId, &Frame),
+    ) {
+        for conn in &self.subs.all {
+            deliver(*conn, frame);
+        }
+        if let Some(conns) = self.subs.by_key.get(key) {
+            for conn in conns {
+                deliver(*conn, frame);
+            }
+        }
+    }
+}
+
+/// Encodes each distinct frame of one change at most once.
+pub(crate) struct FrameCache {
+    pub(crate) view: Arc<str>,
+    pub(crate) mode: Mode,
+    pub(crate) frames: HashMap<(Op, String), Frame>,
+}
+
+impl FrameCache {
+    pub(crate) fn new(view: Arc<str>, mode: Mode) -> Self {
+        Self {
+            view,
+            mode,
+            frames: HashMap::new(),
+        }
+    }
+
+    pub(crate) fn update(
+        &self,
+        op: Op,
+        key: &str,
+        data: Option<Arc<Value>>,
+        append: Vec<String>,
+        seq: Option<String>,
+    ) -> Frame {
+        EntityUpdate {
+            view: self.view.clone(),
+            mode: self.mode,
+            op,
+            key: key.to_owned(),
+            data,
+            append,
+            seq,
+        }
+        .into_frame()
+    }
+
+    pub(crate) fn delete(&mut self, key: &str) -> Frame {
+        if let Some(frame) = self.frames.get(&(Op::Delete, key.to_owned())) {
+            return frame.clone();
+        }
+        let frame = self.update(Op::Delete, key, None, Vec::new(), None);
+        self.frames
+            .insert((Op::Delete, key.to_owned()), frame.clone());
+        frame
+    }
+
+    pub(crate) fn upsert(&mut self, key: &str, store: &Store, source: &str) -> Frame {
+        if let Some(frame) = self.frames.get(&(Op::Upsert, key.to_owned())) {
+            return frame.clone();
+        }
+        let entity = store.get(source, key).cloned();
+        let seq = entity
+            .as_ref()
+            .and_then(|e| e["_seq"].as_str().map(str::to_owned));
+        let frame = self.update(Op::Upsert, key, entity, Vec::new(), seq);
+        self.frames
+            .insert((Op::Upsert, key.to_owned()), frame.clone());
+        frame
+    }
+
+    /// The mutation itself as a `patch` (base views).
+    pub(crate) fn change(&mut self, key: &str, change: &Change) -> Frame {
+        if let Some(frame) = self.frames.get(&(Op::Patch, key.to_owned())) {
+            return frame.clone();
+        }
+        let frame = self.update(
+            Op::Patch,
+            key,
+            change.patch.clone(),
+            change.append.clone(),
+            Some(change.seq.clone()),
+        );
+        self.frames
+            .insert((Op::Patch, key.to_owned()), frame.clone());
+        frame
+    }
+}

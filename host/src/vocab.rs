@@ -1,0 +1,51 @@
+//! The words every part of the host shares: who a client is
+//! ([`ConnId`]), what it asked for ([`SubscribeRequest`]), how a view
+//! streams ([`Mode`]) and what a frame does ([`Op`]). A module of its own so
+//! that views, outboxes, frames and the protocol parser can all use them
+//! without importing each other.
+
+/// Identifies a client connection.
+pub type ConnId = u64;
+
+/// A subscription request, as parsed from either message form.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscribeRequest {
+    /// View id.
+    pub view: String,
+    /// One key, or `None` for all keys (`"*"` is normalised to `None`).
+    pub key: Option<String>,
+    /// Window size within the view's order (list views).
+    pub take: Option<usize>,
+    /// Window offset within the view's order (list views).
+    pub skip: Option<usize>,
+    /// `false` to skip the snapshot.
+    pub with_snapshot: bool,
+    /// Only snapshot entities whose `_seq` is greater than this.
+    pub after: Option<String>,
+    /// At most this many snapshot entities.
+    pub snapshot_limit: Option<usize>,
+}
+
+/// Streaming mode of a view, as named on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Many entities, snapshot then changes.
+    List,
+    /// One entity by key.
+    State,
+    /// New events only, no snapshot.
+    Append,
+}
+
+/// Kinds of entity frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// Partial state, deep-merged by the client.
+    Patch,
+    /// Full entity, replacing the client's copy.
+    Upsert,
+    /// The key leaves the view.
+    Delete,
+}

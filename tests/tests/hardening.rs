@@ -44,7 +44,10 @@ fn apply(state: &mut BTreeMap<String, Value>, frame: &Value) {
     match frame["op"].as_str().unwrap() {
         "snapshot" => {
             for entry in frame["data"].as_array().unwrap() {
-                state.insert(entry["key"].as_str().unwrap().to_owned(), entry["data"].clone());
+                state.insert(
+                    entry["key"].as_str().unwrap().to_owned(),
+                    entry["data"].clone(),
+                );
             }
         }
         "upsert" => {
@@ -121,11 +124,19 @@ async fn a_spinning_projector_times_out_and_everything_else_keeps_working() {
     assert_eq!(body["error"], "projector-timeout");
     assert_eq!(body["plugin"], "spinner");
     let (status, body) = queued.await.unwrap();
-    assert_eq!((status, body["error"].as_str()), (503, Some("plugin-stuck")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("plugin-stuck")),
+        "{body}"
+    );
     let (status, body) = host
         .ingest("spin", "{\"type\":\"note\",\"id\":\"n2\"}\n")
         .await;
-    assert_eq!((status, body["error"].as_str()), (503, Some("plugin-stuck")), "{body}");
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (503, Some("plugin-stuck")),
+        "{body}"
+    );
     let plugins = host
         .wait_for_plugins("spinner stuck", |p| {
             p.as_array()
@@ -248,7 +259,10 @@ async fn capped_trades_stay_identical_on_a_subscribed_client() {
         .subscribe(json!({"type": "subscribe", "view": "Token/state", "key": "m"}))
         .await;
     let server = fresh.snapshot().await;
-    assert_eq!(held["m"], server[0].1, "the client's copy equals the host's");
+    assert_eq!(
+        held["m"], server[0].1,
+        "the client's copy equals the host's"
+    );
     assert_eq!(held["m"]["recentTrades"].as_array().unwrap().len(), 50);
     assert_eq!(held["m"]["recentTrades"][0]["id"], "t60");
 }
@@ -301,10 +315,15 @@ async fn a_subscribe_storm_is_rate_limited_and_costs_others_nothing() {
         use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
         for _ in 0..10_000 {
-            let subscribe = json!({"type": "subscribe", "view": "Token/list", "snapshotLimit": 100});
+            let subscribe =
+                json!({"type": "subscribe", "view": "Token/list", "snapshotLimit": 100});
             let unsubscribe = json!({"type": "unsubscribe", "view": "Token/list"});
-            sink.feed(Message::text(subscribe.to_string())).await.unwrap();
-            sink.feed(Message::text(unsubscribe.to_string())).await.unwrap();
+            sink.feed(Message::text(subscribe.to_string()))
+                .await
+                .unwrap();
+            sink.feed(Message::text(unsubscribe.to_string()))
+                .await
+                .unwrap();
         }
         sink.flush().await.unwrap();
         sink
@@ -315,8 +334,11 @@ async fn a_subscribe_storm_is_rate_limited_and_costs_others_nothing() {
     let mut peak_rss = 0;
     while !sender.is_finished() || latencies.len() < 100 {
         let started = Instant::now();
-        host.ingest_ok("tokens", &[json!({"type": "supply_changed", "mint": "m00001", "delta": 1})])
-            .await;
+        host.ingest_ok(
+            "tokens",
+            &[json!({"type": "supply_changed", "mint": "m00001", "delta": 1})],
+        )
+        .await;
         latencies.push(started.elapsed());
         peak_rss = peak_rss.max(host.rss_kib());
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -353,8 +375,11 @@ async fn a_client_that_lets_snapshots_pile_up_is_closed_and_memory_stays_bounded
     // the second waits in the queue past the bound, the third is refused.
     for view in ["Token/list", "Token/state", "Trade/list"] {
         hog.send(json!({"type": "subscribe", "view": view})).await;
-        host.ingest_ok("tokens", &[json!({"type": "supply_changed", "mint": "m00002", "delta": 1})])
-            .await;
+        host.ingest_ok(
+            "tokens",
+            &[json!({"type": "supply_changed", "mint": "m00002", "delta": 1})],
+        )
+        .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -412,8 +437,11 @@ async fn a_queued_snapshot_is_dropped_when_its_subscription_goes() {
         .await;
     for i in 0..20 {
         // A new store version each round: a new snapshot each subscribe.
-        host.ingest_ok("tokens", &[json!({"type": "supply_changed", "mint": "m00001", "delta": i})])
-            .await;
+        host.ingest_ok(
+            "tokens",
+            &[json!({"type": "supply_changed", "mint": "m00001", "delta": i})],
+        )
+        .await;
         client
             .send(json!({"type": "unsubscribe", "view": "Token/list"}))
             .await;
@@ -426,7 +454,9 @@ async fn a_queued_snapshot_is_dropped_when_its_subscription_goes() {
     let mut complete = 0;
     while let Some(received) = client.recv_within(Duration::from_secs(2)).await {
         match received {
-            Received::Json { value, .. } if value["op"] == "snapshot" && value["complete"] == true => {
+            Received::Json { value, .. }
+                if value["op"] == "snapshot" && value["complete"] == true =>
+            {
                 complete += 1
             }
             Received::Json { .. } => {}

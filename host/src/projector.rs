@@ -21,7 +21,6 @@
 //! plugin's changes from the same request become visible once committed.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
@@ -32,6 +31,7 @@ use vista_plugin_api::{apply_patch, Mutation, MutationKind};
 use crate::ingest::IngestBody;
 use crate::plugins::{FnStateReader, PluginLibrary};
 use crate::store::Store;
+use crate::vocab::FastMap;
 
 /// The store shared by the engine (the only writer) and projector threads.
 pub type SharedStore = Arc<RwLock<Store>>;
@@ -154,7 +154,7 @@ fn project_request(
         };
         for (index, mutation) in mutations.iter().enumerate() {
             check_mutation(lib, mutation).map_err(fail)?;
-            overlay.stage(mutation, (produced.len(), index));
+            overlay.stage((produced.len(), index));
         }
         produced.push(mutations);
         progress.fetch_add(1, Ordering::Relaxed);
@@ -200,14 +200,18 @@ struct Staged {
 /// The request's staged state over the shared store.
 struct Overlay<'s> {
     store: &'s SharedStore,
-    staged: RefCell<HashMap<(String, String), Staged>>,
+    staged: RefCell<FastMap<(String, String), Staged>>,
+    /// Mutations staged since the last read, not yet in `staged`: a
+    /// projector that never reads state never pays for the map.
+    unindexed: RefCell<Vec<(usize, usize)>>,
 }
 
 impl<'s> Overlay<'s> {
     fn new(store: &'s SharedStore) -> Self {
         Self {
             store,
-            staged: RefCell::new(HashMap::new()),
+            staged: RefCell::new(FastMap::default()),
+            unindexed: RefCell::new(Vec::new()),
         }
     }
 
@@ -216,27 +220,36 @@ impl<'s> Overlay<'s> {
         store.get(entity, key).cloned()
     }
 
-    /// Records that mutation `at` of this request touches its key. Nothing
-    /// is computed until a projector reads the key.
-    fn stage(&self, mutation: &Mutation, at: (usize, usize)) {
-        self.staged
-            .borrow_mut()
-            .entry((mutation.entity.clone(), mutation.key.clone()))
-            .or_insert_with(|| Staged {
-                value: None,
-                unfolded: Vec::new(),
-                loaded: false,
-            })
-            .unfolded
-            .push(at);
+    /// Records that mutation `at` of this request was staged. Nothing is
+    /// computed until a projector reads state.
+    fn stage(&self, at: (usize, usize)) {
+        self.unindexed.borrow_mut().push(at);
+    }
+
+    /// Moves the mutations staged since the last read into the per-key map.
+    fn index(&self, produced: &[Vec<Mutation>]) {
+        let mut staged = self.staged.borrow_mut();
+        for (event, index) in self.unindexed.borrow_mut().drain(..) {
+            let mutation = &produced[event][index];
+            staged
+                .entry((mutation.entity.clone(), mutation.key.clone()))
+                .or_insert_with(|| Staged {
+                    value: None,
+                    unfolded: Vec::new(),
+                    loaded: false,
+                })
+                .unfolded
+                .push((event, index));
+        }
     }
 
     /// The JSON text of `entity[key]` as this request sees it.
     fn read(&self, entity: &str, key: &str, produced: &[Vec<Mutation>]) -> Option<String> {
+        self.index(produced);
         let mut staged = self.staged.borrow_mut();
         let Some(entry) = staged.get_mut(&(entity.to_owned(), key.to_owned())) else {
             drop(staged);
-            return self.stored(entity, key).map(|v| v.to_string());
+            return self.stored(entity, key).map(|v| to_json(&v));
         };
         if !entry.loaded {
             entry.value = self.stored(entity, key).map(|v| Value::clone(&v));
@@ -245,8 +258,14 @@ impl<'s> Overlay<'s> {
         for (event, index) in entry.unfolded.drain(..) {
             fold(&mut entry.value, &produced[event][index]);
         }
-        entry.value.as_ref().map(Value::to_string)
+        entry.value.as_ref().map(to_json)
     }
+}
+
+/// JSON text of a value (`serde_json::to_string` writes straight into a
+/// buffer; `Value::to_string` goes through `fmt` and is slower).
+fn to_json(value: &Value) -> String {
+    serde_json::to_string(value).expect("a JSON value serializes")
 }
 
 /// An entity after one more (validated) mutation, by the store's rules.
@@ -283,22 +302,22 @@ mod tests {
             vec![Mutation::patch("T", "k", json!({"l": [1]})).append_capped("l", 2)],
             vec![Mutation::patch("T", "k", json!({"l": [2, 3]})).append_capped("l", 2)],
         ];
-        overlay.stage(&produced[0][0], (0, 0));
+        overlay.stage((0, 0));
         let first: Value =
             serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
         assert_eq!(
             (first["n"].clone(), first["keep"].clone()),
             (json!(2), json!(true))
         );
-        overlay.stage(&produced[1][0], (1, 0));
-        overlay.stage(&produced[2][0], (2, 0));
+        overlay.stage((1, 0));
+        overlay.stage((2, 0));
         let later: Value =
             serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
         assert_eq!(later["l"], json!([2, 3]));
         assert!(overlay.read("T", "other", &produced).is_none());
-        overlay.stage(&Mutation::delete("T", "k"), (0, 0));
         let mut deleted = produced.clone();
-        deleted[0][0] = Mutation::delete("T", "k");
+        deleted.push(vec![Mutation::delete("T", "k")]);
+        overlay.stage((3, 0));
         assert!(overlay.read("T", "k", &deleted).is_none());
     }
 }

@@ -29,6 +29,9 @@ use crate::engine::IngestError;
 use crate::ingest::IngestBody;
 use crate::Shared;
 
+/// Bodies up to this size are split into events on the async worker.
+const INLINE_PARSE_BYTES: usize = 16 << 10;
+
 /// HTTP response with a fully buffered body.
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -192,9 +195,15 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             )
         }
     };
-    let parsed = tokio::task::spawn_blocking(move || IngestBody::parse(body))
-        .await
-        .expect("parsing does not panic");
+    // Small bodies parse in microseconds: a blocking-thread hop would cost
+    // more than it saves. Big ones leave the async workers.
+    let parsed = if body.len() <= INLINE_PARSE_BYTES {
+        IngestBody::parse(body)
+    } else {
+        tokio::task::spawn_blocking(move || IngestBody::parse(body))
+            .await
+            .expect("parsing does not panic")
+    };
     let events = match parsed {
         Ok(events) => events,
         Err(malformed) => {

@@ -11,22 +11,33 @@
 //! later mutations copy-on-write, so snapshots are encoded off the engine
 //! lock without cloning the store.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use vista_plugin_api::mutation::value_at_mut;
 use vista_plugin_api::{apply_patch, Mutation, MutationKind};
 
+use crate::vocab::FastMap;
+
 /// Formats a sequence number as its fixed-width `_seq` text.
 pub fn format_seq(seq: u64) -> String {
-    format!("{seq:016}")
+    // Once per mutation: digits by hand instead of `format!`.
+    let mut digits = [b'0'; 16];
+    let mut rest = seq;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    if rest > 0 {
+        return seq.to_string(); // beyond 16 digits: never in practice
+    }
+    String::from_utf8(digits.to_vec()).expect("ASCII digits")
 }
 
 /// All entities of all types, by type then key.
 #[derive(Default)]
 pub struct Store {
-    tables: HashMap<String, HashMap<String, Arc<Value>>>,
+    tables: FastMap<String, FastMap<String, Arc<Value>>>,
     /// Last sequence number assigned (0 = none yet).
     last_seq: u64,
 }
@@ -37,16 +48,53 @@ pub struct Change {
     pub entity: String,
     /// Entity key.
     pub key: String,
-    /// The entity before the mutation.
-    pub old: Option<Arc<Value>>,
+    /// Whether the entity existed before the mutation. (Not the old value
+    /// itself: holding a second reference to it would make every patch
+    /// deep-copy the entity in `Arc::make_mut`.)
+    pub existed: bool,
     /// The entity after it (`None` for a delete).
     pub new: Option<Arc<Value>>,
     /// For a patch: the patch data with `_seq` added, as sent in `patch` frames.
     pub patch: Option<Arc<Value>>,
     /// For a patch: its append paths.
     pub append: Vec<String>,
+    /// Capped append paths whose arrays were trimmed by this patch.
+    pub trimmed: Vec<String>,
     /// The `_seq` assigned to this mutation.
     pub seq: String,
+}
+
+impl Change {
+    /// The patch and append paths as clients must receive them. When a
+    /// capped array was trimmed, the appended items alone would leave
+    /// clients with a longer array than the host's, so the patch carries the
+    /// whole trimmed array (from the new entity) and replaces theirs. Built
+    /// only when a frame is needed: most changes have no subscriber.
+    pub fn wire_patch(&self) -> (Option<Arc<Value>>, Vec<String>) {
+        if self.trimmed.is_empty() {
+            return (self.patch.clone(), self.append.clone());
+        }
+        let (Some(patch), Some(entity)) = (&self.patch, &self.new) else {
+            return (self.patch.clone(), self.append.clone());
+        };
+        let mut patch = Value::clone(patch);
+        let mut entity = Value::clone(entity);
+        for path in &self.trimmed {
+            if let (Some(whole), Some(slot)) = (
+                value_at_mut(&mut entity, path),
+                value_at_mut(&mut patch, path),
+            ) {
+                *slot = whole.take();
+            }
+        }
+        let append = self
+            .append
+            .iter()
+            .filter(|p| !self.trimmed.contains(p))
+            .cloned()
+            .collect();
+        (Some(Arc::new(patch)), append)
+    }
 }
 
 impl Store {
@@ -77,63 +125,45 @@ impl Store {
 
     /// Applies a validated mutation (patch data is an object), stamping
     /// `_seq`. A delete of a missing entity still consumes a sequence number
-    /// and reports `old: None, new: None`.
+    /// and reports `existed: false, new: None`.
     pub fn apply(&mut self, mutation: Mutation) -> Change {
         self.last_seq += 1;
         let seq = format_seq(self.last_seq);
         let table = self.tables.entry(mutation.entity.clone()).or_default();
         match mutation.kind {
-            MutationKind::Patch {
-                data,
-                mut append,
-                caps,
-            } => {
+            MutationKind::Patch { data, append, caps } => {
                 let mut data = match data {
                     Value::Object(map) => map,
                     _ => Map::new(),
                 };
                 data.insert("_seq".into(), Value::String(seq.clone()));
-                let old = table.get(&mutation.key).cloned();
+                let existed = table.contains_key(&mutation.key);
                 let slot = table
                     .entry(mutation.key.clone())
                     .or_insert_with(|| Arc::new(Value::Object(Map::new())));
-                let entity = Arc::make_mut(slot);
-                let trimmed = apply_patch(entity, &data, &append, &caps);
-                // A capped array was trimmed: the appended items alone would
-                // leave clients with a longer array than ours, so the patch
-                // carries the whole trimmed array and replaces theirs.
-                for path in trimmed {
-                    let whole = value_at_mut(entity, &path).map(|v| v.clone());
-                    let mut patch = Value::Object(std::mem::take(&mut data));
-                    if let (Some(whole), Some(slot)) = (whole, value_at_mut(&mut patch, &path)) {
-                        *slot = whole;
-                    }
-                    let Value::Object(map) = patch else {
-                        unreachable!("built as an object")
-                    };
-                    data = map;
-                    append.retain(|p| *p != path);
-                }
+                let trimmed = apply_patch(Arc::make_mut(slot), &data, &append, &caps);
                 let new = Some(slot.clone());
                 Change {
                     entity: mutation.entity,
                     key: mutation.key,
-                    old,
+                    existed,
                     new,
                     patch: Some(Arc::new(Value::Object(data))),
                     append,
+                    trimmed,
                     seq,
                 }
             }
             MutationKind::Delete => {
-                let old = table.remove(&mutation.key);
+                let existed = table.remove(&mutation.key).is_some();
                 Change {
                     entity: mutation.entity,
                     key: mutation.key,
-                    old,
+                    existed,
                     new: None,
                     patch: None,
                     append: Vec::new(),
+                    trimmed: Vec::new(),
                     seq,
                 }
             }
@@ -180,17 +210,13 @@ mod tests {
             Mutation::patch("T", "k", json!({"a": {"recent": [n]}})).append_capped("a.recent", 3)
         };
         for n in 1..=3 {
-            let change = store.apply(push(n));
-            assert_eq!(
-                change.append,
-                vec!["a.recent".to_owned()],
-                "no trim: append"
-            );
-            assert_eq!(change.patch.unwrap()["a"]["recent"], json!([n]));
+            let (patch, append) = store.apply(push(n)).wire_patch();
+            assert_eq!(append, vec!["a.recent".to_owned()], "no trim: append");
+            assert_eq!(patch.unwrap()["a"]["recent"], json!([n]));
         }
-        let change = store.apply(push(4));
-        assert!(change.append.is_empty(), "trimmed: replace");
-        assert_eq!(change.patch.unwrap()["a"]["recent"], json!([2, 3, 4]));
+        let (patch, append) = store.apply(push(4)).wire_patch();
+        assert!(append.is_empty(), "trimmed: replace");
+        assert_eq!(patch.unwrap()["a"]["recent"], json!([2, 3, 4]));
         assert_eq!(
             store.get("T", "k").unwrap()["a"]["recent"],
             json!([2, 3, 4])

@@ -7,6 +7,12 @@
 /// Identifies a client connection.
 pub type ConnId = u64;
 
+/// The hash maps of the hot paths (store tables, view indexes, staged
+/// state): keys come from events and clients, so the hasher is seeded per
+/// process like std's, but `foldhash` hashes a short string several times
+/// faster than std's SipHash.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 /// A subscription request, as parsed from either message form.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubscribeRequest {

@@ -117,7 +117,11 @@ struct FfiStateSource<'r, 'a>(&'r StateReaderRef<'a>);
 
 impl StateSource for FfiStateSource<'_, '_> {
     fn get(&self, entity: &str, key: &str) -> Option<Value> {
+        serde_json::from_str(&self.get_json(entity, key)?).ok()
+    }
+
+    fn get_json(&self, entity: &str, key: &str) -> Option<String> {
         let text = self.0.get(entity.into(), key.into()).into_option()?;
-        serde_json::from_str(text.as_str()).ok()
+        Some(text.into_string())
     }
 }

@@ -115,6 +115,13 @@ impl From<&str> for ProjectError {
 pub trait StateSource {
     /// The current value of entity `entity` with key `key`, if it exists.
     fn get(&self, entity: &str, key: &str) -> Option<Value>;
+
+    /// The same value as JSON text. The host hands state over as text, so
+    /// reading it this way skips building a `Value` that a typed read
+    /// ([`StateView::get_as`]) or an existence check would throw away.
+    fn get_json(&self, entity: &str, key: &str) -> Option<String> {
+        self.get(entity, key).map(|v| v.to_string())
+    }
 }
 
 /// Read access to current entity state handed to [`Plugin::project`].
@@ -133,18 +140,24 @@ impl<'a> StateView<'a> {
         self.source.get(entity, key)
     }
 
-    /// The current value of `entity[key]` deserialized into `T`.
+    /// The current value of `entity[key]` deserialized into `T`, straight
+    /// from the JSON text: fields `T` does not name are skipped, not built.
     pub fn get_as<T: serde::de::DeserializeOwned>(
         &self,
         entity: &str,
         key: &str,
     ) -> Result<Option<T>, ProjectError> {
-        match self.get(entity, key) {
+        match self.source.get_json(entity, key) {
             None => Ok(None),
-            Some(value) => serde_json::from_value(value)
+            Some(json) => serde_json::from_str(&json)
                 .map(Some)
                 .map_err(|err| ProjectError::new(format!("stored {entity}[{key}]: {err}"))),
         }
+    }
+
+    /// Whether `entity[key]` exists (cheaper than [`StateView::get`]).
+    pub fn exists(&self, entity: &str, key: &str) -> bool {
+        self.source.get_json(entity, key).is_some()
     }
 }
 

@@ -635,59 +635,123 @@ fn trade_events(mint: &str, from: usize, count: usize) -> String {
         .collect()
 }
 
+/// Posts `bodies` from `posters` concurrent clients; returns (wall µs,
+/// host CPU µs) per event over `events` events.
+async fn post_all(
+    server: &Server,
+    bodies: Vec<String>,
+    posters: usize,
+    events: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let (started, cpu) = (Instant::now(), cpu_seconds(server.pid()));
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let mut tasks = Vec::new();
+    for _ in 0..posters {
+        let (queue, addr) = (queue.clone(), server.addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            loop {
+                let Some(body) = queue.lock().expect("queue").pop() else {
+                    return anyhow::Ok(());
+                };
+                ingest(&http, &addr, body).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let wall = started.elapsed().as_secs_f64() * 1e6 / events as f64;
+    let cpu = (cpu_seconds(server.pid()) - cpu) * 1e6 / events as f64;
+    Ok((wall, cpu))
+}
+
 /// Per-event ingest cost for request sizes 10..10,000, on one key and on
-/// spread keys, against one host with no subscribers.
+/// spread keys, against one host with no subscribers: wall time with one
+/// poster (latency-bound for small requests), wall time with 8 concurrent
+/// posters, and host CPU time.
 async fn ingest_scaling(common: &Common, events: usize) -> anyhow::Result<Value> {
     let server = Server::start(Target::Vista, common)?;
     let http = reqwest::Client::new();
+    let create = |mint: &str| {
+        format!("{{\"type\":\"token_created\",\"mint\":\"{mint}\",\"symbol\":\"S\",\"decimals\":0,\"supply\":1}}\n")
+    };
     let mut rows = Vec::new();
-    let mut next_id = 0;
-    let mut next_mint = 0;
+    let (mut next_id, mut next_mint) = (0, 0);
     for size in [10usize, 100, 1_000, 10_000] {
         let requests = (events / size).max(1);
-        // Same key: trades on one token (each reads and appends to it).
-        let mint = format!("same{size}");
-        ingest(&http, &server.addr, format!("{{\"type\":\"token_created\",\"mint\":\"{mint}\",\"symbol\":\"S\",\"decimals\":0,\"supply\":1}}\n")).await?;
-        let started = Instant::now();
-        for _ in 0..requests {
-            ingest(&http, &server.addr, trade_events(&mint, next_id, size)).await?;
-            next_id += size;
+        let total = requests * size;
+        let mut row = json!({"events_per_request": size, "requests": requests});
+        for posters in [1usize, 8] {
+            // Same key: trades on one token (each reads and appends to it);
+            // with several posters, one token per poster.
+            let mints: Vec<String> = (0..posters)
+                .map(|p| format!("same{size}-{posters}-{p}"))
+                .collect();
+            for mint in &mints {
+                ingest(&http, &server.addr, create(mint)).await?;
+            }
+            let bodies: Vec<String> = (0..requests)
+                .map(|r| {
+                    next_id += size;
+                    trade_events(&mints[r % posters], next_id - size, size)
+                })
+                .collect();
+            let (same_wall, same_cpu) = post_all(&server, bodies, posters, total).await?;
+            // Spread keys: token creations, one key each.
+            let bodies: Vec<String> = (0..requests)
+                .map(|_| {
+                    next_mint += size;
+                    token_events(next_mint - size, size, usize::MAX, false)
+                })
+                .collect();
+            let (spread_wall, spread_cpu) = post_all(&server, bodies, posters, total).await?;
+            eprintln!(
+                "{size:>6} events/request, {posters} poster(s): same key {same_wall:.2} µs/event wall, {same_cpu:.2} host CPU; \
+                 spread keys {spread_wall:.2} wall, {spread_cpu:.2} host CPU"
+            );
+            let tag = if posters == 1 {
+                "sequential"
+            } else {
+                "concurrent"
+            };
+            row[format!("same_key_{tag}_us_per_event")] = json!(same_wall);
+            row[format!("same_key_{tag}_host_cpu_us_per_event")] = json!(same_cpu);
+            row[format!("spread_keys_{tag}_us_per_event")] = json!(spread_wall);
+            row[format!("spread_keys_{tag}_host_cpu_us_per_event")] = json!(spread_cpu);
         }
-        let same_us = started.elapsed().as_secs_f64() * 1e6 / (requests * size) as f64;
-        // Spread keys: token creations, one key each.
-        let started = Instant::now();
-        for _ in 0..requests {
-            ingest(
-                &http,
-                &server.addr,
-                token_events(next_mint, size, usize::MAX, false),
-            )
-            .await?;
-            next_mint += size;
-        }
-        let spread_us = started.elapsed().as_secs_f64() * 1e6 / (requests * size) as f64;
-        eprintln!("{size:>6} events/request: same key {same_us:.2} µs/event, spread keys {spread_us:.2} µs/event");
-        rows.push(json!({"events_per_request": size, "requests": requests, "same_key_us_per_event": same_us, "spread_keys_us_per_event": spread_us}));
+        rows.push(row);
     }
-    ingest(&http, &server.addr, "{\"type\":\"token_created\",\"mint\":\"fresh\",\"symbol\":\"S\",\"decimals\":0,\"supply\":1}\n".into()).await?;
+    ingest(&http, &server.addr, create("fresh")).await?;
     let started = Instant::now();
     ingest(&http, &server.addr, trade_events("fresh", next_id, 4_000)).await?;
     let four_thousand_ms = started.elapsed().as_secs_f64() * 1e3;
     eprintln!("4,000 trades on one token in one request: {four_thousand_ms:.1} ms");
-    let column = |name: &str| {
-        rows.iter()
-            .map(|r| r[name].as_f64().unwrap_or(0.0))
-            .collect::<Vec<f64>>()
-    };
-    let spread = |values: Vec<f64>| {
+    let max_over_min = |name: String| {
+        let values: Vec<f64> = rows.iter().filter_map(|r| r[&name].as_f64()).collect();
         let max = values.iter().cloned().fold(f64::MIN, f64::max);
         let min = values.iter().cloned().fold(f64::MAX, f64::min);
         max / min
     };
+    let mut spreads = serde_json::Map::new();
+    for keys in ["same_key", "spread_keys"] {
+        for measure in [
+            "sequential",
+            "concurrent",
+            "sequential_host_cpu",
+            "concurrent_host_cpu",
+        ] {
+            let name = format!("{keys}_{measure}_us_per_event");
+            spreads.insert(name.clone(), json!(max_over_min(name)));
+        }
+    }
+    eprintln!(
+        "max/min per-event cost over request sizes: {}",
+        Value::Object(spreads.clone())
+    );
     Ok(json!({
         "sizes": rows,
-        "same_key_max_over_min": spread(column("same_key_us_per_event")),
-        "spread_keys_max_over_min": spread(column("spread_keys_us_per_event")),
+        "max_over_min": spreads,
         "four_thousand_trades_one_request_ms": four_thousand_ms,
     }))
 }

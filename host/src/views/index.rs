@@ -7,9 +7,11 @@
 //! how many entities the view holds.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use vista_plugin_api::view::SortValue;
+
+use crate::vocab::FastMap;
 
 /// A `skip`/`take` window, as a half-open range of view positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,7 +59,7 @@ impl PartialOrd for OrderKey {
 pub struct OrderedIndex {
     pub(crate) order: BTreeSet<OrderKey>,
     /// Each member's current sort value, to find it in `order`.
-    pub(crate) values: HashMap<String, SortValue>,
+    pub(crate) values: FastMap<String, SortValue>,
 }
 
 impl OrderedIndex {

@@ -1,7 +1,7 @@
 //! One view: its definition, its index, its subscribers grouped by what
 //! they see, and the frames one change produces for them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -10,7 +10,7 @@ use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 use super::index::{OrderedIndex, Window};
 use crate::frame::{EntityUpdate, Frame, WireSort};
 use crate::store::{Change, Store};
-use crate::vocab::{ConnId, Mode, Op, SubscribeRequest};
+use crate::vocab::{ConnId, FastMap, Mode, Op, SubscribeRequest};
 
 /// Subscribers sharing one window of a list view.
 pub(crate) struct WindowGroup {
@@ -30,8 +30,8 @@ pub(crate) enum Slot {
 #[derive(Default)]
 pub(crate) struct Subscribers {
     pub(crate) all: HashSet<ConnId>,
-    pub(crate) by_key: HashMap<String, HashSet<ConnId>>,
-    pub(crate) windows: HashMap<Window, WindowGroup>,
+    pub(crate) by_key: FastMap<String, HashSet<ConnId>>,
+    pub(crate) windows: FastMap<Window, WindowGroup>,
 }
 
 /// One view: its definition, index and subscribers.
@@ -245,10 +245,10 @@ impl View {
                 return;
             }
             let mut frames = FrameCache::new(self.id.clone(), self.mode);
-            let frame = match (&change.patch, &change.old) {
+            let frame = match (&change.patch, change.existed) {
                 (Some(_), _) => frames.change(key, change),
-                (None, Some(_)) => frames.delete(key),
-                (None, None) => return,
+                (None, true) => frames.delete(key),
+                (None, false) => return,
             };
             self.deliver_to_all_and_key(key, &frame, deliver);
             return;
@@ -336,7 +336,7 @@ impl View {
 pub(crate) struct FrameCache {
     pub(crate) view: Arc<str>,
     pub(crate) mode: Mode,
-    pub(crate) frames: HashMap<(Op, String), Frame>,
+    pub(crate) frames: FastMap<(Op, String), Frame>,
 }
 
 impl FrameCache {
@@ -344,7 +344,7 @@ impl FrameCache {
         Self {
             view,
             mode,
-            frames: HashMap::new(),
+            frames: FastMap::default(),
         }
     }
 
@@ -397,13 +397,8 @@ impl FrameCache {
         if let Some(frame) = self.frames.get(&(Op::Patch, key.to_owned())) {
             return frame.clone();
         }
-        let frame = self.update(
-            Op::Patch,
-            key,
-            change.patch.clone(),
-            change.append.clone(),
-            Some(change.seq.clone()),
-        );
+        let (patch, append) = change.wire_patch();
+        let frame = self.update(Op::Patch, key, patch, append, Some(change.seq.clone()));
         self.frames
             .insert((Op::Patch, key.to_owned()), frame.clone());
         frame

@@ -96,7 +96,7 @@ impl Plugin for Tokens {
                 price,
                 amount,
             } => {
-                if state.get("Token", &mint).is_none() {
+                if !state.exists("Token", &mint) {
                     return Err(ProjectError::new(format!(
                         "trade {id}: unknown token {mint}"
                     )));

@@ -355,6 +355,11 @@ async fn a_subscribe_storm_is_rate_limited_and_costs_others_nothing() {
         "host RSS {rss_before} KiB -> {peak_rss} KiB during the storm"
     );
     let p99 = percentile(&mut latencies, 0.99);
+    eprintln!(
+        "storm: limited {limited} of 10,000 subscribes; host RSS {rss_before} -> peak {peak_rss} KiB; \
+         other client's ingest p99 {p99:?} over {} requests",
+        latencies.len()
+    );
     assert!(
         p99 < Duration::from_millis(20),
         "another client's ingest p99 {p99:?} during the storm"

@@ -23,11 +23,16 @@
 //! 2. *commit*: when every projector answered, their mutations are applied
 //!    to the store in event order (then plugin name order), views are
 //!    maintained and frames delivered; then the HTTP request is answered.
-//!    A big request commits in chunks of [`COMMIT_CHUNK`] mutations, and
-//!    the engine handles waiting commands and other requests' commits
-//!    between chunks, so a 10,000-event request delays nobody else by more
-//!    than one chunk. Each mutation is still either in a snapshot or sent as
-//!    a frame; a snapshot taken between chunks holds part of the request.
+//!    With a data directory, the request's [`LogRecord`] (its body and the
+//!    `_seq` range reserved for its mutations) goes to the log writer
+//!    first, and the request is applied only once the record is durable:
+//!    nothing a client sees or is told is ever undone by a crash. Requests
+//!    commit one after another in record order, so `_seq` order is
+//!    application order and a replay reproduces it exactly. A big request
+//!    commits in chunks of [`COMMIT_CHUNK`] mutations and the engine handles
+//!    waiting commands (subscribes, other requests' projections) between
+//!    chunks. Each mutation is still either in a snapshot or sent as a
+//!    frame; a snapshot taken between chunks holds part of the request.
 //!    A request's plugins stay busy until its commit ends, so the next
 //!    request for them projects over the committed state.
 //!
@@ -45,6 +50,9 @@ use tokio::sync::oneshot;
 use vista_plugin_api::view::ViewDef;
 use vista_plugin_api::{Manifest, Mutation};
 
+use crate::durable::{
+    Checkpoint, EventLog, FsyncPolicy, LogRecord, LogStats, LogWriter, WriterJob, WriterReport,
+};
 use crate::frame::{socket_issue, Frame};
 use crate::ingest::IngestBody;
 use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
@@ -93,6 +101,9 @@ pub enum IngestError {
         /// Plugin name.
         plugin: String,
     },
+    /// The event log could not be written; nothing was applied.
+    #[error("the event log cannot be written ({0}); nothing was applied, retry later")]
+    StorageUnavailable(String),
     /// The engine stopped (the server is shutting down).
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -140,6 +151,13 @@ pub enum Command {
     },
     /// A projector thread finished a request.
     Projected(Projected),
+    /// The log writer reports.
+    Log(WriterReport),
+    /// What `GET /status` shows about the log.
+    LogStatus {
+        /// Where the stats go.
+        reply: oneshot::Sender<Option<LogStats>>,
+    },
     /// A connection opened.
     Connect {
         /// Its id.
@@ -230,6 +248,13 @@ impl EngineHandle {
         answer.await.unwrap_or(Err(IngestError::ShuttingDown))
     }
 
+    /// The event log's figures (`None` in memory).
+    pub async fn log_status(&self) -> Option<LogStats> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::LogStatus { reply });
+        answer.await.ok().flatten()
+    }
+
     /// Every plugin file seen, for `GET /plugins`.
     pub async fn reports(&self) -> Vec<PluginReport> {
         let (reply, answer) = oneshot::channel();
@@ -307,6 +332,7 @@ struct LoadedPlugin {
 
 /// An ingest request being projected.
 struct InFlight {
+    stream: Arc<str>,
     body: Arc<IngestBody>,
     reply: oneshot::Sender<Result<Ingested, IngestError>>,
     /// Consuming plugins, in name order, with their answers so far.
@@ -328,7 +354,36 @@ struct Commit {
     plugins: Vec<String>,
     ticket: u64,
     events: usize,
+    /// `_seq` reserved for the first mutation.
+    first_seq: u64,
+    /// Whether the first chunk has been applied.
+    started: bool,
+    /// Its log record (0 without a data directory).
+    rec: u64,
     reply: oneshot::Sender<Result<Ingested, IngestError>>,
+}
+
+/// The engine's side of the event log.
+struct Durable {
+    log: Arc<EventLog>,
+    writer: LogWriter,
+    next_rec: u64,
+    checkpoint_every_events: u64,
+    checkpoint_every: Duration,
+    events_since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+/// How the engine keeps its state across restarts.
+pub struct Persistence {
+    /// The open log.
+    pub log: Arc<EventLog>,
+    /// When it is fsynced.
+    pub fsync: FsyncPolicy,
+    /// Checkpoint after this many events...
+    pub checkpoint_every_events: u64,
+    /// ...or this long, whichever comes first.
+    pub checkpoint_every: Duration,
 }
 
 /// An ingest request waiting for a busy plugin.
@@ -356,8 +411,15 @@ pub struct Engine {
     /// Plugins projecting a request, and which.
     busy: HashMap<String, u64>,
     deferred: VecDeque<Waiting>,
-    /// Requests being committed, taking turns chunk by chunk.
+    /// Requests being committed, one after another, chunk by chunk.
     committing: VecDeque<Commit>,
+    /// Requests whose log record is not durable yet, in record order.
+    awaiting_log: VecDeque<Commit>,
+    /// The last `_seq` reserved.
+    last_reserved_seq: u64,
+    durable: Option<Durable>,
+    /// Set while the log is replayed at start: nothing is logged again.
+    replaying: bool,
     next_ticket: u64,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
@@ -380,6 +442,10 @@ impl Engine {
             busy: HashMap::new(),
             deferred: VecDeque::new(),
             committing: VecDeque::new(),
+            awaiting_log: VecDeque::new(),
+            last_reserved_seq: 0,
+            durable: None,
+            replaying: false,
             next_ticket: 1,
             commands,
             queue: Some(queue),
@@ -402,6 +468,11 @@ impl Engine {
                 reply,
             }),
             Command::Projected(projected) => self.projected(projected),
+            Command::Log(report) => self.logged(report),
+            Command::LogStatus { reply } => {
+                let stats = self.durable.as_ref().and_then(|d| d.log.stats().ok());
+                let _ = reply.send(stats);
+            }
             Command::Connect { conn, outbox } => {
                 self.conns.insert(conn, outbox);
             }
@@ -738,8 +809,15 @@ impl Engine {
                 outcome,
             });
         }
-        self.in_flight
-            .insert(ticket, InFlight { body, reply, parts });
+        self.in_flight.insert(
+            ticket,
+            InFlight {
+                stream,
+                body,
+                reply,
+                parts,
+            },
+        );
         self.finish_if_done(ticket);
     }
 
@@ -814,22 +892,79 @@ impl Engine {
                 ordered.extend(produced.next().unwrap_or_default());
             }
         }
-        self.committing.push_back(Commit {
+        let count = ordered.len() as u64;
+        let first_seq = self.last_reserved_seq + 1;
+        self.last_reserved_seq += count;
+        let mut commit = Commit {
             mutations: ordered.into_iter(),
             plugins,
             ticket,
             events: request.body.len(),
+            first_seq,
+            started: false,
+            rec: 0,
             reply: request.reply,
-        });
-        if self.committing.len() == 1 {
-            // Nothing else is committing: small requests finish at once.
-            self.commit_step();
+        };
+        match &mut self.durable {
+            Some(durable) if !self.replaying => {
+                commit.rec = durable.next_rec;
+                durable.next_rec += 1;
+                durable.writer.submit(WriterJob::Append(LogRecord {
+                    rec: commit.rec,
+                    stream: request.stream.to_string(),
+                    first_seq,
+                    mutations: count,
+                    body: request.body.raw().clone(),
+                }));
+                self.awaiting_log.push_back(commit);
+            }
+            _ => {
+                self.committing.push_back(commit);
+                if self.committing.len() == 1 {
+                    // Nothing else is committing: small requests finish at once.
+                    self.commit_step();
+                }
+            }
+        }
+    }
+
+    /// The log writer made records durable, or failed to write them.
+    fn logged(&mut self, report: WriterReport) {
+        match report {
+            WriterReport::Durable(upto) => {
+                while self.awaiting_log.front().is_some_and(|c| c.rec <= upto) {
+                    let commit = self.awaiting_log.pop_front().expect("checked");
+                    self.committing.push_back(commit);
+                }
+                if !self.committing.is_empty() && !self.committing[0].started {
+                    self.commit_step();
+                }
+            }
+            WriterReport::Failed { recs, reason } => {
+                let (failed, kept): (VecDeque<Commit>, VecDeque<Commit>) = self
+                    .awaiting_log
+                    .drain(..)
+                    .partition(|c| recs.contains(&c.rec));
+                self.awaiting_log = kept;
+                for commit in failed {
+                    for plugin in &commit.plugins {
+                        self.release(plugin, commit.ticket);
+                    }
+                    let _ = commit
+                        .reply
+                        .send(Err(IngestError::StorageUnavailable(reason.clone())));
+                }
+                self.pump_deferred();
+            }
+            WriterReport::Checkpointed(rec) => {
+                metrics::counter!("vista_checkpoints_total").increment(1);
+                tracing::debug!(rec, "checkpoint durable");
+            }
         }
     }
 
     /// Applies the next chunk of the oldest commit and delivers its frames;
-    /// a finished commit answers its request, an unfinished one goes to the
-    /// back of the line.
+    /// a finished commit answers its request and the next one starts.
     fn commit_step(&mut self) {
         let Some(mut commit) = self.committing.pop_front() else {
             return;
@@ -837,6 +972,11 @@ impl Engine {
         let chunk = commit.mutations.len().min(COMMIT_CHUNK);
         let mut deliveries = Deliveries::new(chunk);
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        if !commit.started {
+            // A refused request between reservation and commit leaves a gap.
+            store.advance_to(commit.first_seq - 1);
+            commit.started = true;
+        }
         for mutation in commit.mutations.by_ref().take(chunk) {
             let change = store.apply(mutation);
             self.views.apply(&change, &store, &mut |conn, frame| {
@@ -847,7 +987,7 @@ impl Engine {
         drop(store);
         deliveries.flush(&self.conns);
         if commit.mutations.len() > 0 {
-            self.committing.push_back(commit);
+            self.committing.push_front(commit);
             return;
         }
         for plugin in &commit.plugins {
@@ -858,7 +998,171 @@ impl Engine {
             accepted: commit.events,
             seq,
         }));
+        self.maybe_checkpoint(commit.rec, commit.events as u64);
         self.pump_deferred();
+    }
+
+    /// Takes a checkpoint every N events or M seconds: the store's entities
+    /// (`Arc` clones, cheap) go to the writer thread, which serializes them.
+    fn maybe_checkpoint(&mut self, rec: u64, events: u64) {
+        let Some(durable) = &mut self.durable else {
+            return;
+        };
+        if self.replaying || rec == 0 {
+            return;
+        }
+        durable.events_since_checkpoint += events;
+        if durable.events_since_checkpoint < durable.checkpoint_every_events
+            && durable.last_checkpoint.elapsed() < durable.checkpoint_every
+        {
+            return;
+        }
+        durable.events_since_checkpoint = 0;
+        durable.last_checkpoint = Instant::now();
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let checkpoint = Checkpoint {
+            rec,
+            last_seq: store.version(),
+            entities: store.entities(),
+        };
+        drop(store);
+        durable.writer.submit(WriterJob::Checkpoint(checkpoint));
+    }
+
+    /// Starts a fresh in-memory store's `_seq` from the clock (microseconds
+    /// since the Unix epoch), so `_seq` never goes backwards across
+    /// restarts even though nothing is kept.
+    pub fn start_seq_from_clock(&mut self) {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.last_reserved_seq = micros;
+        self.store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .advance_to(micros);
+    }
+
+    /// Restores the state kept in `persistence` (checkpoint, then the log
+    /// after it, replayed through the loaded plugins) and makes the engine
+    /// log every request from now on. Progress is logged for long replays.
+    pub fn recover(&mut self, persistence: Persistence) -> Result<(), crate::durable::DataError> {
+        let log = persistence.log.clone();
+        let started = Instant::now();
+        let mut after = 0;
+        if let Some(checkpoint) = log.load_checkpoint()? {
+            after = checkpoint.rec;
+            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+            store.restore(checkpoint.entities, checkpoint.last_seq);
+            tracing::info!(
+                rec = checkpoint.rec,
+                last_seq = checkpoint.last_seq,
+                "checkpoint loaded"
+            );
+        }
+        let records = log.records_after(after)?;
+        let total = records.len();
+        let (mut replayed, mut skipped, mut events) = (0usize, 0usize, 0usize);
+        let mut last_report = Instant::now();
+        self.replaying = true;
+        let queue = self
+            .queue
+            .take()
+            .expect("recover runs before the engine thread");
+        for record in &records {
+            let last_seq = record.first_seq + record.mutations.max(1) - 1;
+            let body = match IngestBody::parse(record.body.clone()) {
+                Ok(body) => Arc::new(body),
+                Err(err) => {
+                    tracing::error!(
+                        rec = record.rec,
+                        line = err.position,
+                        "log record body does not parse; skipped"
+                    );
+                    skipped += 1;
+                    self.last_reserved_seq = self.last_reserved_seq.max(last_seq);
+                    continue;
+                }
+            };
+            events += body.len();
+            self.last_reserved_seq = self.last_reserved_seq.max(record.first_seq - 1);
+            let (reply, mut answer) = oneshot::channel();
+            self.ingest(Waiting {
+                stream: record.stream.clone(),
+                body,
+                reply,
+            });
+            while !(self.in_flight.is_empty()
+                && self.committing.is_empty()
+                && self.deferred.is_empty())
+            {
+                if !self.committing.is_empty() {
+                    self.commit_step();
+                    continue;
+                }
+                let wait = self.next_deadline().unwrap_or(Duration::from_secs(1));
+                if let Ok(command) = queue.recv_timeout(wait) {
+                    self.handle(command);
+                }
+                self.check_deadlines();
+            }
+            match answer.try_recv() {
+                Ok(Ok(_)) => replayed += 1,
+                Ok(Err(err)) => {
+                    skipped += 1;
+                    tracing::error!(rec = record.rec, stream = %record.stream, %err, "log record not replayed");
+                }
+                Err(_) => skipped += 1,
+            }
+            // Whatever the outcome, the record's `_seq`s stay used.
+            self.last_reserved_seq = self.last_reserved_seq.max(last_seq);
+            if last_report.elapsed() >= Duration::from_secs(2) {
+                last_report = Instant::now();
+                tracing::info!(done = replayed + skipped, total, "replaying the event log");
+            }
+        }
+        self.queue = Some(queue);
+        self.replaying = false;
+        let stats = log
+            .stats()
+            .map_err(|reason| crate::durable::DataError::Storage {
+                path: log.path().to_owned(),
+                reason,
+            })?;
+        let applied = self
+            .store
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .version();
+        self.last_reserved_seq = self.last_reserved_seq.max(stats.last_seq).max(applied);
+        self.store
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .advance_to(self.last_reserved_seq);
+        tracing::info!(
+            records = total,
+            replayed,
+            skipped,
+            events,
+            ms = started.elapsed().as_millis() as u64,
+            last_seq = self.last_reserved_seq,
+            "state recovered"
+        );
+        let commands = self.commands.clone();
+        let writer = LogWriter::spawn(log.clone(), persistence.fsync, move |report| {
+            let _ = commands.send(Command::Log(report));
+        });
+        self.durable = Some(Durable {
+            log,
+            writer,
+            next_rec: stats.last_rec + 1,
+            checkpoint_every_events: persistence.checkpoint_every_events,
+            checkpoint_every: persistence.checkpoint_every,
+            events_since_checkpoint: events as u64,
+            last_checkpoint: Instant::now(),
+        });
+        Ok(())
     }
 
     /// Frees `plugin` if it is busy with `ticket`.

@@ -94,6 +94,11 @@ impl IngestBody {
         }
     }
 
+    /// The body as received.
+    pub fn raw(&self) -> &Bytes {
+        &self.text
+    }
+
     /// Number of events.
     pub fn len(&self) -> usize {
         self.events.len()

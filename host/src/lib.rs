@@ -15,6 +15,7 @@
 //! - [`projector`]: one thread per plugin build running its projector,
 //!   with deadlines, and the overlay a request's reads go through.
 //! - [`ingest`]: splitting an ingest body into events.
+//! - [`durable`]: the event log (redb), its writer thread and checkpoints.
 //! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
 //!   checked first in a child process (`vista plugin check`).
 //! - [`store`]: entities and `_seq` stamping.
@@ -30,6 +31,7 @@
 
 pub mod connection;
 pub mod demo;
+pub mod durable;
 pub mod engine;
 pub mod frame;
 pub mod hygiene;
@@ -86,6 +88,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Ingest requests read and processed at once; more wait their turn.
     pub max_concurrent_ingests: usize,
+    /// Where the event log lives; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// When the log is fsynced.
+    pub fsync: durable::FsyncPolicy,
+    /// Checkpoint the store after this many events...
+    pub checkpoint_every_events: u64,
+    /// ...or this long, whichever comes first.
+    pub checkpoint_every: Duration,
     /// Time a connection gets to send a complete request head, counted from
     /// accept and, on a keep-alive connection, from the previous response
     /// (so it is also the idle keep-alive timeout); also the time a
@@ -112,24 +122,37 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Builds the engine, loads every plugin in `config.plugins_dir` and
-    /// starts the engine thread.
-    pub fn new(config: Config) -> Arc<Self> {
+    /// Builds the engine, loads every plugin in `config.plugins_dir`,
+    /// restores the state kept in `config.data_dir` (checkpoint, then the
+    /// log replayed through the plugins) and starts the engine thread.
+    pub fn new(config: Config) -> Result<Arc<Self>, durable::DataError> {
         let mut engine = Engine::new(
             config.cache_dir.clone(),
             config.max_subscriptions_per_connection,
             config.projector_timeout,
         );
         engine.load_plugin_dir(&config.plugins_dir);
+        match &config.data_dir {
+            Some(dir) => {
+                let log = Arc::new(durable::EventLog::open(dir)?);
+                engine.recover(engine::Persistence {
+                    log,
+                    fsync: config.fsync,
+                    checkpoint_every_events: config.checkpoint_every_events,
+                    checkpoint_every: config.checkpoint_every,
+                })?;
+            }
+            None => engine.start_seq_from_clock(),
+        }
         let (engine, _thread) = engine::spawn(engine);
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             engine,
             metrics: metrics_handle(),
             next_conn: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
             ingest_permits: tokio::sync::Semaphore::new(config.max_concurrent_ingests.max(1)),
             config,
-        })
+        }))
     }
 
     fn next_conn_id(&self) -> u64 {

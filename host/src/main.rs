@@ -29,6 +29,25 @@ enum Command {
     /// Plugin development helpers.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Inspect or repair a data directory (stop the host first).
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Read every log record and the checkpoint; report the first problem
+    /// with its record number (exit 1), or the log's figures (exit 0).
+    Check {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// Let redb recover the file to its last whole commit, then drop log
+    /// records from the first one that cannot be read.
+    Repair {
+        /// The data directory.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -114,6 +133,30 @@ struct ServeArgs {
     /// `ip-connection-limit-exceeded`); 0 means unlimited.
     #[arg(long, env = "VISTA_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
     max_connections_per_ip: usize,
+    /// Directory of the event log (created if missing). Ingest requests are
+    /// answered only once durable there, and a restart replays it.
+    #[arg(
+        long,
+        env = "VISTA_DATA_DIR",
+        default_value = "vista-data",
+        conflicts_with = "in_memory"
+    )]
+    data: PathBuf,
+    /// Keep everything in memory: a restart starts empty (`_seq` still never
+    /// goes backwards: it starts from the clock).
+    #[arg(long, env = "VISTA_IN_MEMORY")]
+    in_memory: bool,
+    /// When the log is fsynced: `always` (before a request is answered) or
+    /// `every:MS` (answered once written, fsynced every MS milliseconds: a
+    /// power loss can lose up to MS of acknowledged requests).
+    #[arg(long, env = "VISTA_FSYNC", default_value = "always", value_parser = parse_fsync)]
+    fsync: vista_host::durable::FsyncPolicy,
+    /// Checkpoint the store after this many events...
+    #[arg(long, env = "VISTA_CHECKPOINT_EVENTS", default_value_t = 100_000)]
+    checkpoint_every_events: u64,
+    /// ...or this many seconds, whichever comes first.
+    #[arg(long, env = "VISTA_CHECKPOINT_SECS", default_value_t = 300)]
+    checkpoint_every_secs: u64,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -141,6 +184,7 @@ async fn main() -> anyhow::Result<()> {
             println!("next: cd {} && cargo test && cargo build, then copy target/debug/lib*.so into the plugins directory", root.display());
             return Ok(());
         }
+        Command::Data(command) => return data_command(command),
         Command::Plugin(PluginCommand::Check { file }) => {
             let answer = vista_host::plugins::check_answer(&file);
             println!("{}", serde_json::to_string(&answer)?);
@@ -177,18 +221,33 @@ async fn main() -> anyhow::Result<()> {
         header_timeout: (args.header_timeout_secs > 0)
             .then(|| Duration::from_secs(args.header_timeout_secs)),
         max_connections_per_ip: args.max_connections_per_ip,
+        data_dir: (!args.in_memory).then_some(args.data),
+        fsync: args.fsync,
+        checkpoint_every_events: args.checkpoint_every_events.max(1),
+        checkpoint_every: Duration::from_secs(args.checkpoint_every_secs.max(1)),
     };
+    // A write past a file-size limit must fail with EFBIG (answered 503),
+    // not kill the process with SIGXFSZ.
+    // SAFETY: setting a signal's disposition to ignore.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     // Every connection is a file descriptor: use the whole hard limit.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(limit, "open-files limit"),
         Err(err) => tracing::warn!(%err, "cannot raise the open-files limit"),
     }
+    tracing::info!(plugins = %config.plugins_dir.display(), "loading plugins");
+    match &config.data_dir {
+        Some(dir) => tracing::info!(data = %dir.display(), "restoring state from the event log"),
+        None => tracing::warn!("--in-memory: nothing is kept across restarts"),
+    }
+    // The port opens once the log is replayed: a host that answers is ready.
+    let shared = Shared::new(config).context("cannot open the data directory")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(plugins = %config.plugins_dir.display(), "loading plugins");
-    let shared = Shared::new(config);
     let _watcher = match vista_host::watcher::watch(shared.clone()) {
         Ok(watcher) => Some(watcher),
         Err(err) => {
@@ -236,6 +295,44 @@ fn plugins_dir(dir: PathBuf) -> PathBuf {
         Err(err) => {
             tracing::error!(dir = %dir.display(), %err, "cannot resolve the plugins directory");
             std::path::absolute(&dir).unwrap_or(dir)
+        }
+    }
+}
+
+fn parse_fsync(text: &str) -> Result<vista_host::durable::FsyncPolicy, String> {
+    use vista_host::durable::FsyncPolicy;
+    match text {
+        "always" => Ok(FsyncPolicy::Always),
+        other => other
+            .strip_prefix("every:")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(|ms| FsyncPolicy::Every(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("expected `always` or `every:MS`, got {other:?}")),
+    }
+}
+
+/// `vista data check|repair DIR`.
+fn data_command(command: DataCommand) -> anyhow::Result<()> {
+    use vista_host::durable;
+    match command {
+        DataCommand::Check { dir } => match durable::check(&dir) {
+            Ok(stats) => {
+                println!("{}", serde_json::json!({"ok": true, "log": stats}));
+                Ok(())
+            }
+            Err(err) => {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "error": err.to_string()})
+                );
+                std::process::exit(1);
+            }
+        },
+        DataCommand::Repair { dir } => {
+            let report = durable::repair(&dir)?;
+            println!("{}", serde_json::json!({"ok": true, "repaired": report}));
+            Ok(())
         }
     }
 }

@@ -3,6 +3,8 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /healthz` | `{"status":"ok"}` |
+//! | `GET /readyz` | `{"status":"ready"}` (the port opens after the log is replayed) |
+//! | `GET /status` | storage mode and the event log: records, retained window, disk bytes, checkpoint |
 //! | `GET /plugins` | every plugin file: name, version, file, entities, views, streams, state, last error |
 //! | `POST /ingest/{stream}` | NDJSON or a JSON array of event objects; all or nothing |
 //! | `GET /metrics` | Prometheus text |
@@ -10,7 +12,8 @@
 //! Errors are JSON `{"error": code, "message": text, ...}` with a specific
 //! status: 400 malformed body (naming the line), 404 unknown stream or
 //! route, 413 body over the limit, 422 projector error (naming the plugin),
-//! 503 projector timeout or stuck plugin (naming the plugin).
+//! 503 projector timeout or stuck plugin (naming the plugin), 503
+//! `storage-unavailable` when the event log cannot be written.
 //! Upgrades over `max_connections` get 503 `connection-limit-exceeded`;
 //! connections over the per-IP cap are answered 429
 //! `ip-connection-limit-exceeded` before reaching this module
@@ -67,6 +70,19 @@ pub async fn handle(
     let path = request.uri().path().to_owned();
     let response = match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        // The port opens only once the log has been replayed, so a host
+        // that answers is ready.
+        (&Method::GET, "/readyz") => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        (&Method::GET, "/status") => {
+            let log = shared.engine.log_status().await;
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "storage": if log.is_some() { "durable" } else { "in-memory" },
+                    "log": log,
+                }),
+            )
+        }
         (&Method::GET, "/plugins") => {
             let reports = shared.engine.reports().await;
             json_response(
@@ -82,7 +98,7 @@ pub async fn handle(
             let stream = p.trim_start_matches("/ingest/").to_owned();
             ingest(request, &stream, &shared).await
         }
-        (_, "/healthz" | "/plugins" | "/metrics") => error_response(
+        (_, "/healthz" | "/readyz" | "/status" | "/plugins" | "/metrics") => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "use GET",
@@ -269,6 +285,12 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
                 json!({"plugin": plugin}),
             )
         }
+        Err(err @ IngestError::StorageUnavailable(_)) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-unavailable",
+            &err.to_string(),
+            json!({"retryable": true}),
+        ),
         Err(err @ IngestError::ShuttingDown) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting-down",

@@ -118,6 +118,33 @@ impl Store {
         self.last_seq
     }
 
+    /// Moves the `_seq` counter forward to `seq` (never back): the next
+    /// mutation gets `seq + 1`.
+    pub fn advance_to(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Every entity, for a checkpoint (`Arc` clones: the values are shared).
+    pub fn entities(&self) -> Vec<(String, String, Arc<Value>)> {
+        self.tables
+            .iter()
+            .flat_map(|(entity, table)| {
+                table
+                    .iter()
+                    .map(move |(key, value)| (entity.clone(), key.clone(), value.clone()))
+            })
+            .collect()
+    }
+
+    /// Replaces the contents with a checkpoint's.
+    pub fn restore(&mut self, entities: Vec<(String, String, Arc<Value>)>, last_seq: u64) {
+        self.tables = FastMap::default();
+        for (entity, key, value) in entities {
+            self.tables.entry(entity).or_default().insert(key, value);
+        }
+        self.last_seq = last_seq;
+    }
+
     /// The `_seq` text of the last applied mutation.
     pub fn last_seq(&self) -> String {
         format_seq(self.last_seq)

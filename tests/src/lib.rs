@@ -114,6 +114,8 @@ pub enum PluginFile {
 /// A running `vista` process.
 pub struct Host {
     child: Child,
+    /// Program and arguments, to start it again on the same directories.
+    launch: Vec<std::ffi::OsString>,
     /// `127.0.0.1:PORT`.
     pub addr: String,
     /// The plugins directory (inside `dir`).
@@ -169,34 +171,28 @@ impl Host {
             }
             None => Command::new(binary),
         };
-        let mut child = command
+        let data = dir.path().join("data");
+        let keeps_state = !extra_args
+            .iter()
+            .any(|a| *a == "--in-memory" || *a == "--data");
+        command
             .arg("serve")
             .arg("--plugins")
             .arg(&plugins_dir)
             .arg("--cache-dir")
             .arg(dir.path().join("cache"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("start vista");
-        let stdout = child.stdout.take().unwrap();
-        let addr = tokio::task::spawn_blocking(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let line = lines
-                .next()
-                .expect("vista printed nothing")
-                .expect("read stdout");
-            line.strip_prefix("vista listening on ")
-                .expect("listening line")
-                .to_owned()
-        })
-        .await
-        .unwrap();
+            .args(["--listen", "127.0.0.1:0"]);
+        if keeps_state {
+            command.arg("--data").arg(&data);
+        }
+        command.args(extra_args);
+        let launch: Vec<std::ffi::OsString> = std::iter::once(command.get_program().to_owned())
+            .chain(command.get_args().map(|a| a.to_owned()))
+            .collect();
+        let (child, addr) = spawn_host(&launch, &log_path).await;
         Host {
             child,
+            launch,
             addr,
             plugins_dir,
             log_path,
@@ -581,6 +577,8 @@ impl Host {
         .unwrap();
         Host {
             child,
+            // Its paths are relative to `cwd`: not restartable from here.
+            launch: Vec::new(),
             addr,
             plugins_dir: cwd.join(plugins),
             log_path,
@@ -590,7 +588,56 @@ impl Host {
     }
 }
 
+/// Starts a `vista` process, its stderr appended to `log_path`; returns it
+/// and the address it printed.
+async fn spawn_host(launch: &[std::ffi::OsString], log_path: &Path) -> (Child, String) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .unwrap();
+    let mut child = Command::new(&launch[0])
+        .args(&launch[1..])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start vista");
+    let stdout = child.stdout.take().unwrap();
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines
+            .next()
+            .expect("vista printed nothing")
+            .expect("read stdout");
+        line.strip_prefix("vista listening on ")
+            .expect("listening line")
+            .to_owned()
+    })
+    .await
+    .unwrap();
+    (child, addr)
+}
+
 impl Host {
+    /// Kills the host with SIGKILL (a crash) and waits for it to be gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the host again with the same arguments and directories (after
+    /// [`Host::kill9`] or an exit); it gets a new port.
+    pub async fn restart(&mut self) {
+        assert!(
+            !self.launch.is_empty(),
+            "a host started with start_in cannot restart"
+        );
+        let (child, addr) = spawn_host(&self.launch, &self.log_path).await;
+        self.child = child;
+        self.addr = addr;
+    }
+
     /// Sends SIGTERM to the host (graceful shutdown).
     pub fn terminate(&self) {
         let status = Command::new("kill")

@@ -620,6 +620,11 @@ async fn spawn_host(launch: &[std::ffi::OsString], log_path: &Path) -> (Child, S
 }
 
 impl Host {
+    /// The data directory the harness gave the host (`--data`).
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// Kills the host with SIGKILL (a crash) and waits for it to be gone.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,336 @@
+//! Durable state against the real host: acknowledged requests survive
+//! `kill -9`, every request is wholly present or wholly absent after a
+//! crash, `_seq` never repeats or goes backwards across restarts, a full
+//! disk is a 503 with nothing lost, and a damaged data file stops the host
+//! with the file named.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use vista_tests::{vista_binary, Host, PluginFile, WsClient};
+
+/// The whole `Token/list` view: mint -> entity.
+async fn tokens(host: &Host) -> BTreeMap<String, Value> {
+    let mut client = WsClient::connect(&host.ws_url()).await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    client.snapshot().await.into_iter().collect()
+}
+
+fn seq_of(entity: &Value) -> u64 {
+    entity["_seq"].as_str().unwrap().parse().unwrap()
+}
+
+async fn durable_tokens_host() -> Host {
+    Host::start(vec![PluginFile::Built("vista_tokens", "tokens.so")], &[]).await
+}
+
+#[tokio::test]
+async fn acknowledged_requests_survive_kill_9_and_seq_continues() {
+    let mut host = durable_tokens_host().await;
+    let reply = host
+        .ingest_ok(
+            "tokens",
+            &[
+                json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 10}),
+                json!({"type": "supply_changed", "mint": "a", "delta": 5}),
+                json!({"type": "token_created", "mint": "b", "symbol": "B", "decimals": 0, "supply": 1}),
+            ],
+        )
+        .await;
+    host.ingest_ok("tokens", &[json!({"type": "token_closed", "mint": "b"})])
+        .await;
+    let before = tokens(&host).await;
+    let last_seq: u64 = reply["seq"].as_str().unwrap().parse().unwrap();
+
+    host.kill9();
+    host.restart().await;
+    let after = tokens(&host).await;
+    assert_eq!(
+        after, before,
+        "the state after a crash equals the state before"
+    );
+    assert_eq!(after["a"]["supply"], 15);
+    assert!(!after.contains_key("b"), "the delete survived too");
+    // A state-reading event on a restored entity works, and `_seq` goes on.
+    let reply = host
+        .ingest_ok(
+            "tokens",
+            &[json!({"type": "supply_changed", "mint": "a", "delta": 1})],
+        )
+        .await;
+    let next: u64 = reply["seq"].as_str().unwrap().parse().unwrap();
+    assert!(next > last_seq + 1, "{next} after {last_seq}");
+    let (_, status) = host.get_json("/status").await;
+    assert_eq!(status["storage"], "durable");
+    assert!(status["log"]["records"].as_u64().unwrap() >= 3, "{status}");
+    assert!(host.log().contains("state recovered"), "{}", host.log());
+}
+
+#[tokio::test]
+async fn in_memory_seq_never_goes_backwards_across_restarts() {
+    let mut host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--in-memory"],
+    )
+    .await;
+    let first = host
+        .ingest_ok("tokens", &[json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1})])
+        .await;
+    host.kill9();
+    host.restart().await;
+    assert!(tokens(&host).await.is_empty(), "in memory: nothing kept");
+    let second = host
+        .ingest_ok("tokens", &[json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1})])
+        .await;
+    let (first, second) = (
+        first["seq"].as_str().unwrap(),
+        second["seq"].as_str().unwrap(),
+    );
+    assert_eq!(second.len(), 16);
+    assert!(second > first, "{second} after {first}");
+    let (_, status) = host.get_json("/status").await;
+    assert_eq!(status["storage"], "in-memory");
+}
+
+/// What the crash soak's posters learned about each request.
+#[derive(Default)]
+struct Ledger {
+    /// Requests answered 200.
+    acked: BTreeSet<String>,
+    /// Requests sent whose answer never came (the host died meanwhile).
+    unknown: BTreeSet<String>,
+}
+
+/// One request: three new tokens named after it, and +1 on the shared
+/// `counter` token (a state-reading event).
+fn request_body(id: &str) -> String {
+    let mut body = String::new();
+    for i in 0..3 {
+        body.push_str(&format!(
+            "{}\n",
+            json!({"type": "token_created", "mint": format!("{id}-{i}"), "symbol": "S", "decimals": 0, "supply": 1})
+        ));
+    }
+    body.push_str(&format!(
+        "{}\n",
+        json!({"type": "supply_changed", "mint": "counter", "delta": 1})
+    ));
+    body
+}
+
+#[tokio::test]
+async fn crash_soak_every_acknowledged_request_survives_and_none_is_torn() {
+    const KILLS: usize = 20;
+    const POSTERS: usize = 4;
+    let mut host = durable_tokens_host().await;
+    host.ingest_ok(
+        "tokens",
+        &[json!({"type": "token_created", "mint": "counter", "symbol": "C", "decimals": 0, "supply": 0})],
+    )
+    .await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut max_seq_seen = 0u64;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..KILLS {
+        let url = format!("{}/ingest/tokens", host.http_url());
+        let posters: Vec<_> = (0..POSTERS)
+            .map(|poster| {
+                let (url, ledger) = (url.clone(), ledger.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    for n in 0.. {
+                        let id = format!("r{round}p{poster}n{n}");
+                        let sent = http.post(&url).body(request_body(&id)).send().await;
+                        let mut ledger = ledger.lock().unwrap();
+                        match sent {
+                            Ok(response) if response.status() == 200 => {
+                                ledger.acked.insert(id);
+                            }
+                            Ok(response) => panic!("request {id} refused: {}", response.status()),
+                            Err(_) => {
+                                // The host died under it: applied or not.
+                                ledger.unknown.insert(id);
+                                return;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50 + next() % 250)).await;
+        host.kill9();
+        for poster in posters {
+            poster.await.unwrap();
+        }
+        host.restart().await;
+
+        let state = tokens(&host).await;
+        let ledger = ledger.lock().unwrap();
+        let mut applied = 0;
+        for id in ledger.acked.iter().chain(&ledger.unknown) {
+            let present = (0..3)
+                .filter(|i| state.contains_key(&format!("{id}-{i}")))
+                .count();
+            assert!(
+                present == 0 || present == 3,
+                "round {round}: request {id} is torn ({present} of 3 tokens)"
+            );
+            if ledger.acked.contains(id) {
+                assert_eq!(
+                    present, 3,
+                    "round {round}: acknowledged request {id} was lost"
+                );
+            }
+            applied += usize::from(present == 3);
+        }
+        assert_eq!(
+            state["counter"]["supply"].as_u64().unwrap() as usize,
+            applied,
+            "round {round}: the counter saw exactly the applied requests"
+        );
+        let seqs: BTreeSet<u64> = state.values().map(seq_of).collect();
+        assert_eq!(seqs.len(), state.len(), "round {round}: a _seq repeats");
+        let max = *seqs.last().unwrap();
+        assert!(max >= max_seq_seen, "round {round}: _seq went back");
+        max_seq_seen = max;
+    }
+    // After the last restart new mutations get new, higher `_seq`s.
+    let reply = host.ingest("tokens", request_body("after")).await.1;
+    let seq: u64 = reply["seq"].as_str().unwrap().parse().unwrap();
+    assert!(seq > max_seq_seen);
+    let ledger = ledger.lock().unwrap();
+    println!(
+        "crash soak: {KILLS} kills, {} acknowledged requests, {} in flight at a kill",
+        ledger.acked.len(),
+        ledger.unknown.len()
+    );
+    assert!(
+        ledger.acked.len() > KILLS,
+        "the soak ingested too little to mean anything"
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_is_503_storage_unavailable_and_loses_nothing_acknowledged() {
+    // The host may write at most 24 MB to any file (the plugin's debug
+    // build, copied into the cache, is ~15 MB): the log fills up.
+    let mut host = Host::start_wrapped(
+        &["prlimit", "--fsize=24000000", "--"],
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &[],
+    )
+    .await;
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for n in 0..1000 {
+        let body: String = (0..200)
+            .map(|i| {
+                format!(
+                    "{}\n",
+                    json!({"type": "token_created", "mint": format!("m{n}-{i}"), "symbol": "x".repeat(400), "decimals": 0, "supply": 1})
+                )
+            })
+            .collect();
+        let (status, reply) = host.ingest("tokens", body).await;
+        match status {
+            200 => acked.push(n),
+            503 => {
+                refused = Some(reply);
+                break;
+            }
+            other => panic!("unexpected {other}: {reply}"),
+        }
+    }
+    let reply = refused.expect("the log never filled up");
+    assert_eq!(reply["error"], "storage-unavailable", "{reply}");
+    assert!(!acked.is_empty());
+    // Still serving: health, subscriptions, and every acknowledged token.
+    host.healthz_latency().await;
+    let state = tokens(&host).await;
+    for n in &acked {
+        assert!(
+            state.contains_key(&format!("m{n}-0")),
+            "acknowledged request {n} lost"
+        );
+    }
+    assert!(
+        host.log().contains("cannot write the event log"),
+        "{}",
+        host.log()
+    );
+    // And after a restart (space is still short, reading needs none).
+    host.kill9();
+    host.restart().await;
+    let state = tokens(&host).await;
+    for n in &acked {
+        assert!(
+            state.contains_key(&format!("m{n}-199")),
+            "request {n} lost across restart"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_data_file_stops_the_host_naming_it_and_data_check_finds_it() {
+    let mut host = durable_tokens_host().await;
+    host.ingest_ok(
+        "tokens",
+        &[json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1})],
+    )
+    .await;
+    host.kill9();
+    let data = host.data_dir();
+    let file = data.join("vista.redb");
+    let check = std::process::Command::new(vista_binary())
+        .args(["data", "check"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let answer: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(answer["log"]["records"], 1, "{answer}");
+
+    // Overwrite the file's header.
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[..64].fill(0x5a);
+    std::fs::write(&file, bytes).unwrap();
+    let serve = std::process::Command::new(vista_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins"])
+        .arg(&host.plugins_dir)
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        !serve.status.success(),
+        "the host started on a damaged file"
+    );
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(stderr.contains(&file.display().to_string()), "{stderr}");
+    let check = std::process::Command::new(vista_binary())
+        .args(["data", "check"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    let answer: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(answer["ok"], false);
+    assert!(
+        answer["error"].as_str().unwrap().contains("vista.redb"),
+        "{answer}"
+    );
+}

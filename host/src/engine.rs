@@ -1055,6 +1055,8 @@ impl Engine {
             after = checkpoint.rec;
             let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
             store.restore(checkpoint.entities, checkpoint.last_seq);
+            // The plugins' views were built over the empty store.
+            self.views.rebuild_all(&store);
             tracing::info!(
                 rec = checkpoint.rec,
                 last_seq = checkpoint.last_seq,

@@ -11,6 +11,7 @@
 //! later mutations copy-on-write, so snapshots are encoded off the engine
 //! lock without cloning the store.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -18,6 +19,9 @@ use vista_plugin_api::mutation::value_at_mut;
 use vista_plugin_api::{apply_patch, Mutation, MutationKind};
 
 use crate::vocab::FastMap;
+
+/// Tombstones kept (all entity types together) before the oldest go.
+pub const MAX_TOMBSTONES: usize = 1_000_000;
 
 /// Formats a sequence number as its fixed-width `_seq` text.
 pub fn format_seq(seq: u64) -> String {
@@ -38,6 +42,16 @@ pub fn format_seq(seq: u64) -> String {
 #[derive(Default)]
 pub struct Store {
     tables: FastMap<String, FastMap<String, Arc<Value>>>,
+    /// Deleted keys by entity type, by the `_seq` of their delete, so a
+    /// client resuming from a cursor learns what went away
+    /// ([`Store::deleted_after`]).
+    tombstones: FastMap<String, BTreeMap<u64, String>>,
+    /// The `_seq` of each key's tombstone, to drop it when the key returns.
+    tombstone_of: FastMap<(String, String), u64>,
+    /// Tombstones are complete for deletes after this `_seq`: older ones
+    /// were dropped (oldest first past [`MAX_TOMBSTONES`]) or predate what
+    /// this process rebuilt (a checkpoint keeps no tombstones).
+    tombstone_horizon: u64,
     /// Last sequence number assigned (0 = none yet).
     last_seq: u64,
 }
@@ -118,9 +132,59 @@ impl Store {
         self.last_seq
     }
 
+    /// Records that `entity[key]` was deleted by mutation `self.last_seq`.
+    fn bury(&mut self, entity: &str, key: &str) {
+        let seq = self.last_seq;
+        self.tombstones
+            .entry(entity.to_owned())
+            .or_default()
+            .insert(seq, key.to_owned());
+        self.tombstone_of
+            .insert((entity.to_owned(), key.to_owned()), seq);
+        if self.tombstone_of.len() > MAX_TOMBSTONES {
+            // Forget the oldest: cursors before it get a full snapshot.
+            let oldest = self
+                .tombstones
+                .iter()
+                .filter_map(|(entity, tombs)| {
+                    tombs.first_key_value().map(|(s, _)| (*s, entity.clone()))
+                })
+                .min();
+            if let Some((seq, entity)) = oldest {
+                if let Some(key) = self
+                    .tombstones
+                    .get_mut(&entity)
+                    .and_then(|t| t.remove(&seq))
+                {
+                    self.tombstone_of.remove(&(entity, key));
+                }
+                self.tombstone_horizon = self.tombstone_horizon.max(seq);
+            }
+        }
+    }
+
+    /// Keys of `entity` deleted after `_seq` `after` (and not re-created).
+    pub fn deleted_after(&self, entity: &str, after: u64) -> impl Iterator<Item = &String> {
+        self.tombstones
+            .get(entity)
+            .into_iter()
+            .flat_map(move |tombs| tombs.range(after + 1..).map(|(_, key)| key))
+    }
+
+    /// Whether a client's cursor is recent enough to be resumed from: every
+    /// delete after it is still known.
+    pub fn can_resume_from(&self, after: u64) -> bool {
+        after >= self.tombstone_horizon
+    }
+
     /// Moves the `_seq` counter forward to `seq` (never back): the next
     /// mutation gets `seq + 1`.
     pub fn advance_to(&mut self, seq: u64) {
+        if self.last_seq == 0 {
+            // A fresh store starting from a later `_seq` (the clock, in
+            // memory) knows no deletes before it.
+            self.tombstone_horizon = self.tombstone_horizon.max(seq);
+        }
         self.last_seq = self.last_seq.max(seq);
     }
 
@@ -139,6 +203,10 @@ impl Store {
     /// Replaces the contents with a checkpoint's.
     pub fn restore(&mut self, entities: Vec<(String, String, Arc<Value>)>, last_seq: u64) {
         self.tables = FastMap::default();
+        // A checkpoint keeps no tombstones: deletes before it are unknown.
+        self.tombstones = FastMap::default();
+        self.tombstone_of = FastMap::default();
+        self.tombstone_horizon = last_seq;
         for (entity, key, value) in entities {
             self.tables.entry(entity).or_default().insert(key, value);
         }
@@ -165,6 +233,14 @@ impl Store {
                 };
                 data.insert("_seq".into(), Value::String(seq.clone()));
                 let existed = table.contains_key(&mutation.key);
+                if let Some(seq) = self
+                    .tombstone_of
+                    .remove(&(mutation.entity.clone(), mutation.key.clone()))
+                {
+                    if let Some(tombs) = self.tombstones.get_mut(&mutation.entity) {
+                        tombs.remove(&seq);
+                    }
+                }
                 let slot = table
                     .entry(mutation.key.clone())
                     .or_insert_with(|| Arc::new(Value::Object(Map::new())));
@@ -183,6 +259,9 @@ impl Store {
             }
             MutationKind::Delete => {
                 let existed = table.remove(&mutation.key).is_some();
+                if existed {
+                    self.bury(&mutation.entity, &mutation.key);
+                }
                 Change {
                     entity: mutation.entity,
                     key: mutation.key,

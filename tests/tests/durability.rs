@@ -126,7 +126,12 @@ fn request_body(id: &str) -> String {
 async fn crash_soak_every_acknowledged_request_survives_and_none_is_torn() {
     const KILLS: usize = 20;
     const POSTERS: usize = 4;
-    let mut host = durable_tokens_host().await;
+    // Frequent checkpoints: restarts load one and replay the log after it.
+    let mut host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--checkpoint-every-events", "200"],
+    )
+    .await;
     host.ingest_ok(
         "tokens",
         &[json!({"type": "token_created", "mint": "counter", "symbol": "C", "decimals": 0, "supply": 0})],
@@ -332,5 +337,143 @@ async fn a_damaged_data_file_stops_the_host_naming_it_and_data_check_finds_it() 
     assert!(
         answer["error"].as_str().unwrap().contains("vista.redb"),
         "{answer}"
+    );
+}
+
+fn token(mint: &str, supply: u64) -> Value {
+    json!({"type": "token_created", "mint": mint, "symbol": "S", "decimals": 0, "supply": supply})
+}
+
+/// Everything a resuming client receives up to the end of its snapshot:
+/// (deleted keys, snapshot entries).
+async fn resume(host: &Host, request: Value) -> (Vec<String>, BTreeMap<String, Value>) {
+    let mut client = WsClient::connect(&host.ws_url()).await;
+    client.subscribe(request).await;
+    let mut deleted = Vec::new();
+    loop {
+        let frame = client.recv_json().await;
+        match frame["op"].as_str() {
+            Some("delete") => deleted.push(frame["key"].as_str().unwrap().to_owned()),
+            Some("snapshot") => {
+                let mut entries: BTreeMap<String, Value> = BTreeMap::new();
+                let mut frame = frame;
+                loop {
+                    for entry in frame["data"].as_array().unwrap() {
+                        entries.insert(
+                            entry["key"].as_str().unwrap().to_owned(),
+                            entry["data"].clone(),
+                        );
+                    }
+                    if frame["complete"] == true {
+                        return (deleted, entries);
+                    }
+                    frame = client.recv_json().await;
+                }
+            }
+            other => panic!("unexpected frame {other:?}: {frame}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_resuming_with_after_gets_exactly_the_missed_changes() {
+    let mut host = durable_tokens_host().await;
+    host.ingest_ok(
+        "tokens",
+        &[
+            token("a", 1),
+            token("b", 1),
+            token("c", 1),
+            token("keep", 1),
+        ],
+    )
+    .await;
+    let before = tokens(&host).await;
+    let cursor = before.values().map(seq_of).max().unwrap();
+
+    // While the client is away: a changes, b goes, d arrives, c comes and goes.
+    host.ingest_ok(
+        "tokens",
+        &[
+            json!({"type": "supply_changed", "mint": "a", "delta": 5}),
+            json!({"type": "token_closed", "mint": "b"}),
+            token("d", 7),
+            json!({"type": "token_closed", "mint": "c"}),
+        ],
+    )
+    .await;
+    // Also across a crash: the log rebuilds what was deleted.
+    host.kill9();
+    host.restart().await;
+
+    let cursor_text = format!("{cursor:016}");
+    let (deleted, changed) = resume(
+        &host,
+        json!({"type": "subscribe", "view": "Token/list", "after": cursor_text}),
+    )
+    .await;
+    let deleted: BTreeSet<String> = deleted.into_iter().collect();
+    assert_eq!(deleted, BTreeSet::from(["b".to_owned(), "c".to_owned()]));
+    assert_eq!(changed.keys().cloned().collect::<Vec<_>>(), vec!["a", "d"]);
+    assert_eq!(changed["a"]["supply"], 6);
+    // The client's old state plus what it got equals the host's state.
+    let mut rebuilt = before.clone();
+    for key in &deleted {
+        rebuilt.remove(key);
+    }
+    rebuilt.extend(changed);
+    assert_eq!(rebuilt, tokens(&host).await);
+
+    // One key resumes the same way.
+    let (deleted, changed) = resume(
+        &host,
+        json!({"type": "subscribe", "view": "Token/state", "key": "b", "after": cursor_text}),
+    )
+    .await;
+    assert_eq!((deleted, changed.len()), (vec!["b".to_owned()], 0));
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_the_known_deletes_gets_a_full_snapshot() {
+    let mut host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--checkpoint-every-events", "1"],
+    )
+    .await;
+    host.ingest_ok("tokens", &[token("a", 1), token("b", 1)])
+        .await;
+    let cursor = tokens(&host).await.values().map(seq_of).max().unwrap();
+    host.ingest_ok(
+        "tokens",
+        &[json!({"type": "token_closed", "mint": "b"}), token("c", 1)],
+    )
+    .await;
+    // Wait for the checkpoint covering the last request, then crash: the
+    // restarted host starts from it and does not know the delete of b.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = host.get_json("/status").await;
+        if status["log"]["checkpoint_rec"] == status["log"]["last_rec"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    host.kill9();
+    host.restart().await;
+    assert!(host.log().contains("checkpoint loaded"), "{}", host.log());
+    let (deleted, snapshot) = resume(
+        &host,
+        json!({"type": "subscribe", "view": "Token/list", "after": format!("{cursor:016}")}),
+    )
+    .await;
+    assert!(deleted.is_empty());
+    assert_eq!(
+        snapshot.keys().cloned().collect::<Vec<_>>(),
+        vec!["a", "c"],
+        "the full view, not just what changed"
     );
 }

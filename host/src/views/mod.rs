@@ -47,6 +47,9 @@ pub struct SubscriptionStart {
     /// The snapshot to send, in view order; `None` for append views or when
     /// the client asked for no snapshot.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// When resuming from a cursor (`after`): `delete` frames for what left
+    /// the view since, sent before the snapshot of what changed.
+    pub resume_deletes: Vec<Frame>,
     /// Identifies this subscription on its connection, so a snapshot still
     /// queued when it is replaced or removed can be dropped.
     pub generation: u64,
@@ -285,6 +288,15 @@ impl Views {
         }
     }
 
+    /// Re-reads every view's index from the store (after the store was
+    /// restored from a checkpoint under views built on an empty one).
+    pub fn rebuild_all(&mut self, store: &Store) {
+        self.snapshot_cache.clear();
+        for view in self.views.values_mut() {
+            view.rebuild_index(store);
+        }
+    }
+
     /// A view by id.
     pub fn get(&self, id: &str) -> Option<&View> {
         self.views.get(id)
@@ -317,6 +329,36 @@ impl Views {
             mode: view.mode,
             sort: view.wire_sort(),
         });
+        // `after`: resume from a cursor. Whole views and single keys resume
+        // with the changes since (and deletes of what left); a cursor older
+        // than the known deletes, or a window, gets a full snapshot.
+        let resume = request
+            .after
+            .as_deref()
+            .and_then(|after| after.parse::<u64>().ok())
+            .filter(|after| store.can_resume_from(*after) && !matches!(slot, Slot::Window(_)));
+        let mut resume_deletes = Vec::new();
+        if let (Some(after), true) = (resume, view.mode != Mode::Append) {
+            let mut frames = FrameCache::new(view.id.clone(), view.mode);
+            let wanted = |key: &String| match &slot {
+                Slot::Key(k) => k == key,
+                _ => true,
+            };
+            for key in store
+                .deleted_after(&view.source, after)
+                .filter(|k| wanted(k))
+            {
+                resume_deletes.push(frames.delete(key));
+            }
+            if view.mode == Mode::List {
+                // Changed since the cursor but no longer in the view.
+                for (key, entity) in store.table(&view.source) {
+                    if wanted(key) && seq_of(entity) > after && !view.index.contains(key) {
+                        resume_deletes.push(frames.delete(key));
+                    }
+                }
+            }
+        }
         let shareable =
             slot == Slot::All && request.after.is_none() && request.snapshot_limit.is_none();
         let cached = shareable
@@ -337,10 +379,7 @@ impl Views {
                         data,
                     })
                 })
-                .filter(|e| match &request.after {
-                    Some(after) => e.data["_seq"].as_str().is_some_and(|s| s > after.as_str()),
-                    None => true,
-                });
+                .filter(|e| resume.is_none_or(|after| seq_of(&e.data) > after));
             let entries = match request.snapshot_limit {
                 Some(limit) => entries.take(limit).collect(),
                 None => entries.collect(),
@@ -369,6 +408,7 @@ impl Views {
             view: view_id,
             mode: view.mode,
             snapshot,
+            resume_deletes,
             generation,
         })
     }
@@ -439,6 +479,9 @@ impl SubscriptionStart {
     /// Sends the `subscribed` frame and the snapshot through `notify`.
     pub fn send(self, conn: ConnId, notify: Notify<'_>) {
         notify(conn, Notice::Frame(self.subscribed));
+        for frame in self.resume_deletes {
+            notify(conn, Notice::Frame(frame));
+        }
         if let Some(snapshot) = self.snapshot {
             notify(
                 conn,
@@ -449,4 +492,12 @@ impl SubscriptionStart {
             );
         }
     }
+}
+
+/// An entity's `_seq` as a number (0 if it has none).
+fn seq_of(entity: &serde_json::Value) -> u64 {
+    entity["_seq"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

@@ -223,6 +223,10 @@ async fn crash_soak_every_acknowledged_request_survives_and_none_is_torn() {
         ledger.acked.len() > KILLS,
         "the soak ingested too little to mean anything"
     );
+    assert!(
+        host.log().contains("checkpoint loaded"),
+        "no restart started from a checkpoint"
+    );
 }
 
 #[tokio::test]

@@ -10,12 +10,21 @@
 //! target/release/loadgen idle     --clients 15000
 //! target/release/loadgen snapshot --entities 100000 --clients 100
 //! target/release/loadgen ingest   --events 20000
+//! target/release/loadgen durable  --batch 100
 //! ```
 //!
 //! `ingest` measures the host alone: the cost per event of requests of 10
 //! to 10,000 events, all on one key (trades on one token, which read and
 //! append to it) or on spread keys (token creations), and one request of
 //! 4,000 trades on a fresh token.
+//!
+//! `durable` measures the event log: ingest throughput and per-request
+//! latency with 16 concurrent posters `--in-memory`, with `--fsync always`
+//! and with `--fsync every:5`; disk bytes per logged event; and the time
+//! from spawn to the listening line when a host holding 1,000,000 logged
+//! events is killed (SIGKILL) and started again, without a checkpoint and
+//! with a recent one. Vista hosts started by this tool keep their log in
+//! their temporary directory unless a scenario says `--in-memory`.
 //!
 //! The tool starts the servers itself (so it knows their pids and can read
 //! their CPU time and resident memory from `/proc`), opens the WebSocket
@@ -118,6 +127,21 @@ enum Scenario {
         #[arg(long, default_value_t = 20_000)]
         events: usize,
     },
+    /// Durable state: ingest in memory vs with the fsynced event log, disk
+    /// bytes per event, restart time with and without a recent checkpoint.
+    Durable {
+        #[command(flatten)]
+        common: Common,
+        /// Events per ingest measurement.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Concurrent posters.
+        #[arg(long, default_value_t = 16)]
+        posters: usize,
+        /// Events logged before each restart.
+        #[arg(long, default_value_t = 1_000_000)]
+        restart_events: usize,
+    },
     /// (internal) Run the baseline broadcaster.
     BaselineServer {
         /// Address to listen on.
@@ -138,6 +162,13 @@ enum Target {
 struct Server {
     child: Child,
     addr: String,
+    /// How it was started, to start it again ([`Server::restart`]).
+    program: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    /// Time from spawn to the listening line.
+    start_time: Duration,
+    /// The event log's directory (a durable vista).
+    data_dir: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -150,10 +181,18 @@ impl Drop for Server {
 
 impl Server {
     fn start(target: Target, common: &Common) -> anyhow::Result<Server> {
+        Server::start_with(target, common, &[])
+    }
+
+    /// Starts a server; `extra_args` go to `vista serve`. Unless they say
+    /// `--in-memory` or `--data`, vista keeps its event log in `data` in the
+    /// server's temporary directory.
+    fn start_with(target: Target, common: &Common, extra_args: &[&str]) -> anyhow::Result<Server> {
         let here = std::env::current_exe()?;
         let bin_dir = here.parent().context("binary directory")?.to_owned();
         let dir = tempfile::tempdir()?;
-        let mut command = match target {
+        let mut data_dir = None;
+        let (program, args) = match target {
             Target::Vista => {
                 let vista = common
                     .vista
@@ -167,48 +206,101 @@ impl Server {
                 std::fs::create_dir_all(&plugins)?;
                 std::fs::copy(&plugin, plugins.join("tokens.so"))
                     .with_context(|| format!("copy {}", plugin.display()))?;
-                let mut command = Command::new(vista);
-                command
-                    .arg("serve")
-                    .arg("--plugins")
-                    .arg(&plugins)
-                    .arg("--cache-dir")
-                    .arg(dir.path().join("cache"))
-                    .args(["--listen", "127.0.0.1:0", "--max-body-bytes", "67108864"])
-                    .env("RUST_LOG", "warn");
-                command
+                let mut args: Vec<std::ffi::OsString> = vec![
+                    "serve".into(),
+                    "--plugins".into(),
+                    plugins.into(),
+                    "--cache-dir".into(),
+                    dir.path().join("cache").into(),
+                ];
+                for arg in ["--listen", "127.0.0.1:0", "--max-body-bytes", "67108864"] {
+                    args.push(arg.into());
+                }
+                if !extra_args
+                    .iter()
+                    .any(|a| *a == "--in-memory" || *a == "--data")
+                {
+                    let data = dir.path().join("data");
+                    args.push("--data".into());
+                    args.push(data.clone().into());
+                    data_dir = Some(data);
+                }
+                args.extend(extra_args.iter().map(Into::into));
+                (vista, args)
             }
-            Target::Baseline => {
-                let mut command = Command::new(here);
-                command.args(["baseline-server", "--listen", "127.0.0.1:0"]);
-                command
-            }
+            Target::Baseline => (
+                here,
+                ["baseline-server", "--listen", "127.0.0.1:0"]
+                    .iter()
+                    .map(Into::into)
+                    .collect(),
+            ),
         };
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-            &mut line,
-        )?;
-        let addr = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .context("listening line")?
-            .to_owned();
+        let (child, addr, start_time) = spawn_listening(&program, &args)?;
         Ok(Server {
             child,
             addr,
+            program,
+            args,
+            start_time,
+            data_dir,
             _dir: dir,
         })
+    }
+
+    /// Kills the process (SIGKILL) and starts it again with the same
+    /// arguments (so on the same data directory); returns the time from
+    /// spawn to its listening line.
+    fn restart(&mut self) -> anyhow::Result<Duration> {
+        let _ = self.child.kill();
+        self.child.wait()?;
+        let (child, addr, start_time) = spawn_listening(&self.program, &self.args)?;
+        self.child = child;
+        self.addr = addr;
+        self.start_time = start_time;
+        Ok(start_time)
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// Spawns a server and waits for its `... listening on ADDR` line; returns
+/// the child, ADDR and the time from spawn to that line.
+fn spawn_listening(
+    program: &std::path::Path,
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<(Child, String, Duration)> {
+    let started = Instant::now();
+    let mut child = Command::new(program)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("spawn {}", program.display()))?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )?;
+    let start_time = started.elapsed();
+    if !line.contains("listening on ") {
+        let _ = child.kill();
+        let status = child.wait()?;
+        anyhow::bail!(
+            "{} did not start ({status}); stdout: {line:?}",
+            program.display()
+        );
+    }
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("listening line")?
+        .to_owned();
+    Ok((child, addr, start_time))
 }
 
 /// user+system CPU seconds of a process.
@@ -756,6 +848,342 @@ async fn ingest_scaling(common: &Common, events: usize) -> anyhow::Result<Value>
     }))
 }
 
+/// Posts `bodies` from `posters` concurrent clients, timing each request
+/// from send to its 200 answer; returns the wall time, the host's CPU
+/// seconds over it and every request's latency in µs.
+async fn post_timed(
+    server: &Server,
+    bodies: Vec<String>,
+    posters: usize,
+) -> anyhow::Result<(Duration, f64, Vec<u32>)> {
+    let (started, cpu) = (Instant::now(), cpu_seconds(server.pid()));
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let mut tasks = Vec::new();
+    for _ in 0..posters {
+        let (queue, addr) = (queue.clone(), server.addr.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            loop {
+                let Some(body) = queue.lock().expect("queue").pop() else {
+                    return anyhow::Ok(latencies);
+                };
+                let sent = Instant::now();
+                ingest(&http, &addr, body).await?;
+                latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let wall = started.elapsed();
+    Ok((wall, cpu_seconds(server.pid()) - cpu, latencies))
+}
+
+/// `events` `token_created` events over 1,000 mints from event `from`, in
+/// requests of `batch`.
+fn token_bodies(from: usize, events: usize, batch: usize) -> Vec<String> {
+    (from..from + events)
+        .step_by(batch.max(1))
+        .map(|at| token_events(at, batch.min(from + events - at), 1000, false))
+        .collect()
+}
+
+/// `GET /status`.
+async fn status(http: &reqwest::Client, addr: &str) -> anyhow::Result<Value> {
+    let response = http.get(format!("http://{addr}/status")).send().await?;
+    anyhow::ensure!(
+        response.status() == 200,
+        "GET /status answered {}",
+        response.status()
+    );
+    Ok(serde_json::from_str(&response.text().await?)?)
+}
+
+/// A number in the `log` object of a `/status` answer.
+fn log_field(status: &Value, field: &str) -> anyhow::Result<u64> {
+    status["log"][field]
+        .as_u64()
+        .with_context(|| format!("GET /status has no log.{field}: {status}"))
+}
+
+/// Bytes of the files in `dir`: their length and the blocks allocated.
+fn dir_bytes(dir: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let mut sum = (0, 0);
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Ok(meta) = entry.metadata() {
+            if meta.is_file() {
+                sum.0 += meta.len();
+                sum.1 += meta.blocks() * 512;
+            }
+        }
+    }
+    sum
+}
+
+/// Ingest throughput and per-request latency of one storage mode.
+async fn durable_ingest(
+    common: &Common,
+    mode: &str,
+    args: &[&str],
+    events: usize,
+    posters: usize,
+) -> anyhow::Result<Value> {
+    let server = Server::start_with(Target::Vista, common, args)?;
+    let http = reqwest::Client::new();
+    // Warm-up, not measured: the 1,000 mints are created.
+    let warmup = 1000;
+    for body in token_bodies(0, warmup, common.batch) {
+        ingest(&http, &server.addr, body).await?;
+    }
+    let bodies = token_bodies(warmup, events, common.batch);
+    let requests = bodies.len();
+    let body_bytes: usize = bodies.iter().map(String::len).sum();
+    let (wall, cpu, latencies) = post_timed(&server, bodies, posters).await?;
+    let status = status(&http, &server.addr).await?;
+    let latency = Latency::of(latencies);
+    let rate = events as f64 / wall.as_secs_f64();
+    eprintln!(
+        "{mode}: {events} events in {requests} requests of {} from {posters} posters in {:.2}s = {rate:.0} events/s; \
+         host CPU {:.2} µs/event; POST latency p50 {:.2} p99 {:.2} max {:.2} ms; storage {}",
+        common.batch,
+        wall.as_secs_f64(),
+        cpu * 1e6 / events as f64,
+        latency.p50_ms,
+        latency.p99_ms,
+        latency.max_ms,
+        status["storage"]
+    );
+    let mut report = json!({
+        "mode": mode,
+        "args": args,
+        "events": events,
+        "warmup_events": warmup,
+        "requests": requests,
+        "posters": posters,
+        "seconds": wall.as_secs_f64(),
+        "events_per_second": rate,
+        "host_cpu_us_per_event": cpu * 1e6 / events as f64,
+        "body_bytes_per_event": body_bytes as f64 / events as f64,
+        "latency": latency,
+        "status": status,
+    });
+    if let Some(dir) = &server.data_dir {
+        let logged = (events + warmup) as u64;
+        let disk = log_field(&status, "disk_bytes")?;
+        let (len, allocated) = dir_bytes(dir);
+        report["disk"] = json!({
+            "events_logged": logged,
+            "records": log_field(&status, "records")?,
+            "disk_bytes": disk,
+            "disk_bytes_per_event": disk as f64 / logged as f64,
+            "data_dir_file_bytes": len,
+            "data_dir_allocated_bytes": allocated,
+        });
+    }
+    Ok(report)
+}
+
+/// Restart time of a durable host holding `events` logged events: ingest,
+/// SIGKILL, start again on the same data directory (three times).
+/// `recent_checkpoint`: first wait until a checkpoint covers all but the
+/// last ~1,000 records (ingesting a few more batches if none comes).
+async fn durable_restart(
+    common: &Common,
+    case: &str,
+    args: &[&str],
+    events: usize,
+    posters: usize,
+    recent_checkpoint: bool,
+) -> anyhow::Result<Value> {
+    let mut server = Server::start_with(Target::Vista, common, args)?;
+    let empty_start = server.start_time.as_secs_f64();
+    let http = reqwest::Client::new();
+    let (wall, _, _) = post_timed(&server, token_bodies(0, events, common.batch), posters).await?;
+    let ingest_rate = events as f64 / wall.as_secs_f64();
+    let mut extra_events = 0;
+    let mut checkpoint_wait = None;
+    if recent_checkpoint {
+        let started = Instant::now();
+        let mut last_push = Instant::now();
+        loop {
+            let status = status(&http, &server.addr).await?;
+            let (last, checkpoint) = (
+                log_field(&status, "last_rec")?,
+                log_field(&status, "checkpoint_rec")?,
+            );
+            if checkpoint > 0 && last - checkpoint <= 1000 {
+                checkpoint_wait = Some(started.elapsed().as_secs_f64());
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                eprintln!(
+                    "{case}: no checkpoint within 1,000 records of the end after 60 s: {status}"
+                );
+                break;
+            }
+            if last_push.elapsed() > Duration::from_secs(2) {
+                // The last checkpoint is older: a few more batches.
+                for body in token_bodies(events + extra_events, 10 * common.batch, common.batch) {
+                    ingest(&http, &server.addr, body).await?;
+                }
+                extra_events += 10 * common.batch;
+                last_push = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let before = status(&http, &server.addr).await?;
+    let (last_rec, checkpoint_rec, last_seq) = (
+        log_field(&before, "last_rec")?,
+        log_field(&before, "checkpoint_rec")?,
+        log_field(&before, "last_seq")?,
+    );
+    let replayed = last_rec - checkpoint_rec;
+    let mut times = Vec::new();
+    let mut after = Vec::new();
+    let mut consistent = true;
+    let mut entities = 0;
+    for round in 0..3 {
+        let time = server.restart()?.as_secs_f64();
+        let status = status(&http, &server.addr).await?;
+        let same = log_field(&status, "last_rec")? == last_rec
+            && log_field(&status, "last_seq")? == last_seq
+            && log_field(&status, "checkpoint_rec")? == checkpoint_rec;
+        if !same {
+            consistent = false;
+            eprintln!(
+                "{case}: after restart {round}, /status differs: before {before}, after {status}"
+            );
+        }
+        if round == 0 {
+            let mut ws = connect(&server.addr, 0, common.source_addrs).await?;
+            entities = subscribe(&mut ws, "Token/list").await?;
+            if entities != 1000.min(events) {
+                consistent = false;
+                eprintln!(
+                    "{case}: Token/list has {entities} entities after the restart, expected {}",
+                    1000.min(events)
+                );
+            }
+        }
+        times.push(time);
+        after.push(status);
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    eprintln!(
+        "{case}: {} events ({last_rec} records, ingested at {ingest_rate:.0} events/s), checkpoint at record {checkpoint_rec}: \
+         {replayed} records replayed; restart (spawn to listening) {} s, median {median:.3} s; empty start {empty_start:.3} s; \
+         state {}",
+        events + extra_events,
+        times.iter().map(|t| format!("{t:.3}")).collect::<Vec<_>>().join(", "),
+        if consistent { "identical" } else { "DIFFERS" }
+    );
+    Ok(json!({
+        "case": case,
+        "args": args,
+        "events": events + extra_events,
+        "extra_events_for_checkpoint": extra_events,
+        "checkpoint_wait_seconds": checkpoint_wait,
+        "ingest_events_per_second": ingest_rate,
+        "last_rec": last_rec,
+        "checkpoint_rec": checkpoint_rec,
+        "replayed_records": replayed,
+        "replayed_events": replayed as usize * common.batch,
+        "empty_start_seconds": empty_start,
+        "restart_seconds": times,
+        "restart_seconds_median": median,
+        "entities_after_restart": entities,
+        "state_identical_after_restart": consistent,
+        "status_before": before,
+        "status_after": after,
+    }))
+}
+
+/// Durable state: ingest in memory vs fsynced log, disk per event, restart
+/// time with and without a recent checkpoint.
+async fn durable(
+    common: &Common,
+    events: usize,
+    posters: usize,
+    restart_events: usize,
+) -> anyhow::Result<Value> {
+    let in_memory = durable_ingest(common, "in_memory", &["--in-memory"], events, posters).await?;
+    let always = durable_ingest(
+        common,
+        "fsync_always",
+        &["--fsync", "always"],
+        events,
+        posters,
+    )
+    .await?;
+    let every = durable_ingest(
+        common,
+        "fsync_every_5ms",
+        &["--fsync", "every:5"],
+        events,
+        posters,
+    )
+    .await?;
+    let ratio = |a: &Value, b: &Value, f: &dyn Fn(&Value) -> f64| f(a) / f(b);
+    let rate = |v: &Value| v["events_per_second"].as_f64().unwrap_or(f64::NAN);
+    let p50 = |v: &Value| v["latency"]["p50_ms"].as_f64().unwrap_or(f64::NAN);
+    let p99 = |v: &Value| v["latency"]["p99_ms"].as_f64().unwrap_or(f64::NAN);
+    let ratios = json!({
+        "fsync_always_events_per_second": ratio(&always, &in_memory, &rate),
+        "fsync_every_5ms_events_per_second": ratio(&every, &in_memory, &rate),
+        "fsync_always_latency_p50": ratio(&always, &in_memory, &p50),
+        "fsync_always_latency_p99": ratio(&always, &in_memory, &p99),
+        "fsync_every_5ms_latency_p50": ratio(&every, &in_memory, &p50),
+        "fsync_every_5ms_latency_p99": ratio(&every, &in_memory, &p99),
+    });
+    eprintln!("durable/in-memory: {ratios}");
+    let disk = always["disk"].clone();
+    eprintln!(
+        "disk after fsync_always: {} bytes for {} events = {:.1} bytes/event (posted NDJSON: {:.1} bytes/event)",
+        disk["disk_bytes"], disk["events_logged"], disk["disk_bytes_per_event"].as_f64().unwrap_or(f64::NAN),
+        always["body_bytes_per_event"].as_f64().unwrap_or(f64::NAN)
+    );
+    let never = (restart_events as u64 * 10 + 1_000_000).to_string();
+    let no_checkpoint = durable_restart(
+        common,
+        "no_checkpoint",
+        &[
+            "--checkpoint-every-events",
+            &never,
+            "--checkpoint-every-secs",
+            "86400",
+        ],
+        restart_events,
+        posters,
+        false,
+    )
+    .await?;
+    let recent_checkpoint = durable_restart(
+        common,
+        "recent_checkpoint",
+        &["--checkpoint-every-events", "100000"],
+        restart_events,
+        posters,
+        true,
+    )
+    .await?;
+    Ok(json!({
+        "events": events,
+        "posters": posters,
+        "batch": common.batch,
+        "ingest": {"in_memory": in_memory, "fsync_always": always, "fsync_every_5ms": every},
+        "ratio_to_in_memory": ratios,
+        "disk": disk,
+        "restart": {"no_checkpoint": no_checkpoint, "recent_checkpoint": recent_checkpoint},
+    }))
+}
+
 fn summarize(run: &StreamRun) {
     eprintln!(
         "{:?}: {} clients x {} events: delivered {}/{} ({} lost) in {:.2}s = {:.0} frames/s; host CPU {:.2}s = {:.3} µs/frame; \
@@ -898,6 +1326,10 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle { common, hold } => json!({"scenario": "idle", "result": idle(&common, hold).await?}),
             Scenario::Snapshot { common, entities } => json!({"scenario": "snapshot", "result": snapshot(&common, entities).await?}),
             Scenario::Ingest { common, events } => json!({"scenario": "ingest", "result": ingest_scaling(&common, events).await?}),
+            Scenario::Durable { common, events, posters, restart_events } => json!({
+                "scenario": "durable",
+                "result": durable(&common, events, posters, restart_events).await?,
+            }),
         };
         println!("{}", serde_json::to_string_pretty(&report)?);
         Ok(())

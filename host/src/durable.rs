@@ -98,18 +98,31 @@ pub struct LogRecord {
     pub mutations: u64,
     /// The body as received (NDJSON or a JSON array).
     pub body: Bytes,
+    /// When it was logged, in milliseconds since the Unix epoch (for
+    /// `--retain age:`).
+    pub logged_at_ms: u64,
 }
 
 const RECORD_TAG: u8 = 1;
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl LogRecord {
-    /// `tag, first_seq, mutations, stream length, stream, body`: a layout
-    /// of our own because it is five fields, read back in order.
+    /// `tag, first_seq, mutations, logged_at_ms, stream length, stream,
+    /// body`: a layout of our own because it is six fields, read back in
+    /// order.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + 8 + 8 + 4 + self.stream.len() + self.body.len());
+        let mut out = Vec::with_capacity(1 + 8 + 8 + 8 + 4 + self.stream.len() + self.body.len());
         out.push(RECORD_TAG);
         out.extend_from_slice(&self.first_seq.to_le_bytes());
         out.extend_from_slice(&self.mutations.to_le_bytes());
+        out.extend_from_slice(&self.logged_at_ms.to_le_bytes());
         out.extend_from_slice(&(self.stream.len() as u32).to_le_bytes());
         out.extend_from_slice(self.stream.as_bytes());
         out.extend_from_slice(&self.body);
@@ -128,17 +141,19 @@ impl LogRecord {
         }
         let first_seq = u64::from_le_bytes(take(1, 8)?.try_into().expect("8 bytes"));
         let mutations = u64::from_le_bytes(take(9, 8)?.try_into().expect("8 bytes"));
-        let stream_len = u32::from_le_bytes(take(17, 4)?.try_into().expect("4 bytes")) as usize;
-        let stream = std::str::from_utf8(take(21, stream_len)?)
+        let logged_at_ms = u64::from_le_bytes(take(17, 8)?.try_into().expect("8 bytes"));
+        let stream_len = u32::from_le_bytes(take(25, 4)?.try_into().expect("4 bytes")) as usize;
+        let stream = std::str::from_utf8(take(29, stream_len)?)
             .map_err(|e| format!("stream name: {e}"))?
             .to_owned();
-        let body = Bytes::copy_from_slice(&bytes[21 + stream_len..]);
+        let body = Bytes::copy_from_slice(&bytes[29 + stream_len..]);
         Ok(LogRecord {
             rec,
             stream,
             first_seq,
             mutations,
             body,
+            logged_at_ms,
         })
     }
 }
@@ -466,6 +481,103 @@ pub fn repair(dir: &Path) -> Result<Repaired, DataError> {
     Ok(repaired)
 }
 
+/// How much of the log is kept. Records are only ever dropped once a
+/// checkpoint covers them, so a restart never needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep every record (the default; reprojection needs the whole log).
+    All,
+    /// Keep the last N records.
+    Records(u64),
+    /// Keep records logged within this long.
+    Age(Duration),
+    /// Keep the newest records up to this many bytes.
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    /// `all`, `records:N`, `age:SECS` or `bytes:N`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{value:?} is not a number"))
+        };
+        match text.split_once(':') {
+            None if text == "all" => Ok(Retention::All),
+            Some(("records", n)) => Ok(Retention::Records(number(n)?)),
+            Some(("age", secs)) => Ok(Retention::Age(Duration::from_secs(number(secs)?))),
+            Some(("bytes", n)) => Ok(Retention::Bytes(number(n)?)),
+            _ => Err(format!(
+                "expected all, records:N, age:SECS or bytes:N, got {text:?}"
+            )),
+        }
+    }
+}
+
+impl EventLog {
+    /// Drops records covered by the checkpoint at `covered` that the policy
+    /// no longer keeps. Returns how many were dropped.
+    pub fn prune(&self, policy: Retention, covered: u64) -> Result<u64, String> {
+        if policy == Retention::All {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let dropped;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            let last = log
+                .last()
+                .map_err(|e| e.to_string())?
+                .map_or(0, |(k, _)| k.value());
+            // The newest record the policy lets go, never past the checkpoint.
+            let cutoff = match policy {
+                Retention::All => 0,
+                Retention::Records(keep) => last.saturating_sub(keep),
+                Retention::Age(age) => {
+                    let oldest_kept = now_ms().saturating_sub(age.as_millis() as u64);
+                    let mut cutoff = 0;
+                    for entry in log.iter().map_err(|e| e.to_string())? {
+                        let (key, value) = entry.map_err(|e| e.to_string())?;
+                        match LogRecord::decode(key.value(), value.value()) {
+                            Ok(record) if record.logged_at_ms < oldest_kept => cutoff = key.value(),
+                            _ => break,
+                        }
+                    }
+                    cutoff
+                }
+                Retention::Bytes(keep) => {
+                    let mut kept = 0u64;
+                    let mut cutoff = 0;
+                    for entry in log.iter().map_err(|e| e.to_string())?.rev() {
+                        let (key, value) = entry.map_err(|e| e.to_string())?;
+                        kept += value.value().len() as u64;
+                        if kept > keep {
+                            cutoff = key.value();
+                            break;
+                        }
+                    }
+                    cutoff
+                }
+            }
+            .min(covered);
+            let doomed: Vec<u64> = log
+                .range(..=cutoff)
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|(k, _)| k.value()))
+                .collect();
+            for rec in &doomed {
+                log.remove(rec).map_err(|e| e.to_string())?;
+            }
+            dropped = doomed.len() as u64;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(dropped)
+    }
+}
+
 /// When the log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -510,12 +622,13 @@ impl LogWriter {
     pub fn spawn(
         log: Arc<EventLog>,
         policy: FsyncPolicy,
+        retention: Retention,
         report: impl Fn(WriterReport) + Send + 'static,
     ) -> LogWriter {
         let (jobs, queue) = mpsc::channel::<WriterJob>();
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || write_loop(&log, policy, &queue, report))
+            .spawn(move || write_loop(&log, policy, retention, &queue, report))
             .expect("start the log writer thread");
         LogWriter { jobs }
     }
@@ -529,6 +642,7 @@ impl LogWriter {
 fn write_loop(
     log: &EventLog,
     policy: FsyncPolicy,
+    retention: Retention,
     queue: &mpsc::Receiver<WriterJob>,
     report: impl Fn(WriterReport),
 ) {
@@ -595,10 +709,28 @@ fn write_loop(
                         "checkpoint written"
                     );
                     report(WriterReport::Checkpointed(checkpoint.rec));
+                    match log.prune(retention, checkpoint.rec) {
+                        Ok(0) => {}
+                        Ok(dropped) => {
+                            tracing::info!(dropped, "log records past the retention dropped")
+                        }
+                        Err(reason) => tracing::error!(%reason, "cannot drop old log records"),
+                    }
+                    publish_gauges(log);
                 }
                 Err(reason) => tracing::error!(%reason, "cannot write a checkpoint"),
             }
         }
+    }
+}
+
+/// `/metrics` gauges of what the log holds.
+pub fn publish_gauges(log: &EventLog) {
+    if let Ok(stats) = log.stats() {
+        metrics::gauge!("vista_log_retained_records").set(stats.records as f64);
+        metrics::gauge!("vista_log_first_record").set(stats.first_rec as f64);
+        metrics::gauge!("vista_log_last_record").set(stats.last_rec as f64);
+        metrics::gauge!("vista_log_disk_bytes").set(stats.disk_bytes as f64);
     }
 }
 
@@ -614,6 +746,7 @@ mod tests {
             first_seq: rec * 10,
             mutations: 3,
             body: Bytes::from(format!("{{\"n\":{rec}}}\n")),
+            logged_at_ms: 1_700_000_000_000 + rec,
         }
     }
 
@@ -631,6 +764,33 @@ mod tests {
         let stats = log.stats().unwrap();
         assert_eq!((stats.records, stats.last_rec, stats.last_seq), (3, 3, 32));
         assert!(LogRecord::decode(9, &record(1).encode()[..10]).is_err());
+    }
+
+    #[test]
+    fn pruning_keeps_the_policy_and_never_passes_the_checkpoint() {
+        let dir = tempfile_dir();
+        let log = EventLog::open(&dir).unwrap();
+        log.append(&(1..=10).map(record).collect::<Vec<_>>(), true)
+            .unwrap();
+        assert_eq!(
+            log.prune(Retention::Records(3), 5).unwrap(),
+            5,
+            "only up to the checkpoint"
+        );
+        assert_eq!(log.stats().unwrap().first_rec, 6);
+        assert_eq!(log.prune(Retention::Records(3), 10).unwrap(), 2);
+        assert_eq!(log.stats().unwrap().first_rec, 8);
+        assert_eq!(
+            log.prune(Retention::Age(Duration::from_secs(1)), 10)
+                .unwrap(),
+            3,
+            "all old"
+        );
+        assert_eq!(
+            "bytes:10".parse::<Retention>().unwrap(),
+            Retention::Bytes(10)
+        );
+        assert!("weeks:2".parse::<Retention>().is_err());
     }
 
     #[test]

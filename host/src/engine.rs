@@ -384,6 +384,8 @@ pub struct Persistence {
     pub checkpoint_every_events: u64,
     /// ...or this long, whichever comes first.
     pub checkpoint_every: Duration,
+    /// How much of the log is kept.
+    pub retention: crate::durable::Retention,
 }
 
 /// An ingest request waiting for a busy plugin.
@@ -915,6 +917,7 @@ impl Engine {
                     first_seq,
                     mutations: count,
                     body: request.body.raw().clone(),
+                    logged_at_ms: crate::durable::now_ms(),
                 }));
                 self.awaiting_log.push_back(commit);
             }
@@ -1152,9 +1155,15 @@ impl Engine {
             "state recovered"
         );
         let commands = self.commands.clone();
-        let writer = LogWriter::spawn(log.clone(), persistence.fsync, move |report| {
-            let _ = commands.send(Command::Log(report));
-        });
+        crate::durable::publish_gauges(&log);
+        let writer = LogWriter::spawn(
+            log.clone(),
+            persistence.fsync,
+            persistence.retention,
+            move |report| {
+                let _ = commands.send(Command::Log(report));
+            },
+        );
         self.durable = Some(Durable {
             log,
             writer,

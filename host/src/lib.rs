@@ -96,6 +96,8 @@ pub struct Config {
     pub checkpoint_every_events: u64,
     /// ...or this long, whichever comes first.
     pub checkpoint_every: Duration,
+    /// How much of the log is kept once checkpointed.
+    pub retention: durable::Retention,
     /// Time a connection gets to send a complete request head, counted from
     /// accept and, on a keep-alive connection, from the previous response
     /// (so it is also the idle keep-alive timeout); also the time a
@@ -140,6 +142,7 @@ impl Shared {
                     fsync: config.fsync,
                     checkpoint_every_events: config.checkpoint_every_events,
                     checkpoint_every: config.checkpoint_every,
+                    retention: config.retention,
                 })?;
             }
             None => engine.start_seq_from_clock(),

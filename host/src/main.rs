@@ -157,6 +157,11 @@ struct ServeArgs {
     /// ...or this many seconds, whichever comes first.
     #[arg(long, env = "VISTA_CHECKPOINT_SECS", default_value_t = 300)]
     checkpoint_every_secs: u64,
+    /// How much of the event log to keep once a checkpoint covers it:
+    /// `all` (needed to reproject a plugin from its first event),
+    /// `records:N`, `age:SECS` or `bytes:N`.
+    #[arg(long, env = "VISTA_RETAIN", default_value = "all")]
+    retain: vista_host::durable::Retention,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -225,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         fsync: args.fsync,
         checkpoint_every_events: args.checkpoint_every_events.max(1),
         checkpoint_every: Duration::from_secs(args.checkpoint_every_secs.max(1)),
+        retention: args.retain,
     };
     // A write past a file-size limit must fail with EFBIG (answered 503),
     // not kill the process with SIGXFSZ.

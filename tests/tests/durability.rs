@@ -481,3 +481,45 @@ async fn a_cursor_older_than_the_known_deletes_gets_a_full_snapshot() {
         "the full view, not just what changed"
     );
 }
+
+#[tokio::test]
+async fn retention_drops_checkpointed_records_and_the_state_survives() {
+    let mut host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--retain", "records:10", "--checkpoint-every-events", "5"],
+    )
+    .await;
+    for n in 0..60 {
+        host.ingest_ok("tokens", &[token(&format!("m{n:02}"), n)])
+            .await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let (_, status) = host.get_json("/status").await;
+        if status["log"]["first_rec"].as_u64().unwrap() > 40 {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing dropped: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let log = &status["log"];
+    assert_eq!(log["last_rec"], 60);
+    assert!(log["records"].as_u64().unwrap() <= 15, "{status}");
+    assert!(
+        log["checkpoint_rec"].as_u64().unwrap() >= log["first_rec"].as_u64().unwrap() - 1,
+        "nothing after the checkpoint was dropped: {status}"
+    );
+    assert!(host.metric("vista_log_retained_records").await <= 15.0);
+    let before = tokens(&host).await;
+    assert_eq!(before.len(), 60);
+    host.kill9();
+    host.restart().await;
+    assert_eq!(
+        tokens(&host).await,
+        before,
+        "checkpoint + retained log = the state"
+    );
+}

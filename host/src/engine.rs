@@ -58,6 +58,7 @@ use crate::ingest::IngestBody;
 use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
 use crate::plugins::{self, LoadError, PluginLibrary, PluginReport, PluginState};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
+use crate::reproject::{ReprojectReport, ReprojectionStatus, Reprojector};
 use crate::store::Store;
 use crate::views::{Notice, Removed, Views};
 use crate::vocab::{ConnId, SubscribeRequest};
@@ -109,6 +110,42 @@ pub enum IngestError {
     ShuttingDown,
 }
 
+/// Why a reprojection cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReprojectError {
+    /// No such plugin is loaded.
+    #[error("no plugin named {0:?} is loaded")]
+    UnknownPlugin(String),
+    /// The host keeps no log (`--in-memory`).
+    #[error("this host runs --in-memory: there is no event log to replay")]
+    InMemory,
+    /// Records were dropped by the retention policy.
+    #[error("the event log no longer holds the plugin's streams from their first event: records 1 to {0} were dropped by --retain")]
+    LogIncomplete(u64),
+    /// One is already running for this plugin.
+    #[error("a reprojection of {0:?} is already running")]
+    AlreadyRunning(String),
+    /// The plugin is stuck.
+    #[error("plugin {0:?} is stuck; load a new build first")]
+    Stuck(String),
+    /// The thread could not start or the log could not be read.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// A reprojection the engine tracks.
+struct Reprojection {
+    reprojector: Reprojector,
+    /// The reprojector caught up and waits for the plugin to be free.
+    wants_final: bool,
+    state: &'static str,
+    changed: Option<u64>,
+    error: Option<String>,
+}
+
+/// The `busy` ticket of a plugin held for a reprojection's final pass.
+const REPROJECTION_TICKET: u64 = u64::MAX;
+
 /// Why a plugin build was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum InstallError {
@@ -153,6 +190,15 @@ pub enum Command {
     Projected(Projected),
     /// The log writer reports.
     Log(WriterReport),
+    /// Rebuild a plugin's entities from the log (`POST /plugins/{name}/reproject`).
+    Reproject {
+        /// The plugin.
+        plugin: String,
+        /// Started, or why not.
+        reply: oneshot::Sender<Result<(), ReprojectError>>,
+    },
+    /// A reprojector thread reports.
+    Reprojector(ReprojectReport),
     /// What `GET /status` shows about the log.
     LogStatus {
         /// Where the stats go.
@@ -253,6 +299,18 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::LogStatus { reply });
         answer.await.ok().flatten()
+    }
+
+    /// Starts rebuilding a plugin's entities from the log.
+    pub async fn reproject(&self, plugin: &str) -> Result<(), ReprojectError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Reproject {
+            plugin: plugin.to_owned(),
+            reply,
+        });
+        answer
+            .await
+            .unwrap_or_else(|_| Err(ReprojectError::Failed("the server is shutting down".into())))
     }
 
     /// Every plugin file seen, for `GET /plugins`.
@@ -422,6 +480,8 @@ pub struct Engine {
     durable: Option<Durable>,
     /// Set while the log is replayed at start: nothing is logged again.
     replaying: bool,
+    /// Reprojections by plugin (the latest of each).
+    reprojections: BTreeMap<String, Reprojection>,
     next_ticket: u64,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
@@ -448,6 +508,7 @@ impl Engine {
             last_reserved_seq: 0,
             durable: None,
             replaying: false,
+            reprojections: BTreeMap::new(),
             next_ticket: 1,
             commands,
             queue: Some(queue),
@@ -502,8 +563,12 @@ impl Engine {
             }
             Command::Unload { file } => self.unload_file(&file),
             Command::Reports { reply } => {
-                let _ = reply.send(self.reports.values().cloned().collect());
+                let _ = reply.send(self.plugin_reports());
             }
+            Command::Reproject { plugin, reply } => {
+                let _ = reply.send(self.start_reprojection(&plugin));
+            }
+            Command::Reprojector(report) => self.reprojected(report),
             Command::SweepIdle { timeout } => {
                 self.sweep_idle(timeout);
             }
@@ -574,6 +639,7 @@ impl Engine {
                                 streams: Vec::new(),
                                 state: PluginState::Failed,
                                 last_error: Some(reason.to_string()),
+                                reprojection: None,
                             },
                         );
                     }
@@ -645,6 +711,7 @@ impl Engine {
                 streams: manifest.streams.clone(),
                 state: PluginState::Loaded,
                 last_error: None,
+                reprojection: None,
             },
         );
         self.plugins.insert(
@@ -657,6 +724,14 @@ impl Engine {
         );
         // Requests that waited for the stuck build can run now.
         self.pump_deferred();
+        if manifest.reproject && previous.is_some() {
+            match self.start_reprojection(&name) {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::warn!(plugin = %name, %err, "the new build asks for reprojection; not started")
+                }
+            }
+        }
         Ok(name)
     }
 
@@ -1077,6 +1152,11 @@ impl Engine {
             .expect("recover runs before the engine thread");
         for record in &records {
             let last_seq = record.first_seq + record.mutations.max(1) - 1;
+            if record.stream.is_empty() {
+                // A reprojection's swap: it only reserved `_seq`s.
+                self.last_reserved_seq = self.last_reserved_seq.max(last_seq);
+                continue;
+            }
             let body = match IngestBody::parse(record.body.clone()) {
                 Ok(body) => Arc::new(body),
                 Err(err) => {
@@ -1183,9 +1263,235 @@ impl Engine {
         }
     }
 
+    /// Every plugin file seen, with reprojection progress.
+    fn plugin_reports(&self) -> Vec<PluginReport> {
+        self.reports
+            .values()
+            .cloned()
+            .map(|mut report| {
+                let current = report.name.as_ref().and_then(|name| {
+                    let plugin = self.plugins.get(name)?;
+                    (plugin.lib.file.display().to_string() == report.file).then_some(name)
+                });
+                if let Some(r) = current.and_then(|name| self.reprojections.get(name)) {
+                    let records = r
+                        .reprojector
+                        .progress
+                        .records
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let events = r
+                        .reprojector
+                        .progress
+                        .events
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    let seconds = r.reprojector.started.elapsed().as_secs_f64().max(1e-3);
+                    report.reprojection = Some(ReprojectionStatus {
+                        state: r.state,
+                        records_replayed: records,
+                        records_total: r.reprojector.total,
+                        events,
+                        events_per_second: events as f64 / seconds,
+                        changed: r.changed,
+                        error: r.error.clone(),
+                    });
+                }
+                report
+            })
+            .collect()
+    }
+
+    /// Starts rebuilding `name`'s entities from the log.
+    fn start_reprojection(&mut self, name: &str) -> Result<(), ReprojectError> {
+        let plugin = self
+            .plugins
+            .get(name)
+            .ok_or_else(|| ReprojectError::UnknownPlugin(name.to_owned()))?;
+        if plugin.stuck {
+            return Err(ReprojectError::Stuck(name.to_owned()));
+        }
+        let durable = self.durable.as_ref().ok_or(ReprojectError::InMemory)?;
+        if self
+            .reprojections
+            .get(name)
+            .is_some_and(|r| matches!(r.state, "running" | "swapping"))
+        {
+            return Err(ReprojectError::AlreadyRunning(name.to_owned()));
+        }
+        let stats = durable.log.stats().map_err(ReprojectError::Failed)?;
+        if stats.first_rec > 1 {
+            return Err(ReprojectError::LogIncomplete(stats.first_rec - 1));
+        }
+        let commands = self.commands.clone();
+        let reprojector = Reprojector::spawn(
+            plugin.lib.clone(),
+            durable.log.clone(),
+            stats.last_rec,
+            move |report| {
+                let _ = commands.send(Command::Reprojector(report));
+            },
+        )
+        .map_err(|e| ReprojectError::Failed(e.to_string()))?;
+        tracing::info!(
+            plugin = name,
+            records = stats.last_rec,
+            "reprojection started"
+        );
+        self.reprojections.insert(
+            name.to_owned(),
+            Reprojection {
+                reprojector,
+                wants_final: false,
+                state: "running",
+                changed: None,
+                error: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// A reprojector thread reports.
+    fn reprojected(&mut self, report: ReprojectReport) {
+        match report {
+            ReprojectReport::CaughtUp { plugin } => {
+                if let Some(r) = self.reprojections.get_mut(&plugin) {
+                    r.wants_final = true;
+                }
+                self.start_final_passes();
+            }
+            ReprojectReport::Failed { plugin, reason } => {
+                tracing::error!(%plugin, %reason, "reprojection failed; the live state is unchanged");
+                self.release(&plugin, REPROJECTION_TICKET);
+                if let Some(r) = self.reprojections.get_mut(&plugin) {
+                    r.state = "failed";
+                    r.error = Some(reason);
+                }
+                self.pump_deferred();
+            }
+            ReprojectReport::Done { plugin, shadow } => self.swap_in(&plugin, shadow),
+        }
+    }
+
+    /// Holds every plugin whose reprojector caught up, once it has nothing
+    /// in flight, and lets the reprojector replay the last records.
+    fn start_final_passes(&mut self) {
+        let ready: Vec<String> = self
+            .reprojections
+            .iter()
+            .filter(|(name, r)| r.wants_final && !self.busy.contains_key(*name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ready {
+            let r = self.reprojections.get_mut(&name).expect("listed above");
+            r.wants_final = false;
+            r.state = "swapping";
+            // New requests for the plugin wait until the swap is committed.
+            self.busy.insert(name.clone(), REPROJECTION_TICKET);
+            r.reprojector.finish();
+        }
+    }
+
+    /// Commits the difference between the live entities of `plugin` and the
+    /// rebuilt ones, as one logged request.
+    fn swap_in(&mut self, plugin: &str, shadow: Store) {
+        let Some(lib) = self.plugins.get(plugin).map(|p| p.lib.clone()) else {
+            self.release(plugin, REPROJECTION_TICKET);
+            return;
+        };
+        let without_seq = |value: &serde_json::Value| {
+            let mut value = value.clone();
+            if let Some(fields) = value.as_object_mut() {
+                fields.remove("_seq");
+            }
+            value
+        };
+        let mut mutations = Vec::new();
+        {
+            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+            for entity in lib.manifest.entities.iter().map(|e| e.name.as_str()) {
+                let mut live: Vec<(&String, &Arc<serde_json::Value>)> =
+                    store.table(entity).collect();
+                live.sort_by(|a, b| a.0.cmp(b.0));
+                for (key, value) in live {
+                    match shadow.get(entity, key) {
+                        None => mutations.push(Mutation::delete(entity, key.clone())),
+                        Some(rebuilt) if without_seq(rebuilt) != without_seq(value) => {
+                            mutations.push(Mutation::delete(entity, key.clone()));
+                            mutations.push(Mutation::patch(
+                                entity,
+                                key.clone(),
+                                without_seq(rebuilt),
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let mut rebuilt: Vec<(&String, &Arc<serde_json::Value>)> =
+                    shadow.table(entity).collect();
+                rebuilt.sort_by(|a, b| a.0.cmp(b.0));
+                for (key, value) in rebuilt {
+                    if store.get(entity, key).is_none() {
+                        mutations.push(Mutation::patch(entity, key.clone(), without_seq(value)));
+                    }
+                }
+            }
+        }
+        let changed = mutations.len() as u64;
+        tracing::info!(
+            plugin,
+            mutations = changed,
+            "reprojection done; swapping in the rebuilt entities"
+        );
+        if let Some(r) = self.reprojections.get_mut(plugin) {
+            r.state = "done";
+            r.changed = Some(changed);
+        }
+        // Committed like a request: its `_seq`s are reserved by a log
+        // record of no stream (replay skips it: the rebuilt state is what
+        // the current build's replay produces anyway).
+        let count = mutations.len() as u64;
+        let first_seq = self.last_reserved_seq + 1;
+        self.last_reserved_seq += count;
+        let (reply, _) = oneshot::channel();
+        let mut commit = Commit {
+            mutations: mutations.into_iter(),
+            plugins: vec![plugin.to_owned()],
+            ticket: REPROJECTION_TICKET,
+            events: 0,
+            first_seq,
+            started: false,
+            rec: 0,
+            reply,
+        };
+        match &mut self.durable {
+            Some(durable) => {
+                commit.rec = durable.next_rec;
+                durable.next_rec += 1;
+                durable.writer.submit(WriterJob::Append(LogRecord {
+                    rec: commit.rec,
+                    stream: String::new(),
+                    first_seq,
+                    mutations: count,
+                    body: bytes::Bytes::new(),
+                    logged_at_ms: crate::durable::now_ms(),
+                }));
+                self.awaiting_log.push_back(commit);
+            }
+            None => {
+                self.committing.push_back(commit);
+                if self.committing.len() == 1 {
+                    self.commit_step();
+                }
+            }
+        }
+    }
+
     /// Dispatches waiting requests whose plugins are free, keeping each
     /// plugin's requests in arrival order.
     fn pump_deferred(&mut self) {
+        // A reprojection waiting to swap goes before new requests.
+        if self.reprojections.values().any(|r| r.wants_final) {
+            self.start_final_passes();
+        }
         if self.deferred.is_empty() {
             return;
         }

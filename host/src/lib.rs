@@ -16,6 +16,8 @@
 //!   with deadlines, and the overlay a request's reads go through.
 //! - [`ingest`]: splitting an ingest body into events.
 //! - [`durable`]: the event log (redb), its writer thread and checkpoints.
+//! - [`reproject`]: rebuilding a plugin's entities from the log through a
+//!   new build, in the background, then swapping.
 //! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
 //!   checked first in a child process (`vista plugin check`).
 //! - [`store`]: entities and `_seq` stamping.
@@ -40,6 +42,7 @@ pub mod outbox;
 pub mod plugins;
 pub mod projector;
 pub mod protocol;
+pub mod reproject;
 pub mod scaffold;
 pub mod server;
 pub mod store;

@@ -139,6 +139,9 @@ pub struct PluginReport {
     pub state: PluginState,
     /// Why the last load of this file failed.
     pub last_error: Option<String>,
+    /// The plugin's latest reprojection, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reprojection: Option<crate::reproject::ReprojectionStatus>,
 }
 
 static NEXT_COPY: AtomicU64 = AtomicU64::new(0);

@@ -137,7 +137,7 @@ impl ProjectorWorker {
 
 /// Projects every event of a request, staging each event's mutations in an
 /// overlay so later events read them.
-fn project_request(
+pub(crate) fn project_request(
     lib: &PluginLibrary,
     store: &SharedStore,
     job: &ProjectJob,

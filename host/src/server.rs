@@ -7,6 +7,7 @@
 //! | `GET /status` | storage mode and the event log: records, retained window, disk bytes, checkpoint |
 //! | `GET /plugins` | every plugin file: name, version, file, entities, views, streams, state, last error |
 //! | `POST /ingest/{stream}` | NDJSON or a JSON array of event objects; all or nothing |
+//! | `POST /plugins/{name}/reproject` | rebuild the plugin's entities from the event log (202; progress in `GET /plugins`) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"error": code, "message": text, ...}` with a specific
@@ -31,6 +32,30 @@ use serde_json::{json, Value};
 use crate::engine::IngestError;
 use crate::ingest::IngestBody;
 use crate::Shared;
+
+/// `POST /plugins/{name}/reproject`: 202 once started; progress in `GET /plugins`.
+async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
+    use crate::engine::ReprojectError;
+    match shared.engine.reproject(name).await {
+        Ok(()) => json_response(
+            StatusCode::ACCEPTED,
+            &json!({"reprojection": "started", "plugin": name}),
+        ),
+        Err(err) => {
+            let (status, code) = match &err {
+                ReprojectError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "unknown-plugin"),
+                ReprojectError::InMemory => (StatusCode::CONFLICT, "no-event-log"),
+                ReprojectError::LogIncomplete(_) => (StatusCode::CONFLICT, "log-incomplete"),
+                ReprojectError::AlreadyRunning(_) => (StatusCode::CONFLICT, "reprojection-running"),
+                ReprojectError::Stuck(_) => (StatusCode::CONFLICT, "plugin-stuck"),
+                ReprojectError::Failed(_) => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "reprojection-failed")
+                }
+            };
+            error_response(status, code, &err.to_string(), json!({"plugin": name}))
+        }
+    }
+}
 
 /// Bodies up to this size are split into events on the async worker.
 const INLINE_PARSE_BYTES: usize = 16 << 10;
@@ -94,6 +119,10 @@ pub async fn handle(
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(shared.metrics.render())))
             .expect("static response parts are valid"),
+        (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reproject") => {
+            let name = &p["/plugins/".len()..p.len() - "/reproject".len()];
+            reproject(name, &shared).await
+        }
         (&Method::POST, p) if p.starts_with("/ingest/") => {
             let stream = p.trim_start_matches("/ingest/").to_owned();
             ingest(request, &stream, &shared).await

@@ -32,6 +32,11 @@ pub struct Manifest {
     /// Derived views over this plugin's entities.
     #[serde(default)]
     pub views: Vec<ViewDef>,
+    /// When this build replaces a running build of the same plugin, rebuild
+    /// the plugin's entities by replaying the host's event log through it
+    /// (see [`Manifest::reproject_on_swap`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reproject: bool,
 }
 
 /// One entity type owned by a plugin.
@@ -51,7 +56,18 @@ impl Manifest {
             entities: Vec::new(),
             streams: Vec::new(),
             views: Vec::new(),
+            reproject: false,
         }
+    }
+
+    /// Asks the host to rebuild this plugin's entities from its event log
+    /// when this build replaces a running one: for a build whose projector
+    /// computes differently (a fix, a new field), so history is recomputed
+    /// by the new code. The current state keeps serving meanwhile, and
+    /// subscribers then receive the difference.
+    pub fn reproject_on_swap(mut self) -> Self {
+        self.reproject = true;
+        self
     }
 
     /// Declares an entity type owned by this plugin.

@@ -48,6 +48,9 @@ enum GameEvent {
     },
 }
 
+/// Points scored per point of damage (2 in the `double-score` build).
+const DAMAGE_FACTOR: i64 = if cfg!(feature = "double-score") { 2 } else { 1 };
+
 /// The part of a stored game this projector reads back.
 #[derive(Debug, Deserialize)]
 struct StoredGame {
@@ -59,7 +62,12 @@ impl Plugin for Games {
         if cfg!(feature = "alt-views") {
             return alternative_manifest();
         }
-        Manifest::new("games", env!("CARGO_PKG_VERSION"))
+        let version = if cfg!(feature = "double-score") {
+            concat!(env!("CARGO_PKG_VERSION"), "+double-score")
+        } else {
+            env!("CARGO_PKG_VERSION")
+        };
+        let manifest = Manifest::new("games", version)
             .entity("Game")
             .stream("games")
             .view(
@@ -75,7 +83,14 @@ impl Plugin for Games {
                     .from("Game")
                     .filter(ne("winner", ""))
                     .sort_desc("startedAt"),
-            )
+            );
+        // The double-score build computes scores differently: history must
+        // be recomputed by it, not kept from the old build.
+        if cfg!(feature = "double-score") {
+            manifest.reproject_on_swap()
+        } else {
+            manifest
+        }
     }
 
     fn project(
@@ -105,7 +120,7 @@ impl Plugin for Games {
                     "Game",
                     game,
                     json!({
-                        "score": current.score + damage,
+                        "score": current.score + DAMAGE_FACTOR * damage,
                         "events": [{"type": "attack", "player": player, "damage": damage}],
                     }),
                 )

@@ -1,0 +1,191 @@
+//! Reprojection: rebuilding a plugin's entities from the event log through
+//! a new build of its projector, while the current state keeps serving.
+//!
+//! A plugin that changes how it projects (a bug fix, a new field) would
+//! otherwise serve history computed by the old code. The log holds every
+//! event, and projectors are deterministic, so the host can recompute:
+//!
+//! 1. A reprojector thread replays every logged record of the plugin's
+//!    streams through the plugin into a *shadow* store (the live store is
+//!    not touched; ingest and subscribers carry on). Progress (records
+//!    replayed of total, events/s) shows in `GET /plugins`.
+//! 2. Caught up with the log, it tells the engine, which waits until the
+//!    plugin has nothing in flight, holds its new requests back for the
+//!    moment, and lets the reprojector replay the few records logged
+//!    meanwhile.
+//! 3. The engine swaps: the difference between the live entities and the
+//!    shadow ones is committed like any request (one log record reserving
+//!    its `_seq`s, then `delete`s for entities that no longer exist and
+//!    delete + patch for changed ones), so subscribers converge without
+//!    reconnecting. Unchanged entities send nothing.
+//!
+//! It is refused when the log no longer starts at its first record
+//! (`--retain` dropped some): the rebuild would be missing history.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::durable::EventLog;
+use crate::ingest::IngestBody;
+use crate::plugins::PluginLibrary;
+use crate::projector::{project_request, ProjectJob, SharedStore};
+use crate::store::Store;
+
+/// What the reprojector thread tells the engine.
+pub enum ReprojectReport {
+    /// Every record logged so far is replayed; ready for the final pass.
+    CaughtUp {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The final pass is done: the shadow store holds the rebuilt entities.
+    Done {
+        /// The plugin.
+        plugin: String,
+        /// The rebuilt entities of the plugin.
+        shadow: Store,
+    },
+    /// The rebuild failed; the live state is untouched.
+    Failed {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Progress counters shared with the engine (for `GET /plugins`).
+#[derive(Default)]
+pub struct Progress {
+    /// Log records looked at.
+    pub records: AtomicU64,
+    /// Events projected.
+    pub events: AtomicU64,
+}
+
+/// Where a reprojection stands, as `GET /plugins` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReprojectionStatus {
+    /// `running`, `swapping`, `done` or `failed`.
+    pub state: &'static str,
+    /// Log records replayed so far.
+    pub records_replayed: u64,
+    /// Log records to replay (the log's length when it started).
+    pub records_total: u64,
+    /// Events projected so far.
+    pub events: u64,
+    /// Events projected per second, so far.
+    pub events_per_second: f64,
+    /// Entities changed by the swap (when done).
+    pub changed: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// The engine's handle on a running reprojector thread.
+pub struct Reprojector {
+    finish: mpsc::Sender<()>,
+    /// Shared progress.
+    pub progress: Arc<Progress>,
+    /// When it started.
+    pub started: Instant,
+    /// Records in the log when it started.
+    pub total: u64,
+}
+
+impl Reprojector {
+    /// Starts rebuilding `lib`'s entities from `log`.
+    pub fn spawn(
+        lib: Arc<PluginLibrary>,
+        log: Arc<EventLog>,
+        total: u64,
+        report: impl Fn(ReprojectReport) + Send + 'static,
+    ) -> std::io::Result<Reprojector> {
+        let (finish, finish_signal) = mpsc::channel::<()>();
+        let progress = Arc::new(Progress::default());
+        let shared = progress.clone();
+        std::thread::Builder::new()
+            .name(format!("reproject-{}", lib.manifest.name))
+            .spawn(move || {
+                let plugin = lib.manifest.name.clone();
+                let shadow: SharedStore = Arc::new(RwLock::new(Store::new()));
+                let outcome = replay(&lib, &log, &shadow, 0, &shared).and_then(|cursor| {
+                    report(ReprojectReport::CaughtUp {
+                        plugin: plugin.clone(),
+                    });
+                    finish_signal
+                        .recv()
+                        .map_err(|_| "the engine stopped".to_owned())?;
+                    replay(&lib, &log, &shadow, cursor, &shared)
+                });
+                match outcome {
+                    Ok(_) => {
+                        let shadow =
+                            std::mem::take(&mut *shadow.write().unwrap_or_else(|e| e.into_inner()));
+                        report(ReprojectReport::Done { plugin, shadow });
+                    }
+                    Err(reason) => report(ReprojectReport::Failed { plugin, reason }),
+                }
+            })?;
+        Ok(Reprojector {
+            finish,
+            progress,
+            started: Instant::now(),
+            total,
+        })
+    }
+
+    /// Lets the thread replay what was logged since it caught up, and swap.
+    pub fn finish(&self) {
+        let _ = self.finish.send(());
+    }
+}
+
+/// Replays the records after `cursor` of the plugin's streams into
+/// `shadow`; returns the last record read.
+fn replay(
+    lib: &PluginLibrary,
+    log: &EventLog,
+    shadow: &SharedStore,
+    cursor: u64,
+    progress: &Progress,
+) -> Result<u64, String> {
+    let records = log.records_after(cursor).map_err(|e| e.to_string())?;
+    let mut last = cursor;
+    let counter = AtomicU64::new(0);
+    for record in records {
+        last = record.rec;
+        progress.records.fetch_add(1, Ordering::Relaxed);
+        if !lib.manifest.streams.contains(&record.stream) {
+            continue;
+        }
+        let body = IngestBody::parse(record.body.clone()).map_err(|e| {
+            format!(
+                "log record {}: line {}: {}",
+                record.rec, e.position, e.message
+            )
+        })?;
+        let job = ProjectJob {
+            ticket: 0,
+            stream: record.stream.as_str().into(),
+            body: Arc::new(body),
+        };
+        let produced = project_request(lib, shadow, &job, &counter).map_err(|failure| {
+            format!(
+                "log record {} event {}: {}",
+                record.rec, failure.position, failure.message
+            )
+        })?;
+        progress
+            .events
+            .fetch_add(job.body.len() as u64, Ordering::Relaxed);
+        let mut store = shadow.write().unwrap_or_else(|e| e.into_inner());
+        for mutation in produced.into_iter().flatten() {
+            store.apply(mutation);
+        }
+    }
+    Ok(last)
+}

@@ -156,9 +156,22 @@ fn replay(
     let records = log.records_after(cursor).map_err(|e| e.to_string())?;
     let mut last = cursor;
     let counter = AtomicU64::new(0);
-    for record in records {
+    let total = records.len();
+    let (started, mut reported) = (Instant::now(), Instant::now());
+    for (done, record) in records.into_iter().enumerate() {
         last = record.rec;
         progress.records.fetch_add(1, Ordering::Relaxed);
+        if reported.elapsed().as_secs() >= 2 {
+            reported = Instant::now();
+            let events = progress.events.load(Ordering::Relaxed);
+            tracing::info!(
+                plugin = %lib.manifest.name,
+                done,
+                total,
+                events_per_second = (events as f64 / started.elapsed().as_secs_f64()) as u64,
+                "reprojecting"
+            );
+        }
         if !lib.manifest.streams.contains(&record.stream) {
             continue;
         }

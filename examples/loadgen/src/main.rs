@@ -902,6 +902,23 @@ async fn status(http: &reqwest::Client, addr: &str) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(&response.text().await?)?)
 }
 
+/// The log writer's commits (transactions) so far and the seconds they
+/// took, from `GET /metrics` (`None` when the host shows no such metric).
+async fn log_commits(http: &reqwest::Client, addr: &str) -> anyhow::Result<Option<(f64, f64)>> {
+    let text = http
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+    };
+    Ok(value("vista_log_commit_seconds_count").zip(value("vista_log_commit_seconds_sum")))
+}
+
 /// A number in the `log` object of a `/status` answer.
 fn log_field(status: &Value, field: &str) -> anyhow::Result<u64> {
     status["log"][field]
@@ -942,8 +959,20 @@ async fn durable_ingest(
     let bodies = token_bodies(warmup, events, common.batch);
     let requests = bodies.len();
     let body_bytes: usize = bodies.iter().map(String::len).sum();
+    let commits_before = log_commits(&http, &server.addr).await?;
     let (wall, cpu, latencies) = post_timed(&server, bodies, posters).await?;
+    let commits_after = log_commits(&http, &server.addr).await?;
     let status = status(&http, &server.addr).await?;
+    // Group commit: requests per log transaction (one fsync each with
+    // `--fsync always`).
+    let commits = match (commits_before, commits_after) {
+        (Some((n0, s0)), Some((n1, s1))) if n1 > n0 => json!({
+            "commits": n1 - n0,
+            "requests_per_commit": requests as f64 / (n1 - n0),
+            "commit_ms_mean": (s1 - s0) * 1e3 / (n1 - n0),
+        }),
+        _ => Value::Null,
+    };
     let latency = Latency::of(latencies);
     let rate = events as f64 / wall.as_secs_f64();
     eprintln!(
@@ -970,8 +999,14 @@ async fn durable_ingest(
         "body_bytes_per_event": body_bytes as f64 / events as f64,
         "latency": latency,
         "status": status,
+        "log_commits": commits,
     });
     if let Some(dir) = &server.data_dir {
+        if commits.is_null() {
+            eprintln!("{mode}: GET /metrics shows no vista_log_commit_seconds count");
+        } else {
+            eprintln!("{mode}: log commits {commits}");
+        }
         let logged = (events + warmup) as u64;
         let disk = log_field(&status, "disk_bytes")?;
         let (len, allocated) = dir_bytes(dir);
@@ -1007,15 +1042,23 @@ async fn durable_restart(
     let mut extra_events = 0;
     let mut checkpoint_wait = None;
     if recent_checkpoint {
+        // The log writer writes a checkpoint after the request that
+        // triggers it is answered: wait until one covers all but the last
+        // ~1,000 records and no newer one has appeared for 2 s.
         let started = Instant::now();
-        let mut last_push = Instant::now();
+        let ingested = Instant::now();
+        let mut seen = (0, Instant::now());
         loop {
             let status = status(&http, &server.addr).await?;
             let (last, checkpoint) = (
                 log_field(&status, "last_rec")?,
                 log_field(&status, "checkpoint_rec")?,
             );
-            if checkpoint > 0 && last - checkpoint <= 1000 {
+            if checkpoint != seen.0 {
+                seen = (checkpoint, Instant::now());
+            }
+            let recent = checkpoint > 0 && last - checkpoint <= 1000;
+            if recent && seen.1.elapsed() >= Duration::from_secs(2) {
                 checkpoint_wait = Some(started.elapsed().as_secs_f64());
                 break;
             }
@@ -1025,24 +1068,27 @@ async fn durable_restart(
                 );
                 break;
             }
-            if last_push.elapsed() > Duration::from_secs(2) {
-                // The last checkpoint is older: a few more batches.
+            if !recent && ingested.elapsed() > Duration::from_secs(5) {
+                // The last checkpoint is older (none came within 5 s of
+                // the last request): a few more batches, every poll, until
+                // one does.
                 for body in token_bodies(events + extra_events, 10 * common.batch, common.batch) {
                     ingest(&http, &server.addr, body).await?;
                 }
                 extra_events += 10 * common.batch;
-                last_push = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     let before = status(&http, &server.addr).await?;
-    let (last_rec, checkpoint_rec, last_seq) = (
+    let (last_rec, checkpoint_before, last_seq) = (
         log_field(&before, "last_rec")?,
         log_field(&before, "checkpoint_rec")?,
         log_field(&before, "last_seq")?,
     );
-    let replayed = last_rec - checkpoint_rec;
+    // The checkpoint a restart loads is the newest on disk at the kill:
+    // what `/status` shows after the first restart.
+    let mut checkpoint_rec = checkpoint_before;
     let mut times = Vec::new();
     let mut after = Vec::new();
     let mut consistent = true;
@@ -1050,6 +1096,15 @@ async fn durable_restart(
     for round in 0..3 {
         let time = server.restart()?.as_secs_f64();
         let status = status(&http, &server.addr).await?;
+        if round == 0 {
+            checkpoint_rec = log_field(&status, "checkpoint_rec")?;
+            if checkpoint_rec != checkpoint_before {
+                eprintln!(
+                    "{case}: /status showed checkpoint_rec {checkpoint_before} before the kill, \
+                     {checkpoint_rec} after the restart (a checkpoint landed in between)"
+                );
+            }
+        }
         let same = log_field(&status, "last_rec")? == last_rec
             && log_field(&status, "last_seq")? == last_seq
             && log_field(&status, "checkpoint_rec")? == checkpoint_rec;
@@ -1073,6 +1128,7 @@ async fn durable_restart(
         times.push(time);
         after.push(status);
     }
+    let replayed = last_rec - checkpoint_rec;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -1092,6 +1148,7 @@ async fn durable_restart(
         "checkpoint_wait_seconds": checkpoint_wait,
         "ingest_events_per_second": ingest_rate,
         "last_rec": last_rec,
+        "checkpoint_rec_before_kill": checkpoint_before,
         "checkpoint_rec": checkpoint_rec,
         "replayed_records": replayed,
         "replayed_events": replayed as usize * common.batch,

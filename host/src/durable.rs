@@ -615,6 +615,7 @@ pub enum WriterReport {
 /// The thread that writes the log.
 pub struct LogWriter {
     jobs: mpsc::Sender<WriterJob>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl LogWriter {
@@ -626,16 +627,23 @@ impl LogWriter {
         report: impl Fn(WriterReport) + Send + 'static,
     ) -> LogWriter {
         let (jobs, queue) = mpsc::channel::<WriterJob>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || write_loop(&log, policy, retention, &queue, report))
             .expect("start the log writer thread");
-        LogWriter { jobs }
+        LogWriter { jobs, thread }
     }
 
     /// Queues a job.
     pub fn submit(&self, job: WriterJob) {
         let _ = self.jobs.send(job);
+    }
+
+    /// Writes what is queued, then stops the thread (which drops its
+    /// handle on the log).
+    pub fn close(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
     }
 }
 

@@ -199,6 +199,13 @@ pub enum Command {
     },
     /// A reprojector thread reports.
     Reprojector(ReprojectReport),
+    /// Close the event log cleanly (shutdown): everything queued is
+    /// written, then the database file is closed, so the next start needs
+    /// no recovery.
+    CloseLog {
+        /// Answered once closed.
+        reply: oneshot::Sender<()>,
+    },
     /// What `GET /status` shows about the log.
     LogStatus {
         /// Where the stats go.
@@ -299,6 +306,13 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::LogStatus { reply });
         answer.await.ok().flatten()
+    }
+
+    /// Closes the event log (the last step of a shutdown).
+    pub async fn close_log(&self) {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::CloseLog { reply });
+        let _ = answer.await;
     }
 
     /// Starts rebuilding a plugin's entities from the log.
@@ -532,6 +546,14 @@ impl Engine {
             }),
             Command::Projected(projected) => self.projected(projected),
             Command::Log(report) => self.logged(report),
+            Command::CloseLog { reply } => {
+                if let Some(durable) = self.durable.take() {
+                    durable.writer.close();
+                    drop(durable.log);
+                    tracing::info!("event log closed");
+                }
+                let _ = reply.send(());
+            }
             Command::LogStatus { reply } => {
                 let stats = self.durable.as_ref().and_then(|d| d.log.stats().ok());
                 let _ = reply.send(stats);

@@ -273,6 +273,9 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         });
         shared.wait_for_clients(Duration::from_secs(1)).await;
     }
+    // Requests still arriving now find no log and answer 503; the file is
+    // closed cleanly so the next start needs no recovery.
+    shared.engine.close_log().await;
 }
 
 impl Shared {

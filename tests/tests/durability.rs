@@ -523,3 +523,24 @@ async fn retention_drops_checkpointed_records_and_the_state_survives() {
         "checkpoint + retained log = the state"
     );
 }
+
+#[tokio::test]
+async fn a_graceful_stop_closes_the_log_and_a_crash_is_recovered_with_a_log_line() {
+    let mut host = durable_tokens_host().await;
+    host.ingest_ok("tokens", &[token("a", 1)]).await;
+    host.terminate();
+    assert!(host.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(host.log().contains("event log closed"), "{}", host.log());
+    host.restart().await;
+    let unclean = "not closed cleanly";
+    assert!(!host.log().contains(unclean), "{}", host.log());
+    assert_eq!(tokens(&host).await.len(), 1);
+    host.kill9();
+    host.restart().await;
+    assert!(
+        host.log().contains(unclean),
+        "a crash is recovered with a log line: {}",
+        host.log()
+    );
+    assert_eq!(tokens(&host).await.len(), 1);
+}

@@ -33,8 +33,14 @@
 //!    waiting commands (subscribes, other requests' projections) between
 //!    chunks. Each mutation is still either in a snapshot or sent as a
 //!    frame; a snapshot taken between chunks holds part of the request.
-//!    A request's plugins stay busy until its commit ends, so the next
-//!    request for them projects over the committed state.
+//!    A plugin projects one request at a time. Its next request may start
+//!    while the previous one waits for the log: it projects over the store
+//!    plus the not-yet-applied mutations of the plugin's logged requests
+//!    (which will be applied first), so requests to one plugin share
+//!    fsyncs too. Meanwhile a commit involving a plugin waits while that
+//!    plugin projects, so a projection never reads a half-applied state.
+//!    If a record cannot be logged, the plugin's later requests, which
+//!    projected over it, are refused with it.
 //!
 //! A projector that makes no progress for `--projector-timeout-ms` is
 //! *stuck*: its request is answered 503 `projector-timeout` with nothing
@@ -373,7 +379,7 @@ pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) 
             // so the channel never disconnects; `Stop` is implied by the
             // process ending.
             loop {
-                if engine.committing.is_empty() {
+                if !engine.can_commit() {
                     let wait = engine.next_deadline().unwrap_or(Duration::from_secs(3600));
                     match commands.recv_timeout(wait) {
                         Ok(command) => engine.handle(command),
@@ -404,6 +410,8 @@ struct LoadedPlugin {
 
 /// An ingest request being projected.
 struct InFlight {
+    /// Set when a request this one projected over could not be logged.
+    doomed: Option<String>,
     stream: Arc<str>,
     body: Arc<IngestBody>,
     reply: oneshot::Sender<Result<Ingested, IngestError>>,
@@ -847,13 +855,42 @@ impl Engine {
             self.consumers(&w.stream)
                 .any(|name| consumers.contains(&name))
         };
-        let waits = consumers.iter().any(|c| self.busy.contains_key(c))
+        let waits = consumers.iter().any(|c| !self.can_project(c))
             || self.deferred.iter().any(shares_a_plugin);
         if waits {
             self.deferred.push_back(request);
         } else {
             self.dispatch(request, consumers);
         }
+    }
+
+    /// Whether `plugin` may start projecting: it is not projecting (or held
+    /// by a reprojection) and none of its requests is being applied.
+    fn can_project(&self, plugin: &str) -> bool {
+        !self.busy.contains_key(plugin)
+            && !self
+                .committing
+                .iter()
+                .any(|c| c.plugins.iter().any(|p| p == plugin))
+    }
+
+    /// Whether the oldest commit may apply its next chunk: it started
+    /// already, or none of its plugins is projecting (a projection must not
+    /// read a half-applied request it counts as pending).
+    fn can_commit(&self) -> bool {
+        self.committing
+            .front()
+            .is_some_and(|c| c.started || !c.plugins.iter().any(|p| self.busy.contains_key(p)))
+    }
+
+    /// The logged, not yet applied mutations of requests involving any of
+    /// `plugins`, in log order.
+    fn pending_for(&self, plugins: &[String]) -> Vec<Mutation> {
+        self.awaiting_log
+            .iter()
+            .filter(|c| c.plugins.iter().any(|p| plugins.contains(p)))
+            .flat_map(|c| c.mutations.as_slice().iter().cloned())
+            .collect()
     }
 
     fn consumers<'a>(&'a self, stream: &'a str) -> impl Iterator<Item = String> + 'a {
@@ -884,6 +921,7 @@ impl Engine {
         self.next_ticket += 1;
         let stream: Arc<str> = stream.into();
         let now = Instant::now();
+        let pending = Arc::new(self.pending_for(&consumers));
         let mut parts = Vec::with_capacity(consumers.len());
         for name in consumers {
             let plugin = &self.plugins[&name];
@@ -891,6 +929,7 @@ impl Engine {
                 ticket,
                 stream: stream.clone(),
                 body: body.clone(),
+                pending: pending.clone(),
             };
             let outcome = (!plugin.worker.submit(job)).then(|| {
                 Err(crate::projector::ProjectFailure {
@@ -911,6 +950,7 @@ impl Engine {
         self.in_flight.insert(
             ticket,
             InFlight {
+                doomed: None,
                 stream,
                 body,
                 reply,
@@ -952,6 +992,18 @@ impl Engine {
             return;
         }
         let request = self.in_flight.remove(&ticket).expect("looked up above");
+        // The projection is over: its plugins may take their next request
+        // (over this one's logged mutations) while this one is logged.
+        for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
+            self.release(&answered.plugin, ticket);
+        }
+        if let Some(reason) = request.doomed.clone() {
+            let _ = request
+                .reply
+                .send(Err(IngestError::StorageUnavailable(reason)));
+            self.pump_deferred();
+            return;
+        }
         if let Some(part) = request
             .parts
             .iter()
@@ -1026,6 +1078,7 @@ impl Engine {
                 }
             }
         }
+        self.pump_deferred();
     }
 
     /// The log writer made records durable, or failed to write them.
@@ -1041,10 +1094,33 @@ impl Engine {
                 }
             }
             WriterReport::Failed { recs, reason } => {
-                let (failed, kept): (VecDeque<Commit>, VecDeque<Commit>) = self
-                    .awaiting_log
-                    .drain(..)
-                    .partition(|c| recs.contains(&c.rec));
+                // Later requests of the same plugins projected over the
+                // failed ones: they fail too, and so do projections running.
+                let first_failed = recs.iter().min().copied().unwrap_or(u64::MAX);
+                let mut doomed_plugins: HashSet<String> = HashSet::new();
+                for commit in &self.awaiting_log {
+                    let depends = recs.contains(&commit.rec)
+                        || (commit.rec > first_failed
+                            && commit.plugins.iter().any(|p| doomed_plugins.contains(p)));
+                    if depends {
+                        doomed_plugins.extend(commit.plugins.iter().cloned());
+                    }
+                }
+                let (failed, kept): (VecDeque<Commit>, VecDeque<Commit>) =
+                    self.awaiting_log.drain(..).partition(|c| {
+                        recs.contains(&c.rec)
+                            || (c.rec > first_failed
+                                && c.plugins.iter().any(|p| doomed_plugins.contains(p)))
+                    });
+                for request in self.in_flight.values_mut() {
+                    if request
+                        .parts
+                        .iter()
+                        .any(|p| doomed_plugins.contains(&p.plugin))
+                    {
+                        request.doomed = Some(reason.clone());
+                    }
+                }
                 self.awaiting_log = kept;
                 for commit in failed {
                     for plugin in &commit.plugins {
@@ -1066,6 +1142,9 @@ impl Engine {
     /// Applies the next chunk of the oldest commit and delivers its frames;
     /// a finished commit answers its request and the next one starts.
     fn commit_step(&mut self) {
+        if !self.can_commit() {
+            return;
+        }
         let Some(mut commit) = self.committing.pop_front() else {
             return;
         };
@@ -1204,7 +1283,7 @@ impl Engine {
                 && self.committing.is_empty()
                 && self.deferred.is_empty())
             {
-                if !self.committing.is_empty() {
+                if self.can_commit() {
                     self.commit_step();
                     continue;
                 }
@@ -1399,7 +1478,17 @@ impl Engine {
         let ready: Vec<String> = self
             .reprojections
             .iter()
-            .filter(|(name, r)| r.wants_final && !self.busy.contains_key(*name))
+            .filter(|(name, r)| {
+                // Every record of the plugin must be in the log file and
+                // applied before the last replay pass.
+                r.wants_final
+                    && !self.busy.contains_key(*name)
+                    && !self
+                        .awaiting_log
+                        .iter()
+                        .chain(self.committing.iter())
+                        .any(|c| c.plugins.iter().any(|p| p == *name))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in ready {
@@ -1500,11 +1589,14 @@ impl Engine {
             }
             None => {
                 self.committing.push_back(commit);
-                if self.committing.len() == 1 {
-                    self.commit_step();
-                }
             }
         }
+        // New requests may project again, over the swap's mutations.
+        self.release(plugin, REPROJECTION_TICKET);
+        if self.committing.len() == 1 {
+            self.commit_step();
+        }
+        self.pump_deferred();
     }
 
     /// Dispatches waiting requests whose plugins are free, keeping each
@@ -1523,7 +1615,7 @@ impl Engine {
             let consumers: Vec<String> = self.consumers(&request.stream).collect();
             if consumers
                 .iter()
-                .any(|c| self.busy.contains_key(c) || claimed.contains(c))
+                .any(|c| !self.can_project(c) || claimed.contains(c))
             {
                 claimed.extend(consumers);
                 still_waiting.push_back(request);

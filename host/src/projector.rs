@@ -44,7 +44,14 @@ pub struct ProjectJob {
     pub stream: Arc<str>,
     /// The events.
     pub body: Arc<IngestBody>,
+    /// Mutations of this plugin's earlier requests that are logged (or
+    /// being logged) but not applied yet, in log order: the projection
+    /// reads as if they were, since they will be before this request is.
+    pub pending: Arc<Vec<Mutation>>,
 }
+
+/// The `event` index that marks a mutation of [`ProjectJob::pending`].
+const PENDING: usize = usize::MAX;
 
 /// The mutations each event produced (index = event index), or why the
 /// request failed.
@@ -143,7 +150,10 @@ pub(crate) fn project_request(
     job: &ProjectJob,
     progress: &AtomicU64,
 ) -> Projection {
-    let overlay = Overlay::new(store);
+    let overlay = Overlay::new(store, &job.pending);
+    for index in 0..job.pending.len() {
+        overlay.stage((PENDING, index));
+    }
     let mut produced: Vec<Vec<Mutation>> = Vec::with_capacity(job.body.len());
     for (position, json) in job.body.events() {
         let fail = |message: String| ProjectFailure { position, message };
@@ -200,6 +210,7 @@ struct Staged {
 /// The request's staged state over the shared store.
 struct Overlay<'s> {
     store: &'s SharedStore,
+    pending: &'s [Mutation],
     staged: RefCell<FastMap<(String, String), Staged>>,
     /// Mutations staged since the last read, not yet in `staged`: a
     /// projector that never reads state never pays for the map.
@@ -207,9 +218,10 @@ struct Overlay<'s> {
 }
 
 impl<'s> Overlay<'s> {
-    fn new(store: &'s SharedStore) -> Self {
+    fn new(store: &'s SharedStore, pending: &'s [Mutation]) -> Self {
         Self {
             store,
+            pending,
             staged: RefCell::new(FastMap::default()),
             unindexed: RefCell::new(Vec::new()),
         }
@@ -218,6 +230,20 @@ impl<'s> Overlay<'s> {
     fn stored(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         store.get(entity, key).cloned()
+    }
+
+    /// A staged mutation: of this request, or pending from earlier ones.
+    fn mutation<'m>(
+        &'m self,
+        produced: &'m [Vec<Mutation>],
+        event: usize,
+        index: usize,
+    ) -> &'m Mutation {
+        if event == PENDING {
+            &self.pending[index]
+        } else {
+            &produced[event][index]
+        }
     }
 
     /// Records that mutation `at` of this request was staged. Nothing is
@@ -230,7 +256,7 @@ impl<'s> Overlay<'s> {
     fn index(&self, produced: &[Vec<Mutation>]) {
         let mut staged = self.staged.borrow_mut();
         for (event, index) in self.unindexed.borrow_mut().drain(..) {
-            let mutation = &produced[event][index];
+            let mutation = self.mutation(produced, event, index);
             staged
                 .entry((mutation.entity.clone(), mutation.key.clone()))
                 .or_insert_with(|| Staged {
@@ -256,7 +282,7 @@ impl<'s> Overlay<'s> {
             entry.loaded = true;
         }
         for (event, index) in entry.unfolded.drain(..) {
-            fold(&mut entry.value, &produced[event][index]);
+            fold(&mut entry.value, self.mutation(produced, event, index));
         }
         entry.value.as_ref().map(to_json)
     }
@@ -290,13 +316,40 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn pending_mutations_of_earlier_requests_are_read_first() {
+        let store: SharedStore = Arc::new(RwLock::new(Store::new()));
+        store
+            .write()
+            .unwrap()
+            .apply(Mutation::patch("T", "k", json!({"n": 1, "l": [1]})));
+        // Logged but not applied yet: +1 and an append.
+        let pending = vec![
+            Mutation::patch("T", "k", json!({"n": 2})),
+            Mutation::patch("T", "k", json!({"l": [2]})).append("l"),
+        ];
+        let overlay = Overlay::new(&store, &pending);
+        overlay.stage((PENDING, 0));
+        overlay.stage((PENDING, 1));
+        let produced = vec![vec![
+            Mutation::patch("T", "k", json!({"l": [3]})).append("l")
+        ]];
+        overlay.stage((0, 0));
+        let seen: Value =
+            serde_json::from_str(&overlay.read("T", "k", &produced).unwrap()).unwrap();
+        assert_eq!(
+            (seen["n"].clone(), seen["l"].clone()),
+            (json!(2), json!([1, 2, 3]))
+        );
+    }
+
+    #[test]
     fn reads_see_staged_mutations_folded_once() {
         let store: SharedStore = Arc::new(RwLock::new(Store::new()));
         store
             .write()
             .unwrap()
             .apply(Mutation::patch("T", "k", json!({"n": 1, "keep": true})));
-        let overlay = Overlay::new(&store);
+        let overlay = Overlay::new(&store, &[]);
         let produced = vec![
             vec![Mutation::patch("T", "k", json!({"n": 2}))],
             vec![Mutation::patch("T", "k", json!({"l": [1]})).append_capped("l", 2)],

@@ -185,6 +185,7 @@ fn replay(
             ticket: 0,
             stream: record.stream.as_str().into(),
             body: Arc::new(body),
+            pending: Arc::new(Vec::new()),
         };
         let produced = project_request(lib, shadow, &job, &counter).map_err(|failure| {
             format!(

@@ -11,6 +11,11 @@ use serde_json::{json, Value};
 use vista_plugin_api::merge_patch;
 use vista_tests::{plugin_artifact, Host, PluginFile, Received, WsClient};
 
+/// Tests that measure latency (or spin a core) run one at a time: a
+/// spinning projector next to a latency measurement would measure the
+/// machine, not the host.
+static TIMED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn token(mint: &str) -> Value {
     json!({"type": "token_created", "mint": mint, "symbol": "S", "decimals": 0, "supply": 1000})
 }
@@ -78,6 +83,7 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 
 #[tokio::test]
 async fn a_spinning_projector_times_out_and_everything_else_keeps_working() {
+    let _timed = TIMED.lock().await;
     let host = Host::start(
         vec![
             PluginFile::Built("vista_tokens", "tokens.so"),
@@ -172,6 +178,7 @@ async fn a_spinning_projector_times_out_and_everything_else_keeps_working() {
 
 #[tokio::test]
 async fn a_ten_thousand_event_request_stalls_neither_health_nor_other_streams() {
+    let _timed = TIMED.lock().await;
     let host = Host::start(
         vec![
             PluginFile::Built("vista_tokens", "tokens.so"),
@@ -280,6 +287,7 @@ async fn many_tokens(host: &Host, count: usize) {
 
 #[tokio::test]
 async fn a_subscribe_storm_is_rate_limited_and_costs_others_nothing() {
+    let _timed = TIMED.lock().await;
     let host = Host::with_tokens().await;
     many_tokens(&host, 20_000).await;
     let rss_before = host.rss_kib();

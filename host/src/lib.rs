@@ -106,6 +106,8 @@ pub struct Config {
     /// (so it is also the idle keep-alive timeout); also the time a
     /// WebSocket upgrade gets to complete. `None` disables.
     pub header_timeout: Option<Duration>,
+    /// Time an ingest request gets to deliver its whole body (408 after).
+    pub body_timeout: Option<Duration>,
     /// Open TCP connections allowed from one IP address (0: unlimited);
     /// more are answered 429 `ip-connection-limit-exceeded`.
     pub max_connections_per_ip: usize,

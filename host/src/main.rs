@@ -129,6 +129,10 @@ struct ServeArgs {
     /// upgrade in that time; 0 disables.
     #[arg(long, env = "VISTA_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     header_timeout_secs: u64,
+    /// Seconds an ingest request gets to deliver its whole body (more: 408
+    /// `body-timeout`); 0 disables.
+    #[arg(long, env = "VISTA_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    body_timeout_secs: u64,
     /// Open TCP connections allowed from one IP address (more get HTTP 429
     /// `ip-connection-limit-exceeded`); 0 means unlimited.
     #[arg(long, env = "VISTA_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
@@ -225,6 +229,8 @@ async fn main() -> anyhow::Result<()> {
         max_concurrent_ingests: args.max_concurrent_ingests,
         header_timeout: (args.header_timeout_secs > 0)
             .then(|| Duration::from_secs(args.header_timeout_secs)),
+        body_timeout: (args.body_timeout_secs > 0)
+            .then(|| Duration::from_secs(args.body_timeout_secs)),
         max_connections_per_ip: args.max_connections_per_ip,
         data_dir: (!args.in_memory).then_some(args.data),
         fsync: args.fsync,

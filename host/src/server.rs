@@ -228,7 +228,24 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     if declared.is_some_and(|len| len > limit) {
         return too_large();
     }
-    let body = match Limited::new(request.into_body(), limit).collect().await {
+    // A body trickled in byte by byte would hold a permit (and memory)
+    // forever: reading it is bounded in time as well as in size.
+    let read = Limited::new(request.into_body(), limit).collect();
+    let read = match shared.config.body_timeout {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(read) => read,
+            Err(_) => {
+                return error_response(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    &format!("the body was not received within {} s", limit.as_secs()),
+                    json!({}),
+                )
+            }
+        },
+        None => read.await,
+    };
+    let body = match read {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(),
         Err(err) => {

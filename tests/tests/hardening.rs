@@ -536,3 +536,37 @@ async fn shutdown_stops_accepting_and_a_client_that_fell_behind_still_gets_1001(
         "the host exits after its grace period"
     );
 }
+
+#[tokio::test]
+async fn a_trickled_ingest_body_gets_408_within_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--body-timeout-secs", "1"],
+    )
+    .await;
+    let mut socket = tokio::net::TcpStream::connect(&host.addr).await.unwrap();
+    socket
+        .write_all(
+            b"POST /ingest/tokens HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"type\":",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") || !answer.ends_with(b"}") {
+        let n = tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buffer))
+            .await
+            .expect("an answer within the timeout")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        answer.extend_from_slice(&buffer[..n]);
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Nothing of it was applied, and the host serves on.
+    host.ingest_ok("tokens", &[token("after")]).await;
+}

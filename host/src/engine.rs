@@ -49,7 +49,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, RwLock, RwLockReadGuard};
+use std::sync::{mpsc, Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -535,10 +535,6 @@ impl Engine {
             commands,
             queue: Some(queue),
         }
-    }
-
-    fn store(&self) -> RwLockReadGuard<'_, Store> {
-        self.store.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn handle(&mut self, command: Command) {
@@ -1755,11 +1751,6 @@ impl Engine {
         }
         metrics::counter!("vista_idle_disconnects_total").increment(closed as u64);
         (pinged, closed)
-    }
-
-    /// Number of entities of one type (tests and benchmarks).
-    pub fn entity_count(&self, entity: &str) -> usize {
-        self.store().table(entity).count()
     }
 }
 

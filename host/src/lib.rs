@@ -29,26 +29,38 @@
 //! - [`scaffold`]: `vista plugin new`.
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
+//! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
+//! re-exports serve the `vista` binary; `durable`, `store`, `views`,
+//! `frame` and `scaffold` are public for the binary's subcommands, the view
+//! benchmark and the model test; everything else is `pub(crate)`.
+//!
 //! [`run`] takes an already-bound listener, so tests bind port 0.
 
-pub mod connection;
-pub mod demo;
+// The public face: what the `vista` binary, the view benchmark and the
+// model test use. Everything else is the host's own business.
 pub mod durable;
-pub mod engine;
 pub mod frame;
-pub mod hygiene;
-pub mod ingest;
-pub mod outbox;
-pub mod plugins;
-pub mod projector;
-pub mod protocol;
-pub mod reproject;
 pub mod scaffold;
-pub mod server;
 pub mod store;
 pub mod views;
-pub mod vocab;
-pub mod watcher;
+
+pub(crate) mod connection;
+pub(crate) mod demo;
+pub(crate) mod engine;
+pub(crate) mod hygiene;
+pub(crate) mod ingest;
+pub(crate) mod outbox;
+pub(crate) mod plugins;
+pub(crate) mod projector;
+pub(crate) mod protocol;
+pub(crate) mod reproject;
+pub(crate) mod server;
+pub(crate) mod vocab;
+pub(crate) mod watcher;
+
+pub use demo::run as run_demo_feed;
+pub use plugins::{check_answer, set_checker, CheckAnswer};
+pub use watcher::{watch as watch_plugins, PluginWatcher};
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -195,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Data(command) => return data_command(command),
         Command::Plugin(PluginCommand::Check { file }) => {
-            let answer = vista_host::plugins::check_answer(&file);
+            let answer = vista_host::check_answer(&file);
             println!("{}", serde_json::to_string(&answer)?);
             std::io::Write::flush(&mut std::io::stdout())?;
             std::process::exit(if answer.ok { 0 } else { 1 });
@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
     // Plugin files are checked in a child process (`vista plugin check`)
     // before they are mapped here: a bad file cannot take the host down.
     match std::env::current_exe() {
-        Ok(exe) => vista_host::plugins::set_checker(exe),
+        Ok(exe) => vista_host::set_checker(exe),
         Err(err) => {
             tracing::warn!(%err, "cannot find this executable; plugin files are mapped unchecked")
         }
@@ -260,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
-    let _watcher = match vista_host::watcher::watch(shared.clone()) {
+    let _watcher = match vista_host::watch_plugins(shared.clone()) {
         Ok(watcher) => Some(watcher),
         Err(err) => {
             tracing::error!(%err, "cannot watch the plugins directory; hot reload is off");
@@ -271,7 +271,7 @@ async fn main() -> anyhow::Result<()> {
     println!("vista listening on {address}");
     tracing::info!(%address, "listening (ws://{address}, http://{address})");
     if args.demo_feed {
-        tokio::spawn(vista_host::demo::run(
+        tokio::spawn(vista_host::run_demo_feed(
             shared.clone(),
             Duration::from_millis(250),
         ));

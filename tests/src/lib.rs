@@ -679,3 +679,40 @@ impl Host {
         started.elapsed()
     }
 }
+
+/// Applies one server frame to a view's key -> entity map the way the
+/// published clients do: snapshot entries and `upsert` replace, `delete`
+/// removes, `patch` deep-merges (append paths concatenate).
+pub fn apply_frame(state: &mut std::collections::BTreeMap<String, Value>, frame: &Value) {
+    let key = || frame["key"].as_str().unwrap().to_owned();
+    match frame["op"].as_str().unwrap_or_default() {
+        "snapshot" => {
+            for entry in frame["data"].as_array().unwrap() {
+                state.insert(
+                    entry["key"].as_str().unwrap().to_owned(),
+                    entry["data"].clone(),
+                );
+            }
+        }
+        "upsert" => {
+            state.insert(key(), frame["data"].clone());
+        }
+        "delete" => {
+            state.remove(&key());
+        }
+        "patch" => {
+            let append: Vec<String> = frame["append"]
+                .as_array()
+                .map(|paths| {
+                    paths
+                        .iter()
+                        .map(|p| p.as_str().unwrap().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let entity = state.entry(key()).or_insert(serde_json::json!({}));
+            vista_plugin_api::merge_patch(entity, frame["data"].as_object().unwrap(), &append);
+        }
+        _ => {}
+    }
+}

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vista_plugin_api::merge_patch;
-use vista_tests::{plugin_artifact, Host, PluginFile, Received, WsClient};
+use vista_tests::{apply_frame, plugin_artifact, Host, PluginFile, Received, WsClient};
 
 /// Tests that measure latency (or spin a core) run one at a time: a
 /// spinning projector next to a latency measurement would measure the
@@ -41,38 +40,6 @@ fn spawn_ingest(host: &Host, stream: &str, body: String) -> tokio::task::JoinHan
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
     })
-}
-
-/// Applies frames the way the clients do.
-fn apply(state: &mut BTreeMap<String, Value>, frame: &Value) {
-    let key = || frame["key"].as_str().unwrap().to_owned();
-    match frame["op"].as_str().unwrap() {
-        "snapshot" => {
-            for entry in frame["data"].as_array().unwrap() {
-                state.insert(
-                    entry["key"].as_str().unwrap().to_owned(),
-                    entry["data"].clone(),
-                );
-            }
-        }
-        "upsert" => {
-            state.insert(key(), frame["data"].clone());
-        }
-        "delete" => {
-            state.remove(&key());
-        }
-        "patch" => {
-            let append: Vec<String> = frame["append"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_str().unwrap().to_owned())
-                .collect();
-            let entity = state.entry(key()).or_insert(json!({}));
-            merge_patch(entity, frame["data"].as_object().unwrap(), &append);
-        }
-        _ => {}
-    }
 }
 
 /// The p-th percentile of some durations.
@@ -250,7 +217,7 @@ async fn capped_trades_stay_identical_on_a_subscribed_client() {
         .await;
     let mut held = BTreeMap::new();
     for frame in client.snapshot_frames().await {
-        apply(&mut held, &frame);
+        apply_frame(&mut held, &frame);
     }
     // Single trades (each trims once past 50) and a request of 70.
     for i in 0..40 {
@@ -259,7 +226,7 @@ async fn capped_trades_stay_identical_on_a_subscribed_client() {
     host.ingest("tokens", trades("m", 40, 70)).await;
     for _ in 0..110 {
         let frame = client.recv_json().await;
-        apply(&mut held, &frame);
+        apply_frame(&mut held, &frame);
     }
     let mut fresh = host.client().await;
     fresh

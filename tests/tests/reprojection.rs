@@ -11,43 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vista_plugin_api::merge_patch;
-use vista_tests::{variant_artifact, workspace_root, Host, PluginFile, Received, WsClient};
+use vista_tests::{
+    apply_frame, variant_artifact, workspace_root, Host, PluginFile, Received, WsClient,
+};
 
 const GAMES: usize = 20;
 
 fn attack(game: usize, damage: i64) -> Value {
     json!({"type": "attack", "game": format!("g{game:02}"), "player": "ann", "damage": damage})
-}
-
-/// Applies list-view frames the way the clients do.
-fn apply(state: &mut BTreeMap<String, Value>, frame: &Value) {
-    let key = || frame["key"].as_str().unwrap().to_owned();
-    match frame["op"].as_str().unwrap_or_default() {
-        "snapshot" => {
-            for entry in frame["data"].as_array().unwrap() {
-                state.insert(
-                    entry["key"].as_str().unwrap().to_owned(),
-                    entry["data"].clone(),
-                );
-            }
-        }
-        "upsert" => {
-            state.insert(key(), frame["data"].clone());
-        }
-        "delete" => {
-            state.remove(&key());
-        }
-        "patch" => {
-            let append: Vec<String> = frame["append"]
-                .as_array()
-                .map(|a| a.iter().map(|p| p.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default();
-            let entity = state.entry(key()).or_insert(json!({}));
-            merge_patch(entity, frame["data"].as_object().unwrap(), &append);
-        }
-        _ => {}
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -78,7 +49,7 @@ async fn a_rebuilt_projector_reprojects_history_while_events_arrive() {
         .await;
     let held = Arc::new(Mutex::new(BTreeMap::new()));
     for frame in raw.snapshot_frames().await {
-        apply(&mut held.lock().unwrap(), &frame);
+        apply_frame(&mut held.lock().unwrap(), &frame);
     }
     let closed = Arc::new(Mutex::new(None));
     let reader = {
@@ -86,7 +57,9 @@ async fn a_rebuilt_projector_reprojects_history_while_events_arrive() {
         tokio::spawn(async move {
             loop {
                 match raw.recv_within(Duration::from_secs(120)).await {
-                    Some(Received::Json { value, .. }) => apply(&mut held.lock().unwrap(), &value),
+                    Some(Received::Json { value, .. }) => {
+                        apply_frame(&mut held.lock().unwrap(), &value)
+                    }
                     other => {
                         *closed.lock().unwrap() = Some(format!("{other:?}"));
                         return;

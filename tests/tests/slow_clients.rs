@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use vista_plugin_api::merge_patch;
-use vista_tests::{Host, PluginFile, Received, WsClient};
+use vista_tests::{apply_frame, Host, PluginFile, Received, WsClient};
 
 const MINTS: usize = 20;
 const ROUNDS: usize = 600;
@@ -25,45 +24,13 @@ fn noise(seed: &mut u64, len: usize) -> String {
         .collect()
 }
 
-/// Applies frames the way the clients do, to a view's key -> entity map.
-fn apply(state: &mut BTreeMap<String, Value>, frame: &Value) {
-    let key = || frame["key"].as_str().unwrap().to_owned();
-    match frame["op"].as_str().unwrap() {
-        "snapshot" => {
-            for entry in frame["data"].as_array().unwrap() {
-                state.insert(
-                    entry["key"].as_str().unwrap().to_owned(),
-                    entry["data"].clone(),
-                );
-            }
-        }
-        "upsert" => {
-            state.insert(key(), frame["data"].clone());
-        }
-        "delete" => {
-            state.remove(&key());
-        }
-        "patch" => {
-            let append: Vec<String> = frame["append"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_str().unwrap().to_owned())
-                .collect();
-            let entity = state.entry(key()).or_insert(json!({}));
-            merge_patch(entity, frame["data"].as_object().unwrap(), &append);
-        }
-        _ => {}
-    }
-}
-
 async fn subscribed_reader(client: &mut WsClient, view: &str) -> BTreeMap<String, Value> {
     client
         .subscribe(json!({"type": "subscribe", "view": view}))
         .await;
     let mut state = BTreeMap::new();
     for frame in client.snapshot_frames().await {
-        apply(&mut state, &frame);
+        apply_frame(&mut state, &frame);
     }
     state
 }
@@ -93,7 +60,7 @@ async fn slow_clients_are_conflated_or_closed_and_fast_ones_keep_up() {
         loop {
             tokio::select! {
                 received = fast.recv_within(Duration::from_secs(30)) => match received {
-                    Some(Received::Json { value, .. }) => { frames += 1; apply(&mut fast_state, &value); }
+                    Some(Received::Json { value, .. }) => { frames += 1; apply_frame(&mut fast_state, &value); }
                     other => panic!("fast client: {other:?}"),
                 },
                 _ = &mut done => return (fast_state, frames),
@@ -149,7 +116,7 @@ async fn slow_clients_are_conflated_or_closed_and_fast_ones_keep_up() {
     assert!(conflated > 0.0, "conflation happened");
     loop {
         match slow_list.recv_within(Duration::from_secs(2)).await {
-            Some(Received::Json { value, .. }) => apply(&mut slow_state, &value),
+            Some(Received::Json { value, .. }) => apply_frame(&mut slow_state, &value),
             Some(Received::Close(close)) => {
                 panic!("a slow list client must not be closed: {close:?}")
             }

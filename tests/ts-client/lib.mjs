@@ -13,6 +13,7 @@
 // (per waitFor, default 10000), VISTA_DEBUG=1 (print every parsed frame to
 // stderr).
 
+import readline from 'node:readline';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { HyperStack } from 'hyperstack-typescript';
@@ -197,4 +198,37 @@ export function harness(name) {
     issues, subscribed, states,
     connect, ingest, waitFor, pump, dumpStore, fail, finish, run,
   };
+}
+
+/** Throws on a bad connection state or a socket issue seen by harness `h`. */
+export function checkHealthy(h) {
+  if (h.fatal) throw new Error(`reconnected or broken connection: ${h.fatal}; states ${JSON.stringify(h.states)}`);
+  if (h.issues.length) throw new Error(`unexpected socket issue(s): ${JSON.stringify(h.issues)}`);
+}
+
+/** Reads one line from stdin, failing on EOF, timeout or an unhealthy connection meanwhile. */
+export async function readOneLine(h, timeoutMs) {
+  const rl = readline.createInterface({ input: process.stdin, terminal: false });
+  let line = null;
+  let closed = false;
+  rl.once('line', (l) => { line = l; rl.close(); });
+  rl.once('close', () => { closed = true; });
+  const deadline = Date.now() + timeoutMs;
+  try {
+    for (;;) {
+      if (line !== null) return line;
+      checkHealthy(h);
+      if (closed) throw new Error('stdin closed before the expected line');
+      if (Date.now() > deadline) throw new Error(`no line on stdin within ${timeoutMs} ms`);
+      await sleep(10);
+    }
+  } finally {
+    rl.close();
+    process.stdin.destroy(); // do not keep the process alive
+  }
+}
+
+/** Writes to stdout and waits until it is flushed. */
+export function writeStdout(text) {
+  return new Promise((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
 }

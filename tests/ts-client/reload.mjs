@@ -29,8 +29,7 @@
 //   VISTA_WS_URL=ws://127.0.0.1:18879 VISTA_HTTP_URL=http://127.0.0.1:18879 node reload.mjs
 
 import assert from 'node:assert/strict';
-import readline from 'node:readline';
-import { harness, sleep, activeGamesStack } from './lib.mjs';
+import { harness, sleep, activeGamesStack, checkHealthy, readOneLine, writeStdout } from './lib.mjs';
 
 const NAME = 'reload.mjs';
 const h = harness(NAME);
@@ -67,37 +66,8 @@ function checkWindow(hs, expected) {
   return ids;
 }
 
-/** Fails fast on a bad connection state, a socket issue or a changed sort. */
-function checkHealthy() {
-  if (h.fatal) throw new Error(`reconnected or broken connection: ${h.fatal}; states ${JSON.stringify(h.states)}`);
-  if (h.issues.length) throw new Error(`unexpected socket issue(s): ${JSON.stringify(h.issues)}`);
-}
 
-/** Reads one line from stdin, failing on EOF, timeout or an unhealthy connection meanwhile. */
-async function readOneLine(timeoutMs) {
-  const rl = readline.createInterface({ input: process.stdin, terminal: false });
-  let line = null;
-  let closed = false;
-  rl.once('line', (l) => { line = l; rl.close(); });
-  rl.once('close', () => { closed = true; });
-  const deadline = Date.now() + timeoutMs;
-  try {
-    for (;;) {
-      if (line !== null) return line;
-      checkHealthy();
-      if (closed) throw new Error('stdin closed before the go line');
-      if (Date.now() > deadline) throw new Error(`no line on stdin within ${timeoutMs} ms`);
-      await sleep(10);
-    }
-  } finally {
-    rl.close();
-    process.stdin.destroy(); // do not keep the process alive
-  }
-}
 
-function writeStdout(text) {
-  return new Promise((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
-}
 
 async function main() {
   const hs = await h.connect(STACK);
@@ -127,22 +97,22 @@ async function main() {
   checkSort();
 
   const before = await h.waitFor(`window == EXPECT_BEFORE ${JSON.stringify(EXPECT_BEFORE)}`, () => {
-    checkHealthy();
+    checkHealthy(h);
     return checkWindow(hs, EXPECT_BEFORE);
   });
-  checkHealthy();
+  checkHealthy(h);
   await writeStdout('ready\n');
 
-  const go = await readOneLine(GO_TIMEOUT_MS);
+  const go = await readOneLine(h, GO_TIMEOUT_MS);
   if (process.env.VISTA_DEBUG) console.error(`${NAME}: stdin line ${JSON.stringify(go)}`);
 
   const after = await h.waitFor(`window == EXPECT_AFTER ${JSON.stringify(EXPECT_AFTER)} after the swap`, () => {
-    checkHealthy();
+    checkHealthy(h);
     checkSort();
     return checkWindow(hs, EXPECT_AFTER);
   });
 
-  checkHealthy();
+  checkHealthy(h);
   checkSort();
   const states = h.states.map((s) => s.state);
   assert.deepEqual(states, ['connecting', 'connected'],

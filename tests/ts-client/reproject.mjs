@@ -15,8 +15,7 @@
 // 10000), VISTA_GO_TIMEOUT_MS (default 180000), VISTA_DEBUG=1.
 
 import assert from 'node:assert/strict';
-import readline from 'node:readline';
-import { harness, sleep } from './lib.mjs';
+import { harness, sleep, checkHealthy, readOneLine, writeStdout } from './lib.mjs';
 
 const NAME = 'reproject.mjs';
 const h = harness(NAME);
@@ -24,35 +23,8 @@ const VIEW = 'Game/list';
 const STACK = { name: 'vista-games', url: h.WS_URL, views: { Game: { list: { mode: 'list', view: VIEW } } } };
 const GO_TIMEOUT_MS = Number(process.env.VISTA_GO_TIMEOUT_MS ?? 180_000);
 
-function checkHealthy() {
-  if (h.fatal) throw new Error(`reconnected or broken connection: ${h.fatal}; states ${JSON.stringify(h.states)}`);
-  if (h.issues.length) throw new Error(`unexpected socket issue(s): ${JSON.stringify(h.issues)}`);
-}
 
-async function readOneLine(timeoutMs) {
-  const rl = readline.createInterface({ input: process.stdin, terminal: false });
-  let line = null;
-  let closed = false;
-  rl.once('line', (l) => { line = l; rl.close(); });
-  rl.once('close', () => { closed = true; });
-  const deadline = Date.now() + timeoutMs;
-  try {
-    for (;;) {
-      if (line !== null) return line;
-      checkHealthy();
-      if (closed) throw new Error('stdin closed before the expected scores');
-      if (Date.now() > deadline) throw new Error(`no line on stdin within ${timeoutMs} ms`);
-      await sleep(10);
-    }
-  } finally {
-    rl.close();
-    process.stdin.destroy();
-  }
-}
 
-function writeStdout(text) {
-  return new Promise((resolve, reject) => process.stdout.write(text, (e) => (e ? reject(e) : resolve())));
-}
 
 async function main() {
   const hs = await h.connect(STACK);
@@ -63,19 +35,19 @@ async function main() {
   const updates = [];
   h.pump(hs.views.Game.list.watch(), updates);
   await h.waitFor(`complete snapshot of ${VIEW}`, () => assert.ok(snapshotComplete));
-  checkHealthy();
+  checkHealthy(h);
   await writeStdout('ready\n');
 
-  const expected = JSON.parse(await readOneLine(GO_TIMEOUT_MS));
+  const expected = JSON.parse(await readOneLine(h, GO_TIMEOUT_MS));
   await h.waitFor(`the store equals the recomputation (${Object.keys(expected).length} games)`, () => {
-    checkHealthy();
+    checkHealthy(h);
     const keys = [...hs.store.keys(VIEW)].sort();
     assert.deepEqual(keys, Object.keys(expected).sort(), `games in the store`);
     for (const key of keys) {
       assert.equal(hs.store.get(VIEW, key)?.score, expected[key], `score of ${key}`);
     }
   });
-  checkHealthy();
+  checkHealthy(h);
   await writeStdout(JSON.stringify({ ok: true, games: Object.keys(expected).length, states: h.states }) + '\n');
   h.finish(0);
 }

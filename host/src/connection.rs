@@ -39,8 +39,12 @@ use crate::vocab::ConnId;
 use crate::Shared;
 
 /// Serves one upgraded WebSocket until either side closes it.
-pub async fn serve<S>(socket: S, conn: ConnId, shared: Arc<Shared>)
-where
+pub async fn serve<S>(
+    socket: S,
+    conn: ConnId,
+    shared: Arc<Shared>,
+    mut claims: Option<crate::auth::Claims>,
+) where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + Sink<Message, Error = tungstenite::Error>
         + crate::hygiene::RawDrain
@@ -61,11 +65,13 @@ where
     let mut writer_finished = None;
     let ended;
     loop {
+        // A token ends at its `exp` unless a `refresh_auth` replaced it.
+        let expires = claims.as_ref().map(|c| token_deadline(c.exp));
         tokio::select! {
             message = stream.next() => match message.inspect(|_| outbox.heard_from_client()) {
-                Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, &mut limiter, text.as_str()),
+                Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, &mut limiter, &mut claims, text.as_str()),
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
-                    Ok(text) => handle_text(&shared, conn, &outbox, &mut limiter, text),
+                    Ok(text) => handle_text(&shared, conn, &outbox, &mut limiter, &mut claims, text),
                     Err(_) => reply_issue(&outbox, "invalid-message", "binary message is not UTF-8 JSON"),
                 },
                 Some(Ok(Message::Close(_))) | None => {
@@ -87,11 +93,36 @@ where
                 ended = Ended::Writer;
                 break;
             }
+            () = tokio::time::sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {
+                metrics::counter!("vista_token_expired_disconnects_total").increment(1);
+                outbox.push_reply(Outgoing::Frame(socket_issue(
+                    "token-expired",
+                    "the token expired and no refresh_auth replaced it",
+                    true,
+                )));
+                outbox.push_reply(Outgoing::Close {
+                    code: 1008,
+                    reason: "token-expired: the token expired; reconnect with a new one".into(),
+                });
+            }
         }
     }
     shared.engine.send(Command::Disconnect { conn });
     metrics::gauge!("vista_connections").decrement(1.0);
     crate::hygiene::close_and_linger(stream, writer, writer_finished, &outbox, ended).await;
+}
+
+/// When a token with this `exp` (seconds since the epoch) runs out.
+fn token_deadline(exp: u64) -> tokio::time::Instant {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
+    tokio::time::Instant::now() + left
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 fn reply_issue(outbox: &Outbox, code: &str, message: &str) {
@@ -138,9 +169,30 @@ fn handle_text(
     conn: ConnId,
     outbox: &Outbox,
     limiter: &mut TokenBucket,
+    claims: &mut Option<crate::auth::Claims>,
     text: &str,
 ) {
     match parse_client_message(text) {
+        Ok(ClientMessage::Subscribe(request))
+            if claims
+                .as_ref()
+                .is_some_and(|c| !c.allows_view(&request.view, request.key.as_deref())) =>
+        {
+            metrics::counter!("vista_subscribes_forbidden_total").increment(1);
+            reply_issue(
+                outbox,
+                "forbidden",
+                &format!(
+                    "the token does not allow {:?}{}",
+                    request.view,
+                    request
+                        .key
+                        .as_deref()
+                        .map(|k| format!(" key {k:?}"))
+                        .unwrap_or_default()
+                ),
+            );
+        }
         Ok(ClientMessage::Subscribe(request)) => {
             if !limiter.take() {
                 metrics::counter!("vista_subscribes_rate_limited_total").increment(1);
@@ -160,10 +212,22 @@ fn handle_text(
             shared.engine.send(Command::Unsubscribe { conn, view, key });
         }
         Ok(ClientMessage::Ping) => {}
-        Ok(ClientMessage::RefreshAuth) => {
-            outbox.push_reply(Outgoing::Frame(Frame::text(
-                &serde_json::json!({"success": true}),
-            )));
+        Ok(ClientMessage::RefreshAuth { token }) => {
+            let answer = if shared.auth.jwt.is_none() {
+                // Nothing to refresh: tokens are not checked.
+                serde_json::json!({"success": true})
+            } else {
+                match shared.auth.subscriber(token.as_deref()) {
+                    Ok(Some(fresh)) => {
+                        let expires_at = fresh.exp;
+                        *claims = Some(fresh);
+                        serde_json::json!({"success": true, "expiresAt": expires_at})
+                    }
+                    Ok(None) => serde_json::json!({"success": true}),
+                    Err(err) => serde_json::json!({"success": false, "error": err.code()}),
+                }
+            };
+            outbox.push_reply(Outgoing::Frame(Frame::text(&answer)));
         }
         Err(err) => {
             tracing::debug!(conn, %err, "invalid client message");

@@ -38,6 +38,7 @@
 
 // The public face: what the `vista` binary, the view benchmark and the
 // model test use. Everything else is the host's own business.
+pub mod auth;
 pub mod durable;
 pub mod frame;
 pub mod scaffold;
@@ -136,6 +137,8 @@ pub struct Shared {
     next_conn: AtomicU64,
     /// Open WebSocket connections, checked against `config.max_connections`.
     open_connections: AtomicUsize,
+    /// Who may connect, ingest and administer.
+    pub auth: auth::Auth,
     /// Ingest requests being read or processed.
     ingest_permits: tokio::sync::Semaphore,
 }
@@ -144,7 +147,7 @@ impl Shared {
     /// Builds the engine, loads every plugin in `config.plugins_dir`,
     /// restores the state kept in `config.data_dir` (checkpoint, then the
     /// log replayed through the plugins) and starts the engine thread.
-    pub fn new(config: Config) -> Result<Arc<Self>, durable::DataError> {
+    pub fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, durable::DataError> {
         let mut engine = Engine::new(
             config.cache_dir.clone(),
             config.max_subscriptions_per_connection,
@@ -171,6 +174,7 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
             ingest_permits: tokio::sync::Semaphore::new(config.max_concurrent_ingests.max(1)),
+            auth,
             config,
         }))
     }

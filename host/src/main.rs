@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the plugins in a directory and serve WebSocket + HTTP on one port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Plugin development helpers.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -166,6 +166,39 @@ struct ServeArgs {
     /// `records:N`, `age:SECS` or `bytes:N`.
     #[arg(long, env = "VISTA_RETAIN", default_value = "all")]
     retain: vista_host::durable::Retention,
+    /// Subscribers need a JWT signed HS256 with this secret (`hs_token` query
+    /// parameter or `Authorization: Bearer`).
+    #[arg(long, env = "VISTA_JWT_SECRET", conflicts_with = "jwt_public_key")]
+    jwt_secret: Option<String>,
+    /// Subscribers need a JWT signed RS256 or EdDSA, verified with this PEM
+    /// public key file.
+    #[arg(long, env = "VISTA_JWT_PUBLIC_KEY")]
+    jwt_public_key: Option<PathBuf>,
+    /// Required `aud` of subscriber tokens.
+    #[arg(long, env = "VISTA_JWT_AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Required `iss` of subscriber tokens.
+    #[arg(long, env = "VISTA_JWT_ISSUER")]
+    jwt_issuer: Option<String>,
+    /// Ingest credential `TOKEN[:stream,stream]` (repeatable), sent as
+    /// `Authorization: Bearer TOKEN`; a JWT with a `streams` claim works too.
+    #[arg(
+        long = "ingest-token",
+        env = "VISTA_INGEST_TOKENS",
+        value_delimiter = ' '
+    )]
+    ingest_tokens: Vec<vista_host::auth::IngestToken>,
+    /// Bearer token required by `/plugins`, `/metrics`, `/status` and
+    /// reprojection.
+    #[arg(long, env = "VISTA_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// `Origin`s whose pages may open WebSockets (comma-separated; exact,
+    /// `*.domain` or `*`); default: any.
+    #[arg(long, env = "VISTA_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Serve a non-loopback address without any authentication.
+    #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long)]
     demo_feed: bool,
@@ -181,7 +214,7 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = match Cli::parse().command {
-        Command::Serve(args) => args,
+        Command::Serve(args) => *args,
         Command::Plugin(PluginCommand::New {
             name,
             dir,
@@ -201,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(if answer.ok { 0 } else { 1 });
         }
     };
+    let auth = authentication(&args)?;
     // Plugin files are checked in a child process (`vista plugin check`)
     // before they are mapped here: a bad file cannot take the host down.
     match std::env::current_exe() {
@@ -254,8 +288,20 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => tracing::info!(data = %dir.display(), "restoring state from the event log"),
         None => tracing::warn!("--in-memory: nothing is kept across restarts"),
     }
+    if !auth.is_enabled() {
+        if args.listen.ip().is_loopback() {
+            tracing::warn!("authentication is off: anyone who reaches this loopback port may subscribe, ingest and administer");
+        } else if !args.allow_anonymous {
+            anyhow::bail!(
+                "refusing to serve {} without authentication: configure --jwt-secret or --jwt-public-key, --ingest-token and --admin-token, or pass --allow-anonymous",
+                args.listen
+            );
+        } else {
+            tracing::warn!(listen = %args.listen, "--allow-anonymous: serving a public address without authentication");
+        }
+    }
     // The port opens once the log is replayed: a host that answers is ready.
-    let shared = Shared::new(config).context("cannot open the data directory")?;
+    let shared = Shared::new(config, auth).context("cannot open the data directory")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -347,4 +393,26 @@ fn data_command(command: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The authentication settings from the command line.
+fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
+    use vista_host::auth::{Auth, JwtVerifier};
+    let mut jwt = match (&args.jwt_secret, &args.jwt_public_key) {
+        (Some(secret), _) => Some(JwtVerifier::with_secret(secret)),
+        (None, Some(file)) => Some(JwtVerifier::with_public_key(file).map_err(anyhow::Error::msg)?),
+        (None, None) => None,
+    };
+    if let Some(audience) = &args.jwt_audience {
+        jwt = jwt.map(|j| j.audience(audience));
+    }
+    if let Some(issuer) = &args.jwt_issuer {
+        jwt = jwt.map(|j| j.issuer(issuer));
+    }
+    Ok(Auth {
+        jwt,
+        ingest_tokens: args.ingest_tokens.clone(),
+        admin_token: args.admin_token.clone(),
+        allowed_origins: args.allowed_origins.clone(),
+    })
 }

@@ -22,8 +22,11 @@ pub enum ClientMessage {
     },
     /// Keep-alive; no reply.
     Ping,
-    /// Token refresh (auth is not enabled: acknowledged).
-    RefreshAuth,
+    /// In-band token refresh with the new token.
+    RefreshAuth {
+        /// The new token.
+        token: Option<String>,
+    },
 }
 
 /// Why a client message was not understood.
@@ -56,7 +59,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, InvalidMessage>
             key: key_field(&fields)?,
         }),
         "ping" => Ok(ClientMessage::Ping),
-        "refresh_auth" => Ok(ClientMessage::RefreshAuth),
+        "refresh_auth" => Ok(ClientMessage::RefreshAuth {
+            token: fields
+                .get("token")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        }),
         other => Err(invalid(format!("unknown message type {other:?}"))),
     }
 }

@@ -93,6 +93,18 @@ pub async fn handle(
         return Ok(upgrade(&mut request, shared));
     }
     let path = request.uri().path().to_owned();
+    let admin_route = matches!(path.as_str(), "/plugins" | "/metrics" | "/status")
+        || (path.starts_with("/plugins/") && path.ends_with("/reproject"));
+    if admin_route {
+        if let Err(err) = shared.auth.admin(bearer(&request)) {
+            metrics::counter!("vista_auth_refused_total").increment(1);
+            return Ok(coded_error(
+                StatusCode::UNAUTHORIZED,
+                err.code(),
+                &err.to_string(),
+            ));
+        }
+    }
     let response = match (request.method(), path.as_str()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         // The port opens only once the log has been replayed, so a host
@@ -178,6 +190,26 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         .write_buffer_size(16 << 10)
         .max_message_size(Some(shared.config.max_message_bytes))
         .max_frame_size(Some(shared.config.max_message_bytes));
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    if !shared.auth.origin_allowed(origin) {
+        metrics::counter!("vista_auth_refused_total").increment(1);
+        return coded_error(
+            StatusCode::FORBIDDEN,
+            "origin-not-allowed",
+            &format!("WebSockets from origin {origin:?} are not allowed here"),
+        );
+    }
+    let token = query_token(request).or_else(|| bearer(request).map(str::to_owned));
+    let claims = match shared.auth.subscriber(token.as_deref()) {
+        Ok(claims) => claims,
+        Err(err) => {
+            metrics::counter!("vista_auth_refused_total").increment(1);
+            return coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
+        }
+    };
     let ip_slot = crate::hygiene::take_ip_slot(request);
     match hyper_tungstenite::upgrade(request, Some(config)) {
         Ok((response, websocket)) => {
@@ -186,7 +218,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
                 if let Some(socket) =
                     crate::hygiene::finish_upgrade(websocket, &shared.config).await
                 {
-                    crate::connection::serve(socket, conn, shared).await;
+                    crate::connection::serve(socket, conn, shared, claims).await;
                 }
                 drop((slot, ip_slot));
             });
@@ -201,7 +233,70 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
     }
 }
 
+/// An error response with the code also in `X-Error-Code` (what the
+/// published clients read on a refused handshake).
+fn coded_error(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
+    let mut response = error_response(status, code, message, json!({"code": code}));
+    response
+        .headers_mut()
+        .insert("x-error-code", header::HeaderValue::from_static(code));
+    response
+}
+
+/// The `hs_token` query parameter.
+fn query_token(request: &Request<Incoming>) -> Option<String> {
+    request.uri().query()?.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        (name == "hs_token").then(|| percent_decode(value))
+    })
+}
+
+/// Decodes `%XX` escapes (JWTs are URL-safe; this is for safety only).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The `Authorization: Bearer` token.
+fn bearer<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
 async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> HttpResponse {
+    match shared.auth.ingest(bearer(&request), stream) {
+        Ok(()) => {}
+        Err(crate::auth::IngestDenied::Unauthenticated(err)) => {
+            metrics::counter!("vista_auth_refused_total").increment(1);
+            return coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
+        }
+        Err(crate::auth::IngestDenied::Forbidden) => {
+            metrics::counter!("vista_auth_refused_total").increment(1);
+            return coded_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                &format!("these credentials may not ingest into {stream:?}"),
+            );
+        }
+    }
     // Bounds the memory of bodies being read and processed at once.
     let Ok(_permit) = shared.ingest_permits.acquire().await else {
         return error_response(

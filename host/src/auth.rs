@@ -1,0 +1,381 @@
+//! Who may do what: subscriber tokens (JWT), ingest credentials, the admin
+//! token and allowed origins.
+//!
+//! Subscriber tokens are JWTs verified with `jsonwebtoken`, with the one
+//! algorithm the configured key is for (HS256 for `--jwt-secret`, RS256 or
+//! EdDSA for `--jwt-public-key`): a token naming another algorithm, `none`
+//! included, is refused, as are a wrong signature, audience or issuer, and a
+//! token expired or not yet valid (no leeway). The published TypeScript
+//! client sends its token as the `hs_token` query parameter (or an
+//! `Authorization: Bearer` header) and refreshes it in-band with
+//! `refresh_auth` before `exp`.
+//!
+//! Claims: `sub`, `exp`, optional `nbf`, optional `views` (patterns such as
+//! `Token/*`, `ActiveGame/latest`, `*`), optional `keys` (view -> the keys
+//! of it the holder may subscribe to) and optional `streams` (for ingest).
+//!
+//! Ingest takes `--ingest-token TOKEN[:stream,stream]` values or a JWT with
+//! a `streams` claim, as `Authorization: Bearer`, compared in constant time.
+//! With no authentication configured everything is open: fine on loopback
+//! (the host says so at start), refused on a public address unless
+//! `--allow-anonymous`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+/// What a verified token allows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claims {
+    /// Subject.
+    #[serde(default)]
+    pub sub: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// View patterns the holder may subscribe to (absent: all).
+    #[serde(default)]
+    pub views: Option<Vec<String>>,
+    /// Per view: the only keys the holder may subscribe to.
+    #[serde(default)]
+    pub keys: Option<HashMap<String, Vec<String>>>,
+    /// Streams the holder may ingest into (absent: none by JWT).
+    #[serde(default)]
+    pub streams: Option<Vec<String>>,
+}
+
+/// Why a token was refused, with the code clients see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No token where one is needed.
+    #[error("auth-required: this server needs a token")]
+    Required,
+    /// Bad signature, algorithm, audience, issuer, shape, or not yet valid.
+    #[error("token-invalid: {0}")]
+    Invalid(String),
+    /// Past its `exp`.
+    #[error("token-expired: the token has expired")]
+    Expired,
+}
+
+impl AuthError {
+    /// The kebab-case code (`auth-required`, `token-invalid`, `token-expired`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Required => "auth-required",
+            AuthError::Invalid(_) => "token-invalid",
+            AuthError::Expired => "token-expired",
+        }
+    }
+}
+
+/// Checks subscriber (and ingest) JWTs.
+pub struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl JwtVerifier {
+    /// HS256 with a shared secret.
+    pub fn with_secret(secret: &str) -> Self {
+        Self::new(
+            DecodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        )
+    }
+
+    /// RS256 or EdDSA with a PEM public key file.
+    pub fn with_public_key(file: &Path) -> Result<Self, String> {
+        let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+            return Ok(Self::new(key, Algorithm::RS256));
+        }
+        DecodingKey::from_ed_pem(&pem)
+            .map(|key| Self::new(key, Algorithm::EdDSA))
+            .map_err(|e| format!("{}: not an RSA or Ed25519 public key: {e}", file.display()))
+    }
+
+    fn new(key: DecodingKey, algorithm: Algorithm) -> Self {
+        let mut validation = Validation::new(algorithm);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        Self { key, validation }
+    }
+
+    /// Requires this audience.
+    pub fn audience(mut self, audience: &str) -> Self {
+        self.validation.set_audience(&[audience]);
+        self.validation.validate_aud = true;
+        self
+    }
+
+    /// Requires this issuer.
+    pub fn issuer(mut self, issuer: &str) -> Self {
+        self.validation.set_issuer(&[issuer]);
+        self
+    }
+
+    /// Verifies a token.
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|err| match err.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (nbf)".into()),
+                ErrorKind::InvalidAudience => AuthError::Invalid("wrong audience".into()),
+                ErrorKind::InvalidIssuer => AuthError::Invalid("wrong issuer".into()),
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::InvalidAlgorithm => AuthError::Invalid("algorithm not accepted".into()),
+                other => AuthError::Invalid(format!("{other:?}")),
+            })
+    }
+}
+
+/// Whether `view` matches `pattern` (`*`, `Entity/*`, or exact).
+fn view_matches(pattern: &str, view: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => view.starts_with(prefix),
+        None => pattern == view,
+    }
+}
+
+impl Claims {
+    /// Whether the holder may subscribe to (view, key).
+    pub fn allows_view(&self, view: &str, key: Option<&str>) -> bool {
+        let view_ok = self
+            .views
+            .as_ref()
+            .is_none_or(|patterns| patterns.iter().any(|p| view_matches(p, view)));
+        let key_ok = match self.keys.as_ref().and_then(|keys| {
+            keys.iter()
+                .find(|(pattern, _)| view_matches(pattern, view))
+                .map(|(_, allowed)| allowed)
+        }) {
+            None => true,
+            Some(allowed) => key.is_some_and(|k| allowed.iter().any(|a| a == k)),
+        };
+        view_ok && key_ok
+    }
+
+    /// Whether the holder may ingest into `stream`.
+    pub fn allows_stream(&self, stream: &str) -> bool {
+        self.streams
+            .as_ref()
+            .is_some_and(|streams| streams.iter().any(|s| s == stream || s == "*"))
+    }
+}
+
+/// One `--ingest-token TOKEN[:stream,stream]`.
+#[derive(Debug, Clone)]
+pub struct IngestToken {
+    token: String,
+    /// `None`: every stream.
+    streams: Option<Vec<String>>,
+}
+
+impl std::str::FromStr for IngestToken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (token, streams) = match text.split_once(':') {
+            Some((token, streams)) => {
+                (token, Some(streams.split(',').map(str::to_owned).collect()))
+            }
+            None => (text, None),
+        };
+        if token.len() < 8 {
+            return Err("an ingest token needs at least 8 characters".into());
+        }
+        Ok(IngestToken {
+            token: token.to_owned(),
+            streams,
+        })
+    }
+}
+
+/// Compares without an early exit, so timing says nothing about where two
+/// secrets differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The host's authentication settings.
+#[derive(Default)]
+pub struct Auth {
+    /// Verifies subscriber tokens; `None`: subscribers need none.
+    pub jwt: Option<JwtVerifier>,
+    /// Static ingest credentials.
+    pub ingest_tokens: Vec<IngestToken>,
+    /// Bearer token for `/plugins`, `/metrics`, `/status` and reprojection.
+    pub admin_token: Option<String>,
+    /// `Origin`s allowed to open WebSockets (empty: any).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Why an ingest request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum IngestDenied {
+    /// No or bad credentials (401).
+    Unauthenticated(AuthError),
+    /// Valid credentials, another stream (403).
+    Forbidden,
+}
+
+impl Auth {
+    /// Whether any authentication is configured.
+    pub fn is_enabled(&self) -> bool {
+        self.jwt.is_some() || !self.ingest_tokens.is_empty() || self.admin_token.is_some()
+    }
+
+    /// Checks a WebSocket handshake's token (`None` when subscribers need
+    /// no token).
+    pub fn subscriber(&self, token: Option<&str>) -> Result<Option<Claims>, AuthError> {
+        let Some(jwt) = &self.jwt else {
+            return Ok(None);
+        };
+        jwt.verify(token.ok_or(AuthError::Required)?).map(Some)
+    }
+
+    /// Checks an ingest request's bearer token for `stream`.
+    pub fn ingest(&self, bearer: Option<&str>, stream: &str) -> Result<(), IngestDenied> {
+        if self.ingest_tokens.is_empty() && self.jwt.is_none() {
+            return Ok(());
+        }
+        let token = bearer.ok_or(IngestDenied::Unauthenticated(AuthError::Required))?;
+        let mut known = false;
+        for candidate in &self.ingest_tokens {
+            if constant_time_eq(candidate.token.as_bytes(), token.as_bytes()) {
+                known = true;
+                if candidate
+                    .streams
+                    .as_ref()
+                    .is_none_or(|streams| streams.iter().any(|s| s == stream))
+                {
+                    return Ok(());
+                }
+            }
+        }
+        if known {
+            return Err(IngestDenied::Forbidden);
+        }
+        match &self.jwt {
+            Some(jwt) => {
+                let claims = jwt.verify(token).map_err(IngestDenied::Unauthenticated)?;
+                if claims.allows_stream(stream) {
+                    Ok(())
+                } else {
+                    Err(IngestDenied::Forbidden)
+                }
+            }
+            None => Err(IngestDenied::Unauthenticated(AuthError::Invalid(
+                "unknown ingest token".into(),
+            ))),
+        }
+    }
+
+    /// Checks an admin route's bearer token.
+    pub fn admin(&self, bearer: Option<&str>) -> Result<(), AuthError> {
+        let Some(expected) = &self.admin_token else {
+            return Ok(());
+        };
+        let token = bearer.ok_or(AuthError::Required)?;
+        if constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(AuthError::Invalid("not the admin token".into()))
+        }
+    }
+
+    /// Whether a WebSocket from this `Origin` may connect.
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true; // not a browser
+        };
+        self.allowed_origins.is_empty()
+            || self.allowed_origins.iter().any(|allowed| {
+                allowed == "*"
+                    || allowed == origin
+                    || allowed.strip_prefix("*.").is_some_and(|suffix| {
+                        origin
+                            .split_once("://")
+                            .is_some_and(|(_, host)| host.ends_with(&format!(".{suffix}")))
+                    })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(views: Option<Vec<&str>>, keys: Option<Vec<(&str, Vec<&str>)>>) -> Claims {
+        Claims {
+            sub: None,
+            exp: u64::MAX,
+            views: views.map(|v| v.into_iter().map(str::to_owned).collect()),
+            keys: keys.map(|k| {
+                k.into_iter()
+                    .map(|(v, ks)| (v.to_owned(), ks.into_iter().map(str::to_owned).collect()))
+                    .collect()
+            }),
+            streams: None,
+        }
+    }
+
+    #[test]
+    fn view_patterns_and_per_view_keys() {
+        let c = claims(
+            Some(vec!["Token/*", "ActiveGame/latest"]),
+            Some(vec![("Token/state", vec!["a"])]),
+        );
+        assert!(c.allows_view("Token/list", None));
+        assert!(c.allows_view("ActiveGame/latest", None));
+        assert!(!c.allows_view("Game/list", None));
+        assert!(c.allows_view("Token/state", Some("a")));
+        assert!(!c.allows_view("Token/state", Some("b")));
+        assert!(
+            !c.allows_view("Token/state", None),
+            "all keys is more than key a"
+        );
+        assert!(claims(None, None).allows_view("Anything/list", None));
+    }
+
+    #[test]
+    fn ingest_tokens_are_scoped_and_compared_whole() {
+        let auth = Auth {
+            ingest_tokens: vec!["feed-secret:tokens".parse().unwrap()],
+            ..Auth::default()
+        };
+        assert_eq!(auth.ingest(Some("feed-secret"), "tokens"), Ok(()));
+        assert_eq!(
+            auth.ingest(Some("feed-secret"), "games"),
+            Err(IngestDenied::Forbidden)
+        );
+        assert!(matches!(
+            auth.ingest(Some("feed-secreX"), "tokens"),
+            Err(IngestDenied::Unauthenticated(AuthError::Invalid(_)))
+        ));
+        assert_eq!(
+            auth.ingest(None, "tokens"),
+            Err(IngestDenied::Unauthenticated(AuthError::Required))
+        );
+        assert!("short".parse::<IngestToken>().is_err());
+    }
+
+    #[test]
+    fn origins() {
+        let auth = Auth {
+            allowed_origins: vec!["https://app.example".into(), "*.example.org".into()],
+            ..Auth::default()
+        };
+        assert!(auth.origin_allowed(Some("https://app.example")));
+        assert!(auth.origin_allowed(Some("https://x.example.org")));
+        assert!(!auth.origin_allowed(Some("https://evil.example")));
+        assert!(auth.origin_allowed(None));
+    }
+}

@@ -716,3 +716,32 @@ pub fn apply_frame(state: &mut std::collections::BTreeMap<String, Value>, frame:
         _ => {}
     }
 }
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An HS256 JWT with these claims, signed with `secret`.
+pub fn mint_token(secret: &str, claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a token")
+}
+
+/// A JWT with `alg: none` and no signature (which a host must refuse).
+pub fn unsigned_token(claims: &Value) -> String {
+    use base64::Engine;
+    let encode = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    format!(
+        "{}.{}.",
+        encode(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        encode(claims)
+    )
+}

@@ -1,0 +1,339 @@
+//! Authentication and access control against the real host: subscriber
+//! tokens at the handshake (each refusal with its code), scopes, in-band
+//! refresh and expiry, ingest and admin credentials, origins, and the
+//! refusal to serve a public address without authentication.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error, Message};
+use vista_tests::{
+    mint_token, unix_now, unsigned_token, vista_binary, Host, PluginFile, Received, WsClient,
+};
+
+const SECRET: &str = "a-test-secret-of-some-length";
+
+async fn secured_host(extra: &[&str]) -> Host {
+    let mut args = vec!["--jwt-secret", SECRET, "--jwt-audience", "vista"];
+    args.extend_from_slice(extra);
+    Host::start(vec![PluginFile::Built("vista_tokens", "tokens.so")], &args).await
+}
+
+fn claims(ttl_secs: i64) -> Value {
+    json!({"sub": "tester", "aud": "vista", "exp": (unix_now() as i64 + ttl_secs)})
+}
+
+/// The HTTP refusal of a handshake: (status, `X-Error-Code`, body).
+async fn refused(url: &str, headers: &[(&str, &str)]) -> (u16, String, Value) {
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        let name =
+            tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap();
+        request.headers_mut().insert(name, value.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Err(Error::Http(response)) => (
+            response.status().as_u16(),
+            response.headers()["x-error-code"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+            serde_json::from_slice(response.body().as_deref().unwrap()).unwrap(),
+        ),
+        Ok(_) => panic!("the handshake to {url} was accepted"),
+        Err(other) => panic!("unexpected error {other}"),
+    }
+}
+
+fn with_token(host: &Host, token: &str) -> String {
+    format!("{}/?hs_token={token}", host.ws_url())
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_at_the_handshake_with_its_code() {
+    let host = secured_host(&[]).await;
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("no token", host.ws_url(), "auth-required"),
+        (
+            "expired",
+            with_token(&host, &mint_token(SECRET, &claims(-10))),
+            "token-expired",
+        ),
+        (
+            "not yet valid",
+            with_token(
+                &host,
+                &mint_token(
+                    SECRET,
+                    &json!({"aud": "vista", "exp": unix_now() + 600, "nbf": unix_now() + 300}),
+                ),
+            ),
+            "token-invalid",
+        ),
+        (
+            "wrong key",
+            with_token(&host, &mint_token("another-secret", &claims(60))),
+            "token-invalid",
+        ),
+        (
+            "alg none",
+            with_token(&host, &unsigned_token(&claims(60))),
+            "token-invalid",
+        ),
+        (
+            "wrong audience",
+            with_token(
+                &host,
+                &mint_token(
+                    SECRET,
+                    &json!({"aud": "someone-else", "exp": unix_now() + 60}),
+                ),
+            ),
+            "token-invalid",
+        ),
+        ("garbage", with_token(&host, "not.a.jwt"), "token-invalid"),
+    ];
+    for (case, url, code) in cases {
+        let (status, header, body) = refused(&url, &[]).await;
+        assert_eq!((status, header.as_str()), (401, code), "{case}: {body}");
+        assert_eq!(body["error"], code, "{case}");
+    }
+    // A tampered payload: a valid token with its claims swapped.
+    let good = mint_token(SECRET, &claims(60));
+    let forged = mint_token(
+        SECRET,
+        &json!({"aud": "vista", "exp": unix_now() + 60, "views": ["*"], "sub": "admin"}),
+    );
+    let parts: Vec<&str> = good.split('.').collect();
+    let forged_parts: Vec<&str> = forged.split('.').collect();
+    let tampered = format!("{}.{}.{}", parts[0], forged_parts[1], parts[2]);
+    let (status, code, _) = refused(&with_token(&host, &tampered), &[]).await;
+    assert_eq!((status, code.as_str()), (401, "token-invalid"));
+
+    // The right token, as a query parameter or a bearer header, gets in.
+    let mut client = WsClient::connect(&with_token(&host, &good)).await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    let mut request = host.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {good}").parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("bearer handshake");
+    assert!(host.metric("vista_auth_refused_total").await >= 8.0);
+}
+
+#[tokio::test]
+async fn scopes_refresh_and_expiry() {
+    let host = secured_host(&["--ingest-token", "feed-secret-1:tokens"]).await;
+    let scoped = json!({
+        "aud": "vista", "exp": unix_now() + 3,
+        "views": ["Token/*"], "keys": {"Token/state": ["a"]},
+    });
+    let mut client = WsClient::connect(&with_token(&host, &mint_token(SECRET, &scoped))).await;
+    for (view, key) in [
+        ("Trade/list", None),
+        ("Token/state", Some("b")),
+        ("Token/state", None),
+    ] {
+        let mut request = json!({"type": "subscribe", "view": view});
+        if let Some(key) = key {
+            request["key"] = json!(key);
+        }
+        client.send(request).await;
+        let issue = client.recv_json().await;
+        assert_eq!(issue["error"], "forbidden", "{view} {key:?}: {issue}");
+        assert_eq!(issue["fatal"], false);
+    }
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/state", "key": "a"}))
+        .await;
+    client.snapshot().await;
+
+    // A bad refresh is answered, not obeyed; a good one extends the session.
+    client
+        .send(json!({"type": "refresh_auth", "token": mint_token("wrong", &claims(60))}))
+        .await;
+    assert_eq!(
+        client.recv_json().await,
+        json!({"success": false, "error": "token-invalid"})
+    );
+    let fresh = mint_token(
+        SECRET,
+        &json!({"aud": "vista", "exp": unix_now() + 30, "views": ["Token/*"]}),
+    );
+    client
+        .send(json!({"type": "refresh_auth", "token": fresh}))
+        .await;
+    let answer = client.recv_json().await;
+    assert_eq!(answer["success"], true, "{answer}");
+    assert!(answer["expiresAt"].as_u64().unwrap() > unix_now() + 20);
+
+    // Another client with the same short token and no refresh is closed.
+    let mut short = WsClient::connect(&with_token(&host, &mint_token(SECRET, &scoped))).await;
+    let mut expired_issue = false;
+    let close = loop {
+        match short.recv_within(Duration::from_secs(10)).await {
+            Some(Received::Json { value, .. }) => {
+                expired_issue |= value["error"] == "token-expired" && value["fatal"] == true
+            }
+            Some(Received::Close(close)) => break close,
+            None => panic!("the expired client was not closed"),
+        }
+    };
+    let (code, reason) = close.expect("a close frame");
+    assert_eq!(code, 1008);
+    assert!(reason.starts_with("token-expired:"), "{reason}");
+    assert!(expired_issue, "the client was told why");
+
+    // The refreshed client outlived its first token and still streams.
+    let reply = reqwest::Client::new()
+        .post(format!("{}/ingest/tokens", host.http_url()))
+        .bearer_auth("feed-secret-1")
+        .body(json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let frame = client.recv_json().await;
+    assert_eq!(frame["key"], "a", "{frame}");
+}
+
+#[tokio::test]
+async fn ingest_and_admin_routes_need_their_credentials() {
+    let host = secured_host(&[
+        "--ingest-token",
+        "feed-secret-1:tokens",
+        "--admin-token",
+        "admin-secret-1",
+    ])
+    .await;
+    let http = reqwest::Client::new();
+    let event =
+        json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1})
+            .to_string();
+    let post = |stream: &str, bearer: Option<String>| {
+        let mut request = http
+            .post(format!("{}/ingest/{stream}", host.http_url()))
+            .body(event.clone());
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        request.send()
+    };
+    let cases = [
+        ("tokens", None, 401, "auth-required"),
+        (
+            "tokens",
+            Some("feed-secret-X".to_owned()),
+            401,
+            "token-invalid",
+        ),
+        ("games", Some("feed-secret-1".to_owned()), 403, "forbidden"),
+        (
+            "tokens",
+            Some(mint_token(SECRET, &claims(60))),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (stream, bearer, status, code) in cases {
+        let response = post(stream, bearer.clone()).await.unwrap();
+        assert_eq!(response.status(), status, "{stream} {bearer:?}");
+        assert_eq!(response.headers()["x-error-code"], code);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"], code);
+    }
+    // Nothing was ingested by those.
+    let (_, status) = {
+        let response = http
+            .get(format!("{}/status", host.http_url()))
+            .bearer_auth("admin-secret-1")
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status["log"]["records"], 0, "{status}");
+
+    let ok = post("tokens", Some("feed-secret-1".into())).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let streams = mint_token(
+        SECRET,
+        &json!({"aud": "vista", "exp": unix_now() + 60, "streams": ["tokens"]}),
+    );
+    assert_eq!(post("tokens", Some(streams)).await.unwrap().status(), 200);
+
+    for path in ["/plugins", "/metrics", "/status"] {
+        let anonymous = http
+            .get(format!("{}{path}", host.http_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let wrong = http
+            .get(format!("{}{path}", host.http_url()))
+            .bearer_auth("admin-secret-X")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let admin = http
+            .get(format!("{}{path}", host.http_url()))
+            .bearer_auth("admin-secret-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(admin.status(), 200, "{path}");
+    }
+    let reproject = http
+        .post(format!("{}/plugins/tokens/reproject", host.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reproject.status(), 401);
+    assert_eq!(
+        host.healthz_latency().await < Duration::from_secs(5),
+        true,
+        "health stays open"
+    );
+}
+
+#[tokio::test]
+async fn a_page_from_another_origin_is_refused() {
+    let host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--allowed-origins", "https://app.example,*.example.org"],
+    )
+    .await;
+    let (status, code, _) = refused(&host.ws_url(), &[("origin", "https://evil.example")]).await;
+    assert_eq!((status, code.as_str()), (403, "origin-not-allowed"));
+    for origin in ["https://app.example", "https://live.example.org"] {
+        let mut request = host.ws_url().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .unwrap_or_else(|e| panic!("{origin}: {e}"));
+        ws.close(None).await.ok();
+        let _ = Message::Close(None);
+    }
+}
+
+#[test]
+fn a_public_address_without_authentication_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Refused before anything is bound.
+    let output = std::process::Command::new(vista_binary())
+        .args(["serve", "--listen", "0.0.0.0:0", "--in-memory", "--plugins"])
+        .arg(dir.path().join("plugins"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("without authentication"), "{stderr}");
+    assert!(stderr.contains("--allow-anonymous"), "{stderr}");
+}

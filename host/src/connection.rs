@@ -219,6 +219,7 @@ fn handle_text(
             } else {
                 match shared.auth.subscriber(token.as_deref()) {
                     Ok(Some(fresh)) => {
+                        metrics::counter!("vista_auth_refreshes_total").increment(1);
                         let expires_at = fresh.exp;
                         *claims = Some(fresh);
                         serde_json::json!({"success": true, "expiresAt": expires_at})

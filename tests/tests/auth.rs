@@ -337,3 +337,85 @@ fn a_public_address_without_authentication_is_refused() {
     assert!(stderr.contains("without authentication"), "{stderr}");
     assert!(stderr.contains("--allow-anonymous"), "{stderr}");
 }
+
+/// Runs `auth.mjs` with one strategy against `host`; returns its summary.
+async fn typescript_client(host: &Host, strategy: &str) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut node = std::process::Command::new("node")
+        .arg("auth.mjs")
+        .current_dir(vista_tests::workspace_root().join("tests/ts-client"))
+        .env("VISTA_WS_URL", host.ws_url())
+        .env("VISTA_HTTP_URL", host.http_url())
+        .env("VISTA_JWT_SECRET", SECRET)
+        .env("VISTA_JWT_AUDIENCE", "vista")
+        .env("VISTA_AUTH_STRATEGY", strategy)
+        .env("VISTA_TIMEOUT_MS", "20000")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run node");
+    let mut out = BufReader::new(node.stdout.take().unwrap());
+    let ready = tokio::task::block_in_place(|| {
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        line
+    });
+    if ready.trim() != "ready" {
+        let output = tokio::task::block_in_place(|| node.wait_with_output()).unwrap();
+        panic!(
+            "auth.mjs ({strategy}) not ready: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let feed = mint_token(
+        SECRET,
+        &json!({"aud": "vista", "exp": unix_now() + 60, "streams": ["tokens"]}),
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/ingest/tokens", host.http_url()))
+        .bearer_auth(feed)
+        .body(json!({"type": "token_created", "mint": "b", "symbol": "B", "decimals": 0, "supply": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    writeln!(node.stdin.take().unwrap(), "go").unwrap();
+    let output = tokio::task::block_in_place(|| node.wait_with_output()).unwrap();
+    let mut rest = String::new();
+    tokio::task::block_in_place(|| std::io::Read::read_to_string(&mut out, &mut rest)).unwrap();
+    assert!(
+        output.status.success(),
+        "auth.mjs ({strategy}) failed: {rest}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(rest.trim().lines().last().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_typescript_client_streams_with_a_static_token_and_with_get_token_across_a_refresh() {
+    for strategy in ["static", "getToken"] {
+        let host = secured_host(&[]).await;
+        let feed = mint_token(
+            SECRET,
+            &json!({"aud": "vista", "exp": unix_now() + 60, "streams": ["tokens"]}),
+        );
+        let response = reqwest::Client::new()
+            .post(format!("{}/ingest/tokens", host.http_url()))
+            .bearer_auth(feed)
+            .body(json!({"type": "token_created", "mint": "a", "symbol": "A", "decimals": 0, "supply": 1}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let summary = typescript_client(&host, strategy).await;
+        assert_eq!(summary["ok"], true, "{summary}");
+        if strategy == "getToken" {
+            assert!(summary["tokens"].as_u64().unwrap() >= 2, "{summary}");
+            assert!(
+                host.metric("vista_auth_refreshes_total").await >= 1.0,
+                "the host accepted an in-band refresh"
+            );
+        }
+    }
+}

@@ -113,3 +113,49 @@ async fn rust_sdk_store_holds_exactly_the_expected_tokens() {
     assert!(hs.last_error().await.is_none(), "the SDK saw no error");
     hs.disconnect().await;
 }
+
+#[tokio::test]
+async fn rust_sdk_connects_with_a_token_in_the_url() {
+    let secret = "a-test-secret-of-some-length";
+    let host = vista_tests::Host::start(
+        vec![vista_tests::PluginFile::Built("vista_tokens", "tokens.so")],
+        &[
+            "--jwt-secret",
+            secret,
+            "--ingest-token",
+            "feed-secret-1:tokens",
+        ],
+    )
+    .await;
+    let reply = reqwest::Client::new()
+        .post(format!("{}/ingest/tokens", host.http_url()))
+        .bearer_auth("feed-secret-1")
+        .body(json!({"type": "token_created", "mint": "a", "symbol": "AAA", "decimals": 6, "supply": 100}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let token = vista_tests::mint_token(
+        secret,
+        &json!({"sub": "rust-sdk", "exp": vista_tests::unix_now() + 600, "views": ["Token/*"]}),
+    );
+    let hs = HyperStack::<RawStack>::builder()
+        .url(&format!("{}/?hs_token={token}", host.ws_url()))
+        .auto_reconnect(false)
+        .connect()
+        .await
+        .expect("connect the SDK with a token");
+    hs.views
+        .0
+        .connection()
+        .ensure_subscription("Token/list", None)
+        .await;
+    let mut expected = BTreeMap::new();
+    expected.insert(
+        "a".to_owned(),
+        json!({"mint": "a", "symbol": "AAA", "decimals": 6, "supply": 100}),
+    );
+    wait_for_store(&hs, "Token/list", &expected).await;
+    assert!(hs.last_error().await.is_none(), "the SDK saw no error");
+    hs.disconnect().await;
+}

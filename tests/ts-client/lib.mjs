@@ -152,13 +152,15 @@ export function harness(name) {
    * every connection state change (from the first `connecting` on, since the
    * handlers are registered before the socket opens) in `h.states`.
    */
-  async function connect(stack) {
+  /** Connects; `auth` adds to the client's auth options (token, getToken, ...). */
+  async function connect(stack, auth = {}) {
     dumpViews = stackViews(stack);
     hs = await HyperStack.connect(stack, {
       url: WS_URL,
       autoReconnect: false, // only defers the first connect (below, after the handlers)
       maxReconnectAttempts: 0,
       auth: {
+        ...auth,
         websocketFactory: (url, init) => {
           const ws = new WebSocket(url, init);
           ws.binaryType = 'arraybuffer'; // otherwise the client rejects binary frames

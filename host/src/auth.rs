@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::Deserialize;
 
 /// What a verified token allows.
@@ -74,15 +74,21 @@ impl AuthError {
 pub struct JwtVerifier {
     key: DecodingKey,
     validation: Validation,
+    /// The same secret for signing (HS256 only): the token endpoint.
+    signer: Option<EncodingKey>,
+    audience: Option<String>,
+    issuer: Option<String>,
 }
 
 impl JwtVerifier {
     /// HS256 with a shared secret.
     pub fn with_secret(secret: &str) -> Self {
-        Self::new(
+        let mut verifier = Self::new(
             DecodingKey::from_secret(secret.as_bytes()),
             Algorithm::HS256,
-        )
+        );
+        verifier.signer = Some(EncodingKey::from_secret(secret.as_bytes()));
+        verifier
     }
 
     /// RS256 or EdDSA with a PEM public key file.
@@ -101,20 +107,55 @@ impl JwtVerifier {
         validation.leeway = 0;
         validation.validate_nbf = true;
         validation.validate_aud = false;
-        Self { key, validation }
+        Self {
+            key,
+            validation,
+            signer: None,
+            audience: None,
+            issuer: None,
+        }
     }
 
     /// Requires this audience.
     pub fn audience(mut self, audience: &str) -> Self {
         self.validation.set_audience(&[audience]);
         self.validation.validate_aud = true;
+        self.audience = Some(audience.to_owned());
         self
     }
 
     /// Requires this issuer.
     pub fn issuer(mut self, issuer: &str) -> Self {
         self.validation.set_issuer(&[issuer]);
+        self.issuer = Some(issuer.to_owned());
         self
+    }
+
+    /// Signs a token for `subject` valid for `ttl`, limited to `views`.
+    pub fn issue(
+        &self,
+        subject: &str,
+        views: Option<&[String]>,
+        ttl: std::time::Duration,
+    ) -> Option<(String, u64)> {
+        let signer = self.signer.as_ref()?;
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs()
+            + ttl.as_secs();
+        let mut claims = serde_json::json!({"sub": subject, "exp": exp});
+        if let Some(views) = views {
+            claims["views"] = serde_json::json!(views);
+        }
+        if let Some(audience) = &self.audience {
+            claims["aud"] = serde_json::json!(audience);
+        }
+        if let Some(issuer) = &self.issuer {
+            claims["iss"] = serde_json::json!(issuer);
+        }
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, signer).ok()?;
+        Some((token, exp))
     }
 
     /// Verifies a token.
@@ -204,6 +245,33 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// One `--publishable-key KEY[:view,view]`: a key a browser app may hold,
+/// exchanged at `POST /auth/token` for a short-lived subscriber token.
+#[derive(Debug, Clone)]
+pub struct PublishableKey {
+    key: String,
+    /// View patterns of the tokens it yields (`None`: all).
+    views: Option<Vec<String>>,
+}
+
+impl std::str::FromStr for PublishableKey {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (key, views) = match text.split_once(':') {
+            Some((key, views)) => (key, Some(views.split(',').map(str::to_owned).collect())),
+            None => (text, None),
+        };
+        if key.len() < 8 {
+            return Err("a publishable key needs at least 8 characters".into());
+        }
+        Ok(PublishableKey {
+            key: key.to_owned(),
+            views,
+        })
+    }
+}
+
 /// The host's authentication settings.
 #[derive(Default)]
 pub struct Auth {
@@ -215,6 +283,10 @@ pub struct Auth {
     pub admin_token: Option<String>,
     /// `Origin`s allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
+    /// Keys exchanged at `POST /auth/token`.
+    pub publishable_keys: Vec<PublishableKey>,
+    /// Lifetime of tokens the host issues.
+    pub token_ttl: std::time::Duration,
 }
 
 /// Why an ingest request was refused.
@@ -289,6 +361,24 @@ impl Auth {
         } else {
             Err(AuthError::Invalid("not the admin token".into()))
         }
+    }
+
+    /// `POST /auth/token`: a subscriber token for a publishable key, with
+    /// its expiry.
+    pub fn exchange(&self, bearer: Option<&str>) -> Result<(String, u64), AuthError> {
+        let presented = bearer.ok_or(AuthError::Required)?;
+        let key = self
+            .publishable_keys
+            .iter()
+            .find(|k| constant_time_eq(k.key.as_bytes(), presented.as_bytes()))
+            .ok_or_else(|| AuthError::Invalid("unknown publishable key".into()))?;
+        let subject = format!("publishable:{}", &key.key[..key.key.len().min(6)]);
+        self.jwt
+            .as_ref()
+            .and_then(|jwt| jwt.issue(&subject, key.views.as_deref(), self.token_ttl))
+            .ok_or_else(|| {
+                AuthError::Invalid("this host cannot sign tokens (needs --jwt-secret)".into())
+            })
     }
 
     /// Whether a WebSocket from this `Origin` may connect.

@@ -196,6 +196,17 @@ struct ServeArgs {
     /// `*.domain` or `*`); default: any.
     #[arg(long, env = "VISTA_ALLOWED_ORIGINS", value_delimiter = ',')]
     allowed_origins: Vec<String>,
+    /// A publishable key `KEY[:view,view]` (repeatable), exchanged at
+    /// `POST /auth/token` for a subscriber token (needs --jwt-secret).
+    #[arg(
+        long = "publishable-key",
+        env = "VISTA_PUBLISHABLE_KEYS",
+        value_delimiter = ' '
+    )]
+    publishable_keys: Vec<vista_host::auth::PublishableKey>,
+    /// Lifetime of tokens issued at `POST /auth/token`, in seconds.
+    #[arg(long, env = "VISTA_TOKEN_TTL_SECS", default_value_t = 3600)]
+    token_ttl_secs: u64,
     /// Serve a non-loopback address without any authentication.
     #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
@@ -414,5 +425,7 @@ fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
         ingest_tokens: args.ingest_tokens.clone(),
         admin_token: args.admin_token.clone(),
         allowed_origins: args.allowed_origins.clone(),
+        publishable_keys: args.publishable_keys.clone(),
+        token_ttl: std::time::Duration::from_secs(args.token_ttl_secs.max(1)),
     })
 }

@@ -7,6 +7,7 @@
 //! | `GET /status` | storage mode and the event log: records, retained window, disk bytes, checkpoint |
 //! | `GET /plugins` | every plugin file: name, version, file, entities, views, streams, state, last error |
 //! | `POST /ingest/{stream}` | NDJSON or a JSON array of event objects; all or nothing |
+//! | `POST /auth/token` | a subscriber token for `Authorization: Bearer <publishable key>` |
 //! | `POST /plugins/{name}/reproject` | rebuild the plugin's entities from the event log (202; progress in `GET /plugins`) |
 //! | `GET /metrics` | Prometheus text |
 //!
@@ -131,6 +132,16 @@ pub async fn handle(
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(shared.metrics.render())))
             .expect("static response parts are valid"),
+        (&Method::POST, "/auth/token") => match shared.auth.exchange(bearer(&request)) {
+            Ok((token, expires_at)) => json_response(
+                StatusCode::OK,
+                &json!({"token": token, "expiresAt": expires_at}),
+            ),
+            Err(err) => {
+                metrics::counter!("vista_auth_refused_total").increment(1);
+                coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string())
+            }
+        },
         (&Method::POST, p) if p.starts_with("/plugins/") && p.ends_with("/reproject") => {
             let name = &p["/plugins/".len()..p.len() - "/reproject".len()];
             reproject(name, &shared).await

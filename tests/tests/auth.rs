@@ -349,6 +349,7 @@ async fn typescript_client(host: &Host, strategy: &str) -> Value {
         .env("VISTA_JWT_SECRET", SECRET)
         .env("VISTA_JWT_AUDIENCE", "vista")
         .env("VISTA_AUTH_STRATEGY", strategy)
+        .env("VISTA_PUBLISHABLE_KEY", "pk_test_12345678")
         .env("VISTA_TIMEOUT_MS", "20000")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -367,6 +368,15 @@ async fn typescript_client(host: &Host, strategy: &str) -> Value {
             "auth.mjs ({strategy}) not ready: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+    if strategy == "endpoint" {
+        // Tokens of 62 s: the client refreshes from the endpoint about 2 s
+        // in and hands the new token over in-band.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while host.metric("vista_auth_refreshes_total").await < 1.0 {
+            assert!(std::time::Instant::now() < deadline, "no in-band refresh");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let feed = mint_token(
         SECRET,
@@ -393,9 +403,15 @@ async fn typescript_client(host: &Host, strategy: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_typescript_client_streams_with_a_static_token_and_with_get_token_across_a_refresh() {
-    for strategy in ["static", "getToken"] {
-        let host = secured_host(&[]).await;
+async fn the_typescript_client_streams_with_each_auth_strategy_and_across_a_refresh() {
+    for strategy in ["static", "getToken", "endpoint"] {
+        let host = secured_host(&[
+            "--publishable-key",
+            "pk_test_12345678:Token/*",
+            "--token-ttl-secs",
+            "62",
+        ])
+        .await;
         let feed = mint_token(
             SECRET,
             &json!({"aud": "vista", "exp": unix_now() + 60, "streams": ["tokens"]}),
@@ -418,4 +434,41 @@ async fn the_typescript_client_streams_with_a_static_token_and_with_get_token_ac
             );
         }
     }
+}
+
+#[tokio::test]
+async fn the_token_endpoint_exchanges_only_known_publishable_keys() {
+    let host = secured_host(&["--publishable-key", "pk_test_12345678:Token/*"]).await;
+    let http = reqwest::Client::new();
+    let exchange = |key: Option<&str>| {
+        let mut request = http
+            .post(format!("{}/auth/token", host.http_url()))
+            .json(&json!({"websocket_url": host.ws_url()}));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    for (key, code) in [
+        (None, "auth-required"),
+        (Some("pk_test_XXXXXXXX"), "token-invalid"),
+    ] {
+        let response = exchange(key).await.unwrap();
+        assert_eq!(response.status(), 401);
+        assert_eq!(response.headers()["x-error-code"], code);
+    }
+    let response = exchange(Some("pk_test_12345678")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["expiresAt"].as_u64().unwrap() > unix_now());
+    // The issued token connects, within the key's scope only.
+    let mut client = WsClient::connect(&with_token(&host, body["token"].as_str().unwrap())).await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    client.snapshot().await;
+    client
+        .send(json!({"type": "subscribe", "view": "Trade/list"}))
+        .await;
+    assert_eq!(client.recv_json().await["error"], "forbidden");
 }

@@ -13,7 +13,8 @@
 //      until the store holds `b`, print {"ok":true,...} and exit 0.
 //
 // Environment: VISTA_WS_URL, VISTA_HTTP_URL, VISTA_JWT_SECRET (HS256),
-// VISTA_JWT_AUDIENCE, VISTA_AUTH_STRATEGY, VISTA_TIMEOUT_MS.
+// VISTA_JWT_AUDIENCE, VISTA_AUTH_STRATEGY (static | getToken | endpoint),
+// VISTA_PUBLISHABLE_KEY (endpoint), VISTA_TIMEOUT_MS.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -37,9 +38,12 @@ function mint(ttl) {
 }
 
 let tokensHandedOut = 0;
-const auth = STRATEGY === 'static'
-  ? { token: mint(3600) }
-  : { getToken: async () => { tokensHandedOut += 1; return mint(62); } };
+const auth = {
+  static: () => ({ token: mint(3600) }),
+  getToken: () => ({ getToken: async () => { tokensHandedOut += 1; return mint(62); } }),
+  // The host's own token endpoint, as a browser app would use it.
+  endpoint: () => ({ publishableKey: process.env.VISTA_PUBLISHABLE_KEY, tokenEndpoint: `${h.HTTP_URL}/auth/token` }),
+}[STRATEGY]();
 
 async function main() {
   const hs = await h.connect(STACK, auth);

@@ -32,6 +32,19 @@ enum Command {
     /// Inspect or repair a data directory (stop the host first).
     #[command(subcommand)]
     Data(DataCommand),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a configuration file and print the effective `serve`
+    /// settings (file, then environment, then defaults) with secrets masked.
+    Check {
+        /// The TOML file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -211,8 +224,13 @@ struct ServeArgs {
     #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
-    #[arg(long)]
+    #[arg(long, env = "VISTA_DEMO_FEED")]
     demo_feed: bool,
+    /// A TOML file with the same keys as these options (`max-connections =
+    /// 1000`, `ingest-token = ["..."]`); options and environment variables
+    /// override it.
+    #[arg(long, env = "VISTA_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -224,6 +242,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // A configuration file fills in what neither the command line nor the
+    // environment sets: its keys become the options' environment variables.
+    if let Some(file) = config_file_argument() {
+        apply_config_file(&file)?;
+    }
     let args = match Cli::parse().command {
         Command::Serve(args) => *args,
         Command::Plugin(PluginCommand::New {
@@ -238,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Data(command) => return data_command(command),
+        Command::Config(ConfigCommand::Check { file }) => return check_config(&file),
         Command::Plugin(PluginCommand::Check { file }) => {
             let answer = vista_host::check_answer(&file);
             println!("{}", serde_json::to_string(&answer)?);
@@ -428,4 +452,118 @@ fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
         publishable_keys: args.publishable_keys.clone(),
         token_ttl: std::time::Duration::from_secs(args.token_ttl_secs.max(1)),
     })
+}
+
+/// `--config FILE` (or `--config=FILE`, or `VISTA_CONFIG`) of a `serve`
+/// command line, looked up before the command line is parsed.
+fn config_file_argument() -> Option<PathBuf> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("serve") {
+        return None;
+    }
+    args.iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.strip_prefix("--config") {
+            Some("") => args.get(i + 1).map(PathBuf::from),
+            Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
+            None => None,
+        })
+        .or_else(|| std::env::var_os("VISTA_CONFIG").map(PathBuf::from))
+}
+
+/// Sets the environment variable of every `serve` option the file names
+/// and the environment does not already set. Unknown keys are errors.
+fn apply_config_file(file: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("{} is not valid TOML", file.display()))?;
+    let command = Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .expect("the serve subcommand exists");
+    for (key, value) in table {
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
+            .ok_or_else(|| anyhow::anyhow!("{}: unknown key {key:?}", file.display()))?;
+        let env = arg.get_env().ok_or_else(|| {
+            anyhow::anyhow!("{}: {key:?} cannot be set from a file", file.display())
+        })?;
+        if std::env::var_os(env).is_some() {
+            continue;
+        }
+        let delimiter = arg.get_value_delimiter().unwrap_or(',');
+        let scalar = |value: &toml::Value| match value {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(anyhow::anyhow!(
+                "{}: {key:?} must be a string, number or boolean, not {}",
+                file.display(),
+                other.type_str()
+            )),
+        };
+        let text = match &value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(&delimiter.to_string()),
+            other => scalar(other)?,
+        };
+        // Single-threaded at this point: nothing else reads the environment.
+        std::env::set_var(env, text);
+    }
+    Ok(())
+}
+
+/// `vista config check FILE`.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    apply_config_file(file)?;
+    let matches = Cli::command()
+        .try_get_matches_from(["vista", "serve"])
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let serve = matches.subcommand_matches("serve").expect("serve");
+    let mut settings = serde_json::Map::new();
+    for arg in Cli::command()
+        .find_subcommand("serve")
+        .expect("serve")
+        .get_arguments()
+    {
+        let id = arg.get_id().as_str();
+        let Some(values) = serve.get_raw(id) else {
+            continue;
+        };
+        let values: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
+        let secret = ["secret", "token", "key"]
+            .iter()
+            .any(|word| id.contains(word))
+            && !id.ends_with("_ttl_secs")
+            && id != "jwt_public_key";
+        let shown: Vec<String> = values
+            .iter()
+            .map(|v| if secret { mask(v) } else { v.clone() })
+            .collect();
+        let name = arg.get_long().unwrap_or(id).to_owned();
+        settings.insert(
+            name,
+            if shown.len() == 1 {
+                serde_json::Value::String(shown[0].clone())
+            } else {
+                serde_json::json!(shown)
+            },
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&settings)?);
+    Ok(())
+}
+
+/// A secret as its first two characters and stars.
+fn mask(secret: &str) -> String {
+    let keep: String = secret.chars().take(2).collect();
+    format!("{keep}***")
 }

@@ -469,3 +469,59 @@ async fn the_token_endpoint_exchanges_only_known_publishable_keys() {
         .await;
     assert_eq!(client.recv_json().await["error"], "forbidden");
 }
+
+#[tokio::test]
+async fn a_configuration_file_sets_what_flags_and_environment_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vista.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "jwt-secret = \"{SECRET}\"\njwt-audience = \"vista\"\nmax-connections = 1\ningest-token = [\"feed-secret-1:tokens\", \"feed-secret-2\"]\n"
+        ),
+    )
+    .unwrap();
+    // `config check`: the effective settings, secrets masked; the
+    // environment beats the file.
+    let check = std::process::Command::new(vista_binary())
+        .args(["config", "check"])
+        .arg(&file)
+        .env("VISTA_MAX_CONNECTIONS", "77")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let settings: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(settings["max-connections"], "77");
+    assert_eq!(settings["jwt-audience"], "vista");
+    assert_eq!(settings["jwt-secret"], "a-***");
+    assert_eq!(settings["ingest-token"], json!(["fe***", "fe***"]));
+    assert!(!String::from_utf8_lossy(&check.stdout).contains(SECRET));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "max-conections = 5\n").unwrap();
+    let check = std::process::Command::new(vista_binary())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!check.status.success());
+    assert!(String::from_utf8_lossy(&check.stderr).contains("unknown key \"max-conections\""));
+
+    // `serve --config`: the file's secret is in force, and a flag beats the
+    // file's connection limit of 1.
+    let path = file.display().to_string();
+    let host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--config", &path, "--max-connections", "5"],
+    )
+    .await;
+    let (status, code, _) = refused(&host.ws_url(), &[]).await;
+    assert_eq!((status, code.as_str()), (401, "auth-required"));
+    let token = mint_token(SECRET, &claims(60));
+    let _first = WsClient::connect(&with_token(&host, &token)).await;
+    let _second = WsClient::connect(&with_token(&host, &token)).await;
+}

@@ -245,6 +245,47 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Requests per second per client (an ingest credential, or an address):
+/// a token bucket per client, `rate` a second, bursts of twice that.
+/// Buckets idle for a minute are forgotten, so memory follows the clients
+/// active now, not every client ever seen.
+pub struct RateLimiter {
+    rate: f64,
+    buckets: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
+}
+
+impl RateLimiter {
+    /// `rate` requests a second per client.
+    pub fn new(rate: u32) -> Self {
+        Self {
+            rate: f64::from(rate.max(1)),
+            buckets: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one request from `client`'s bucket, or says how long until
+    /// one is there.
+    pub fn check(&self, client: &str) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let burst = self.rate * 2.0;
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, (_, seen)| now.duration_since(*seen).as_secs() < 60);
+        }
+        let (tokens, seen) = buckets.entry(client.to_owned()).or_insert((burst, now));
+        *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * self.rate).min(burst);
+        *seen = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64(
+                (1.0 - *tokens) / self.rate,
+            ))
+        }
+    }
+}
+
 /// One `--publishable-key KEY[:view,view]`: a key a browser app may hold,
 /// exchanged at `POST /auth/token` for a short-lived subscriber token.
 #[derive(Debug, Clone)]
@@ -287,6 +328,10 @@ pub struct Auth {
     pub publishable_keys: Vec<PublishableKey>,
     /// Lifetime of tokens the host issues.
     pub token_ttl: std::time::Duration,
+    /// Ingest requests per second per credential (or address).
+    pub ingest_rate: Option<RateLimiter>,
+    /// New WebSocket connections per second per address.
+    pub connection_rate: Option<RateLimiter>,
 }
 
 /// Why an ingest request was refused.

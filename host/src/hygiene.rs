@@ -78,6 +78,7 @@ pub async fn serve_tcp(
                 if let Some(slot) = &slot {
                     request.extensions_mut().insert(slot.clone());
                 }
+                request.extensions_mut().insert(PeerAddr(peer));
                 crate::server::handle(request, shared.clone())
             });
             let connection = builder
@@ -124,6 +125,10 @@ fn ip_limit_response(limit: usize) -> HttpResponse {
     );
     response
 }
+
+/// The client address of a request (set by [`serve_tcp`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
 
 /// Takes the per-IP slot [`serve_tcp`] attached to an upgrade request, so
 /// the WebSocket task can hold it for the connection's lifetime.

@@ -220,6 +220,14 @@ struct ServeArgs {
     /// Lifetime of tokens issued at `POST /auth/token`, in seconds.
     #[arg(long, env = "VISTA_TOKEN_TTL_SECS", default_value_t = 3600)]
     token_ttl_secs: u64,
+    /// Ingest requests per second per credential (or per address without
+    /// one); more get 429 `rate-limit-exceeded` with `Retry-After`. 0: off.
+    #[arg(long, env = "VISTA_INGEST_RATE", default_value_t = 0)]
+    ingest_rate: u32,
+    /// New WebSocket connections per second per address; more get 429
+    /// `rate-limit-exceeded`. 0: off.
+    #[arg(long, env = "VISTA_CONNECTION_RATE", default_value_t = 0)]
+    connection_rate: u32,
     /// Serve a non-loopback address without any authentication.
     #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
@@ -432,7 +440,7 @@ fn data_command(command: DataCommand) -> anyhow::Result<()> {
 
 /// The authentication settings from the command line.
 fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
-    use vista_host::auth::{Auth, JwtVerifier};
+    use vista_host::auth::{Auth, JwtVerifier, RateLimiter};
     let mut jwt = match (&args.jwt_secret, &args.jwt_public_key) {
         (Some(secret), _) => Some(JwtVerifier::with_secret(secret)),
         (None, Some(file)) => Some(JwtVerifier::with_public_key(file).map_err(anyhow::Error::msg)?),
@@ -451,6 +459,8 @@ fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
         allowed_origins: args.allowed_origins.clone(),
         publishable_keys: args.publishable_keys.clone(),
         token_ttl: std::time::Duration::from_secs(args.token_ttl_secs.max(1)),
+        ingest_rate: (args.ingest_rate > 0).then(|| RateLimiter::new(args.ingest_rate)),
+        connection_rate: (args.connection_rate > 0).then(|| RateLimiter::new(args.connection_rate)),
     })
 }
 

@@ -172,7 +172,44 @@ pub async fn handle(
     Ok(response)
 }
 
+/// 429 `rate-limit-exceeded` with `Retry-After`.
+fn rate_limited(retry_after: std::time::Duration, what: &str) -> HttpResponse {
+    metrics::counter!("vista_rate_limited_total").increment(1);
+    let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = coded_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limit-exceeded",
+        &format!("too many {what}; retry in {seconds} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+    response
+}
+
+/// Who a request counts against for rate limits: its credential, else its
+/// address.
+fn client_of<B>(request: &Request<B>) -> String {
+    bearer(request).map(str::to_owned).unwrap_or_else(|| {
+        request
+            .extensions()
+            .get::<crate::hygiene::PeerAddr>()
+            .map(|peer| peer.0.ip().to_string())
+            .unwrap_or_default()
+    })
+}
+
 fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse {
+    if let Some(limiter) = &shared.auth.connection_rate {
+        let address = request
+            .extensions()
+            .get::<crate::hygiene::PeerAddr>()
+            .map(|peer| peer.0.ip().to_string())
+            .unwrap_or_default();
+        if let Err(wait) = limiter.check(&address) {
+            return rate_limited(wait, "connections from this address");
+        }
+    }
     let Some(slot) = shared.reserve_connection() else {
         metrics::counter!("vista_connections_refused_total").increment(1);
         tracing::warn!(
@@ -293,6 +330,11 @@ fn bearer<B>(request: &Request<B>) -> Option<&str> {
 }
 
 async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> HttpResponse {
+    if let Some(limiter) = &shared.auth.ingest_rate {
+        if let Err(wait) = limiter.check(&client_of(&request)) {
+            return rate_limited(wait, "ingest requests");
+        }
+    }
     match shared.auth.ingest(bearer(&request), stream) {
         Ok(()) => {}
         Err(crate::auth::IngestDenied::Unauthenticated(err)) => {

@@ -525,3 +525,63 @@ async fn a_configuration_file_sets_what_flags_and_environment_do_not() {
     let _first = WsClient::connect(&with_token(&host, &token)).await;
     let _second = WsClient::connect(&with_token(&host, &token)).await;
 }
+
+#[tokio::test]
+async fn ingest_and_connections_over_their_rates_get_429_with_retry_after() {
+    let host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--ingest-rate", "5", "--connection-rate", "3"],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let (mut ok, mut limited) = (0, 0);
+    for n in 0..30 {
+        let response = http
+            .post(format!("{}/ingest/tokens", host.http_url()))
+            .body(json!({"type": "token_created", "mint": format!("m{n}"), "symbol": "S", "decimals": 0, "supply": 1}).to_string())
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                assert_eq!(response.headers()["x-error-code"], "rate-limit-exceeded");
+                let retry: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        ok >= 10 && limited >= 10,
+        "{ok} accepted, {limited} limited"
+    );
+    // What was refused was not ingested.
+    assert_eq!(
+        {
+            let mut client = host.client().await;
+            client
+                .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+                .await;
+            client.snapshot().await.len()
+        },
+        ok
+    );
+    let mut refused_connections = 0;
+    for _ in 0..10 {
+        if let Err(Error::Http(response)) = tokio_tungstenite::connect_async(host.ws_url()).await {
+            assert_eq!(response.status(), 429);
+            refused_connections += 1;
+        }
+    }
+    assert!(
+        refused_connections >= 3,
+        "{refused_connections} connections refused"
+    );
+    host.healthz_latency().await;
+}

@@ -74,6 +74,10 @@ struct Common {
     /// Skip the baseline broadcaster.
     #[arg(long)]
     no_baseline: bool,
+    /// Run vista with authentication on: every client connects with a JWT
+    /// (`hs_token`), every ingest request carries an ingest token.
+    #[arg(long)]
+    auth: bool,
     /// The vista binary [default: next to this one].
     #[arg(long)]
     vista: Option<PathBuf>,
@@ -226,6 +230,16 @@ impl Server {
                     data_dir = Some(data);
                 }
                 args.extend(extra_args.iter().map(Into::into));
+                if common.auth {
+                    for arg in [
+                        "--jwt-secret",
+                        AUTH_SECRET,
+                        "--ingest-token",
+                        AUTH_INGEST_TOKEN,
+                    ] {
+                        args.push(arg.into());
+                    }
+                }
                 (vista, args)
             }
             Target::Baseline => (
@@ -361,10 +375,33 @@ async fn connect(addr: &str, index: usize, source_addrs: usize) -> anyhow::Resul
     let config = WebSocketConfig::default()
         .read_buffer_size(16 << 10)
         .write_buffer_size(0);
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{addr}/"), stream, Some(config))
-            .await?;
+    let url = match CLIENT_TOKEN.get() {
+        Some(token) => format!("ws://{addr}/?hs_token={token}"),
+        None => format!("ws://{addr}/"),
+    };
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     Ok(ws)
+}
+
+/// `--auth`: the secret vista verifies client tokens with, and the ingest token.
+const AUTH_SECRET: &str = "loadgen-secret-0123456789";
+const AUTH_INGEST_TOKEN: &str = "loadgen-ingest-token";
+/// `--auth`: the token every client connects with.
+static CLIENT_TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn enable_auth() {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 86_400;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "loadgen", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(AUTH_SECRET.as_bytes()),
+    )
+    .expect("sign the client token");
+    let _ = CLIENT_TOKEN.set(token);
 }
 
 /// The parts of a frame the tool looks at; entity data is skipped unparsed.
@@ -541,11 +578,11 @@ fn token_events(from: usize, count: usize, mints: usize, stamp: bool) -> String 
 }
 
 async fn ingest(http: &reqwest::Client, addr: &str, body: String) -> anyhow::Result<()> {
-    let response = http
-        .post(format!("http://{addr}/ingest/tokens"))
-        .body(body)
-        .send()
-        .await?;
+    let mut request = http.post(format!("http://{addr}/ingest/tokens")).body(body);
+    if CLIENT_TOKEN.get().is_some() {
+        request = request.bearer_auth(AUTH_INGEST_TOKEN);
+    }
+    let response = request.send().await?;
     anyhow::ensure!(
         response.status() == 200,
         "ingest failed: {}",
@@ -1368,6 +1405,9 @@ async fn snapshot(common: &Common, entities: usize) -> anyhow::Result<Value> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if std::env::args().any(|a| a == "--auth") {
+        enable_auth();
+    }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -585,3 +585,56 @@ async fn ingest_and_connections_over_their_rates_get_429_with_retry_after() {
     );
     host.healthz_latency().await;
 }
+
+#[tokio::test]
+async fn an_eddsa_public_key_verifies_tokens_and_refuses_an_hs256_forgery_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("ed.pem");
+    let public = dir.path().join("ed.pub.pem");
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .status()
+            .expect("run openssl");
+        assert!(status.success());
+    };
+    openssl(&[
+        "genpkey".as_ref(),
+        "-algorithm".as_ref(),
+        "ed25519".as_ref(),
+        "-out".as_ref(),
+        private.as_os_str(),
+    ]);
+    openssl(&[
+        "pkey".as_ref(),
+        "-in".as_ref(),
+        private.as_os_str(),
+        "-pubout".as_ref(),
+        "-out".as_ref(),
+        public.as_os_str(),
+    ]);
+    let public_path = public.display().to_string();
+    let host = Host::start(
+        vec![PluginFile::Built("vista_tokens", "tokens.so")],
+        &["--jwt-public-key", &public_path],
+    )
+    .await;
+    let signed = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
+        &json!({"sub": "ed", "exp": unix_now() + 60}),
+        &jsonwebtoken::EncodingKey::from_ed_pem(&std::fs::read(&private).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let mut client = WsClient::connect(&with_token(&host, &signed)).await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    // Algorithm confusion: an HS256 token "signed" with the public key's
+    // text as the secret must not pass.
+    let forged = mint_token(
+        &std::fs::read_to_string(&public).unwrap(),
+        &json!({"exp": unix_now() + 60}),
+    );
+    let (status, code, _) = refused(&with_token(&host, &forged), &[]).await;
+    assert_eq!((status, code.as_str()), (401, "token-invalid"));
+}

@@ -324,6 +324,10 @@ pub struct Auth {
     pub admin_token: Option<String>,
     /// `Origin`s allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
+    /// `Host` header values allowed on WebSocket upgrades (empty: any):
+    /// a page on another name resolving to this address (DNS rebinding)
+    /// cannot reach the host.
+    pub allowed_hosts: Vec<String>,
     /// Keys exchanged at `POST /auth/token`.
     pub publishable_keys: Vec<PublishableKey>,
     /// Lifetime of tokens the host issues.
@@ -424,6 +428,25 @@ impl Auth {
             .ok_or_else(|| {
                 AuthError::Invalid("this host cannot sign tokens (needs --jwt-secret)".into())
             })
+    }
+
+    /// Whether an upgrade naming this `Host` may connect (the port is
+    /// ignored).
+    pub fn host_allowed(&self, host: Option<&str>) -> bool {
+        if self.allowed_hosts.is_empty() {
+            return true;
+        }
+        let Some(host) = host else {
+            return false;
+        };
+        let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
+        self.allowed_hosts.iter().any(|allowed| allowed == name)
     }
 
     /// Whether a WebSocket from this `Origin` may connect.

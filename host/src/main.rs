@@ -228,6 +228,10 @@ struct ServeArgs {
     /// `rate-limit-exceeded`. 0: off.
     #[arg(long, env = "VISTA_CONNECTION_RATE", default_value_t = 0)]
     connection_rate: u32,
+    /// `Host` names WebSocket upgrades must use (comma-separated; the port
+    /// is ignored); default: any.
+    #[arg(long, env = "VISTA_ALLOWED_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     /// Serve a non-loopback address without any authentication.
     #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
@@ -457,6 +461,7 @@ fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
         ingest_tokens: args.ingest_tokens.clone(),
         admin_token: args.admin_token.clone(),
         allowed_origins: args.allowed_origins.clone(),
+        allowed_hosts: args.allowed_hosts.clone(),
         publishable_keys: args.publishable_keys.clone(),
         token_ttl: std::time::Duration::from_secs(args.token_ttl_secs.max(1)),
         ingest_rate: (args.ingest_rate > 0).then(|| RateLimiter::new(args.ingest_rate)),

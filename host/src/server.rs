@@ -250,6 +250,18 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
             &format!("WebSockets from origin {origin:?} are not allowed here"),
         );
     }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !shared.auth.host_allowed(host) {
+        metrics::counter!("vista_auth_refused_total").increment(1);
+        return coded_error(
+            StatusCode::FORBIDDEN,
+            "host-not-allowed",
+            &format!("this server does not answer to Host {host:?}"),
+        );
+    }
     let token = query_token(request).or_else(|| bearer(request).map(str::to_owned));
     let claims = match shared.auth.subscriber(token.as_deref()) {
         Ok(claims) => claims,

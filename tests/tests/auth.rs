@@ -299,12 +299,19 @@ async fn ingest_and_admin_routes_need_their_credentials() {
 }
 
 #[tokio::test]
-async fn a_page_from_another_origin_is_refused() {
+async fn a_page_from_another_origin_or_host_name_is_refused() {
     let host = Host::start(
         vec![PluginFile::Built("vista_tokens", "tokens.so")],
-        &["--allowed-origins", "https://app.example,*.example.org"],
+        &[
+            "--allowed-origins",
+            "https://app.example,*.example.org",
+            "--allowed-hosts",
+            "127.0.0.1,vista.example",
+        ],
     )
     .await;
+    let (status, code, _) = refused(&host.ws_url(), &[("host", "rebound.attacker.example")]).await;
+    assert_eq!((status, code.as_str()), (403, "host-not-allowed"));
     let (status, code, _) = refused(&host.ws_url(), &[("origin", "https://evil.example")]).await;
     assert_eq!((status, code.as_str()), (403, "origin-not-allowed"));
     for origin in ["https://app.example", "https://live.example.org"] {

@@ -7,6 +7,8 @@
 //! - [`server`]: the listening port: WebSocket upgrades and the HTTP API
 //!   (`/ingest/{stream}`, `/plugins`, `/healthz`, `/metrics`).
 //! - [`connection`]: one client: reading its messages, writing its outbox.
+//! - [`auth`]: subscriber tokens (JWT), ingest and admin credentials,
+//!   origins, hosts and rate limits.
 //! - [`hygiene`]: timeouts, the per-IP cap, close codes and the lingering
 //!   close that keep stuck or misbehaving peers from holding connections.
 //! - [`protocol`]: parsing client messages (both message forms).
@@ -30,7 +32,7 @@
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
-//! re-exports serve the `vista` binary; `durable`, `store`, `views`,
+//! re-exports serve the `vista` binary; `auth`, `durable`, `store`, `views`,
 //! `frame` and `scaffold` are public for the binary's subcommands, the view
 //! benchmark and the model test; everything else is `pub(crate)`.
 //!

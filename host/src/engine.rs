@@ -502,6 +502,9 @@ pub struct Engine {
     durable: Option<Durable>,
     /// Set while the log is replayed at start: nothing is logged again.
     replaying: bool,
+    /// Set once the log is closed (shutdown): requests are refused, never
+    /// applied unlogged.
+    log_closed: bool,
     /// Reprojections by plugin (the latest of each).
     reprojections: BTreeMap<String, Reprojection>,
     next_ticket: u64,
@@ -530,6 +533,7 @@ impl Engine {
             last_reserved_seq: 0,
             durable: None,
             replaying: false,
+            log_closed: false,
             reprojections: BTreeMap::new(),
             next_ticket: 1,
             commands,
@@ -539,6 +543,9 @@ impl Engine {
 
     fn handle(&mut self, command: Command) {
         match command {
+            Command::Ingest { reply, .. } if self.log_closed => {
+                let _ = reply.send(Err(IngestError::ShuttingDown));
+            }
             Command::Ingest {
                 stream,
                 body,
@@ -552,6 +559,7 @@ impl Engine {
             Command::Log(report) => self.logged(report),
             Command::CloseLog { reply } => {
                 if let Some(durable) = self.durable.take() {
+                    self.log_closed = true;
                     durable.writer.close();
                     drop(durable.log);
                     tracing::info!("event log closed");
@@ -992,6 +1000,10 @@ impl Engine {
         // (over this one's logged mutations) while this one is logged.
         for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
             self.release(&answered.plugin, ticket);
+        }
+        if self.log_closed {
+            let _ = request.reply.send(Err(IngestError::ShuttingDown));
+            return;
         }
         if let Some(reason) = request.doomed.clone() {
             let _ = request

@@ -7,6 +7,8 @@
 //! - [`server`]: the listening port: WebSocket upgrades and the HTTP API
 //!   (`/ingest/{stream}`, `/plugins`, `/healthz`, `/metrics`).
 //! - [`connection`]: one client: reading its messages, writing its outbox.
+//! - [`cli`]: `vista ingest`, `vista tail` and `vista plugins`, clients
+//!   of a running host.
 //! - [`auth`]: subscriber tokens (JWT), ingest and admin credentials,
 //!   origins, hosts and rate limits.
 //! - [`hygiene`]: timeouts, the per-IP cap, close codes and the lingering
@@ -41,6 +43,7 @@
 // The public face: what the `vista` binary, the view benchmark and the
 // model test use. Everything else is the host's own business.
 pub mod auth;
+pub mod cli;
 pub mod durable;
 pub mod frame;
 pub mod scaffold;

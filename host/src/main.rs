@@ -35,6 +35,50 @@ enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Post NDJSON events from a file (or `-` for stdin) in batches, with
+    /// progress; stops at the first refused line, naming it.
+    Ingest {
+        /// The stream.
+        stream: String,
+        /// The NDJSON file, or `-` for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// The host's HTTP address.
+        #[arg(long, env = "VISTA_URL", default_value = "http://127.0.0.1:8877")]
+        url: String,
+        /// Events per request (each request is all or nothing).
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Bearer token (an ingest token or a JWT with `streams`).
+        #[arg(long, env = "VISTA_TOKEN")]
+        token: Option<String>,
+    },
+    /// Watch a view live: its rows redrawn in place, or `--json` frames.
+    Tail {
+        /// The view, e.g. `Token/list`.
+        view: String,
+        /// One key of it.
+        #[arg(long)]
+        key: Option<String>,
+        /// The host's WebSocket address.
+        #[arg(long, env = "VISTA_WS_URL", default_value = "ws://127.0.0.1:8877")]
+        url: String,
+        /// Print every frame as one JSON line (for scripts).
+        #[arg(long)]
+        json: bool,
+        /// Subscriber token (`hs_token`).
+        #[arg(long, env = "VISTA_TOKEN")]
+        token: Option<String>,
+    },
+    /// The plugin table of a running host.
+    Plugins {
+        /// The host's HTTP address.
+        #[arg(long, env = "VISTA_URL", default_value = "http://127.0.0.1:8877")]
+        url: String,
+        /// Admin token.
+        #[arg(long, env = "VISTA_TOKEN")]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -274,6 +318,40 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Data(command) => return data_command(command),
         Command::Config(ConfigCommand::Check { file }) => return check_config(&file),
+        Command::Ingest {
+            stream,
+            file,
+            url,
+            batch,
+            token,
+        } => {
+            let (input, total): (Box<dyn std::io::BufRead>, Option<u64>) =
+                if file.as_os_str() == "-" {
+                    (Box::new(std::io::BufReader::new(std::io::stdin())), None)
+                } else {
+                    let text = std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let total = text
+                        .split(|b| *b == b'\n')
+                        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+                        .count() as u64;
+                    (Box::new(std::io::Cursor::new(text)), Some(total))
+                };
+            vista_host::cli::ingest(&url, &stream, input, total, batch, token.as_deref()).await?;
+            return Ok(());
+        }
+        Command::Tail {
+            view,
+            key,
+            url,
+            json,
+            token,
+        } => {
+            return vista_host::cli::tail(&url, &view, key.as_deref(), json, token.as_deref()).await
+        }
+        Command::Plugins { url, token } => {
+            return vista_host::cli::plugins(&url, token.as_deref()).await
+        }
         Command::Plugin(PluginCommand::Check { file }) => {
             let answer = vista_host::check_answer(&file);
             println!("{}", serde_json::to_string(&answer)?);

@@ -233,10 +233,16 @@ impl Store {
                 };
                 data.insert("_seq".into(), Value::String(seq.clone()));
                 let existed = table.contains_key(&mutation.key);
-                if let Some(seq) = self
-                    .tombstone_of
-                    .remove(&(mutation.entity.clone(), mutation.key.clone()))
-                {
+                // Only a key that does not exist can have a tombstone: the
+                // common patch of a live entity skips the lookup (and its
+                // key copies).
+                let returning = (!existed && !self.tombstone_of.is_empty())
+                    .then(|| {
+                        self.tombstone_of
+                            .remove(&(mutation.entity.clone(), mutation.key.clone()))
+                    })
+                    .flatten();
+                if let Some(seq) = returning {
                     if let Some(tombs) = self.tombstones.get_mut(&mutation.entity) {
                         tombs.remove(&seq);
                     }
@@ -307,6 +313,19 @@ mod tests {
         assert_eq!(captured["v"], 1);
         assert_eq!(change.new.unwrap()["v"], 2);
         assert_eq!(change.patch.unwrap()["_seq"], format_seq(2));
+    }
+
+    #[test]
+    fn a_deleted_key_is_a_tombstone_until_it_returns() {
+        let mut store = Store::new();
+        store.apply(Mutation::patch("T", "a", json!({"v": 1})));
+        store.apply(Mutation::patch("T", "b", json!({"v": 1})));
+        store.apply(Mutation::delete("T", "a"));
+        store.apply(Mutation::delete("T", "b"));
+        assert_eq!(store.deleted_after("T", 0).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(store.deleted_after("T", 3).collect::<Vec<_>>(), ["b"]);
+        store.apply(Mutation::patch("T", "a", json!({"v": 2})));
+        assert_eq!(store.deleted_after("T", 0).collect::<Vec<_>>(), ["b"]);
     }
 
     #[test]

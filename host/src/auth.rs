@@ -245,13 +245,53 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// A token bucket: `rate` tokens a second, at most `burst` saved up. Used
+/// for every rate limit (subscribes per connection, ingest requests and
+/// connections per client); small enough to own rather than pull in a
+/// rate-limiting crate.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    refilled: std::time::Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: f64, burst: f64) -> Self {
+        let burst = burst.max(1.0);
+        Self {
+            rate,
+            burst,
+            tokens: burst,
+            refilled: std::time::Instant::now(),
+        }
+    }
+
+    /// Takes a token, or says how long until one is there.
+    pub fn take(&mut self) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - self.tokens) / self.rate.max(1e-3);
+            Err(std::time::Duration::from_secs_f64(wait.min(86_400.0)))
+        }
+    }
+}
+
 /// Requests per second per client (an ingest credential, or an address):
-/// a token bucket per client, `rate` a second, bursts of twice that.
+/// a [`TokenBucket`] per client, `rate` a second, bursts of twice that.
 /// Buckets idle for a minute are forgotten, so memory follows the clients
 /// active now, not every client ever seen.
 pub struct RateLimiter {
     rate: f64,
-    buckets: std::sync::Mutex<HashMap<String, (f64, std::time::Instant)>>,
+    buckets: std::sync::Mutex<HashMap<String, TokenBucket>>,
 }
 
 impl RateLimiter {
@@ -266,23 +306,17 @@ impl RateLimiter {
     /// Takes one request from `client`'s bucket, or says how long until
     /// one is there.
     pub fn check(&self, client: &str) -> Result<(), std::time::Duration> {
-        let now = std::time::Instant::now();
-        let burst = self.rate * 2.0;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 10_000 {
-            buckets.retain(|_, (_, seen)| now.duration_since(*seen).as_secs() < 60);
+            buckets.retain(|_, bucket| bucket.refilled.elapsed().as_secs() < 60);
         }
-        let (tokens, seen) = buckets.entry(client.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*seen).as_secs_f64() * self.rate).min(burst);
-        *seen = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(std::time::Duration::from_secs_f64(
-                (1.0 - *tokens) / self.rate,
-            ))
+        if let Some(bucket) = buckets.get_mut(client) {
+            return bucket.take();
         }
+        let mut bucket = TokenBucket::new(self.rate, self.rate * 2.0);
+        let taken = bucket.take();
+        buckets.insert(client.to_owned(), bucket);
+        taken
     }
 }
 
@@ -523,6 +557,21 @@ mod tests {
             Err(IngestDenied::Unauthenticated(AuthError::Required))
         );
         assert!("short".parse::<IngestToken>().is_err());
+    }
+
+    #[test]
+    fn buckets_allow_bursts_then_the_rate_and_say_how_long_to_wait() {
+        let mut bucket = TokenBucket::new(1.0, 3.0);
+        assert!((0..3).all(|_| bucket.take().is_ok()));
+        let wait = bucket.take().unwrap_err();
+        assert!(
+            wait > std::time::Duration::from_millis(900)
+                && wait <= std::time::Duration::from_secs(1)
+        );
+        let limiter = RateLimiter::new(1);
+        assert!(limiter.check("a").is_ok() && limiter.check("a").is_ok());
+        assert!(limiter.check("a").is_err(), "bursts of twice the rate");
+        assert!(limiter.check("b").is_ok(), "one bucket per client");
     }
 
     #[test]

@@ -22,7 +22,6 @@
 //! close frame is not lost to a reset ([`crate::hygiene::close_and_linger`]).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use hyper_tungstenite::tungstenite::{
@@ -31,6 +30,7 @@ use hyper_tungstenite::tungstenite::{
     Message, Utf8Bytes,
 };
 
+use crate::auth::TokenBucket;
 use crate::engine::Command;
 use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing};
@@ -59,7 +59,10 @@ pub async fn serve<S>(
         conn,
         outbox: outbox.clone(),
     });
-    let mut limiter = TokenBucket::new(shared.config.subscribe_rate, shared.config.subscribe_burst);
+    let mut limiter = TokenBucket::new(
+        f64::from(shared.config.subscribe_rate),
+        f64::from(shared.config.subscribe_burst),
+    );
     metrics::gauge!("vista_connections").increment(1.0);
     let mut writer = tokio::spawn(crate::hygiene::write_returning_sink(sink, outbox.clone()));
     let mut writer_finished = None;
@@ -129,41 +132,6 @@ fn reply_issue(outbox: &Outbox, code: &str, message: &str) {
     outbox.push_reply(Outgoing::Frame(socket_issue(code, message, false)));
 }
 
-/// A token bucket: `rate` tokens a second, at most `burst` saved up. Small
-/// enough to own rather than pull in a rate-limiting crate for one counter
-/// per connection.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    refilled: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        Self {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            refilled: Instant::now(),
-        }
-    }
-
-    /// Takes a token if one is there.
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 fn handle_text(
     shared: &Shared,
     conn: ConnId,
@@ -194,7 +162,7 @@ fn handle_text(
             );
         }
         Ok(ClientMessage::Subscribe(request)) => {
-            if !limiter.take() {
+            if limiter.take().is_err() {
                 metrics::counter!("vista_subscribes_rate_limited_total").increment(1);
                 reply_issue(
                     outbox,

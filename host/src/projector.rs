@@ -25,8 +25,8 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 
-use serde_json::{Map, Value};
-use vista_plugin_api::{apply_patch, Mutation, MutationKind};
+use serde_json::Value;
+use vista_plugin_api::{apply_mutation, Mutation, MutationKind};
 
 use crate::ingest::IngestBody;
 use crate::plugins::{FnStateReader, PluginLibrary};
@@ -282,7 +282,7 @@ impl<'s> Overlay<'s> {
             entry.loaded = true;
         }
         for (event, index) in entry.unfolded.drain(..) {
-            fold(&mut entry.value, self.mutation(produced, event, index));
+            apply_mutation(&mut entry.value, self.mutation(produced, event, index));
         }
         entry.value.as_ref().map(to_json)
     }
@@ -292,22 +292,6 @@ impl<'s> Overlay<'s> {
 /// buffer; `Value::to_string` goes through `fmt` and is slower).
 fn to_json(value: &Value) -> String {
     serde_json::to_string(value).expect("a JSON value serializes")
-}
-
-/// An entity after one more (validated) mutation, by the store's rules.
-fn fold(value: &mut Option<Value>, mutation: &Mutation) {
-    match &mutation.kind {
-        MutationKind::Patch {
-            data: Value::Object(data),
-            append,
-            caps,
-        } => {
-            let entity = value.get_or_insert_with(|| Value::Object(Map::new()));
-            apply_patch(entity, data, append, caps);
-        }
-        MutationKind::Patch { .. } => {}
-        MutationKind::Delete => *value = None,
-    }
 }
 
 #[cfg(test)]

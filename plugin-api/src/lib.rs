@@ -48,7 +48,7 @@ pub mod mutation;
 pub mod view;
 
 pub use manifest::{EntityDef, Manifest};
-pub use mutation::{apply_patch, merge_patch, MemoryState, Mutation, MutationKind};
+pub use mutation::{apply_mutation, apply_patch, merge_patch, MemoryState, Mutation, MutationKind};
 pub use serde_json::{json, Map, Number, Value};
 
 #[doc(hidden)]

@@ -161,6 +161,24 @@ pub fn apply_patch(
     trimmed
 }
 
+/// Applies one mutation to an entity (`None`: absent) by the rules of the
+/// module docs. A patch whose data is not an object changes nothing (the
+/// host refuses such a mutation before it gets here).
+pub fn apply_mutation(entity: &mut Option<Value>, mutation: &Mutation) {
+    match &mutation.kind {
+        MutationKind::Patch {
+            data: Value::Object(data),
+            append,
+            caps,
+        } => {
+            let value = entity.get_or_insert_with(|| Value::Object(Map::new()));
+            apply_patch(value, data, append, caps);
+        }
+        MutationKind::Patch { .. } => {}
+        MutationKind::Delete => *entity = None,
+    }
+}
+
 /// The value at a dot path, if every step is an object field.
 pub fn value_at_mut<'v>(value: &'v mut Value, path: &str) -> Option<&'v mut Value> {
     path.split('.')
@@ -223,19 +241,10 @@ impl MemoryState {
     /// here (the host refuses it with an error).
     pub fn apply(&mut self, mutation: &Mutation) {
         let id = (mutation.entity.clone(), mutation.key.clone());
-        match &mutation.kind {
-            MutationKind::Patch {
-                data: Value::Object(data),
-                append,
-                caps,
-            } => {
-                let entity = self.entities.entry(id).or_insert(Value::Null);
-                apply_patch(entity, data, append, caps);
-            }
-            MutationKind::Patch { .. } => {}
-            MutationKind::Delete => {
-                self.entities.remove(&id);
-            }
+        let mut entity = self.entities.remove(&id);
+        apply_mutation(&mut entity, mutation);
+        if let Some(entity) = entity {
+            self.entities.insert(id, entity);
         }
     }
 

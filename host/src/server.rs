@@ -307,28 +307,12 @@ fn coded_error(status: StatusCode, code: &'static str, message: &str) -> HttpRes
 fn query_token(request: &Request<Incoming>) -> Option<String> {
     request.uri().query()?.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=')?;
-        (name == "hs_token").then(|| percent_decode(value))
+        (name == "hs_token").then(|| {
+            percent_encoding::percent_decode_str(value)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
     })
-}
-
-/// Decodes `%XX` escapes (JWTs are URL-safe; this is for safety only).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(high), Some(low)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((high * 16 + low) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The `Authorization: Bearer` token.

@@ -38,16 +38,15 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{Sink, Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{header, Request, StatusCode};
+use hyper::{Request, StatusCode};
 use hyper_tungstenite::tungstenite::{self, error::ProtocolError, Message};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::outbox::{Outbox, Outgoing};
-use crate::server::{error_response, HttpResponse};
+use crate::server::HttpResponse;
 use crate::{Config, Shared};
 
 /// How long a closed connection is read (and discarded) while waiting for
@@ -113,17 +112,11 @@ pub async fn serve_tcp(
 }
 
 fn ip_limit_response(limit: usize) -> HttpResponse {
-    let mut response = error_response(
+    crate::server::coded_error(
         StatusCode::TOO_MANY_REQUESTS,
         "ip-connection-limit-exceeded",
         &format!("this server accepts at most {limit} connections from one address"),
-        json!({"code": "ip-connection-limit-exceeded", "retryable": true}),
-    );
-    response.headers_mut().insert(
-        "x-error-code",
-        header::HeaderValue::from_static("ip-connection-limit-exceeded"),
-    );
-    response
+    )
 }
 
 /// The client address of a request (set by [`serve_tcp`]).

@@ -72,7 +72,7 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
-pub(crate) fn error_response(
+fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
@@ -216,20 +216,14 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
             limit = shared.config.max_connections,
             "connection refused: limit reached"
         );
-        let mut response = error_response(
+        return coded_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "connection-limit-exceeded",
             &format!(
                 "this server accepts at most {} connections",
                 shared.config.max_connections
             ),
-            json!({"code": "connection-limit-exceeded", "retryable": true}),
         );
-        response.headers_mut().insert(
-            "x-error-code",
-            header::HeaderValue::from_static("connection-limit-exceeded"),
-        );
-        return response;
     };
     // Small buffers keep idle connections cheap: client messages are small
     // (1 KiB read chunks) and the writer flushes every drain anyway.
@@ -295,8 +289,18 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
 
 /// An error response with the code also in `X-Error-Code` (what the
 /// published clients read on a refused handshake).
-fn coded_error(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
-    let mut response = error_response(status, code, message, json!({"code": code}));
+pub(crate) fn coded_error(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
+    // Limits (429, 503) pass; a refusal of who you are does not.
+    let retryable = matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+    );
+    let mut response = error_response(
+        status,
+        code,
+        message,
+        json!({"code": code, "retryable": retryable}),
+    );
     response
         .headers_mut()
         .insert("x-error-code", header::HeaderValue::from_static(code));

@@ -432,7 +432,6 @@ struct Commit {
     /// Mutations in commit order, still to apply.
     mutations: std::vec::IntoIter<Mutation>,
     plugins: Vec<String>,
-    ticket: u64,
     events: usize,
     /// `_seq` reserved for the first mutation.
     first_seq: u64,
@@ -1020,11 +1019,6 @@ impl Engine {
             let Some(Err(failure)) = &part.outcome else {
                 unreachable!("matched above")
             };
-            // Plugins that answered are free; the others are freed when
-            // they answer.
-            for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
-                self.release(&answered.plugin, ticket);
-            }
             let _ = request.reply.send(Err(IngestError::Projector {
                 plugin: part.plugin.clone(),
                 position: failure.position,
@@ -1057,7 +1051,6 @@ impl Engine {
         let mut commit = Commit {
             mutations: ordered.into_iter(),
             plugins,
-            ticket,
             events: request.body.len(),
             first_seq,
             started: false,
@@ -1131,9 +1124,6 @@ impl Engine {
                 }
                 self.awaiting_log = kept;
                 for commit in failed {
-                    for plugin in &commit.plugins {
-                        self.release(plugin, commit.ticket);
-                    }
                     let _ = commit
                         .reply
                         .send(Err(IngestError::StorageUnavailable(reason.clone())));
@@ -1176,9 +1166,6 @@ impl Engine {
         if commit.mutations.len() > 0 {
             self.committing.push_front(commit);
             return;
-        }
-        for plugin in &commit.plugins {
-            self.release(plugin, commit.ticket);
         }
         metrics::counter!("vista_events_ingested_total").increment(commit.events as u64);
         let _ = commit.reply.send(Ok(Ingested {
@@ -1574,7 +1561,6 @@ impl Engine {
         let mut commit = Commit {
             mutations: mutations.into_iter(),
             plugins: vec![plugin.to_owned()],
-            ticket: REPROJECTION_TICKET,
             events: 0,
             first_seq,
             started: false,

@@ -116,6 +116,8 @@ pub struct Host {
     child: Child,
     /// Program and arguments, to start it again on the same directories.
     launch: Vec<std::ffi::OsString>,
+    /// Working directory, when not the test's.
+    cwd: Option<PathBuf>,
     /// `127.0.0.1:PORT`.
     pub addr: String,
     /// The plugins directory (inside `dir`).
@@ -189,10 +191,11 @@ impl Host {
         let launch: Vec<std::ffi::OsString> = std::iter::once(command.get_program().to_owned())
             .chain(command.get_args().map(|a| a.to_owned()))
             .collect();
-        let (child, addr) = spawn_host(&launch, &log_path).await;
+        let (child, addr) = spawn_host(&launch, None, &log_path).await;
         Host {
             child,
             launch,
+            cwd: None,
             addr,
             plugins_dir,
             log_path,
@@ -540,7 +543,6 @@ impl Host {
     /// is `cwd` joined with the `--plugins` argument (default `plugins.d`);
     /// the cache and the log live in the host's own temporary directory.
     pub async fn start_in(cwd: &Path, args: &[&str]) -> Host {
-        let binary = vista_binary();
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins = args
             .iter()
@@ -549,36 +551,20 @@ impl Host {
             .copied()
             .unwrap_or("plugins.d");
         let log_path = dir.path().join("vista.log");
-        let mut child = Command::new(binary)
-            .current_dir(cwd)
-            .arg("serve")
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .env_remove("VISTA_PLUGINS_DIR")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .expect("start vista");
-        let stdout = child.stdout.take().unwrap();
-        let addr = tokio::task::spawn_blocking(move || {
-            let line = BufReader::new(stdout)
-                .lines()
-                .next()
-                .expect("vista printed nothing")
-                .expect("read stdout");
-            line.strip_prefix("vista listening on ")
-                .expect("listening line")
-                .to_owned()
-        })
-        .await
-        .unwrap();
+        let launch: Vec<std::ffi::OsString> = [vista_binary().into_os_string(), "serve".into()]
+            .into_iter()
+            .chain([
+                "--cache-dir".into(),
+                dir.path().join("cache").into_os_string(),
+            ])
+            .chain(["--listen", "127.0.0.1:0"].map(Into::into))
+            .chain(args.iter().map(Into::into))
+            .collect();
+        let (child, addr) = spawn_host(&launch, Some(cwd), &log_path).await;
         Host {
             child,
-            // Its paths are relative to `cwd`: not restartable from here.
-            launch: Vec::new(),
+            launch,
+            cwd: Some(cwd.to_owned()),
             addr,
             plugins_dir: cwd.join(plugins),
             log_path,
@@ -590,14 +576,23 @@ impl Host {
 
 /// Starts a `vista` process, its stderr appended to `log_path`; returns it
 /// and the address it printed.
-async fn spawn_host(launch: &[std::ffi::OsString], log_path: &Path) -> (Child, String) {
+async fn spawn_host(
+    launch: &[std::ffi::OsString],
+    cwd: Option<&Path>,
+    log_path: &Path,
+) -> (Child, String) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log_path)
         .unwrap();
-    let mut child = Command::new(&launch[0])
+    let mut command = Command::new(&launch[0]);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = command
         .args(&launch[1..])
+        .env_remove("VISTA_PLUGINS_DIR")
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(log)
@@ -634,11 +629,7 @@ impl Host {
     /// Starts the host again with the same arguments and directories (after
     /// [`Host::kill9`] or an exit); it gets a new port.
     pub async fn restart(&mut self) {
-        assert!(
-            !self.launch.is_empty(),
-            "a host started with start_in cannot restart"
-        );
-        let (child, addr) = spawn_host(&self.launch, &self.log_path).await;
+        let (child, addr) = spawn_host(&self.launch, self.cwd.as_deref(), &self.log_path).await;
         self.child = child;
         self.addr = addr;
     }

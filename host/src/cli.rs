@@ -13,26 +13,29 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// `vista ingest`: posts NDJSON lines in batches; each batch is all or
 /// nothing, so a refused line stops the run with its line number and
-/// nothing of its batch applied.
+/// nothing of its batch applied. Progress is counted in bytes of the input
+/// (`total_bytes`, when it is a file), so a big file is read once and never
+/// held in memory.
 pub async fn ingest(
     url: &str,
     stream: &str,
     input: Box<dyn BufRead>,
-    total_hint: Option<u64>,
+    total_bytes: Option<u64>,
     batch: usize,
     token: Option<&str>,
 ) -> anyhow::Result<u64> {
     let http = reqwest::Client::new();
-    let bar = match total_hint {
+    let bar = match total_bytes {
         Some(total) => indicatif::ProgressBar::new(total),
         None => indicatif::ProgressBar::new_spinner(),
     };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} {pos}/{len} events [{elapsed_precise}] {per_sec} ETA {eta}",
+            "{spinner} {bytes}/{total_bytes} [{elapsed_precise}] {binary_bytes_per_sec} ETA {eta} {msg}",
         )
         .expect("a valid template"),
     );
+    let mut read = 0u64;
     let started = Instant::now();
     let mut sent = 0u64;
     let mut lines = input.lines().enumerate();
@@ -41,6 +44,7 @@ pub async fn ingest(
         let mut chunk: Vec<(usize, String)> = Vec::with_capacity(batch);
         for (index, line) in lines.by_ref() {
             let line = line.context("reading the input")?;
+            read += line.len() as u64 + 1;
             if line.trim().is_empty() {
                 continue;
             }
@@ -84,7 +88,8 @@ pub async fn ingest(
             }
         }
         sent += chunk.len() as u64;
-        bar.set_position(sent);
+        bar.set_position(read);
+        bar.set_message(format!("{sent} events"));
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();

@@ -329,13 +329,10 @@ async fn main() -> anyhow::Result<()> {
                 if file.as_os_str() == "-" {
                     (Box::new(std::io::BufReader::new(std::io::stdin())), None)
                 } else {
-                    let text = std::fs::read(&file)
+                    let opened = std::fs::File::open(&file)
                         .with_context(|| format!("cannot read {}", file.display()))?;
-                    let total = text
-                        .split(|b| *b == b'\n')
-                        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-                        .count() as u64;
-                    (Box::new(std::io::Cursor::new(text)), Some(total))
+                    let size = opened.metadata().map(|m| m.len()).ok();
+                    (Box::new(std::io::BufReader::new(opened)), size)
                 };
             vista_host::cli::ingest(&url, &stream, input, total, batch, token.as_deref()).await?;
             return Ok(());

@@ -453,6 +453,17 @@ struct Durable {
     last_checkpoint: Instant,
 }
 
+/// Where accepted requests go before they are applied.
+enum Storage {
+    /// Nowhere: applied at once (`--in-memory`).
+    InMemory,
+    /// The event log: applied once durable.
+    Logged(Durable),
+    /// The log was closed at shutdown: requests are refused, never applied
+    /// unlogged.
+    Closed,
+}
+
 /// How the engine keeps its state across restarts.
 pub struct Persistence {
     /// The open log.
@@ -498,12 +509,9 @@ pub struct Engine {
     awaiting_log: VecDeque<Commit>,
     /// The last `_seq` reserved.
     last_reserved_seq: u64,
-    durable: Option<Durable>,
+    storage: Storage,
     /// Set while the log is replayed at start: nothing is logged again.
     replaying: bool,
-    /// Set once the log is closed (shutdown): requests are refused, never
-    /// applied unlogged.
-    log_closed: bool,
     /// Reprojections by plugin (the latest of each).
     reprojections: BTreeMap<String, Reprojection>,
     next_ticket: u64,
@@ -530,9 +538,8 @@ impl Engine {
             committing: VecDeque::new(),
             awaiting_log: VecDeque::new(),
             last_reserved_seq: 0,
-            durable: None,
+            storage: Storage::InMemory,
             replaying: false,
-            log_closed: false,
             reprojections: BTreeMap::new(),
             next_ticket: 1,
             commands,
@@ -542,9 +549,6 @@ impl Engine {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Ingest { reply, .. } if self.log_closed => {
-                let _ = reply.send(Err(IngestError::ShuttingDown));
-            }
             Command::Ingest {
                 stream,
                 body,
@@ -557,8 +561,12 @@ impl Engine {
             Command::Projected(projected) => self.projected(projected),
             Command::Log(report) => self.logged(report),
             Command::CloseLog { reply } => {
-                if let Some(durable) = self.durable.take() {
-                    self.log_closed = true;
+                if matches!(self.storage, Storage::Logged(_)) {
+                    let Storage::Logged(durable) =
+                        std::mem::replace(&mut self.storage, Storage::Closed)
+                    else {
+                        unreachable!("matched above")
+                    };
                     durable.writer.close();
                     drop(durable.log);
                     tracing::info!("event log closed");
@@ -566,7 +574,10 @@ impl Engine {
                 let _ = reply.send(());
             }
             Command::LogStatus { reply } => {
-                let stats = self.durable.as_ref().and_then(|d| d.log.stats().ok());
+                let stats = match &self.storage {
+                    Storage::Logged(durable) => durable.log.stats().ok(),
+                    _ => None,
+                };
                 let _ = reply.send(stats);
             }
             Command::Connect { conn, outbox } => {
@@ -1000,10 +1011,6 @@ impl Engine {
         for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
             self.release(&answered.plugin, ticket);
         }
-        if self.log_closed {
-            let _ = request.reply.send(Err(IngestError::ShuttingDown));
-            return;
-        }
         if let Some(reason) = request.doomed.clone() {
             let _ = request
                 .reply
@@ -1045,28 +1052,55 @@ impl Engine {
                 ordered.extend(produced.next().unwrap_or_default());
             }
         }
-        let count = ordered.len() as u64;
+        self.submit_commit(
+            ordered,
+            plugins,
+            request.body.len(),
+            &request.stream,
+            request.body.raw().clone(),
+            request.reply,
+        );
+        self.pump_deferred();
+    }
+
+    /// Reserves the `_seq`s of a request's mutations and, by the storage
+    /// mode, logs it first (applied once durable), applies it at once (in
+    /// memory, or replaying the log), or refuses it (the log is closed).
+    fn submit_commit(
+        &mut self,
+        mutations: Vec<Mutation>,
+        plugins: Vec<String>,
+        events: usize,
+        stream: &str,
+        body: bytes::Bytes,
+        reply: oneshot::Sender<Result<Ingested, IngestError>>,
+    ) {
+        if matches!(self.storage, Storage::Closed) {
+            let _ = reply.send(Err(IngestError::ShuttingDown));
+            return;
+        }
+        let count = mutations.len() as u64;
         let first_seq = self.last_reserved_seq + 1;
         self.last_reserved_seq += count;
         let mut commit = Commit {
-            mutations: ordered.into_iter(),
+            mutations: mutations.into_iter(),
             plugins,
-            events: request.body.len(),
+            events,
             first_seq,
             started: false,
             rec: 0,
-            reply: request.reply,
+            reply,
         };
-        match &mut self.durable {
-            Some(durable) if !self.replaying => {
+        match &mut self.storage {
+            Storage::Logged(durable) if !self.replaying => {
                 commit.rec = durable.next_rec;
                 durable.next_rec += 1;
                 durable.writer.submit(WriterJob::Append(LogRecord {
                     rec: commit.rec,
-                    stream: request.stream.to_string(),
+                    stream: stream.to_owned(),
                     first_seq,
                     mutations: count,
-                    body: request.body.raw().clone(),
+                    body,
                     logged_at_ms: crate::durable::now_ms(),
                 }));
                 self.awaiting_log.push_back(commit);
@@ -1079,7 +1113,6 @@ impl Engine {
                 }
             }
         }
-        self.pump_deferred();
     }
 
     /// The log writer made records durable, or failed to write them.
@@ -1179,7 +1212,7 @@ impl Engine {
     /// Takes a checkpoint every N events or M seconds: the store's entities
     /// (`Arc` clones, cheap) go to the writer thread, which serializes them.
     fn maybe_checkpoint(&mut self, rec: u64, events: u64) {
-        let Some(durable) = &mut self.durable else {
+        let Storage::Logged(durable) = &mut self.storage else {
             return;
         };
         if self.replaying || rec == 0 {
@@ -1340,7 +1373,7 @@ impl Engine {
                 let _ = commands.send(Command::Log(report));
             },
         );
-        self.durable = Some(Durable {
+        self.storage = Storage::Logged(Durable {
             log,
             writer,
             next_rec: stats.last_rec + 1,
@@ -1405,7 +1438,13 @@ impl Engine {
         if plugin.stuck {
             return Err(ReprojectError::Stuck(name.to_owned()));
         }
-        let durable = self.durable.as_ref().ok_or(ReprojectError::InMemory)?;
+        let durable = match &self.storage {
+            Storage::Logged(durable) => durable,
+            Storage::InMemory => return Err(ReprojectError::InMemory),
+            Storage::Closed => {
+                return Err(ReprojectError::Failed("the server is shutting down".into()))
+            }
+        };
         if self
             .reprojections
             .get(name)
@@ -1554,42 +1593,17 @@ impl Engine {
         // Committed like a request: its `_seq`s are reserved by a log
         // record of no stream (replay skips it: the rebuilt state is what
         // the current build's replay produces anyway).
-        let count = mutations.len() as u64;
-        let first_seq = self.last_reserved_seq + 1;
-        self.last_reserved_seq += count;
         let (reply, _) = oneshot::channel();
-        let mut commit = Commit {
-            mutations: mutations.into_iter(),
-            plugins: vec![plugin.to_owned()],
-            events: 0,
-            first_seq,
-            started: false,
-            rec: 0,
+        self.submit_commit(
+            mutations,
+            vec![plugin.to_owned()],
+            0,
+            "",
+            bytes::Bytes::new(),
             reply,
-        };
-        match &mut self.durable {
-            Some(durable) => {
-                commit.rec = durable.next_rec;
-                durable.next_rec += 1;
-                durable.writer.submit(WriterJob::Append(LogRecord {
-                    rec: commit.rec,
-                    stream: String::new(),
-                    first_seq,
-                    mutations: count,
-                    body: bytes::Bytes::new(),
-                    logged_at_ms: crate::durable::now_ms(),
-                }));
-                self.awaiting_log.push_back(commit);
-            }
-            None => {
-                self.committing.push_back(commit);
-            }
-        }
+        );
         // New requests may project again, over the swap's mutations.
         self.release(plugin, REPROJECTION_TICKET);
-        if self.committing.len() == 1 {
-            self.commit_step();
-        }
         self.pump_deferred();
     }
 

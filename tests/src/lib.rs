@@ -736,3 +736,72 @@ pub fn unsigned_token(claims: &Value) -> String {
         encode(claims)
     )
 }
+
+/// One of the TypeScript client scripts in `tests/ts-client` that follow
+/// the driving protocol: print `ready`, read one line from stdin, end with
+/// a JSON summary line and exit 0.
+pub struct NodeScript {
+    name: String,
+    child: Child,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl NodeScript {
+    /// Starts `script` against `host` with extra environment variables and
+    /// waits (blocking this worker) until it prints `ready`.
+    pub fn start(script: &str, host: &Host, env: &[(&str, String)]) -> NodeScript {
+        let mut child = Command::new("node")
+            .arg(script)
+            .current_dir(workspace_root().join("tests/ts-client"))
+            .env("VISTA_WS_URL", host.ws_url())
+            .env("VISTA_HTTP_URL", host.http_url())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run node (is Node.js installed?)");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut ready = String::new();
+        tokio::task::block_in_place(|| stdout.read_line(&mut ready)).unwrap();
+        let mut script = NodeScript {
+            name: script.to_owned(),
+            child,
+            stdout,
+        };
+        if ready.trim() != "ready" {
+            let (_, stderr) = script.wait();
+            panic!("{} did not get ready: {ready}\n{stderr}", script.name);
+        }
+        script
+    }
+
+    /// Sends the line it waits for and returns its JSON summary, failing
+    /// with its stderr unless it ends with exit 0.
+    pub fn finish(mut self, line: &str) -> Value {
+        use std::io::Write;
+        writeln!(self.child.stdin.take().unwrap(), "{line}").unwrap();
+        let (rest, stderr) = self.wait();
+        serde_json::from_str(rest.trim().lines().last().unwrap_or_default()).unwrap_or_else(|e| {
+            panic!(
+                "{} ended without a summary ({e}): {rest}\n{stderr}",
+                self.name
+            )
+        })
+    }
+
+    /// Reads the rest of its stdout, waits for it to exit, and fails unless
+    /// it exited 0; returns (stdout, stderr).
+    fn wait(&mut self) -> (String, String) {
+        let mut rest = String::new();
+        let mut stderr = String::new();
+        tokio::task::block_in_place(|| {
+            std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
+            std::io::Read::read_to_string(self.child.stderr.as_mut().unwrap(), &mut stderr)
+                .unwrap();
+        });
+        let status = tokio::task::block_in_place(|| self.child.wait()).unwrap();
+        assert!(status.success(), "{} failed: {rest}\n{stderr}", self.name);
+        (rest, stderr)
+    }
+}

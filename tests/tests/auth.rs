@@ -339,35 +339,17 @@ fn a_public_address_without_authentication_is_refused() {
 
 /// Runs `auth.mjs` with one strategy against `host`; returns its summary.
 async fn typescript_client(host: &Host, strategy: &str) -> Value {
-    use std::io::{BufRead, BufReader, Write};
-    let mut node = std::process::Command::new("node")
-        .arg("auth.mjs")
-        .current_dir(vista_tests::workspace_root().join("tests/ts-client"))
-        .env("VISTA_WS_URL", host.ws_url())
-        .env("VISTA_HTTP_URL", host.http_url())
-        .env("VISTA_JWT_SECRET", SECRET)
-        .env("VISTA_JWT_AUDIENCE", "vista")
-        .env("VISTA_AUTH_STRATEGY", strategy)
-        .env("VISTA_PUBLISHABLE_KEY", "pk_test_12345678")
-        .env("VISTA_TIMEOUT_MS", "20000")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let mut out = BufReader::new(node.stdout.take().unwrap());
-    let ready = tokio::task::block_in_place(|| {
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        line
-    });
-    if ready.trim() != "ready" {
-        let output = tokio::task::block_in_place(|| node.wait_with_output()).unwrap();
-        panic!(
-            "auth.mjs ({strategy}) not ready: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+    let node = vista_tests::NodeScript::start(
+        "auth.mjs",
+        host,
+        &[
+            ("VISTA_JWT_SECRET", SECRET.into()),
+            ("VISTA_JWT_AUDIENCE", "vista".into()),
+            ("VISTA_AUTH_STRATEGY", strategy.into()),
+            ("VISTA_PUBLISHABLE_KEY", "pk_test_12345678".into()),
+            ("VISTA_TIMEOUT_MS", "20000".into()),
+        ],
+    );
     if strategy == "endpoint" {
         // Tokens of 62 s: the client refreshes from the endpoint about 2 s
         // in and hands the new token over in-band.
@@ -389,16 +371,7 @@ async fn typescript_client(host: &Host, strategy: &str) -> Value {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    writeln!(node.stdin.take().unwrap(), "go").unwrap();
-    let output = tokio::task::block_in_place(|| node.wait_with_output()).unwrap();
-    let mut rest = String::new();
-    tokio::task::block_in_place(|| std::io::Read::read_to_string(&mut out, &mut rest)).unwrap();
-    assert!(
-        output.status.success(),
-        "auth.mjs ({strategy}) failed: {rest}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(rest.trim().lines().last().unwrap()).unwrap()
+    node.finish("go")
 }
 
 #[tokio::test(flavor = "multi_thread")]

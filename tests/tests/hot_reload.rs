@@ -3,14 +3,13 @@
 //! a file arrives is handled; broken builds and deletions are safe.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use vista_tests::{
-    plugin_artifact, variant_artifact, workspace_root, Host, PluginFile, Received, WsClient,
+    plugin_artifact, variant_artifact, Host, NodeScript, PluginFile, Received, WsClient,
 };
 
 const QUIET: Duration = Duration::from_millis(400);
@@ -148,25 +147,14 @@ async fn a_new_build_converges_raw_and_typescript_clients_without_reconnecting()
     // The published TypeScript client on the same view, in its own process.
     let before = json!(["g09", "g08", "g07", "g06", "g04", "g03", "g02", "g01"]);
     let after = json!(["g09", "g08", "g07", "g06", "g04"]);
-    let mut node = Command::new("node")
-        .arg("reload.mjs")
-        .current_dir(workspace_root().join("tests/ts-client"))
-        .env("VISTA_WS_URL", host.ws_url())
-        .env("VISTA_HTTP_URL", host.http_url())
-        .env("EXPECT_BEFORE", before.to_string())
-        .env("EXPECT_AFTER", after.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let mut node_out = BufReader::new(node.stdout.take().unwrap());
-    let ready = tokio::task::block_in_place(|| {
-        let mut line = String::new();
-        node_out.read_line(&mut line).unwrap();
-        line
-    });
-    assert_eq!(ready.trim(), "ready", "TypeScript client did not get ready");
+    let node = NodeScript::start(
+        "reload.mjs",
+        &host,
+        &[
+            ("EXPECT_BEFORE", before.to_string()),
+            ("EXPECT_AFTER", after.to_string()),
+        ],
+    );
 
     copy_over(&alt, &host.plugins_dir.join("games.so"));
     wait_for_version(&host, "0.1.0+alt-views").await;
@@ -217,17 +205,7 @@ async fn a_new_build_converges_raw_and_typescript_clients_without_reconnecting()
     raw.expect_silence(QUIET).await;
 
     // The TypeScript client converged on the same socket.
-    node.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let output = tokio::task::block_in_place(|| node.wait_with_output()).unwrap();
-    let mut rest = String::new();
-    tokio::task::block_in_place(|| std::io::Read::read_to_string(&mut node_out, &mut rest))
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "reload.mjs failed: {rest}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_str(rest.trim().lines().last().unwrap()).unwrap();
+    let summary = node.finish("go");
     assert_eq!(summary["ok"], true);
     assert_eq!(summary["after"], after);
 }

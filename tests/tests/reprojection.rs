@@ -5,14 +5,12 @@
 //! through the new projector, without reconnecting.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vista_tests::{
-    apply_frame, variant_artifact, workspace_root, Host, PluginFile, Received, WsClient,
+    apply_frame, variant_artifact, Host, NodeScript, PluginFile, Received, WsClient,
 };
 
 const GAMES: usize = 20;
@@ -70,24 +68,11 @@ async fn a_rebuilt_projector_reprojects_history_while_events_arrive() {
     };
 
     // The published TypeScript client, in its own process.
-    let mut node = Command::new("node")
-        .arg("reproject.mjs")
-        .current_dir(workspace_root().join("tests/ts-client"))
-        .env("VISTA_WS_URL", host.ws_url())
-        .env("VISTA_HTTP_URL", host.http_url())
-        .env("VISTA_TIMEOUT_MS", "60000")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run node");
-    let mut node_out = BufReader::new(node.stdout.take().unwrap());
-    let ready = tokio::task::block_in_place(|| {
-        let mut line = String::new();
-        node_out.read_line(&mut line).unwrap();
-        line
-    });
-    assert_eq!(ready.trim(), "ready", "TypeScript client did not get ready");
+    let node = NodeScript::start(
+        "reproject.mjs",
+        &host,
+        &[("VISTA_TIMEOUT_MS", "60000".into())],
+    );
 
     // Events keep arriving during the reprojection.
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -186,18 +171,7 @@ async fn a_rebuilt_projector_reprojects_history_while_events_arrive() {
     assert_eq!(server, expected, "the host's state is the recomputation");
 
     // The TypeScript client converges too, without reconnecting.
-    let mut stdin = node.stdin.take().unwrap();
-    writeln!(stdin, "{}", serde_json::to_string(&expected).unwrap()).unwrap();
-    let output = tokio::task::block_in_place(|| node.wait_with_output()).unwrap();
-    let mut rest = String::new();
-    tokio::task::block_in_place(|| std::io::Read::read_to_string(&mut node_out, &mut rest))
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "reproject.mjs failed: {rest}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary: Value = serde_json::from_str(rest.trim().lines().last().unwrap()).unwrap();
+    let summary = node.finish(&serde_json::to_string(&expected).unwrap());
     assert_eq!(summary["ok"], true);
     reader.abort();
 }

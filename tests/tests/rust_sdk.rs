@@ -31,6 +31,22 @@ impl Stack for RawStack {
 }
 
 /// The client's store for a view, without `_seq` (its value is the server's business).
+/// The SDK connected to `url` and subscribed to `Token/list`.
+async fn watch_token_list(url: &str) -> HyperStack<RawStack> {
+    let hs = HyperStack::<RawStack>::builder()
+        .url(url)
+        .auto_reconnect(false)
+        .connect()
+        .await
+        .expect("connect the SDK");
+    hs.views
+        .0
+        .connection()
+        .ensure_subscription("Token/list", None)
+        .await;
+    hs
+}
+
 async fn store_of(hs: &HyperStack<RawStack>, view: &str) -> BTreeMap<String, Value> {
     hs.store()
         .all_raw(view)
@@ -69,17 +85,7 @@ async fn rust_sdk_store_holds_exactly_the_expected_tokens() {
     )
     .await;
 
-    let hs = HyperStack::<RawStack>::builder()
-        .url(&host.ws_url())
-        .auto_reconnect(false)
-        .connect()
-        .await
-        .expect("connect the SDK");
-    hs.views
-        .0
-        .connection()
-        .ensure_subscription("Token/list", None)
-        .await;
+    let hs = watch_token_list(&host.ws_url()).await;
 
     let mut expected = BTreeMap::new();
     expected.insert(
@@ -139,17 +145,7 @@ async fn rust_sdk_connects_with_a_token_in_the_url() {
         secret,
         &json!({"sub": "rust-sdk", "exp": vista_tests::unix_now() + 600, "views": ["Token/*"]}),
     );
-    let hs = HyperStack::<RawStack>::builder()
-        .url(&format!("{}/?hs_token={token}", host.ws_url()))
-        .auto_reconnect(false)
-        .connect()
-        .await
-        .expect("connect the SDK with a token");
-    hs.views
-        .0
-        .connection()
-        .ensure_subscription("Token/list", None)
-        .await;
+    let hs = watch_token_list(&format!("{}/?hs_token={token}", host.ws_url())).await;
     let mut expected = BTreeMap::new();
     expected.insert(
         "a".to_owned(),

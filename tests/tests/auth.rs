@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error, Message};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error};
 use vista_tests::{
     mint_token, unix_now, unsigned_token, vista_binary, Host, PluginFile, Received, WsClient,
 };
@@ -318,7 +318,6 @@ async fn a_page_from_another_origin_or_host_name_is_refused() {
             .await
             .unwrap_or_else(|e| panic!("{origin}: {e}"));
         ws.close(None).await.ok();
-        let _ = Message::Close(None);
     }
 }
 

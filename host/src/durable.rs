@@ -166,6 +166,11 @@ pub struct Checkpoint {
     pub last_seq: u64,
     /// Every entity: (type, key, value).
     pub entities: Vec<(String, String, Arc<serde_json::Value>)>,
+    /// Cluster mode: the build (plugin, fingerprint) each plugin ran at
+    /// `rec`, so a restart projects what follows with the same builds.
+    /// Stored under a key of its own, absent when empty, so checkpoints of
+    /// a single host keep their format.
+    pub builds: Vec<(String, String)>,
 }
 
 impl Checkpoint {
@@ -199,6 +204,7 @@ impl Checkpoint {
             rec,
             last_seq,
             entities,
+            builds: Vec::new(),
         })
     }
 }
@@ -383,6 +389,14 @@ impl EventLog {
             table
                 .insert("latest", checkpoint.encode().as_slice())
                 .map_err(|e| e.to_string())?;
+            if checkpoint.builds.is_empty() {
+                table.remove("builds").map_err(|e| e.to_string())?;
+            } else {
+                let builds = serde_json::to_vec(&checkpoint.builds).expect("builds serialize");
+                table
+                    .insert("builds", builds.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
         }
         txn.commit().map_err(|e| e.to_string())
     }
@@ -395,13 +409,17 @@ impl EventLog {
         let Some(value) = table.get("latest").map_err(|e| err(e.to_string()))? else {
             return Ok(None);
         };
-        Checkpoint::decode(value.value())
-            .map(Some)
-            .map_err(|reason| DataError::Corrupt {
-                path: self.path.clone(),
-                what: "checkpoint".into(),
-                reason,
-            })
+        let corrupt = |reason: String| DataError::Corrupt {
+            path: self.path.clone(),
+            what: "checkpoint".into(),
+            reason,
+        };
+        let mut checkpoint = Checkpoint::decode(value.value()).map_err(corrupt)?;
+        if let Some(builds) = table.get("builds").map_err(|e| err(e.to_string()))? {
+            checkpoint.builds = serde_json::from_slice(builds.value())
+                .map_err(|e| corrupt(format!("builds: {e}")))?;
+        }
+        Ok(Some(checkpoint))
     }
 }
 
@@ -809,11 +827,22 @@ mod tests {
             rec: 7,
             last_seq: 70,
             entities: vec![("Token".into(), "a".into(), Arc::new(json!({"supply": 1})))],
+            builds: vec![("tokens".into(), "0123456789abcdef".into())],
         })
         .unwrap();
         let checkpoint = log.load_checkpoint().unwrap().unwrap();
         assert_eq!((checkpoint.rec, checkpoint.last_seq), (7, 70));
         assert_eq!(checkpoint.entities[0].2["supply"], 1);
+        assert_eq!(checkpoint.builds, [("tokens".into(), "0123456789abcdef".into())]);
+        log.write_checkpoint(&Checkpoint {
+            rec: 8,
+            last_seq: 71,
+            entities: Vec::new(),
+            builds: Vec::new(),
+        })
+        .unwrap();
+        let checkpoint = log.load_checkpoint().unwrap().unwrap();
+        assert!(checkpoint.builds.is_empty(), "a checkpoint without builds clears them");
     }
 
     #[test]

@@ -684,6 +684,7 @@ impl Engine {
                                 state: PluginState::Failed,
                                 last_error: Some(reason.to_string()),
                                 reprojection: None,
+                                fingerprint: None,
                             },
                         );
                     }
@@ -756,6 +757,7 @@ impl Engine {
                 state: PluginState::Loaded,
                 last_error: None,
                 reprojection: None,
+                fingerprint: Some(lib.fingerprint.clone()),
             },
         );
         self.plugins.insert(
@@ -1231,6 +1233,7 @@ impl Engine {
             rec,
             last_seq: store.version(),
             entities: store.entities(),
+            builds: Vec::new(),
         };
         drop(store);
         durable.writer.submit(WriterJob::Checkpoint(checkpoint));

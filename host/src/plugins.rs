@@ -103,6 +103,10 @@ pub struct PluginLibrary {
     pub manifest: Manifest,
     /// The file in the plugins directory it was loaded from.
     pub file: PathBuf,
+    /// The build's identity: the first 16 hex digits of the SHA-256 of the
+    /// file's bytes. Two hosts with the same fingerprint run the same code;
+    /// a cluster switches builds by fingerprint.
+    pub fingerprint: String,
     module: PluginModuleRef,
 }
 
@@ -118,6 +122,12 @@ pub enum PluginState {
     Superseded,
     /// Its projector timed out; its streams answer 503 until a new build loads.
     Stuck,
+    /// Cluster mode: mapped and ready, waiting for its build marker in the
+    /// log before it projects anything.
+    Staged,
+    /// Cluster mode: the log switched to this build and this host has no
+    /// file with it; consumption is paused until one is dropped in.
+    Missing,
 }
 
 /// One plugin file as shown by `GET /plugins`.
@@ -139,6 +149,8 @@ pub struct PluginReport {
     pub state: PluginState,
     /// Why the last load of this file failed.
     pub last_error: Option<String>,
+    /// The build's fingerprint ([`PluginLibrary::fingerprint`]).
+    pub fingerprint: Option<String>,
     /// The plugin's latest reprojection, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reprojection: Option<crate::reproject::ReprojectionStatus>,
@@ -216,6 +228,7 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
         NEXT_COPY.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::copy(file, &mapped)?;
+    let fingerprint = fingerprint_of(&mapped)?;
     let checked = match CHECKER.get() {
         Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT),
         None => Ok(()),
@@ -228,8 +241,17 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     Ok(PluginLibrary {
         manifest,
         file: file.to_owned(),
+        fingerprint,
         module,
     })
+}
+
+/// The first 16 hex digits of the SHA-256 of `path`'s bytes (the copy that
+/// is mapped, so the fingerprint names exactly the code that runs).
+fn fingerprint_of(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path)?);
+    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Maps `path` in this process and checks it: header, layout, contract

@@ -56,7 +56,7 @@ pub async fn run(shared: Arc<Shared>, interval: Duration) {
         };
         let text = event.to_string();
         let body = Arc::new(IngestBody::from_events([text.as_str()]));
-        let result = shared.engine.ingest("tokens", body).await;
+        let result = shared.ingest("tokens", body).await;
         if let Err(err) = result {
             tracing::warn!(%err, "demo feed event refused");
         }

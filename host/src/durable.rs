@@ -833,7 +833,10 @@ mod tests {
         let checkpoint = log.load_checkpoint().unwrap().unwrap();
         assert_eq!((checkpoint.rec, checkpoint.last_seq), (7, 70));
         assert_eq!(checkpoint.entities[0].2["supply"], 1);
-        assert_eq!(checkpoint.builds, [("tokens".into(), "0123456789abcdef".into())]);
+        assert_eq!(
+            checkpoint.builds,
+            [("tokens".into(), "0123456789abcdef".into())]
+        );
         log.write_checkpoint(&Checkpoint {
             rec: 8,
             last_seq: 71,
@@ -842,7 +845,10 @@ mod tests {
         })
         .unwrap();
         let checkpoint = log.load_checkpoint().unwrap().unwrap();
-        assert!(checkpoint.builds.is_empty(), "a checkpoint without builds clears them");
+        assert!(
+            checkpoint.builds.is_empty(),
+            "a checkpoint without builds clears them"
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //!   with deadlines, and the overlay a request's reads go through.
 //! - [`ingest`]: splitting an ingest body into events.
 //! - [`durable`]: the event log (redb), its writer thread and checkpoints.
+//! - [`cluster`]: scale-out: several hosts sharing a NATS JetStream stream
+//!   as their log (publishing, consuming in order, build markers).
 //! - [`reproject`]: rebuilding a plugin's entities from the log through a
 //!   new build, in the background, then swapping.
 //! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
@@ -34,7 +36,7 @@
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
-//! re-exports serve the `vista` binary; `auth`, `durable`, `store`, `views`,
+//! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`, `store`, `views`,
 //! `frame` and `scaffold` are public for the binary's subcommands, the view
 //! benchmark and the model test; everything else is `pub(crate)`.
 //!
@@ -44,6 +46,7 @@
 // model test use. Everything else is the host's own business.
 pub mod auth;
 pub mod cli;
+pub mod cluster;
 pub mod durable;
 pub mod frame;
 pub mod scaffold;
@@ -129,6 +132,9 @@ pub struct Config {
     /// Open TCP connections allowed from one IP address (0: unlimited);
     /// more are answered 429 `ip-connection-limit-exceeded`.
     pub max_connections_per_ip: usize,
+    /// Share a NATS JetStream stream with other hosts instead of keeping an
+    /// event log of its own (`data_dir` then keeps only checkpoints).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// State shared by every task of a running host.
@@ -146,21 +152,46 @@ pub struct Shared {
     pub auth: auth::Auth,
     /// Ingest requests being read or processed.
     ingest_permits: tokio::sync::Semaphore,
+    /// Cluster mode: the shared log.
+    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
 }
 
 impl Shared {
     /// Builds the engine, loads every plugin in `config.plugins_dir`,
     /// restores the state kept in `config.data_dir` (checkpoint, then the
     /// log replayed through the plugins) and starts the engine thread.
-    pub fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, durable::DataError> {
+    ///
+    /// In cluster mode the builds are staged, the local checkpoint is
+    /// restored, and the shared log is consumed after it in the background
+    /// (`/readyz` answers 503 until caught up).
+    pub async fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, StartError> {
         let mut engine = Engine::new(
             config.cache_dir.clone(),
             config.max_subscriptions_per_connection,
             config.projector_timeout,
         );
+        let mut offers = None;
+        let mut cluster_status = None;
+        if config.cluster.is_some() {
+            let (link, offers_rx) = cluster::channels(0);
+            cluster_status = Some(link.status.clone());
+            offers = Some(offers_rx);
+            engine.enable_cluster(link);
+        }
         engine.load_plugin_dir(&config.plugins_dir);
-        match &config.data_dir {
-            Some(dir) => {
+        match (&config.data_dir, &config.cluster) {
+            (data_dir, Some(_)) => {
+                let log = match data_dir {
+                    Some(dir) => Some(Arc::new(durable::EventLog::open(dir)?)),
+                    None => None,
+                };
+                engine.recover_cluster(engine::ClusterPersistence {
+                    log,
+                    checkpoint_every_events: config.checkpoint_every_events,
+                    checkpoint_every: config.checkpoint_every,
+                })?;
+            }
+            (Some(dir), None) => {
                 let log = Arc::new(durable::EventLog::open(dir)?);
                 engine.recover(engine::Persistence {
                     log,
@@ -170,10 +201,19 @@ impl Shared {
                     retention: config.retention,
                 })?;
             }
-            None => engine.start_seq_from_clock(),
+            (None, None) => engine.start_seq_from_clock(),
         }
         let (engine, _thread) = engine::spawn(engine);
+        let cluster = match (&config.cluster, cluster_status, offers) {
+            (Some(cluster_config), Some(status), Some(offers)) => Some(
+                cluster::Cluster::start(cluster_config.clone(), status, offers, engine.clone())
+                    .await
+                    .map_err(StartError::Cluster)?,
+            ),
+            _ => None,
+        };
         Ok(Arc::new(Self {
+            cluster,
             engine,
             metrics: metrics_handle(),
             next_conn: AtomicU64::new(1),
@@ -182,6 +222,19 @@ impl Shared {
             auth,
             config,
         }))
+    }
+
+    /// Applies an ingest request: through the shared log in cluster mode
+    /// (answered once this host applied it), else on this host.
+    pub async fn ingest(
+        &self,
+        stream: &str,
+        body: Arc<ingest::IngestBody>,
+    ) -> Result<engine::Ingested, engine::IngestError> {
+        match &self.cluster {
+            Some(cluster) => cluster.ingest(&self.engine, stream, &body).await,
+            None => self.engine.ingest(stream, body).await,
+        }
     }
 
     fn next_conn_id(&self) -> u64 {
@@ -198,6 +251,17 @@ impl Shared {
         }
         Some(ConnectionSlot(self.clone()))
     }
+}
+
+/// Why a host cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be used.
+    #[error(transparent)]
+    Data(#[from] durable::DataError),
+    /// The cluster's NATS URL cannot be used.
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// One of `config.max_connections` slots, held for a connection's lifetime.

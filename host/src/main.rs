@@ -203,6 +203,20 @@ struct ServeArgs {
         conflicts_with = "in_memory"
     )]
     data: PathBuf,
+    /// Share this NATS JetStream server's stream with other hosts
+    /// (`nats://HOST:PORT`): it replaces the event log as the source of
+    /// truth; the data directory keeps local checkpoints only.
+    #[arg(long, env = "VISTA_CLUSTER")]
+    cluster: Option<String>,
+    /// The JetStream stream of the cluster (created if missing; its
+    /// subjects are `NAME.>`).
+    #[arg(long, env = "VISTA_CLUSTER_STREAM", default_value = "VISTA", value_parser = parse_stream_name)]
+    cluster_stream: String,
+    /// Replicas of the cluster stream when this host creates it: needs a
+    /// NATS cluster of at least that many servers; an acknowledged ingest
+    /// is then stored on a majority of them.
+    #[arg(long, env = "VISTA_CLUSTER_REPLICAS", default_value_t = 1)]
+    cluster_replicas: usize,
     /// Keep everything in memory: a restart starts empty (`_seq` still never
     /// goes backwards: it starts from the clock).
     #[arg(long, env = "VISTA_IN_MEMORY")]
@@ -393,6 +407,11 @@ async fn main() -> anyhow::Result<()> {
         checkpoint_every_events: args.checkpoint_every_events.max(1),
         checkpoint_every: Duration::from_secs(args.checkpoint_every_secs.max(1)),
         retention: args.retain,
+        cluster: args.cluster.map(|url| vista_host::cluster::ClusterConfig {
+            url,
+            stream: args.cluster_stream,
+            replicas: args.cluster_replicas,
+        }),
     };
     // A write past a file-size limit must fail with EFBIG (answered 503),
     // not kill the process with SIGXFSZ.
@@ -407,6 +426,9 @@ async fn main() -> anyhow::Result<()> {
     }
     tracing::info!(plugins = %config.plugins_dir.display(), "loading plugins");
     match &config.data_dir {
+        Some(dir) if config.cluster.is_some() => {
+            tracing::info!(data = %dir.display(), "cluster mode: local checkpoints in the data directory")
+        }
         Some(dir) => tracing::info!(data = %dir.display(), "restoring state from the event log"),
         None => tracing::warn!("--in-memory: nothing is kept across restarts"),
     }
@@ -423,7 +445,9 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // The port opens once the log is replayed: a host that answers is ready.
-    let shared = Shared::new(config, auth).context("cannot open the data directory")?;
+    let shared = Shared::new(config, auth)
+        .await
+        .context("cannot start the host")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -456,6 +480,22 @@ async fn main() -> anyhow::Result<()> {
     };
     vista_host::run(listener, shared, shutdown).await;
     Ok(())
+}
+
+/// A JetStream stream name: letters, digits, `-` and `_` (NATS forbids
+/// `.`, spaces and wildcards, and the name is also the subject prefix).
+fn parse_stream_name(text: &str) -> Result<String, String> {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?}: a stream name is letters, digits, '-' and '_'"
+        ))
+    }
 }
 
 /// The plugins directory, created if missing (so it can be watched) and

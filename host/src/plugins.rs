@@ -151,6 +151,10 @@ pub struct PluginReport {
     pub last_error: Option<String>,
     /// The build's fingerprint ([`PluginLibrary::fingerprint`]).
     pub fingerprint: Option<String>,
+    /// Cluster mode: the position in the shared log of the marker this
+    /// build runs from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
     /// The plugin's latest reprojection, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reprojection: Option<crate::reproject::ReprojectionStatus>,

@@ -49,6 +49,7 @@ async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
                 ReprojectError::LogIncomplete(_) => (StatusCode::CONFLICT, "log-incomplete"),
                 ReprojectError::AlreadyRunning(_) => (StatusCode::CONFLICT, "reprojection-running"),
                 ReprojectError::Stuck(_) => (StatusCode::CONFLICT, "plugin-stuck"),
+                ReprojectError::Cluster => (StatusCode::CONFLICT, "not-in-cluster-mode"),
                 ReprojectError::Failed(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "reprojection-failed")
                 }
@@ -72,12 +73,7 @@ fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
         .expect("static response parts are valid")
 }
 
-fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    extra: Value,
-) -> HttpResponse {
+fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
     let mut body = json!({"error": code, "message": message});
     if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
         body.extend(extra);
@@ -110,7 +106,20 @@ pub async fn handle(
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         // The port opens only once the log has been replayed, so a host
         // that answers is ready.
-        (&Method::GET, "/readyz") => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        (&Method::GET, "/readyz") => match &shared.cluster {
+            // A cluster member opens its port at once and is ready once it
+            // caught up with the shared log.
+            Some(cluster) => {
+                let readiness = cluster.readiness();
+                let status = if readiness.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                json_response(status, &json!(readiness))
+            }
+            None => json_response(StatusCode::OK, &json!({"status": "ready"})),
+        },
         (&Method::GET, "/status") => {
             let log = shared.engine.log_status().await;
             json_response(
@@ -425,6 +434,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             )
         }
     };
+    let events_len = events.len();
     if events.is_empty() {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -433,7 +443,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             json!({}),
         );
     }
-    match shared.engine.ingest(stream, Arc::new(events)).await {
+    match shared.ingest(stream, Arc::new(events)).await {
         Ok(done) => json_response(
             StatusCode::OK,
             &json!({"accepted": done.accepted, "seq": done.seq}),
@@ -491,5 +501,31 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             &err.to_string(),
             json!({}),
         ),
+        Err(err @ IngestError::LogUnavailable(_)) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "log-unavailable",
+            &err.to_string(),
+            json!({"retryable": true}),
+        ),
+        Err(err @ IngestError::TooLargeForLog { .. }) => {
+            let IngestError::TooLargeForLog { max_payload } = &err else {
+                unreachable!()
+            };
+            error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                &err.to_string(),
+                json!({"limit": max_payload}),
+            )
+        }
+        Err(err @ IngestError::NotAppliedYet { .. }) => {
+            let IngestError::NotAppliedYet { stream_seq } = &err else {
+                unreachable!()
+            };
+            json_response(
+                StatusCode::ACCEPTED,
+                &json!({"accepted": events_len, "applied": false, "position": stream_seq, "message": err.to_string()}),
+            )
+        }
     }
 }

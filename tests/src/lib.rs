@@ -805,3 +805,128 @@ impl NodeScript {
         (rest, stderr)
     }
 }
+
+/// A `nats-server -js` (Debian's `nats-server` package) on a free loopback
+/// port with its own store directory; killed when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    /// Its client port.
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one and waits until it accepts connections.
+    pub fn start() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("find a free port")
+            .port();
+        let mut server = NatsServer {
+            child: None,
+            port,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        server.launch();
+        server
+    }
+
+    fn launch(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nats.log"))
+            .unwrap();
+        let child = Command::new("nats-server")
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(self.dir.path().join("store"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server (apt-get install nats-server)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen on {}:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// What the server logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Stops it gracefully (SIGTERM: JetStream flushes its store) and waits.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Host {
+    /// Starts a cluster member: these plugin files, `--cluster` on `nats`.
+    pub async fn cluster_member(nats: &NatsServer, files: Vec<PluginFile>) -> Host {
+        Host::start(files, &["--cluster", &nats.url()]).await
+    }
+
+    /// Polls `GET /readyz` until 200; panics after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Value {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let (status, body) = self.get_json("/readyz").await;
+            if status == 200 {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} not ready after {limit:?}: {body}\nlog:\n{}",
+                self.addr,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}

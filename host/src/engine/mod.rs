@@ -47,6 +47,10 @@
 //! applied, its streams answer 503 `plugin-stuck` until a new build of it
 //! loads, and everything else carries on.
 
+mod cluster;
+
+pub use cluster::ClusterPersistence;
+
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, RwLock};
@@ -76,6 +80,16 @@ pub struct Ingested {
     pub accepted: usize,
     /// `_seq` of the last mutation applied (the current one if none were).
     pub seq: String,
+}
+
+impl Ingested {
+    /// The outcome of a record that applies no events (a build marker).
+    fn nothing() -> Self {
+        Ingested {
+            accepted: 0,
+            seq: String::new(),
+        }
+    }
 }
 
 /// Why an ingest request was refused; nothing of it was applied.
@@ -114,6 +128,23 @@ pub enum IngestError {
     /// The engine stopped (the server is shutting down).
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// Cluster mode: the shared log (NATS JetStream) did not take the
+    /// request; nothing was applied anywhere.
+    #[error("the cluster log is unavailable ({0}); nothing was applied, retry later")]
+    LogUnavailable(String),
+    /// Cluster mode: the body is larger than the NATS server's message limit.
+    #[error("the cluster log takes messages of at most {max_payload} bytes")]
+    TooLargeForLog {
+        /// The NATS server's `max_payload`.
+        max_payload: usize,
+    },
+    /// Cluster mode: the log took the request but this host has not applied
+    /// it yet (it is consuming slowly or paused); it will be.
+    #[error("in the log at position {stream_seq}, not applied on this host yet")]
+    NotAppliedYet {
+        /// The record's stream sequence.
+        stream_seq: u64,
+    },
 }
 
 /// Why a reprojection cannot start.
@@ -128,6 +159,10 @@ pub enum ReprojectError {
     /// Records were dropped by the retention policy.
     #[error("the event log no longer holds the plugin's streams from their first event: records 1 to {0} were dropped by --retain")]
     LogIncomplete(u64),
+    /// Cluster mode: every host would have to rebuild at the same stream
+    /// position from the shared log; not supported yet.
+    #[error("reprojection is not supported in cluster mode yet: every host would have to rebuild at one position of the shared log")]
+    Cluster,
     /// One is already running for this plugin.
     #[error("a reprojection of {0:?} is already running")]
     AlreadyRunning(String),
@@ -205,6 +240,20 @@ pub enum Command {
     },
     /// A reprojector thread reports.
     Reprojector(ReprojectReport),
+    /// Cluster mode: the next record of the shared log.
+    ClusterRecord(crate::cluster::LogEntry),
+    /// Cluster mode: an ingest of this host waits for its record.
+    ClusterWait {
+        /// The id in the record's `Vista-Request` header.
+        request: String,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<Ingested, IngestError>>,
+    },
+    /// Cluster mode: an ingest stopped waiting.
+    ClusterForget {
+        /// Its id.
+        request: String,
+    },
     /// Close the event log cleanly (shutdown): everything queued is
     /// written, then the database file is closed, so the next start needs
     /// no recovery.
@@ -395,6 +444,7 @@ pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) 
                     }
                 }
                 engine.check_deadlines();
+                engine.cluster_pump();
             }
         })
         .expect("start the engine thread");
@@ -514,6 +564,8 @@ pub struct Engine {
     replaying: bool,
     /// Reprojections by plugin (the latest of each).
     reprojections: BTreeMap<String, Reprojection>,
+    /// Cluster mode: the shared log's records and the staged builds.
+    cluster: Option<cluster::ClusterSide>,
     next_ticket: u64,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
@@ -541,14 +593,24 @@ impl Engine {
             storage: Storage::InMemory,
             replaying: false,
             reprojections: BTreeMap::new(),
+            cluster: None,
             next_ticket: 1,
             commands,
             queue: Some(queue),
         }
     }
 
+    /// Cluster mode: records come from the shared log, plugin builds wait
+    /// for their markers ([`crate::cluster`]).
+    pub(crate) fn enable_cluster(&mut self, link: crate::cluster::EngineLink) {
+        self.cluster = Some(cluster::ClusterSide::new(link));
+    }
+
     fn handle(&mut self, command: Command) {
         match command {
+            Command::ClusterRecord(entry) => self.cluster_record(entry),
+            Command::ClusterWait { request, reply } => self.cluster_wait(request, reply),
+            Command::ClusterForget { request } => self.cluster_forget(&request),
             Command::Ingest {
                 stream,
                 body,
@@ -561,6 +623,9 @@ impl Engine {
             Command::Projected(projected) => self.projected(projected),
             Command::Log(report) => self.logged(report),
             Command::CloseLog { reply } => {
+                if self.cluster.is_some() {
+                    self.close_cluster();
+                }
                 if matches!(self.storage, Storage::Logged(_)) {
                     let Storage::Logged(durable) =
                         std::mem::replace(&mut self.storage, Storage::Closed)
@@ -661,7 +726,10 @@ impl Engine {
     ) -> Result<String, InstallError> {
         let result = loaded
             .map_err(|e| InstallError::Load(one_line(&e.to_string())))
-            .and_then(|lib| self.install(lib));
+            .and_then(|lib| match self.cluster {
+                Some(_) => self.stage(lib),
+                None => self.install(lib),
+            });
         match &result {
             Ok(name) => tracing::info!(file = %file.display(), plugin = %name, "plugin loaded"),
             Err(reason) => {
@@ -685,6 +753,7 @@ impl Engine {
                                 last_error: Some(reason.to_string()),
                                 reprojection: None,
                                 fingerprint: None,
+                                since: None,
                             },
                         );
                     }
@@ -758,6 +827,7 @@ impl Engine {
                 last_error: None,
                 reprojection: None,
                 fingerprint: Some(lib.fingerprint.clone()),
+                since: None,
             },
         );
         self.plugins.insert(
@@ -1082,6 +1152,17 @@ impl Engine {
             return;
         }
         let count = mutations.len() as u64;
+        if self.cluster.is_some() && count >= 1 << crate::cluster::SEQ_SHIFT {
+            let _ = reply.send(Err(IngestError::Projector {
+                plugin: plugins.join(","),
+                position: 0,
+                message: format!(
+                    "the request produced {count} mutations; in cluster mode a request may produce fewer than {}",
+                    1u64 << crate::cluster::SEQ_SHIFT
+                ),
+            }));
+            return;
+        }
         let first_seq = self.last_reserved_seq + 1;
         self.last_reserved_seq += count;
         let mut commit = Commit {
@@ -1440,6 +1521,9 @@ impl Engine {
             .ok_or_else(|| ReprojectError::UnknownPlugin(name.to_owned()))?;
         if plugin.stuck {
             return Err(ReprojectError::Stuck(name.to_owned()));
+        }
+        if self.cluster.is_some() {
+            return Err(ReprojectError::Cluster);
         }
         let durable = match &self.storage {
             Storage::Logged(durable) => durable,

@@ -1,0 +1,641 @@
+//! Scale-out: several hosts sharing one NATS JetStream stream as their log
+//! (`vista serve --cluster nats://HOST:PORT`).
+//!
+//! Projectors are deterministic, so hosts that apply the same records in the
+//! same order hold the same state. The JetStream stream is that order: no
+//! host owns the data, any host takes ingest, and every host consumes the
+//! whole stream. This module is the async side of it; the engine's side
+//! (applying records one at a time, switching builds at markers) is
+//! [`crate::engine`]'s `cluster` module.
+//!
+//! The stream (default `VISTA`, subjects `VISTA.>`) holds two kinds of
+//! record:
+//! - `VISTA.ingest`: one ingest request, its body exactly as received, the
+//!   ingest stream in header `Vista-Stream`, and in `Vista-Request` the id
+//!   the receiving host waits on. One request is one message, so it stays
+//!   all or nothing.
+//! - `VISTA.build.{plugin}`: a build marker, "plugin P runs build F from
+//!   here". A host that maps a new build publishes one (unless the stream's
+//!   latest marker for P already names it); every host switches when it
+//!   consumes the marker, so all switch at the same stream position. A
+//!   host without that build pauses there and is not ready until the file
+//!   arrives, rather than projecting with the wrong code.
+//!
+//! `_seq` derives from the stream sequence (`seq << 24` plus the mutation's
+//! index in its request), so every host gives the same mutation the same
+//! `_seq` and a client can resume with `after` on another host.
+//!
+//! An ingest answers once the stream acknowledged the message *and* this
+//! host applied it (read-your-writes): 200 with the `_seq`, or 422 when the
+//! projector refused it, which every host does identically (the record
+//! stays in the log and changes nothing; `vista_cluster_refused_total`).
+//! NATS unreachable: 503 `log-unavailable`, the host keeps serving what it
+//! has, reconnects by itself and resumes consuming where it stopped.
+//!
+//! The consumer is an ordered JetStream consumer (no acks, recreated on
+//! gaps) started after the last record this host applied; it hands records
+//! to the engine and stops reading while more than [`APPLY_WINDOW`] records
+//! wait there, so a slow host is bounded in memory and catches up at its
+//! own pace.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use async_nats::header::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::engine::{Command, EngineHandle, IngestError, Ingested};
+use crate::ingest::IngestBody;
+
+/// `_seq` of a record's first mutation is its stream sequence shifted by
+/// this many bits; a request may produce at most `2^24 - 1` mutations.
+pub const SEQ_SHIFT: u32 = 24;
+
+/// Records handed to the engine and not yet applied before the consumer
+/// stops reading.
+pub const APPLY_WINDOW: u64 = 1024;
+
+/// How long an ingest waits for this host to apply its acknowledged record
+/// before answering 202 (in the log, applied later).
+pub const APPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the shared log is.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// `nats://HOST:PORT`.
+    pub url: String,
+    /// The JetStream stream name; its subjects are `{stream}.>`.
+    pub stream: String,
+    /// Replicas of the stream when this host creates it (a NATS cluster of
+    /// at least that many servers; an ack then means a majority stored it).
+    pub replicas: usize,
+}
+
+/// One record of the shared log, as the engine applies it.
+#[derive(Debug)]
+pub struct LogEntry {
+    /// The stream sequence.
+    pub seq: u64,
+    /// What it holds.
+    pub kind: EntryKind,
+}
+
+/// What a record of the shared log holds.
+#[derive(Debug)]
+pub enum EntryKind {
+    /// An ingest request.
+    Ingest {
+        /// The ingest stream.
+        stream: String,
+        /// The body exactly as received.
+        body: Bytes,
+        /// The id its receiving host waits on.
+        request: Option<String>,
+    },
+    /// Plugin `plugin` runs build `fingerprint` from here on.
+    Build {
+        /// The plugin.
+        plugin: String,
+        /// The build's fingerprint.
+        fingerprint: String,
+        /// Its version, for messages.
+        version: String,
+    },
+    /// Not a record this version understands; applied as nothing on every
+    /// host (logged).
+    Unknown(String),
+}
+
+/// A build this host mapped, offered to the cluster: the consumer task
+/// publishes its marker unless the stream already runs it.
+#[derive(Debug)]
+pub(crate) struct Offer {
+    pub plugin: String,
+    pub fingerprint: String,
+    pub version: String,
+    /// Found in the plugins directory at start (rather than dropped in
+    /// later): then a marker is published only if the plugin has none yet,
+    /// so a restarting host with an old file does not switch the cluster
+    /// back to it.
+    pub at_start: bool,
+}
+
+/// What the async side and the engine share about the cluster.
+pub(crate) struct ClusterStatus {
+    /// The last stream sequence the engine applied.
+    pub applied: watch::Receiver<u64>,
+    /// The stream's last sequence when this host first reached it.
+    head_at_start: AtomicU64,
+    /// Applied everything up to `head_at_start` (sticky).
+    caught_up: AtomicBool,
+    /// What the engine last said about consuming.
+    pub engine: Mutex<EngineState>,
+    /// Ingest streams some loaded or staged build consumes: an ingest for
+    /// another stream is refused before it is published.
+    pub known_streams: RwLock<HashSet<String>>,
+    /// Builds to offer to the cluster.
+    pub offers: mpsc::UnboundedSender<Offer>,
+}
+
+/// What the engine tells the async side about consuming.
+#[derive(Debug, Default)]
+pub(crate) struct EngineState {
+    /// Why it stopped consuming (a missing build, a stuck projector).
+    pub paused: Option<String>,
+    /// Plugins with a staged build and no marker applied yet: their streams
+    /// are not served until the marker (published at start) is read.
+    pub unmarked: Vec<String>,
+}
+
+/// The engine's end of the cluster channels.
+pub(crate) struct EngineLink {
+    pub status: Arc<ClusterStatus>,
+    pub applied: watch::Sender<u64>,
+}
+
+/// Readiness as `/readyz` reports it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Readiness {
+    pub ready: bool,
+    pub status: &'static str,
+    pub applied: u64,
+    pub head: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The channels between the engine and the async side, before either runs.
+pub(crate) fn channels(applied_from: u64) -> (EngineLink, mpsc::UnboundedReceiver<Offer>) {
+    let (applied, applied_rx) = watch::channel(applied_from);
+    let (offers, offers_rx) = mpsc::unbounded_channel();
+    let status = Arc::new(ClusterStatus {
+        applied: applied_rx,
+        head_at_start: AtomicU64::new(u64::MAX),
+        caught_up: AtomicBool::new(false),
+        engine: Mutex::new(EngineState::default()),
+        known_streams: RwLock::new(HashSet::new()),
+        offers,
+    });
+    (EngineLink { status, applied }, offers_rx)
+}
+
+/// The async side of a cluster member.
+pub(crate) struct Cluster {
+    config: ClusterConfig,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    status: Arc<ClusterStatus>,
+    /// Prefix of this host's request ids.
+    host_id: String,
+    next_request: AtomicU64,
+}
+
+impl Cluster {
+    /// Connects (in the background: an unreachable NATS is retried
+    /// forever) and starts consuming after the record the engine applied
+    /// last, and publishing offered build markers.
+    pub async fn start(
+        config: ClusterConfig,
+        status: Arc<ClusterStatus>,
+        offers: mpsc::UnboundedReceiver<Offer>,
+        engine: EngineHandle,
+    ) -> Result<Arc<Cluster>, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("vista")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(1000))
+            })
+            .connect(config.url.as_str())
+            .await
+            .map_err(|e| format!("cannot use NATS at {}: {e}", config.url))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client.clone());
+        let host_id = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        );
+        let cluster = Arc::new(Cluster {
+            config,
+            client,
+            js,
+            status,
+            host_id,
+            next_request: AtomicU64::new(1),
+        });
+        tokio::spawn(cluster.clone().consume(engine));
+        tokio::spawn(cluster.clone().publish_offers(offers));
+        Ok(cluster)
+    }
+
+    fn ingest_subject(&self) -> String {
+        format!("{}.ingest", self.config.stream)
+    }
+
+    fn build_subject(&self, plugin: &str) -> String {
+        format!("{}.build.{}", self.config.stream, subject_token(plugin))
+    }
+
+    /// Whether NATS is connected right now.
+    fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Publishes an ingest request and waits until this host applied it.
+    pub async fn ingest(
+        &self,
+        engine: &EngineHandle,
+        stream: &str,
+        body: &IngestBody,
+    ) -> Result<Ingested, IngestError> {
+        let known = self
+            .status
+            .known_streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(stream);
+        if !known {
+            return Err(IngestError::UnknownStream(stream.to_owned()));
+        }
+        if !self.connected() {
+            return Err(IngestError::LogUnavailable(format!(
+                "NATS at {} is not connected",
+                self.config.url
+            )));
+        }
+        let max_payload = self.client.server_info().max_payload;
+        if max_payload > 0 && body.raw().len() > max_payload {
+            return Err(IngestError::TooLargeForLog { max_payload });
+        }
+        let request = format!(
+            "{}.{}",
+            self.host_id,
+            self.next_request.fetch_add(1, Ordering::Relaxed)
+        );
+        let (reply, applied) = oneshot::channel();
+        engine.send(Command::ClusterWait {
+            request: request.clone(),
+            reply,
+        });
+        let mut headers = HeaderMap::new();
+        headers.insert("Vista-Stream", stream);
+        headers.insert("Vista-Request", request.as_str());
+        headers.insert("Nats-Msg-Id", request.as_str());
+        let acked = async {
+            self.js
+                .publish_with_headers(self.ingest_subject(), headers, body.raw().clone())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        };
+        let ack = match acked.await {
+            Ok(ack) => ack,
+            Err(err) => {
+                engine.send(Command::ClusterForget { request });
+                metrics::counter!("vista_cluster_publish_failed_total").increment(1);
+                return Err(IngestError::LogUnavailable(err.to_string()));
+            }
+        };
+        match tokio::time::timeout(APPLY_WAIT, applied).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(IngestError::ShuttingDown),
+            Err(_) => {
+                engine.send(Command::ClusterForget { request });
+                Err(IngestError::NotAppliedYet {
+                    stream_seq: ack.sequence,
+                })
+            }
+        }
+    }
+
+    /// `/readyz`: caught up with the stream as it was at start, and not
+    /// paused for a missing build.
+    pub fn readiness(&self) -> Readiness {
+        let applied = *self.status.applied.borrow();
+        let head = self.status.head_at_start.load(Ordering::Acquire);
+        let engine = self.status.engine.lock().unwrap_or_else(|e| e.into_inner());
+        let caught_up = self.status.caught_up.load(Ordering::Acquire);
+        let (status, reason) = if let Some(reason) = &engine.paused {
+            ("paused", Some(reason.clone()))
+        } else if !caught_up {
+            ("catching-up", None)
+        } else if !engine.unmarked.is_empty() {
+            (
+                "waiting-for-build-markers",
+                Some(format!(
+                    "no build marker applied yet for: {}",
+                    engine.unmarked.join(", ")
+                )),
+            )
+        } else {
+            ("ready", None)
+        };
+        Readiness {
+            ready: status == "ready",
+            status,
+            applied,
+            head: if head == u64::MAX { 0 } else { head },
+            reason,
+        }
+    }
+
+    /// Makes sure the stream exists (retrying while NATS is unreachable)
+    /// and returns its last sequence.
+    async fn open_stream(&self) -> stream::Stream {
+        let mut warned: Option<Instant> = None;
+        loop {
+            let created = self
+                .js
+                .get_or_create_stream(stream::Config {
+                    name: self.config.stream.clone(),
+                    subjects: vec![format!("{}.>", self.config.stream)],
+                    storage: stream::StorageType::File,
+                    duplicate_window: Duration::from_secs(120),
+                    num_replicas: self.config.replicas.max(1),
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(stream) => return stream,
+                Err(err) => {
+                    if warn_now(&mut warned) {
+                        tracing::warn!(url = %self.config.url, stream = %self.config.stream, %err, "cannot open the cluster stream; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads the stream in order after the last applied record and hands
+    /// each record to the engine, forever; a broken consumer is recreated
+    /// after the last record handed over.
+    async fn consume(self: Arc<Self>, engine: EngineHandle) {
+        let mut stream = self.open_stream().await;
+        let mut handed = *self.status.applied.borrow();
+        let mut applied = self.status.applied.clone();
+        let mut last_progress_log = Instant::now();
+        loop {
+            if self.status.head_at_start.load(Ordering::Acquire) == u64::MAX {
+                match stream.info().await {
+                    Ok(info) => {
+                        let head = info.state.last_sequence;
+                        self.status.head_at_start.store(head, Ordering::Release);
+                        tracing::info!(applied = handed, head, stream = %self.config.stream, "joined the cluster stream; catching up");
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "cannot read the cluster stream's state; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let ordered = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: handed + 1,
+                    },
+                    ..Default::default()
+                })
+                .await;
+            let messages = match ordered {
+                Ok(consumer) => consumer.messages().await,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot create the cluster consumer; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    stream = self.open_stream().await;
+                    continue;
+                }
+            };
+            let mut messages = match messages {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot read the cluster stream; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            loop {
+                self.note_catch_up(*applied.borrow(), &mut last_progress_log);
+                // Bounded hand-over: wait while the engine is behind.
+                while handed.saturating_sub(*applied.borrow()) >= APPLY_WINDOW {
+                    if applied.changed().await.is_err() {
+                        return;
+                    }
+                }
+                let next = tokio::select! {
+                    next = messages.next() => next,
+                    // Wake up to report catch-up progress while idle.
+                    _ = applied.changed() => continue,
+                };
+                let message = match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(err)) => {
+                        tracing::warn!(%err, "cluster consumer failed; recreating it");
+                        break;
+                    }
+                    None => break,
+                };
+                let Ok(info) = message.info() else {
+                    continue;
+                };
+                let seq = info.stream_sequence;
+                if seq <= handed {
+                    continue;
+                }
+                let entry = decode(&self.config.stream, seq, &message);
+                handed = seq;
+                engine.send(Command::ClusterRecord(entry));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Marks the host caught up once it applied the stream's head as of
+    /// joining; logs progress every 2 s until then.
+    fn note_catch_up(&self, applied: u64, last_log: &mut Instant) {
+        if self.status.caught_up.load(Ordering::Acquire) {
+            return;
+        }
+        let head = self.status.head_at_start.load(Ordering::Acquire);
+        if applied >= head {
+            self.status.caught_up.store(true, Ordering::Release);
+            tracing::info!(applied, head, "caught up with the cluster stream");
+        } else if last_log.elapsed() >= Duration::from_secs(2) {
+            *last_log = Instant::now();
+            tracing::info!(applied, head, "catching up with the cluster stream");
+        }
+    }
+
+    /// Publishes the markers of offered builds (see [`Offer`]), retrying
+    /// while NATS is unreachable.
+    async fn publish_offers(self: Arc<Self>, mut offers: mpsc::UnboundedReceiver<Offer>) {
+        let stream = self.open_stream().await;
+        while let Some(offer) = offers.recv().await {
+            let mut warned: Option<Instant> = None;
+            while let Err(err) = self.offer(&stream, &offer).await {
+                if warn_now(&mut warned) {
+                    tracing::warn!(plugin = %offer.plugin, fingerprint = %offer.fingerprint, %err, "cannot publish the build marker; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    async fn offer(&self, stream: &stream::Stream, offer: &Offer) -> Result<(), String> {
+        let subject = self.build_subject(&offer.plugin);
+        let latest = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => serde_json::from_slice::<BuildMarker>(&message.payload)
+                .ok()
+                .map(|m| m.fingerprint),
+            Err(err)
+                if err.kind()
+                    == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                None
+            }
+            Err(err) => return Err(err.to_string()),
+        };
+        match &latest {
+            Some(current) if *current == offer.fingerprint => return Ok(()),
+            Some(current) if offer.at_start => {
+                tracing::warn!(
+                    plugin = %offer.plugin,
+                    here = %offer.fingerprint,
+                    cluster = %current,
+                    "this host's build of the plugin differs from the cluster's; it will pause at the cluster's build marker until it has that file"
+                );
+                return Ok(());
+            }
+            _ => {}
+        }
+        let marker = BuildMarker {
+            plugin: offer.plugin.clone(),
+            fingerprint: offer.fingerprint.clone(),
+            version: offer.version.clone(),
+        };
+        let mut headers = HeaderMap::new();
+        // Hosts given the same build at once publish one marker.
+        let id = format!(
+            "build/{}/{}/{}",
+            offer.plugin,
+            latest.as_deref().unwrap_or("-"),
+            offer.fingerprint
+        );
+        headers.insert("Nats-Msg-Id", id.as_str());
+        let ack = self
+            .js
+            .publish_with_headers(
+                subject,
+                headers,
+                serde_json::to_vec(&marker)
+                    .expect("marker serializes")
+                    .into(),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(plugin = %offer.plugin, fingerprint = %offer.fingerprint, position = ack.sequence, duplicate = ack.duplicate, "build marker published");
+        Ok(())
+    }
+}
+
+/// Whether a repeated failure is worth a log line: the first, then one
+/// every 5 s.
+fn warn_now(last: &mut Option<Instant>) -> bool {
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(5)) {
+        return false;
+    }
+    *last = Some(Instant::now());
+    true
+}
+
+/// The payload of a `{stream}.build.{plugin}` record.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BuildMarker {
+    plugin: String,
+    fingerprint: String,
+    version: String,
+}
+
+/// Reads a stream message as a log record.
+fn decode(stream_name: &str, seq: u64, message: &jetstream::Message) -> LogEntry {
+    let subject = message.subject.as_str();
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_owned())
+    };
+    let kind = match subject
+        .strip_prefix(stream_name)
+        .and_then(|s| s.strip_prefix('.'))
+    {
+        Some("ingest") => match header("Vista-Stream") {
+            Some(stream) => EntryKind::Ingest {
+                stream,
+                body: message.payload.clone(),
+                request: header("Vista-Request"),
+            },
+            None => EntryKind::Unknown("an ingest record without Vista-Stream".into()),
+        },
+        Some(rest) if rest.starts_with("build.") => {
+            match serde_json::from_slice::<BuildMarker>(&message.payload) {
+                Ok(marker) => EntryKind::Build {
+                    plugin: marker.plugin,
+                    fingerprint: marker.fingerprint,
+                    version: marker.version,
+                },
+                Err(err) => {
+                    EntryKind::Unknown(format!("a build marker that does not parse: {err}"))
+                }
+            }
+        }
+        _ => EntryKind::Unknown(format!("subject {subject}")),
+    };
+    LogEntry { seq, kind }
+}
+
+/// A plugin name as one subject token: kept if it is letters, digits, `_`
+/// and `-`; otherwise hex-encoded (prefixed `x`) so no name can add tokens
+/// or wildcards.
+fn subject_token(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        name.to_owned()
+    } else {
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x{hex}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_names_become_single_safe_tokens() {
+        assert_eq!(subject_token("tokens"), "tokens");
+        assert_eq!(subject_token("my-plugin_2"), "my-plugin_2");
+        assert_eq!(subject_token("a.b"), "x612e62");
+        assert_eq!(subject_token("*"), "x2a");
+        assert_eq!(subject_token(">"), "x3e");
+    }
+}

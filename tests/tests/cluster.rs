@@ -1,0 +1,630 @@
+//! Scale-out: several real `vista` hosts sharing one real `nats-server -js`
+//! (Debian's package; each test starts its own on a free port with a temp
+//! store and stops it by PID).
+//!
+//! - ingest through each host in turn: raw clients on every host, and the
+//!   published TypeScript client on one host fed through another, end with
+//!   identical views equal to a model; `_seq` cursors work across hosts;
+//! - `kill -9` of a host during ingest: it comes back from its checkpoint,
+//!   catches up and equals the others; nothing acknowledged is lost;
+//! - NATS stopped and restarted during ingest: 503 `log-unavailable` while
+//!   it is down, nothing acknowledged lost, hosts resume without restart;
+//! - a new build dropped on each host at different moments: every host
+//!   switches at the marker's position (a host without the file pauses
+//!   there, not ready), and all end equal to a model applying the old build
+//!   before the marker and the new one after.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use vista_tests::{
+    apply_frame, variant_artifact, workspace_root, Host, NatsServer, PluginFile, Received,
+};
+
+/// Cluster tests start several hosts and a NATS server each: one at a time
+/// keeps them within this machine's two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const READY: Duration = Duration::from_secs(30);
+const CONVERGE: Duration = Duration::from_secs(30);
+
+fn tokens() -> Vec<PluginFile> {
+    vec![PluginFile::Built("vista_tokens", "tokens.so")]
+}
+
+fn games() -> Vec<PluginFile> {
+    vec![PluginFile::Built("vista_games", "games.so")]
+}
+
+fn created(mint: &str, supply: i64) -> Value {
+    json!({"type": "token_created", "mint": mint, "symbol": "S", "decimals": 0, "supply": supply})
+}
+
+/// A raw WebSocket client on one host, applying every frame of one view
+/// to a map in the background.
+struct Mirror {
+    state: Arc<Mutex<BTreeMap<String, Value>>>,
+}
+
+impl Mirror {
+    async fn start(host: &Host, view: &str) -> Mirror {
+        let mut client = host.client().await;
+        client
+            .subscribe(json!({"type": "subscribe", "view": view}))
+            .await;
+        let state = Arc::new(Mutex::new(BTreeMap::new()));
+        for frame in client.snapshot_frames().await {
+            apply_frame(&mut state.lock().unwrap(), &frame);
+        }
+        let held = state.clone();
+        tokio::spawn(async move {
+            while let Some(received) = client.recv_within(Duration::from_secs(300)).await {
+                if let Received::Json { value, .. } = received {
+                    apply_frame(&mut held.lock().unwrap(), &value);
+                }
+            }
+        });
+        Mirror { state }
+    }
+
+    fn get(&self) -> BTreeMap<String, Value> {
+        self.state.lock().unwrap().clone()
+    }
+}
+
+/// A fresh subscription's whole snapshot of `view` on `host`.
+async fn view_of(host: &Host, view: &str) -> BTreeMap<String, Value> {
+    let mut client = host.client().await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": view}))
+        .await;
+    client.snapshot().await.into_iter().collect()
+}
+
+/// One field of every entity.
+fn field(state: &BTreeMap<String, Value>, name: &str) -> BTreeMap<String, i64> {
+    state
+        .iter()
+        .map(|(k, v)| (k.clone(), v[name].as_i64().unwrap_or(i64::MIN)))
+        .collect()
+}
+
+/// Waits until `done` holds; panics with `what` and the last value after
+/// `limit`.
+async fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl FnMut() -> (bool, T),
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (done, seen) = probe();
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {what}; last seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The stream position of an ingest reply's `seq` (`_seq >> 24`).
+fn position(reply: &Value) -> u64 {
+    reply["seq"].as_str().unwrap().parse::<u64>().unwrap() >> 24
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_take_ingest_in_turn_and_serve_identical_views() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let hosts = [
+        Host::cluster_member(&nats, tokens()).await,
+        Host::cluster_member(&nats, tokens()).await,
+        Host::cluster_member(&nats, tokens()).await,
+    ];
+    for host in &hosts {
+        host.wait_ready(READY).await;
+    }
+    let mut mirrors = Vec::new();
+    for host in &hosts {
+        mirrors.push(Mirror::start(host, "Token/list").await);
+    }
+    let mut model: BTreeMap<String, i64> = BTreeMap::new();
+    let mut cursor = None;
+    let mut changed_after_cursor = BTreeSet::new();
+    for i in 0..36usize {
+        let host = &hosts[i % 3];
+        let events: Vec<Value> = if i < 12 {
+            vec![created(&format!("m{i:02}"), 100 + i as i64)]
+        } else if i == 14 {
+            vec![json!({"type": "token_closed", "mint": "m03"})]
+        } else {
+            let mint = format!("m{:02}", [0, 1, 2, 4, 5, 6, 7][i % 7]);
+            vec![
+                json!({"type": "supply_changed", "mint": mint, "delta": i as i64 - 20}),
+                json!({"type": "supply_changed", "mint": mint, "delta": 1}),
+            ]
+        };
+        let reply = host.ingest_ok("tokens", &events).await;
+        for event in &events {
+            let mint = event["mint"].as_str().unwrap().to_owned();
+            match event["type"].as_str().unwrap() {
+                "token_created" => {
+                    model.insert(mint.clone(), event["supply"].as_i64().unwrap());
+                }
+                "token_closed" => {
+                    model.remove(&mint);
+                }
+                _ => *model.get_mut(&mint).unwrap() += event["delta"].as_i64().unwrap(),
+            }
+            if cursor.is_some() {
+                changed_after_cursor.insert(mint);
+            }
+        }
+        if i == 20 {
+            cursor = Some(reply["seq"].as_str().unwrap().to_owned());
+        }
+        if i == 10 {
+            // Refused by the projector: 422 on the host that took it; in
+            // the log, refused identically (and counted) everywhere.
+            let (status, reply) = hosts[1]
+                .ingest(
+                    "tokens",
+                    json!({"type": "supply_changed", "mint": "ghost", "delta": 1}).to_string(),
+                )
+                .await;
+            assert_eq!(
+                (status, reply["error"].as_str()),
+                (422, Some("projector-error")),
+                "{reply}"
+            );
+        }
+    }
+    // An unknown stream is refused before it reaches the log.
+    let (status, reply) = hosts[2].ingest("nope", "{}").await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (404, Some("unknown-stream")),
+        "{reply}"
+    );
+
+    for (n, mirror) in mirrors.iter().enumerate() {
+        wait_for(
+            &format!("host {n}'s client equals the model"),
+            CONVERGE,
+            || {
+                let seen = field(&mirror.get(), "supply");
+                (seen == model, seen)
+            },
+        )
+        .await;
+    }
+    let first = view_of(&hosts[0], "Token/list").await;
+    assert_eq!(field(&first, "supply"), model);
+    for host in &hosts[1..] {
+        assert_eq!(
+            view_of(host, "Token/list").await,
+            first,
+            "whole entities, `_seq` included, are equal on every host"
+        );
+    }
+    for host in &hosts {
+        // Every host applied the refused record by now (the views above
+        // include later records): each refused it once.
+        assert_eq!(host.metric("vista_cluster_refused_total").await, 1.0);
+    }
+
+    // A `_seq` cursor from one host resumes on another.
+    let mut client = hosts[2].client().await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/list", "after": cursor.unwrap()}))
+        .await;
+    let resumed: BTreeSet<String> = client.snapshot_keys().await.into_iter().collect();
+    assert_eq!(resumed, changed_after_cursor);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_typescript_client_on_one_host_follows_ingest_through_another() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let reader = Host::cluster_member(&nats, tokens()).await;
+    let writer = Host::cluster_member(&nats, tokens()).await;
+    reader.wait_ready(READY).await;
+    writer.wait_ready(READY).await;
+    // tokens.mjs subscribes through VISTA_WS_URL and ingests through
+    // VISTA_HTTP_URL, then asserts its store holds exactly its model.
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new("node")
+            .arg("tokens.mjs")
+            .current_dir(workspace_root().join("tests/ts-client"))
+            .env("VISTA_WS_URL", reader.ws_url())
+            .env("VISTA_HTTP_URL", writer.http_url())
+            .output()
+            .expect("run node")
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "tokens.mjs failed: {stdout}\n{}\nreader log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        reader.log()
+    );
+    let summary: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(
+        view_of(&reader, "Token/list").await,
+        view_of(&writer, "Token/list").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_during_ingest_comes_back_and_catches_up_losing_nothing() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let steady = Host::cluster_member(&nats, tokens()).await;
+    let mut crashing = Host::start(
+        tokens(),
+        &["--cluster", &nats.url(), "--checkpoint-every-events", "20"],
+    )
+    .await;
+    steady.wait_ready(READY).await;
+    crashing.wait_ready(READY).await;
+    let mut acked = BTreeSet::new();
+    for i in 0..60 {
+        let host = if i % 2 == 0 { &steady } else { &crashing };
+        let mint = format!("a{i:03}");
+        host.ingest_ok("tokens", &[created(&mint, i)]).await;
+        acked.insert(mint);
+    }
+    // Ingest keeps flowing through the steady host while the other dies.
+    let writer = {
+        let url = steady.http_url();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut acked = Vec::new();
+            for i in 60..160 {
+                let mint = format!("a{i:03}");
+                let reply = http
+                    .post(format!("{url}/ingest/tokens"))
+                    .body(created(&mint, i).to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(reply.status().as_u16(), 200);
+                acked.push(mint);
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    crashing.kill9();
+    let during = writer.await.unwrap();
+    acked.extend(during);
+    crashing.restart().await;
+    crashing.wait_ready(READY).await;
+    assert!(
+        crashing.log().contains("cluster checkpoint loaded"),
+        "the restart starts from its local checkpoint:\n{}",
+        crashing.log()
+    );
+    for i in 160..180 {
+        let host = if i % 2 == 0 { &steady } else { &crashing };
+        let mint = format!("a{i:03}");
+        host.ingest_ok("tokens", &[created(&mint, i)]).await;
+        acked.insert(mint);
+    }
+    let expected: BTreeMap<String, i64> = acked
+        .iter()
+        .map(|m| (m.clone(), m[1..].parse().unwrap()))
+        .collect();
+    let steady_view = view_of(&steady, "Token/list").await;
+    assert_eq!(
+        field(&steady_view, "supply"),
+        expected,
+        "every acknowledged event is there"
+    );
+    // Read-your-writes holds for the host that took each request; the
+    // other catches up.
+    let mut last = BTreeMap::new();
+    let deadline = Instant::now() + CONVERGE;
+    while Instant::now() < deadline {
+        last = view_of(&crashing, "Token/list").await;
+        if last == steady_view {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        last, steady_view,
+        "the restarted host equals the other, `_seq`s included"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_answers_503_and_hosts_resume_without_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsServer::start();
+    let hosts = [
+        Host::cluster_member(&nats, tokens()).await,
+        Host::cluster_member(&nats, tokens()).await,
+    ];
+    for host in &hosts {
+        host.wait_ready(READY).await;
+    }
+    let pids: Vec<u32> = hosts.iter().map(Host::pid).collect();
+    let mut acked = BTreeSet::new();
+    let mut next = 0;
+    let ingest = |host: &Host, next: &mut i64| {
+        let mint = format!("n{next:03}");
+        *next += 1;
+        let body = created(&mint, *next).to_string();
+        let host_url = host.http_url();
+        async move {
+            let reply = reqwest::Client::new()
+                .post(format!("{host_url}/ingest/tokens"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = reply.status().as_u16();
+            let body: Value = reply.json().await.unwrap();
+            (mint, status, body)
+        }
+    };
+    for i in 0..30 {
+        let (mint, status, body) = ingest(&hosts[i % 2], &mut next).await;
+        assert_eq!(status, 200, "{body}");
+        acked.insert(mint);
+    }
+    tokio::task::block_in_place(|| nats.stop());
+    let mut unavailable = 0;
+    for i in 0..10 {
+        let (mint, status, body) = ingest(&hosts[i % 2], &mut next).await;
+        match status {
+            200 => {
+                acked.insert(mint);
+            }
+            503 => {
+                assert_eq!(body["error"], "log-unavailable", "{body}");
+                unavailable += 1;
+            }
+            other => panic!("during the outage: {other} {body}"),
+        }
+    }
+    assert_eq!(unavailable, 10, "every request while NATS is down gets 503");
+    // Serving goes on from the last state meanwhile.
+    assert_eq!(view_of(&hosts[0], "Token/list").await.len(), 30);
+    tokio::task::block_in_place(|| nats.restart());
+    // Hosts reconnect by themselves: ingest succeeds again on both.
+    for (n, host) in hosts.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (mint, status, body) = ingest(host, &mut next).await;
+            if status == 200 {
+                acked.insert(mint);
+                break;
+            }
+            assert_eq!(status, 503, "{body}");
+            assert!(
+                Instant::now() < deadline,
+                "host {n} did not resume: {body}\n{}",
+                host.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for i in 0..20 {
+        let (mint, status, body) = ingest(&hosts[i % 2], &mut next).await;
+        assert_eq!(status, 200, "{body}");
+        acked.insert(mint);
+    }
+    let first = view_of(&hosts[0], "Token/list").await;
+    let keys: BTreeSet<String> = first.keys().cloned().collect();
+    assert_eq!(keys, acked, "every acknowledged event and nothing refused");
+    let deadline = Instant::now() + CONVERGE;
+    let mut second = BTreeMap::new();
+    while Instant::now() < deadline {
+        second = view_of(&hosts[1], "Token/list").await;
+        if second == first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(second, first);
+    assert_eq!(
+        hosts.iter().map(Host::pid).collect::<Vec<_>>(),
+        pids,
+        "no host restarted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_build_switches_every_host_at_the_same_stream_position() {
+    let _serial = SERIAL.lock().await;
+    let double = variant_artifact("vista-games", "vista_games", "double-score");
+    let nats = NatsServer::start();
+    let hosts = [
+        Host::cluster_member(&nats, games()).await,
+        Host::cluster_member(&nats, games()).await,
+        Host::cluster_member(&nats, games()).await,
+    ];
+    for host in &hosts {
+        host.wait_ready(READY).await;
+    }
+    let drop_build = |host: &Host| {
+        let staging = host.plugins_dir.join("games-double.tmp");
+        std::fs::copy(&double, &staging).unwrap();
+        std::fs::rename(&staging, host.plugins_dir.join("games-double.so")).unwrap();
+    };
+    let games: Vec<String> = (0..6).map(|g| format!("g{g}")).collect();
+    let starts: Vec<Value> = games
+        .iter()
+        .enumerate()
+        .map(|(n, g)| json!({"type": "game_started", "game": g, "players": ["ann", "bob"], "startedAt": n}))
+        .collect();
+    hosts[0].ingest_ok("games", &starts).await;
+    // (position of the request, game, damage) for every attack acknowledged.
+    let mut attacks: Vec<(u64, String, i64)> = Vec::new();
+    let mut round = 0i64;
+    let attack_round = |host: &Host, round: &mut i64| {
+        *round += 1;
+        let events: Vec<Value> = games
+            .iter()
+            .enumerate()
+            .map(|(n, g)| json!({"type": "attack", "game": g, "player": "ann", "damage": (*round + n as i64) % 5 + 1}))
+            .collect();
+        let url = host.http_url();
+        async move {
+            let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+            let reply: Value = reqwest::Client::new()
+                .post(format!("{url}/ingest/games"))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (reply, events)
+        }
+    };
+    let record = |reply: Value, events: Vec<Value>, attacks: &mut Vec<(u64, String, i64)>| {
+        assert!(reply["seq"].is_string(), "{reply}");
+        for event in events {
+            attacks.push((
+                position(&reply),
+                event["game"].as_str().unwrap().to_owned(),
+                event["damage"].as_i64().unwrap(),
+            ));
+        }
+    };
+    for i in 0..5 {
+        let (reply, events) = attack_round(&hosts[i % 2], &mut round).await;
+        record(reply, events, &mut attacks);
+    }
+    // The new build reaches the first host: it publishes the marker.
+    drop_build(&hosts[0]);
+    let plugins = hosts[0]
+        .wait_for_plugins("the double-score build running", |p| {
+            p.as_array().unwrap().iter().any(|r| {
+                r["file"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("games-double.so")
+                    && r["state"] == "loaded"
+            })
+        })
+        .await;
+    let marker = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["file"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("games-double.so")
+        })
+        .unwrap()["since"]
+        .as_u64()
+        .expect("the build reports its marker's position");
+    let fingerprint = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| {
+            r["file"]
+                .as_str()
+                .unwrap_or("")
+                .ends_with("games-double.so")
+        })
+        .unwrap()["fingerprint"]
+        .clone();
+    // Ingest goes on through the host that has the build: the others
+    // stop at the marker (an ingest through them would wait for them).
+    for _ in 0..5 {
+        let (reply, events) = attack_round(&hosts[0], &mut round).await;
+        record(reply, events, &mut attacks);
+    }
+    // The third host reached the marker without the file: paused, not
+    // ready, the missing build named.
+    let third = &hosts[2];
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (status, body) = third.get_json("/readyz").await;
+        if status == 503 && body["status"] == "paused" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "third host not paused: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, plugins) = third.get_json("/plugins").await;
+    assert!(
+        plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["state"] == "missing" && r["fingerprint"] == fingerprint),
+        "{plugins}"
+    );
+    drop_build(&hosts[1]);
+    hosts[1].wait_ready(READY).await;
+    for i in 0..5 {
+        let (reply, events) = attack_round(&hosts[i % 2], &mut round).await;
+        record(reply, events, &mut attacks);
+    }
+    drop_build(third);
+    third.wait_ready(READY).await;
+    for i in 0..3 {
+        let (reply, events) = attack_round(&hosts[i % 3], &mut round).await;
+        record(reply, events, &mut attacks);
+    }
+
+    let mut model: BTreeMap<String, i64> = games.iter().map(|g| (g.clone(), 0)).collect();
+    for (position, game, damage) in &attacks {
+        let factor = if *position < marker { 1 } else { 2 };
+        *model.get_mut(game).unwrap() += factor * damage;
+    }
+    assert!(
+        attacks.iter().any(|a| a.0 < marker) && attacks.iter().any(|a| a.0 > marker),
+        "attacks on both sides of the marker"
+    );
+    let mut views = Vec::new();
+    for host in &hosts {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let view = view_of(host, "Game/list").await;
+            if field(&view, "score") == model || Instant::now() >= deadline {
+                views.push(view);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for (n, view) in views.iter().enumerate() {
+        assert_eq!(field(view, "score"), model, "host {n} equals the model");
+        assert_eq!(view, &views[0], "host {n} equals host 0, `_seq`s included");
+    }
+    for host in &hosts {
+        let (_, plugins) = host.get_json("/plugins").await;
+        let running = plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"] == "loaded")
+            .unwrap()
+            .clone();
+        assert_eq!(running["fingerprint"], fingerprint, "{plugins}");
+        assert_eq!(
+            running["since"], marker,
+            "every host switched at the same position"
+        );
+    }
+}

@@ -11,6 +11,7 @@
 //! target/release/loadgen snapshot --entities 100000 --clients 100
 //! target/release/loadgen ingest   --events 20000
 //! target/release/loadgen durable  --batch 100
+//! target/release/loadgen cluster  --clients 15000 --hosts 3
 //! ```
 //!
 //! `ingest` measures the host alone: the cost per event of requests of 10
@@ -37,6 +38,7 @@
 //! The report is JSON on stdout; a summary goes to stderr.
 
 mod baseline;
+mod cluster;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -145,6 +147,39 @@ enum Scenario {
         /// Events logged before each restart.
         #[arg(long, default_value_t = 1_000_000)]
         restart_events: usize,
+    },
+    /// Hosts sharing a NATS JetStream stream (`nats-server` on PATH): fan-out
+    /// with `--clients` per host against one host holding as many, ingest
+    /// latency added by the JetStream round trip, events/s through the cluster.
+    Cluster {
+        #[command(flatten)]
+        common: Common,
+        /// Cluster members.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Events ingested through the first host during fan-out.
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+        /// One-event requests, one after another, for the latency figures.
+        #[arg(long, default_value_t = 2000)]
+        latency_requests: usize,
+        /// Events posted for the throughput figure.
+        #[arg(long, default_value_t = 200_000)]
+        throughput_events: usize,
+        /// Concurrent posters for the throughput figure.
+        #[arg(long, default_value_t = 16)]
+        posters: usize,
+    },
+    /// (internal) Hold `--clients` subscribed clients of one host for `cluster`.
+    Clients {
+        #[command(flatten)]
+        common: Common,
+        /// The host.
+        #[arg(long)]
+        addr: String,
+        /// Frames to wait for in total.
+        #[arg(long)]
+        expect: u64,
     },
     /// (internal) Run the baseline broadcaster.
     BaselineServer {
@@ -1420,6 +1455,11 @@ fn main() -> anyhow::Result<()> {
                 let events = rate * seconds as usize;
                 json!({"scenario": "latency", "rate": rate, "result": compare(&common, events, Some(rate)).await?})
             }
+            Scenario::Cluster { common, hosts, events, latency_requests, throughput_events, posters } => json!({
+                "scenario": "cluster",
+                "result": cluster::run(&common, hosts, events, latency_requests, throughput_events, posters).await?,
+            }),
+            Scenario::Clients { common, addr, expect } => return cluster::clients_child(&addr, expect, &common).await,
             Scenario::Idle { common, hold } => json!({"scenario": "idle", "result": idle(&common, hold).await?}),
             Scenario::Snapshot { common, entities } => json!({"scenario": "snapshot", "result": snapshot(&common, entities).await?}),
             Scenario::Ingest { common, events } => json!({"scenario": "ingest", "result": ingest_scaling(&common, events).await?}),

@@ -54,7 +54,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use vista_plugin_api::view::ViewDef;
-use vista_plugin_api::{Manifest, Mutation};
+use vista_plugin_api::{Hidden, Manifest, Mutation};
 
 use crate::durable::{
     Checkpoint, EventLog, FsyncPolicy, LogRecord, LogStats, LogWriter, WriterJob, WriterReport,
@@ -1231,6 +1231,7 @@ impl Engine {
             rec,
             last_seq: store.version(),
             entities: store.entities(),
+            hidden: store.hidden_states(),
         };
         drop(store);
         durable.writer.submit(WriterJob::Checkpoint(checkpoint));
@@ -1261,7 +1262,7 @@ impl Engine {
         if let Some(checkpoint) = log.load_checkpoint()? {
             after = checkpoint.rec;
             let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-            store.restore(checkpoint.entities, checkpoint.last_seq);
+            store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
             // The plugins' views were built over the empty store.
             self.views.rebuild_all(&store);
             tracing::info!(
@@ -1549,6 +1550,15 @@ impl Engine {
             }
             value
         };
+        // An entity the new build computes differently (visibly, or only in
+        // its hidden aggregate state) is deleted and replaced whole, hidden
+        // state included, so later `unique_count`s go on from the rebuilt sets.
+        let hidden_of = |store: &Store, entity: &str, key: &str| {
+            store
+                .hidden(entity, key)
+                .map(|h| Hidden::clone(h))
+                .unwrap_or_default()
+        };
         let mut mutations = Vec::new();
         {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
@@ -1559,12 +1569,16 @@ impl Engine {
                 for (key, value) in live {
                     match shadow.get(entity, key) {
                         None => mutations.push(Mutation::delete(entity, key.clone())),
-                        Some(rebuilt) if without_seq(rebuilt) != without_seq(value) => {
+                        Some(rebuilt)
+                            if without_seq(rebuilt) != without_seq(value)
+                                || store.hidden(entity, key) != shadow.hidden(entity, key) =>
+                        {
                             mutations.push(Mutation::delete(entity, key.clone()));
-                            mutations.push(Mutation::patch(
+                            mutations.push(Mutation::replace(
                                 entity,
                                 key.clone(),
                                 without_seq(rebuilt),
+                                hidden_of(&shadow, entity, key),
                             ));
                         }
                         Some(_) => {}
@@ -1575,7 +1589,12 @@ impl Engine {
                 rebuilt.sort_by(|a, b| a.0.cmp(b.0));
                 for (key, value) in rebuilt {
                     if store.get(entity, key).is_none() {
-                        mutations.push(Mutation::patch(entity, key.clone(), without_seq(value)));
+                        mutations.push(Mutation::replace(
+                            entity,
+                            key.clone(),
+                            without_seq(value),
+                            hidden_of(&shadow, entity, key),
+                        ));
                     }
                 }
             }

@@ -13,6 +13,8 @@
 //! - [`mutation`]: what a projector returns ([`Mutation`]) and the one
 //!   implementation of the merge rules (deep merge, append paths, delete)
 //!   shared by the host's store and by plugin unit tests ([`MemoryState`]).
+//! - [`aggregate`]: per-field operations the host evaluates on a patch
+//!   (`add`, `count`, `max`, `min`, `set_once`, `unique_count`).
 //! - [`ffi`]: the root module, the state-reader trait object and the
 //!   `extern "C"` entry points generated for a plugin. Plugin authors never
 //!   touch it directly.
@@ -41,14 +43,19 @@
 //! ```
 
 // `sabi_trait` expands to impls inside a const block.
+pub mod aggregate;
 #[allow(non_local_definitions)]
 pub mod ffi;
 pub mod manifest;
 pub mod mutation;
 pub mod view;
 
+pub use aggregate::{Aggregate, Hidden};
 pub use manifest::{EntityDef, Manifest};
-pub use mutation::{apply_mutation, apply_patch, merge_patch, MemoryState, Mutation, MutationKind};
+pub use mutation::{
+    apply_mutation, apply_patch, merge_patch, Applied, MemoryState, Mutation, MutationError,
+    MutationKind,
+};
 pub use serde_json::{json, Map, Number, Value};
 
 #[doc(hidden)]
@@ -58,7 +65,14 @@ pub use abi_stable;
 /// module reports another value, even when the `abi_stable` layout happens to
 /// match: bump it whenever the meaning of the JSON exchanged across the
 /// boundary changes.
-pub const CONTRACT_VERSION: u32 = 1;
+///
+/// Version 2 added aggregates (`"aggregates"` in patch mutations). The host
+/// still loads plugins of every version from [`OLDEST_CONTRACT_VERSION`]
+/// up: their JSON means the same to it.
+pub const CONTRACT_VERSION: u32 = 2;
+
+/// The oldest contract version the host still loads.
+pub const OLDEST_CONTRACT_VERSION: u32 = 1;
 
 /// An error returned by a projector. The host answers the ingest request that
 /// caused it with HTTP 422 naming the plugin and this message.

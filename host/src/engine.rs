@@ -66,7 +66,7 @@ use crate::plugins::{self, LoadError, PluginLibrary, PluginReport, PluginState};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
 use crate::reproject::{ReprojectReport, ReprojectionStatus, Reprojector};
 use crate::store::Store;
-use crate::views::{Notice, Removed, Views};
+use crate::views::{Notice, Removed, SubscribeError, Views};
 use crate::vocab::{ConnId, SubscribeRequest};
 
 /// Result of a successful ingest.
@@ -1741,7 +1741,14 @@ impl Engine {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         match self.views.subscribe(conn, request, &store) {
             Ok(start) => start.send(conn, &mut |_, notice| tell(&outbox, notice)),
-            Err(_) => {
+            Err(SubscribeError::InvalidFilter(message)) => {
+                outbox.push_reply(Outgoing::Frame(socket_issue(
+                    "invalid-filter",
+                    &message,
+                    false,
+                )));
+            }
+            Err(SubscribeError::ViewNotFound) => {
                 tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
                 outbox.push_reply(Outgoing::Frame(socket_issue(
                     "view-not-found",

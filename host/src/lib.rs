@@ -45,6 +45,7 @@
 pub mod auth;
 pub mod cli;
 pub mod durable;
+pub mod filters;
 pub mod frame;
 pub mod scaffold;
 pub mod store;

@@ -22,24 +22,39 @@
 //! # Example
 //!
 //! ```
+//! use vista_plugin_api::view::{gt, view};
 //! use vista_plugin_api::{json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
 //!
-//! #[derive(Default)]
 //! pub struct Counter;
 //!
 //! impl Plugin for Counter {
 //!     fn manifest() -> Manifest {
-//!         Manifest::new("counter", "0.1.0").entity("Counter").stream("clicks")
+//!         Manifest::new("counter", "0.1.0")
+//!             .entity("Counter")
+//!             .stream("clicks")
+//!             .view(view("Counter/popular").from("Counter").filter(gt("users", 1)).sort_desc("count").take(10))
 //!     }
 //!
-//!     fn project(state: &StateView<'_>, _stream: &str, event: &Value) -> Result<Vec<Mutation>, ProjectError> {
+//!     fn project(_: &StateView<'_>, _stream: &str, event: &Value) -> Result<Vec<Mutation>, ProjectError> {
 //!         let id = event["id"].as_str().ok_or_else(|| ProjectError::new("missing id"))?;
-//!         let count = state.get("Counter", id).and_then(|c| c["count"].as_i64()).unwrap_or(0);
-//!         Ok(vec![Mutation::patch("Counter", id, json!({ "count": count + 1 }))])
+//!         let user = event["user"].as_str().ok_or_else(|| ProjectError::new("missing user"))?;
+//!         Ok(vec![Mutation::patch("Counter", id, json!({ "id": id }))
+//!             .count("count")
+//!             .set_once("firstUser", user)
+//!             .unique_count("users", user)])
 //!     }
 //! }
 //!
 //! vista_plugin_api::export_plugin!(Counter);
+//!
+//! # use vista_plugin_api::{MemoryState, StateSource};
+//! let mut state = MemoryState::new();
+//! let click = |user: &str| json!({"id": "b", "user": user});
+//! state.ingest::<Counter>("clicks", &[click("ann"), click("bob"), click("ann")]).unwrap();
+//! let b = state.get("Counter", "b").unwrap();
+//! assert_eq!(b, json!({"id": "b", "count": 3, "firstUser": "ann", "users": 2}));
+//! assert!(Counter::manifest().views[0].matches(&b));
+//! assert_eq!(state.hidden("Counter", "b").unwrap().members("users").unwrap().len(), 2);
 //! ```
 
 // `sabi_trait` expands to impls inside a const block.

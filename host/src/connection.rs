@@ -200,7 +200,7 @@ fn handle_text(
         }
         Err(err) => {
             tracing::debug!(conn, %err, "invalid client message");
-            reply_issue(outbox, "invalid-message", &err.0);
+            reply_issue(outbox, err.code, &err.message);
         }
     }
 }

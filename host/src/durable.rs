@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition};
+use vista_plugin_api::Hidden;
 
 /// Version of the on-disk layout; a data directory of another version is
 /// refused with both versions named.
@@ -171,6 +172,19 @@ pub struct Checkpoint {
     /// Stored under a key of its own, absent when empty, so checkpoints of
     /// a single host keep their format.
     pub builds: Vec<(String, String)>,
+    /// Every entity's hidden aggregate state (`unique_count` member sets):
+    /// (type, key, state), for the entities that have one.
+    pub hidden: Vec<(String, String, Arc<Hidden>)>,
+}
+
+/// A checkpoint line holding one entity's hidden state. Entity lines are
+/// JSON arrays, these are objects, so the decoder tells them apart by their
+/// first byte (and a checkpoint without them reads as before).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HiddenLine<E, K, H> {
+    entity: E,
+    key: K,
+    hidden: H,
 }
 
 impl Checkpoint {
@@ -180,6 +194,15 @@ impl Checkpoint {
         out.extend_from_slice(&self.last_seq.to_le_bytes());
         for (entity, key, value) in &self.entities {
             serde_json::to_writer(&mut out, &(entity, key, &**value)).expect("entities serialize");
+            out.push(b'\n');
+        }
+        for (entity, key, hidden) in &self.hidden {
+            let line = HiddenLine {
+                entity,
+                key,
+                hidden: &**hidden,
+            };
+            serde_json::to_writer(&mut out, &line).expect("hidden state serializes");
             out.push(b'\n');
         }
         out
@@ -192,8 +215,15 @@ impl Checkpoint {
         let rec = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         let last_seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
         let mut entities = Vec::new();
+        let mut hidden = Vec::new();
         for (line, text) in bytes[16..].split(|b| *b == b'\n').enumerate() {
             if text.is_empty() {
+                continue;
+            }
+            if text[0] == b'{' {
+                let state: HiddenLine<String, String, Hidden> = serde_json::from_slice(text)
+                    .map_err(|e| format!("hidden state {}: {e}", line + 1))?;
+                hidden.push((state.entity, state.key, Arc::new(state.hidden)));
                 continue;
             }
             let (entity, key, value): (String, String, serde_json::Value) =
@@ -205,6 +235,7 @@ impl Checkpoint {
             last_seq,
             entities,
             builds: Vec::new(),
+            hidden,
         })
     }
 }
@@ -823,16 +854,26 @@ mod tests {
     fn checkpoints_round_trip() {
         let dir = tempfile_dir();
         let log = EventLog::open(&dir).unwrap();
+        let mut hidden = Hidden::default();
+        for trader in ["ann", "bob"] {
+            let m = vista_plugin_api::Mutation::patch("Token", "a", json!({}))
+                .unique_count("traders", trader);
+            vista_plugin_api::apply_mutation(&mut None, &mut hidden, &m);
+        }
         log.write_checkpoint(&Checkpoint {
             rec: 7,
             last_seq: 70,
             entities: vec![("Token".into(), "a".into(), Arc::new(json!({"supply": 1})))],
             builds: vec![("tokens".into(), "0123456789abcdef".into())],
+            hidden: vec![("Token".into(), "a".into(), Arc::new(hidden.clone()))],
         })
         .unwrap();
         let checkpoint = log.load_checkpoint().unwrap().unwrap();
         assert_eq!((checkpoint.rec, checkpoint.last_seq), (7, 70));
         assert_eq!(checkpoint.entities[0].2["supply"], 1);
+        assert_eq!(checkpoint.hidden.len(), 1);
+        assert_eq!(*checkpoint.hidden[0].2, hidden);
+        assert_eq!(hidden.members("traders").unwrap().len(), 2);
         assert_eq!(
             checkpoint.builds,
             [("tokens".into(), "0123456789abcdef".into())]
@@ -842,6 +883,7 @@ mod tests {
             last_seq: 71,
             entities: Vec::new(),
             builds: Vec::new(),
+            hidden: Vec::new(),
         })
         .unwrap();
         let checkpoint = log.load_checkpoint().unwrap().unwrap();

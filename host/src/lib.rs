@@ -48,6 +48,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod durable;
+pub mod filters;
 pub mod frame;
 pub mod scaffold;
 pub mod store;

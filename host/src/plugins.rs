@@ -39,7 +39,7 @@ use abi_stable::library::{lib_header_from_path, LibraryError};
 use abi_stable::std_types::{ROption, RStr, RString};
 use serde::{Deserialize, Serialize};
 use vista_plugin_api::ffi::{state_reader_ref, PluginModuleRef, StateReader};
-use vista_plugin_api::{Manifest, Mutation, CONTRACT_VERSION};
+use vista_plugin_api::{Manifest, Mutation, CONTRACT_VERSION, OLDEST_CONTRACT_VERSION};
 
 /// Why a plugin file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +68,12 @@ pub enum LoadError {
     #[error("cannot initialise the plugin: {0}")]
     Init(String),
     /// Built against another contract version.
-    #[error("plugin contract version {found}, this host speaks version {expected}")]
+    #[error("plugin contract version {found}, this host speaks versions {oldest} to {expected}")]
     ContractVersion {
         /// What the plugin reports.
         found: u32,
+        /// [`OLDEST_CONTRACT_VERSION`].
+        oldest: u32,
         /// [`CONTRACT_VERSION`].
         expected: u32,
     },
@@ -265,9 +267,10 @@ fn map(path: &Path) -> Result<(Manifest, PluginModuleRef), LoadError> {
         .and_then(|header| header.init_root_module::<PluginModuleRef>())
         .map_err(library_error)?;
     let found = module.contract_version();
-    if found != CONTRACT_VERSION {
+    if !(OLDEST_CONTRACT_VERSION..=CONTRACT_VERSION).contains(&found) {
         return Err(LoadError::ContractVersion {
             found,
+            oldest: OLDEST_CONTRACT_VERSION,
             expected: CONTRACT_VERSION,
         });
     }

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
-use vista_plugin_api::{apply_mutation, Mutation, MutationKind};
+use vista_plugin_api::{apply_mutation, Hidden, Mutation};
 
 use crate::ingest::IngestBody;
 use crate::plugins::{FnStateReader, PluginLibrary};
@@ -172,7 +172,9 @@ pub(crate) fn project_request(
     Ok(produced)
 }
 
-/// Checks what a projector returned: only its own entities, patches of objects.
+/// Checks what a projector returned: only its own entities, and what
+/// [`Mutation::validate`] accepts (a key, patches of objects, well-formed
+/// aggregates, no host-only kind).
 fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), String> {
     if !plugin
         .manifest
@@ -185,24 +187,16 @@ fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), Str
             mutation.entity
         ));
     }
-    if mutation.key.is_empty() {
-        return Err(format!("mutation of {} with an empty key", mutation.entity));
-    }
-    if let MutationKind::Patch { data, .. } = &mutation.kind {
-        if !data.is_object() {
-            return Err(format!(
-                "patch of {}[{}] is not a JSON object",
-                mutation.entity, mutation.key
-            ));
-        }
-    }
-    Ok(())
+    mutation.validate().map_err(|e| e.to_string())
 }
 
 /// A key the request has mutated: its value as of the last fold, and the
 /// staged mutations (event index, mutation index) not folded in yet.
 struct Staged {
     value: Option<Value>,
+    /// Its hidden aggregate state (shared with the store until a
+    /// `unique_count` or a delete changes it).
+    hidden: Arc<Hidden>,
     unfolded: Vec<(usize, usize)>,
     loaded: bool,
 }
@@ -230,6 +224,15 @@ impl<'s> Overlay<'s> {
     fn stored(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         store.get(entity, key).cloned()
+    }
+
+    /// The stored value and hidden state, under one read lock.
+    fn stored_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        (
+            store.get(entity, key).cloned(),
+            store.hidden(entity, key).cloned().unwrap_or_default(),
+        )
     }
 
     /// A staged mutation: of this request, or pending from earlier ones.
@@ -261,6 +264,7 @@ impl<'s> Overlay<'s> {
                 .entry((mutation.entity.clone(), mutation.key.clone()))
                 .or_insert_with(|| Staged {
                     value: None,
+                    hidden: Arc::default(),
                     unfolded: Vec::new(),
                     loaded: false,
                 })
@@ -278,11 +282,18 @@ impl<'s> Overlay<'s> {
             return self.stored(entity, key).map(|v| to_json(&v));
         };
         if !entry.loaded {
-            entry.value = self.stored(entity, key).map(|v| Value::clone(&v));
+            let (value, hidden) = self.stored_with_hidden(entity, key);
+            entry.value = value.map(|v| Value::clone(&v));
+            entry.hidden = hidden;
             entry.loaded = true;
         }
         for (event, index) in entry.unfolded.drain(..) {
-            apply_mutation(&mut entry.value, self.mutation(produced, event, index));
+            let mutation = self.mutation(produced, event, index);
+            if mutation.uses_hidden() {
+                apply_mutation(&mut entry.value, Arc::make_mut(&mut entry.hidden), mutation);
+            } else {
+                apply_mutation(&mut entry.value, &mut Hidden::default(), mutation);
+            }
         }
         entry.value.as_ref().map(to_json)
     }

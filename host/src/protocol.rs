@@ -2,10 +2,12 @@
 //! documented legacy form (`"op"`, or a bare `{"view":..}` subscribe).
 //!
 //! Anything malformed is an [`InvalidMessage`] whose text goes back to the
-//! client in an `invalid-message` socket issue; the connection stays open.
+//! client in an `invalid-message` socket issue (`invalid-filter` for a bad
+//! `filters` map); the connection stays open.
 
 use serde_json::{Map, Value};
 
+use crate::filters::Filters;
 use crate::vocab::SubscribeRequest;
 
 /// One message from a client.
@@ -31,11 +33,19 @@ pub enum ClientMessage {
 
 /// Why a client message was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct InvalidMessage(pub String);
+#[error("{message}")]
+pub struct InvalidMessage {
+    /// The socket issue code: `invalid-message`, or `invalid-filter`.
+    pub code: &'static str,
+    /// What was wrong.
+    pub message: String,
+}
 
 fn invalid(message: impl Into<String>) -> InvalidMessage {
-    InvalidMessage(message.into())
+    InvalidMessage {
+        code: "invalid-message",
+        message: message.into(),
+    }
 }
 
 /// Parses one text message.
@@ -121,6 +131,10 @@ fn parse_subscribe(fields: &Map<String, Value>) -> Result<SubscribeRequest, Inva
         with_snapshot,
         after,
         snapshot_limit: count_field(fields, "snapshotLimit")?,
+        filters: Filters::parse(fields.get("filters")).map_err(|err| InvalidMessage {
+            code: "invalid-filter",
+            message: err.to_string(),
+        })?,
     })
 }
 
@@ -175,20 +189,36 @@ mod tests {
     fn malformed_messages_are_explained() {
         assert!(parse_client_message("{nope")
             .unwrap_err()
-            .0
+            .message
             .contains("not valid JSON"));
         assert!(parse_client_message("[1]")
             .unwrap_err()
-            .0
+            .message
             .contains("object"));
         assert!(parse_client_message(r#"{"type":"dance"}"#)
             .unwrap_err()
-            .0
+            .message
             .contains("dance"));
         assert!(parse_client_message(r#"{"type":"subscribe"}"#)
             .unwrap_err()
-            .0
+            .message
             .contains("view"));
         assert!(parse_client_message(r#"{"type":"subscribe","view":"A/list","take":-1}"#).is_err());
+        let bad =
+            parse_client_message(r#"{"type":"subscribe","view":"A/list","filters":{"a":[1]}}"#)
+                .unwrap_err();
+        assert_eq!(bad.code, "invalid-filter");
+    }
+
+    #[test]
+    fn filters_are_parsed_from_the_subscribe() {
+        let ClientMessage::Subscribe(request) = parse_client_message(
+            r#"{"type":"subscribe","view":"Token/list","filters":{"symbol":"SOL"}}"#,
+        )
+        .unwrap() else {
+            panic!()
+        };
+        let filters = request.filters.unwrap();
+        assert!(filters.matches(&serde_json::json!({"symbol": "SOL"})));
     }
 }

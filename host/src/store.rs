@@ -10,13 +10,21 @@
 //! Entity values are `Arc`s: a snapshot holds the values it captured while
 //! later mutations copy-on-write, so snapshots are encoded off the engine
 //! lock without cloning the store.
+//!
+//! Aggregates (`add`, `unique_count`, ...) are evaluated here, against the
+//! stored value, and the patch clients receive carries their results, not
+//! the operands, so published clients merge it as any patch. The member
+//! sets `unique_count` needs are kept beside the entities ([`Hidden`], in
+//! a side table only entities that use one have): never in the entity JSON,
+//! so never sent, but checkpointed and carried by a reprojection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
+use vista_plugin_api::aggregate::{remove_at, set_in, value_at};
 use vista_plugin_api::mutation::value_at_mut;
-use vista_plugin_api::{apply_patch, Mutation, MutationKind};
+use vista_plugin_api::{apply_patch, Aggregate, Applied, Hidden, Mutation, MutationKind};
 
 use crate::vocab::FastMap;
 
@@ -42,6 +50,9 @@ pub fn format_seq(seq: u64) -> String {
 #[derive(Default)]
 pub struct Store {
     tables: FastMap<String, FastMap<String, Arc<Value>>>,
+    /// Hidden aggregate state by type then key, only for entities that
+    /// have some (`Arc`: a checkpoint shares it like the values).
+    hidden: FastMap<String, FastMap<String, Arc<Hidden>>>,
     /// Deleted keys by entity type, by the `_seq` of their delete, so a
     /// client resuming from a cursor learns what went away
     /// ([`Store::deleted_after`]).
@@ -120,6 +131,23 @@ impl Store {
     /// The current value of `entity[key]`.
     pub fn get(&self, entity: &str, key: &str) -> Option<&Arc<Value>> {
         self.tables.get(entity)?.get(key)
+    }
+
+    /// The hidden aggregate state of `entity[key]`, if it has any.
+    pub fn hidden(&self, entity: &str, key: &str) -> Option<&Arc<Hidden>> {
+        self.hidden.get(entity)?.get(key)
+    }
+
+    /// Every entity's hidden state, for a checkpoint.
+    pub fn hidden_states(&self) -> Vec<(String, String, Arc<Hidden>)> {
+        self.hidden
+            .iter()
+            .flat_map(|(entity, table)| {
+                table
+                    .iter()
+                    .map(move |(key, hidden)| (entity.clone(), key.clone(), hidden.clone()))
+            })
+            .collect()
     }
 
     /// All entities of one type, in no particular order.
@@ -201,8 +229,17 @@ impl Store {
     }
 
     /// Replaces the contents with a checkpoint's.
-    pub fn restore(&mut self, entities: Vec<(String, String, Arc<Value>)>, last_seq: u64) {
+    pub fn restore(
+        &mut self,
+        entities: Vec<(String, String, Arc<Value>)>,
+        hidden: Vec<(String, String, Arc<Hidden>)>,
+        last_seq: u64,
+    ) {
         self.tables = FastMap::default();
+        self.hidden = FastMap::default();
+        for (entity, key, state) in hidden {
+            self.hidden.entry(entity).or_default().insert(key, state);
+        }
         // A checkpoint keeps no tombstones: deletes before it are unknown.
         self.tombstones = FastMap::default();
         self.tombstone_of = FastMap::default();
@@ -224,61 +261,126 @@ impl Store {
     pub fn apply(&mut self, mutation: Mutation) -> Change {
         self.last_seq += 1;
         let seq = format_seq(self.last_seq);
-        let table = self.tables.entry(mutation.entity.clone()).or_default();
-        match mutation.kind {
-            MutationKind::Patch { data, append, caps } => {
-                let mut data = match data {
-                    Value::Object(map) => map,
-                    _ => Map::new(),
-                };
-                data.insert("_seq".into(), Value::String(seq.clone()));
-                let existed = table.contains_key(&mutation.key);
-                // Only a key that does not exist can have a tombstone: the
-                // common patch of a live entity skips the lookup (and its
-                // key copies).
-                let returning = (!existed && !self.tombstone_of.is_empty())
-                    .then(|| {
-                        self.tombstone_of
-                            .remove(&(mutation.entity.clone(), mutation.key.clone()))
-                    })
-                    .flatten();
-                if let Some(seq) = returning {
-                    if let Some(tombs) = self.tombstones.get_mut(&mutation.entity) {
-                        tombs.remove(&seq);
-                    }
-                }
-                let slot = table
-                    .entry(mutation.key.clone())
-                    .or_insert_with(|| Arc::new(Value::Object(Map::new())));
-                let trimmed = apply_patch(Arc::make_mut(slot), &data, &append, &caps);
-                let new = Some(slot.clone());
-                Change {
-                    entity: mutation.entity,
-                    key: mutation.key,
-                    existed,
-                    new,
-                    patch: Some(Arc::new(Value::Object(data))),
-                    append,
-                    trimmed,
-                    seq,
-                }
-            }
+        let Mutation { entity, key, kind } = mutation;
+        let (data, append, caps, aggregates, replace) = match kind {
+            MutationKind::Patch {
+                data,
+                append,
+                caps,
+                aggregates,
+            } => (data, append, caps, aggregates, None),
+            MutationKind::Replace { data, hidden } => (
+                data,
+                Vec::new(),
+                BTreeMap::new(),
+                BTreeMap::new(),
+                Some(hidden),
+            ),
             MutationKind::Delete => {
-                let existed = table.remove(&mutation.key).is_some();
-                if existed {
-                    self.bury(&mutation.entity, &mutation.key);
+                let existed = self
+                    .tables
+                    .get_mut(&entity)
+                    .is_some_and(|table| table.remove(&key).is_some());
+                if let Some(hidden) = self.hidden.get_mut(&entity) {
+                    hidden.remove(&key);
                 }
-                Change {
-                    entity: mutation.entity,
-                    key: mutation.key,
+                if existed {
+                    self.bury(&entity, &key);
+                }
+                return Change {
+                    entity,
+                    key,
                     existed,
                     new: None,
                     patch: None,
                     append: Vec::new(),
                     trimmed: Vec::new(),
                     seq,
+                };
+            }
+        };
+        let mut data = match data {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        let table = self.tables.entry(entity.clone()).or_default();
+        let existed = table.contains_key(&key);
+        // Only a key that does not exist can have a tombstone: the common
+        // patch of a live entity skips the lookup (and its key copies).
+        let returning = (!existed && !self.tombstone_of.is_empty())
+            .then(|| self.tombstone_of.remove(&(entity.clone(), key.clone())))
+            .flatten();
+        if let Some(seq) = returning {
+            if let Some(tombs) = self.tombstones.get_mut(&entity) {
+                tombs.remove(&seq);
+            }
+        }
+        let slot = table
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Value::Object(Map::new())));
+        let applied = if let Some(rebuilt) = replace {
+            data.insert("_seq".into(), Value::String(seq.clone()));
+            *Arc::make_mut(slot) = Value::Object(data.clone());
+            let states = self.hidden.entry(entity.clone()).or_default();
+            if rebuilt.is_empty() {
+                states.remove(&key);
+            } else {
+                states.insert(key.clone(), Arc::new(rebuilt));
+            }
+            Applied::default()
+        } else {
+            data.insert("_seq".into(), Value::String(seq.clone()));
+            let uses_hidden = aggregates.values().any(|a| *a == Aggregate::UniqueCount);
+            let applied = if uses_hidden {
+                let hidden = self
+                    .hidden
+                    .entry(entity.clone())
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default();
+                apply_patch(
+                    Arc::make_mut(slot),
+                    &data,
+                    &append,
+                    &caps,
+                    &aggregates,
+                    Arc::make_mut(hidden),
+                )
+            } else {
+                // Plain patches (and aggregates without hidden state) need
+                // no side-table lookup: an empty `Hidden` does not allocate.
+                apply_patch(
+                    Arc::make_mut(slot),
+                    &data,
+                    &append,
+                    &caps,
+                    &aggregates,
+                    &mut Hidden::default(),
+                )
+            };
+            if !aggregates.is_empty() {
+                // Clients get results, not operands; unchanged fields are
+                // left out of the frame.
+                for path in aggregates.keys() {
+                    if applied.unchanged.contains(path) {
+                        remove_at(&mut data, path);
+                    } else if let Some(result) = slot.as_object().and_then(|e| value_at(e, path)) {
+                        set_in(&mut data, path, result.clone());
+                    }
                 }
             }
+            applied
+        };
+        let new = Some(slot.clone());
+        Change {
+            entity,
+            key,
+            existed,
+            new,
+            patch: Some(Arc::new(Value::Object(data))),
+            append,
+            trimmed: applied.trimmed,
+            seq,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct SubscribeRequest {
     pub after: Option<String>,
     /// At most this many snapshot entities.
     pub snapshot_limit: Option<usize>,
+    /// Only entities matching these (list views); `None`: all.
+    pub filters: Option<crate::filters::Filters>,
 }
 
 /// Streaming mode of a view, as named on the wire.

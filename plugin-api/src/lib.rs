@@ -13,6 +13,8 @@
 //! - [`mutation`]: what a projector returns ([`Mutation`]) and the one
 //!   implementation of the merge rules (deep merge, append paths, delete)
 //!   shared by the host's store and by plugin unit tests ([`MemoryState`]).
+//! - [`aggregate`]: per-field operations the host evaluates on a patch
+//!   (`add`, `count`, `max`, `min`, `set_once`, `unique_count`).
 //! - [`ffi`]: the root module, the state-reader trait object and the
 //!   `extern "C"` entry points generated for a plugin. Plugin authors never
 //!   touch it directly.
@@ -20,35 +22,55 @@
 //! # Example
 //!
 //! ```
+//! use vista_plugin_api::view::{gt, view};
 //! use vista_plugin_api::{json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
 //!
-//! #[derive(Default)]
 //! pub struct Counter;
 //!
 //! impl Plugin for Counter {
 //!     fn manifest() -> Manifest {
-//!         Manifest::new("counter", "0.1.0").entity("Counter").stream("clicks")
+//!         Manifest::new("counter", "0.1.0")
+//!             .entity("Counter")
+//!             .stream("clicks")
+//!             .view(view("Counter/popular").from("Counter").filter(gt("users", 1)).sort_desc("count").take(10))
 //!     }
 //!
-//!     fn project(state: &StateView<'_>, _stream: &str, event: &Value) -> Result<Vec<Mutation>, ProjectError> {
+//!     fn project(_: &StateView<'_>, _stream: &str, event: &Value) -> Result<Vec<Mutation>, ProjectError> {
 //!         let id = event["id"].as_str().ok_or_else(|| ProjectError::new("missing id"))?;
-//!         let count = state.get("Counter", id).and_then(|c| c["count"].as_i64()).unwrap_or(0);
-//!         Ok(vec![Mutation::patch("Counter", id, json!({ "count": count + 1 }))])
+//!         let user = event["user"].as_str().ok_or_else(|| ProjectError::new("missing user"))?;
+//!         Ok(vec![Mutation::patch("Counter", id, json!({ "id": id }))
+//!             .count("count")
+//!             .set_once("firstUser", user)
+//!             .unique_count("users", user)])
 //!     }
 //! }
 //!
 //! vista_plugin_api::export_plugin!(Counter);
+//!
+//! # use vista_plugin_api::{MemoryState, StateSource};
+//! let mut state = MemoryState::new();
+//! let click = |user: &str| json!({"id": "b", "user": user});
+//! state.ingest::<Counter>("clicks", &[click("ann"), click("bob"), click("ann")]).unwrap();
+//! let b = state.get("Counter", "b").unwrap();
+//! assert_eq!(b, json!({"id": "b", "count": 3, "firstUser": "ann", "users": 2}));
+//! assert!(Counter::manifest().views[0].matches(&b));
+//! assert_eq!(state.hidden("Counter", "b").unwrap().members("users").unwrap().len(), 2);
 //! ```
 
 // `sabi_trait` expands to impls inside a const block.
+pub mod aggregate;
 #[allow(non_local_definitions)]
 pub mod ffi;
 pub mod manifest;
 pub mod mutation;
 pub mod view;
 
+pub use aggregate::{Aggregate, Hidden};
 pub use manifest::{EntityDef, Manifest};
-pub use mutation::{apply_mutation, apply_patch, merge_patch, MemoryState, Mutation, MutationKind};
+pub use mutation::{
+    apply_mutation, apply_patch, merge_patch, Applied, MemoryState, Mutation, MutationError,
+    MutationKind,
+};
 pub use serde_json::{json, Map, Number, Value};
 
 #[doc(hidden)]
@@ -58,7 +80,14 @@ pub use abi_stable;
 /// module reports another value, even when the `abi_stable` layout happens to
 /// match: bump it whenever the meaning of the JSON exchanged across the
 /// boundary changes.
-pub const CONTRACT_VERSION: u32 = 1;
+///
+/// Version 2 added aggregates (`"aggregates"` in patch mutations). The host
+/// still loads plugins of every version from [`OLDEST_CONTRACT_VERSION`]
+/// up: their JSON means the same to it.
+pub const CONTRACT_VERSION: u32 = 2;
+
+/// The oldest contract version the host still loads.
+pub const OLDEST_CONTRACT_VERSION: u32 = 1;
 
 /// An error returned by a projector. The host answers the ingest request that
 /// caused it with HTTP 422 naming the plugin and this message.

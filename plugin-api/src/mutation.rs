@@ -1,18 +1,23 @@
 //! Mutations a projector returns, and the merge rules that apply them.
 //!
-//! [`apply_patch`] is the single implementation of the rules, used by the
-//! host's entity store and by [`MemoryState`] in plugin unit tests:
+//! [`apply_mutation`] is the single implementation of the rules, used by the
+//! host's entity store, by the host's per-request overlay and by
+//! [`MemoryState`] in plugin unit tests, so all three agree:
 //! objects merge recursively, arrays and scalars are replaced, and arrays at
 //! the mutation's append paths are concatenated instead. An append path may
 //! carry a cap ([`Mutation::append_capped`]): after the append, the array
 //! keeps only its last `cap` items, so an entity that collects, say, its
-//! recent trades stays bounded however long it lives.
+//! recent trades stays bounded however long it lives. A path may instead
+//! carry an [`Aggregate`] (`add`, `max`, `unique_count`, ...), evaluated
+//! against the stored value (see [`crate::aggregate`]), so a projector that
+//! only accumulates never reads state.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::aggregate::{apply_aggregates, is_numeric, set_at, value_at, Aggregate, Hidden};
 use crate::StateSource;
 
 /// One change to one entity.
@@ -45,6 +50,10 @@ struct WireMutation {
     append: Vec<String>,
     #[serde(default)]
     caps: BTreeMap<String, usize>,
+    #[serde(default)]
+    aggregates: BTreeMap<String, Aggregate>,
+    #[serde(default)]
+    hidden: Hidden,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +61,7 @@ struct WireMutation {
 enum WireOp {
     Patch,
     Delete,
+    Replace,
 }
 
 impl TryFrom<WireMutation> for Mutation {
@@ -63,8 +73,13 @@ impl TryFrom<WireMutation> for Mutation {
                 data: wire.data.ok_or("a patch needs \"data\"")?,
                 append: wire.append,
                 caps: wire.caps,
+                aggregates: wire.aggregates,
             },
             WireOp::Delete => MutationKind::Delete,
+            WireOp::Replace => MutationKind::Replace {
+                data: wire.data.ok_or("a replace needs \"data\"")?,
+                hidden: wire.hidden,
+            },
         };
         Ok(Mutation {
             entity: wire.entity,
@@ -89,9 +104,23 @@ pub enum MutationKind {
         /// Append paths whose arrays keep only their last N items.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         caps: BTreeMap<String, usize>,
+        /// Dot paths evaluated by an [`Aggregate`] instead of set; the
+        /// operand is the value at that path in `data`.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        aggregates: BTreeMap<String, Aggregate>,
     },
-    /// Remove the entity.
+    /// Remove the entity (and its [`Hidden`] state).
     Delete,
+    /// Host-internal: the whole entity and its hidden state, as a
+    /// reprojection rebuilt them. A projector returning it is refused
+    /// ([`MutationError::HostOnly`]).
+    Replace {
+        /// The whole entity; must be a JSON object.
+        data: Value,
+        /// Its hidden aggregate state.
+        #[serde(default, skip_serializing_if = "Hidden::is_empty")]
+        hidden: Hidden,
+    },
 }
 
 impl Mutation {
@@ -104,7 +133,23 @@ impl Mutation {
                 data,
                 append: Vec::new(),
                 caps: BTreeMap::new(),
+                aggregates: BTreeMap::new(),
             },
+        }
+    }
+
+    /// Host-internal: `entity[key]` becomes `data` with hidden state
+    /// `hidden` ([`MutationKind::Replace`]; projectors may not return it).
+    pub fn replace(
+        entity: impl Into<String>,
+        key: impl Into<String>,
+        data: Value,
+        hidden: Hidden,
+    ) -> Self {
+        Self {
+            entity: entity.into(),
+            key: key.into(),
+            kind: MutationKind::Replace { data, hidden },
         }
     }
 
@@ -138,17 +183,225 @@ impl Mutation {
         }
         self
     }
+
+    /// Makes `path` an aggregate of this patch with `operand` (set into the
+    /// data at `path`). No effect on other kinds.
+    pub fn aggregate(
+        mut self,
+        path: impl Into<String>,
+        aggregate: Aggregate,
+        operand: Option<Value>,
+    ) -> Self {
+        if let MutationKind::Patch {
+            data, aggregates, ..
+        } = &mut self.kind
+        {
+            let path = path.into();
+            if let Some(operand) = operand {
+                if data.is_object() {
+                    set_at(data, &path, operand);
+                }
+            }
+            aggregates.insert(path, aggregate);
+        }
+        self
+    }
+
+    /// `path += amount` (a number; integers stay exact, see
+    /// [`crate::aggregate`]). An absent field counts as 0.
+    pub fn add(self, path: impl Into<String>, amount: impl Into<Value>) -> Self {
+        self.aggregate(path, Aggregate::Add, Some(amount.into()))
+    }
+
+    /// `path += 1`. An absent field counts as 0.
+    pub fn count(self, path: impl Into<String>) -> Self {
+        self.aggregate(path, Aggregate::Count, None)
+    }
+
+    /// `path = max(path, value)` (numbers). An absent field takes `value`.
+    pub fn max(self, path: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.aggregate(path, Aggregate::Max, Some(value.into()))
+    }
+
+    /// `path = min(path, value)` (numbers). An absent field takes `value`.
+    pub fn min(self, path: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.aggregate(path, Aggregate::Min, Some(value.into()))
+    }
+
+    /// Sets `path` to `value` only if it is absent or `null`.
+    pub fn set_once(self, path: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.aggregate(path, Aggregate::SetOnce, Some(value.into()))
+    }
+
+    /// Counts distinct `member`s at `path`: the host keeps the set (never
+    /// sent to clients) and sets the field to its size.
+    pub fn unique_count(self, path: impl Into<String>, member: impl Into<Value>) -> Self {
+        self.aggregate(path, Aggregate::UniqueCount, Some(member.into()))
+    }
+
+    /// Whether applying this mutation reads or writes [`Hidden`] state.
+    pub fn uses_hidden(&self) -> bool {
+        match &self.kind {
+            MutationKind::Patch { aggregates, .. } => {
+                aggregates.values().any(|a| *a == Aggregate::UniqueCount)
+            }
+            MutationKind::Delete | MutationKind::Replace { .. } => true,
+        }
+    }
+
+    /// Checks a mutation as a projector returned it: a non-empty key, a
+    /// patch of an object, well-formed aggregates (a path with an operand
+    /// of the right type, overlapping no other aggregate or append path),
+    /// and no host-only kind.
+    pub fn validate(&self) -> Result<(), MutationError> {
+        let (entity, key) = (&self.entity, &self.key);
+        if key.is_empty() {
+            return Err(MutationError::EmptyKey {
+                entity: entity.clone(),
+            });
+        }
+        let (data, append, aggregates) = match &self.kind {
+            MutationKind::Delete => return Ok(()),
+            MutationKind::Replace { .. } => {
+                return Err(MutationError::HostOnly {
+                    entity: entity.clone(),
+                    key: key.clone(),
+                })
+            }
+            MutationKind::Patch {
+                data,
+                append,
+                aggregates,
+                ..
+            } => (data, append, aggregates),
+        };
+        let Value::Object(data) = data else {
+            return Err(MutationError::NotAnObject {
+                entity: entity.clone(),
+                key: key.clone(),
+            });
+        };
+        let overlaps = |a: &str, b: &str| {
+            a == b
+                || (a.len() > b.len() && a.starts_with(b) && a.as_bytes()[b.len()] == b'.')
+                || (b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'.')
+        };
+        for (path, aggregate) in aggregates {
+            let bad = |reason: &str| MutationError::Aggregate {
+                path: path.clone(),
+                aggregate: *aggregate,
+                reason: reason.to_owned(),
+            };
+            if path.split('.').any(str::is_empty) {
+                return Err(bad("the path has an empty field name"));
+            }
+            if let Some(other) = append
+                .iter()
+                .map(String::as_str)
+                .chain(aggregates.keys().map(String::as_str).filter(|p| *p != path))
+                .find(|other| overlaps(path, other))
+            {
+                return Err(bad(&format!("the path overlaps {other:?}")));
+            }
+            match value_at(data, path) {
+                None if aggregate.needs_operand() => {
+                    return Err(bad("the data has no operand at the path"))
+                }
+                Some(operand) if aggregate.numeric() && !is_numeric(operand) => {
+                    return Err(bad(&format!(
+                        "the operand {operand} is not a number (or an integer as a decimal string)"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Applies a patch by the rules of the module docs: [`merge_patch`], then
-/// the caps. Returns the capped paths whose arrays were trimmed.
+/// Why a mutation a projector returned is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MutationError {
+    /// The key is empty.
+    EmptyKey {
+        /// Entity type.
+        entity: String,
+    },
+    /// A patch whose data is not a JSON object.
+    NotAnObject {
+        /// Entity type.
+        entity: String,
+        /// Entity key.
+        key: String,
+    },
+    /// A malformed aggregate.
+    Aggregate {
+        /// Its dot path.
+        path: String,
+        /// Which aggregate.
+        aggregate: Aggregate,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A kind only the host may produce ([`MutationKind::Replace`]).
+    HostOnly {
+        /// Entity type.
+        entity: String,
+        /// Entity key.
+        key: String,
+    },
+}
+
+impl std::fmt::Display for MutationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MutationError::EmptyKey { entity } => {
+                write!(f, "mutation of {entity} with an empty key")
+            }
+            MutationError::NotAnObject { entity, key } => {
+                write!(f, "patch of {entity}[{key}] is not a JSON object")
+            }
+            MutationError::Aggregate {
+                path,
+                aggregate,
+                reason,
+            } => write!(f, "aggregate {} at {path:?}: {reason}", aggregate.name()),
+            MutationError::HostOnly { entity, key } => write!(
+                f,
+                "mutation of {entity}[{key}] has op \"replace\", which only the host may use"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for MutationError {}
+
+/// What applying a patch did besides changing the entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Capped append paths whose arrays were trimmed.
+    pub trimmed: Vec<String>,
+    /// Aggregate paths whose value did not change.
+    pub unchanged: Vec<String>,
+}
+
+/// Applies a patch by the rules of the module docs: the plain fields
+/// ([`merge_patch`], skipping aggregate paths), then the aggregates, then
+/// the caps.
 pub fn apply_patch(
     target: &mut Value,
     patch: &Map<String, Value>,
     append: &[String],
     caps: &BTreeMap<String, usize>,
-) -> Vec<String> {
-    merge_patch(target, patch, append);
+    aggregates: &BTreeMap<String, Aggregate>,
+    hidden: &mut Hidden,
+) -> Applied {
+    merge_object(target, patch, append, aggregates, "");
+    let unchanged = if aggregates.is_empty() {
+        Vec::new()
+    } else {
+        apply_aggregates(target, patch, aggregates, hidden)
+    };
     let mut trimmed = Vec::new();
     for (path, cap) in caps {
         if let Some(Value::Array(items)) = value_at_mut(target, path) {
@@ -158,24 +411,41 @@ pub fn apply_patch(
             }
         }
     }
-    trimmed
+    Applied { trimmed, unchanged }
 }
 
-/// Applies one mutation to an entity (`None`: absent) by the rules of the
-/// module docs. A patch whose data is not an object changes nothing (the
-/// host refuses such a mutation before it gets here).
-pub fn apply_mutation(entity: &mut Option<Value>, mutation: &Mutation) {
+/// Applies one mutation to an entity (`None`: absent) and its hidden state
+/// by the rules of the module docs. A patch whose data is not an object
+/// changes nothing (the host refuses such a mutation before it gets here).
+pub fn apply_mutation(
+    entity: &mut Option<Value>,
+    hidden: &mut Hidden,
+    mutation: &Mutation,
+) -> Applied {
     match &mutation.kind {
         MutationKind::Patch {
             data: Value::Object(data),
             append,
             caps,
+            aggregates,
         } => {
             let value = entity.get_or_insert_with(|| Value::Object(Map::new()));
-            apply_patch(value, data, append, caps);
+            apply_patch(value, data, append, caps, aggregates, hidden)
         }
-        MutationKind::Patch { .. } => {}
-        MutationKind::Delete => *entity = None,
+        MutationKind::Patch { .. } => Applied::default(),
+        MutationKind::Delete => {
+            *entity = None;
+            hidden.clear();
+            Applied::default()
+        }
+        MutationKind::Replace {
+            data,
+            hidden: rebuilt,
+        } => {
+            *entity = Some(data.clone());
+            *hidden = rebuilt.clone();
+            Applied::default()
+        }
     }
 }
 
@@ -189,10 +459,16 @@ pub fn value_at_mut<'v>(value: &'v mut Value, path: &str) -> Option<&'v mut Valu
 ///
 /// `target` becomes an object if it was not one.
 pub fn merge_patch(target: &mut Value, patch: &Map<String, Value>, append: &[String]) {
-    merge_object(target, patch, append, "");
+    merge_object(target, patch, append, &BTreeMap::new(), "");
 }
 
-fn merge_object(target: &mut Value, patch: &Map<String, Value>, append: &[String], prefix: &str) {
+fn merge_object(
+    target: &mut Value,
+    patch: &Map<String, Value>,
+    append: &[String],
+    skip: &BTreeMap<String, Aggregate>,
+    prefix: &str,
+) {
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
@@ -205,10 +481,13 @@ fn merge_object(target: &mut Value, patch: &Map<String, Value>, append: &[String
         } else {
             format!("{prefix}.{field}")
         };
+        if !skip.is_empty() && skip.contains_key(&path) {
+            continue;
+        }
         match value {
             Value::Object(inner) => {
                 let slot = target.entry(field.clone()).or_insert(Value::Null);
-                merge_object(slot, inner, append, &path);
+                merge_object(slot, inner, append, skip, &path);
             }
             Value::Array(items) if append.contains(&path) => match target.get_mut(field) {
                 Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
@@ -229,6 +508,7 @@ fn merge_object(target: &mut Value, patch: &Map<String, Value>, append: &[String
 #[derive(Debug, Default, Clone)]
 pub struct MemoryState {
     entities: HashMap<(String, String), Value>,
+    hidden: HashMap<(String, String), Hidden>,
 }
 
 impl MemoryState {
@@ -238,18 +518,30 @@ impl MemoryState {
     }
 
     /// Applies one mutation. A patch whose data is not an object is ignored
-    /// here (the host refuses it with an error).
+    /// here (the host refuses it with an error; [`MemoryState::ingest`]
+    /// refuses it too).
     pub fn apply(&mut self, mutation: &Mutation) {
         let id = (mutation.entity.clone(), mutation.key.clone());
         let mut entity = self.entities.remove(&id);
-        apply_mutation(&mut entity, mutation);
+        let mut hidden = self.hidden.remove(&id).unwrap_or_default();
+        apply_mutation(&mut entity, &mut hidden, mutation);
         if let Some(entity) = entity {
-            self.entities.insert(id, entity);
+            self.entities.insert(id.clone(), entity);
+        }
+        if !hidden.is_empty() {
+            self.hidden.insert(id, hidden);
         }
     }
 
+    /// The hidden state the host would keep for `entity[key]` (the member
+    /// sets of its `unique_count` fields).
+    pub fn hidden(&self, entity: &str, key: &str) -> Option<&Hidden> {
+        self.hidden.get(&(entity.to_owned(), key.to_owned()))
+    }
+
     /// Projects `events` of `stream` through plugin `P`, applying each
-    /// event's mutations before the next event, as the host does.
+    /// event's mutations before the next event, as the host does. A
+    /// mutation the host would refuse fails it the same way.
     pub fn ingest<P: crate::Plugin>(
         &mut self,
         stream: &str,
@@ -257,6 +549,11 @@ impl MemoryState {
     ) -> Result<(), crate::ProjectError> {
         for event in events {
             let mutations = P::project(&crate::StateView::new(self), stream, event)?;
+            for mutation in &mutations {
+                mutation
+                    .validate()
+                    .map_err(|e| crate::ProjectError::new(e.to_string()))?;
+            }
             mutations.iter().for_each(|m| self.apply(m));
         }
         Ok(())
@@ -309,14 +606,35 @@ mod tests {
     fn capped_appends_keep_the_last_items() {
         let mut entity = json!({"recent": [1, 2, 3]});
         let m = Mutation::patch("T", "k", json!({"recent": [4, 5]})).append_capped("recent", 4);
-        let MutationKind::Patch { data, append, caps } = &m.kind else {
+        let MutationKind::Patch {
+            data,
+            append,
+            caps,
+            aggregates,
+        } = &m.kind
+        else {
             unreachable!()
         };
-        let trimmed = apply_patch(&mut entity, data.as_object().unwrap(), append, caps);
+        let hidden = &mut Hidden::default();
+        let applied = apply_patch(
+            &mut entity,
+            data.as_object().unwrap(),
+            append,
+            caps,
+            aggregates,
+            hidden,
+        );
         assert_eq!(entity, json!({"recent": [2, 3, 4, 5]}));
-        assert_eq!(trimmed, vec!["recent".to_owned()]);
-        let untouched = apply_patch(&mut entity, &obj(json!({"other": 1})), append, caps);
-        assert!(untouched.is_empty());
+        assert_eq!(applied.trimmed, vec!["recent".to_owned()]);
+        let untouched = apply_patch(
+            &mut entity,
+            &obj(json!({"other": 1})),
+            append,
+            caps,
+            aggregates,
+            hidden,
+        );
+        assert!(untouched.trimmed.is_empty());
         assert_eq!(
             serde_json::to_value(&m).unwrap()["caps"],
             json!({"recent": 4})

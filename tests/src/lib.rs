@@ -58,6 +58,7 @@ pub fn ensure_built() {
             "vista-fixture-bad-filter",
             "vista-fixture-manifest-panics",
             "vista-fixture-spinner",
+            "vista-fixture-aggregates",
         ] {
             command.args(["-p", package]);
         }

@@ -58,7 +58,7 @@ async fn bad_plugin_files_are_refused_clearly_and_the_good_one_serves() {
     let log = host.log();
     for (file, reason) in [
         ("garbage.so", "not a loadable shared library"),
-        ("future.so", "plugin contract version 999, this host speaks version 1"),
+        ("future.so", "plugin contract version 999, this host speaks versions 1 to 2"),
         ("foreign.so", "not a Vista plugin: it exports no abi_stable root module"),
         (
             "bad-filter.so",

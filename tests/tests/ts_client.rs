@@ -2,7 +2,9 @@
 //! Node with `ws`) against the real host: `tests/ts-client/tokens.mjs`
 //! subscribes to `Token/list`, `Token/state` and `Trade/append`, ingests a
 //! scripted sequence and asserts the client's own store; `games.mjs` does
-//! the same for the derived view `ActiveGame/latest`, order included.
+//! the same for the derived view `ActiveGame/latest`, order included;
+//! `filters.mjs` watches `Token/list` with `{filters: {symbol: 'SOL'}}` and
+//! checks its store holds exactly the matching tokens throughout.
 //!
 //! Needs `npm ci` in `tests/ts-client` (the README's test command does it).
 
@@ -53,4 +55,14 @@ async fn typescript_client_shows_exactly_the_active_games_in_order() {
     let summary: serde_json::Value =
         serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["ok"], true, "{summary}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_client_watch_with_filters_holds_exactly_the_matching_tokens() {
+    let host = Host::with_tokens().await;
+    let stdout = tokio::task::block_in_place(|| run_node_script(&host, "filters.mjs"));
+    let summary: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["final"], serde_json::json!(["a", "b", "c"]), "{summary}");
 }

@@ -436,6 +436,7 @@ impl Engine {
             last_seq: store.version(),
             entities: store.entities(),
             builds,
+            hidden: store.hidden_states(),
         }));
     }
 
@@ -473,7 +474,11 @@ impl Engine {
             if let Some(checkpoint) = log.load_checkpoint()? {
                 position = checkpoint.rec;
                 let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-                store.restore(checkpoint.entities, checkpoint.last_seq);
+                store.restore(
+                    checkpoint.entities,
+                    checkpoint.hidden,
+                    checkpoint.last_seq,
+                );
                 self.views.rebuild_all(&store);
                 drop(store);
                 // The builds the checkpoint ran go first, as markers at its

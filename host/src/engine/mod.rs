@@ -58,7 +58,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use vista_plugin_api::view::ViewDef;
-use vista_plugin_api::{Manifest, Mutation};
+use vista_plugin_api::{Hidden, Manifest, Mutation};
 
 use crate::durable::{
     Checkpoint, EventLog, FsyncPolicy, LogRecord, LogStats, LogWriter, WriterJob, WriterReport,
@@ -70,7 +70,7 @@ use crate::plugins::{self, LoadError, PluginLibrary, PluginReport, PluginState};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
 use crate::reproject::{ReprojectReport, ReprojectionStatus, Reprojector};
 use crate::store::Store;
-use crate::views::{Notice, Removed, Views};
+use crate::views::{Notice, Removed, SubscribeError, Views};
 use crate::vocab::{ConnId, SubscribeRequest};
 
 /// Result of a successful ingest.
@@ -1315,6 +1315,7 @@ impl Engine {
             last_seq: store.version(),
             entities: store.entities(),
             builds: Vec::new(),
+            hidden: store.hidden_states(),
         };
         drop(store);
         durable.writer.submit(WriterJob::Checkpoint(checkpoint));
@@ -1345,7 +1346,7 @@ impl Engine {
         if let Some(checkpoint) = log.load_checkpoint()? {
             after = checkpoint.rec;
             let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-            store.restore(checkpoint.entities, checkpoint.last_seq);
+            store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
             // The plugins' views were built over the empty store.
             self.views.rebuild_all(&store);
             tracing::info!(
@@ -1636,6 +1637,15 @@ impl Engine {
             }
             value
         };
+        // An entity the new build computes differently (visibly, or only in
+        // its hidden aggregate state) is deleted and replaced whole, hidden
+        // state included, so later `unique_count`s go on from the rebuilt sets.
+        let hidden_of = |store: &Store, entity: &str, key: &str| {
+            store
+                .hidden(entity, key)
+                .map(|h| Hidden::clone(h))
+                .unwrap_or_default()
+        };
         let mut mutations = Vec::new();
         {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
@@ -1646,12 +1656,16 @@ impl Engine {
                 for (key, value) in live {
                     match shadow.get(entity, key) {
                         None => mutations.push(Mutation::delete(entity, key.clone())),
-                        Some(rebuilt) if without_seq(rebuilt) != without_seq(value) => {
+                        Some(rebuilt)
+                            if without_seq(rebuilt) != without_seq(value)
+                                || store.hidden(entity, key) != shadow.hidden(entity, key) =>
+                        {
                             mutations.push(Mutation::delete(entity, key.clone()));
-                            mutations.push(Mutation::patch(
+                            mutations.push(Mutation::replace(
                                 entity,
                                 key.clone(),
                                 without_seq(rebuilt),
+                                hidden_of(&shadow, entity, key),
                             ));
                         }
                         Some(_) => {}
@@ -1662,7 +1676,12 @@ impl Engine {
                 rebuilt.sort_by(|a, b| a.0.cmp(b.0));
                 for (key, value) in rebuilt {
                     if store.get(entity, key).is_none() {
-                        mutations.push(Mutation::patch(entity, key.clone(), without_seq(value)));
+                        mutations.push(Mutation::replace(
+                            entity,
+                            key.clone(),
+                            without_seq(value),
+                            hidden_of(&shadow, entity, key),
+                        ));
                     }
                 }
             }
@@ -1809,7 +1828,14 @@ impl Engine {
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         match self.views.subscribe(conn, request, &store) {
             Ok(start) => start.send(conn, &mut |_, notice| tell(&outbox, notice)),
-            Err(_) => {
+            Err(SubscribeError::InvalidFilter(message)) => {
+                outbox.push_reply(Outgoing::Frame(socket_issue(
+                    "invalid-filter",
+                    &message,
+                    false,
+                )));
+            }
+            Err(SubscribeError::ViewNotFound) => {
                 tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
                 outbox.push_reply(Outgoing::Frame(socket_issue(
                     "view-not-found",

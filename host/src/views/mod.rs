@@ -18,6 +18,14 @@
 //!   window is re-read from the index (O(skip + take), independent of the
 //!   number of entities) and diffed: `delete` for members that left, `upsert`
 //!   for members that entered, and the change itself for a member that stayed.
+//!
+//! A subscription with `filters` (list views only) is served by a
+//! *filtered sub-view*: a copy of the view whose index holds only the
+//! entities that also match the filters, keyed by (view, canonical filters)
+//! and shared, refcounted, by every subscription with equal filters, so
+//! they share one index and one encoding of each frame. It is the derived
+//! view machine again: its snapshot holds only matching entities, and an
+//! entity that starts or stops matching gets `upsert`/`delete`.
 
 mod index;
 mod view;
@@ -31,6 +39,7 @@ pub use index::{OrderedIndex, Window};
 pub use view::View;
 use view::{FrameCache, Slot, Subscribers};
 
+use crate::filters::Filters;
 use crate::frame::{socket_issue, Frame, Snapshot, SnapshotEntry, Subscribed};
 use crate::store::{Change, Store};
 use crate::vocab::Mode;
@@ -76,12 +85,29 @@ struct Registered {
     slot: Slot,
     request: SubscribeRequest,
     generation: u64,
+    /// The canonical filters of the filtered sub-view it sits in, if any.
+    filter: Option<String>,
 }
 
-/// Error of [`Views::subscribe`]: the view does not exist (the
-/// subscription is kept pending until a plugin provides the view).
+/// A filtered sub-view: (view id, canonical filters).
+type FilterKey = (Arc<str>, String);
+
+/// A filtered sub-view and how many subscriptions use it.
+struct Filtered {
+    view: View,
+    refs: usize,
+}
+
+/// Why [`Views::subscribe`] did not start a subscription.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ViewNotFound;
+pub enum SubscribeError {
+    /// The view does not exist: the subscription is kept pending until a
+    /// plugin provides the view.
+    ViewNotFound,
+    /// The filters cannot apply to this view (not a list view); the
+    /// subscription was not made.
+    InvalidFilter(String),
+}
 
 /// Every view and every subscription.
 #[derive(Default)]
@@ -94,6 +120,8 @@ pub struct Views {
     /// Subscriptions to views that do not exist (yet, or any more), by
     /// connection and (view id, key); started when the view appears.
     pending: HashMap<ConnId, HashMap<(String, Option<String>), SubscribeRequest>>,
+    /// Filtered sub-views by (view id, canonical filters).
+    filtered: HashMap<FilterKey, Filtered>,
     /// The last whole-view snapshot of each view and the store version it
     /// was taken at: subscribers arriving before anything changes share it
     /// (and its encoding). Weak, so it lives only as long as a writer needs it.
@@ -184,8 +212,13 @@ impl Views {
             })
             .collect();
         for (conn, request) in waiting {
-            if let Ok(start) = self.subscribe(conn, &request, store) {
-                start.send(conn, notify);
+            match self.subscribe(conn, &request, store) {
+                Ok(start) => start.send(conn, notify),
+                Err(SubscribeError::InvalidFilter(message)) => notify(
+                    conn,
+                    Notice::Frame(socket_issue("invalid-filter", &message, false)),
+                ),
+                Err(SubscribeError::ViewNotFound) => {}
             }
         }
     }
@@ -197,6 +230,8 @@ impl Views {
         let Some(view) = self.views.remove(id) else {
             return;
         };
+        self.filtered.retain(|(v, _), _| **v != *id);
+        metrics::gauge!("vista_filtered_views").set(self.filtered.len() as f64);
         if let Some(ids) = self.by_entity.get_mut(&view.source) {
             ids.retain(|v| **v != *id);
         }
@@ -236,6 +271,10 @@ impl Views {
         let mut held: Vec<(ConnId, SubscriptionId, Vec<String>)> = Vec::new();
         for (conn, subs) in &self.conn_subs {
             for (sub_id, registered) in subs.iter().filter(|(s, _)| *s.0 == *id) {
+                let view = match &registered.filter {
+                    None => &self.views[id],
+                    Some(f) => &self.filtered[&(sub_id.0.clone(), f.clone())].view,
+                };
                 let keys = match &registered.slot {
                     Slot::Window(window) => view
                         .subs
@@ -248,11 +287,19 @@ impl Views {
                 held.push((*conn, sub_id.clone(), keys));
             }
         }
+        let view = self.views.get_mut(id).expect("looked up above");
         let old_sort = view.wire_sort();
-        view.sort = def.effective_sort();
-        view.def = Some(def);
-        view.rebuild_index(store);
-        view.subs = Subscribers::default();
+        let redefine = |view: &mut View| {
+            view.sort = def.effective_sort();
+            view.def = Some(def.clone());
+            view.rebuild_index(store);
+            view.subs = Subscribers::default();
+        };
+        redefine(view);
+        for (_, filtered) in self.filtered.iter_mut().filter(|((v, _), _)| **v == *id) {
+            redefine(&mut filtered.view);
+        }
+        let view = &self.views[id];
         let sort_changed = view.wire_sort() != old_sort;
         let subscribed = Frame::data(&Subscribed {
             op: "subscribed",
@@ -267,6 +314,16 @@ impl Views {
                 .get_mut(&conn)
                 .and_then(|subs| subs.get_mut(&sub_id))
                 .expect("collected above");
+            let view = match &registered.filter {
+                None => self.views.get_mut(id).expect("looked up above"),
+                Some(f) => {
+                    &mut self
+                        .filtered
+                        .get_mut(&(sub_id.0.clone(), f.clone()))
+                        .expect("kept with its subscriptions")
+                        .view
+                }
+            };
             let slot = view.slot_for(&registered.request);
             view.add(conn, &slot);
             let after = view.snapshot_keys(&slot, store);
@@ -295,6 +352,9 @@ impl Views {
         for view in self.views.values_mut() {
             view.rebuild_index(store);
         }
+        for filtered in self.filtered.values_mut() {
+            filtered.view.rebuild_index(store);
+        }
     }
 
     /// A view by id.
@@ -304,24 +364,40 @@ impl Views {
 
     /// Registers (or replaces) the subscription of `conn` to (view, key) and
     /// returns what to send first. For an unknown view the request is kept
-    /// pending and [`ViewNotFound`] returned.
+    /// pending and [`SubscribeError::ViewNotFound`] returned. With
+    /// `filters`, it joins (or creates) the filtered sub-view of its view.
     pub fn subscribe(
         &mut self,
         conn: ConnId,
         request: &SubscribeRequest,
         store: &Store,
-    ) -> Result<SubscriptionStart, ViewNotFound> {
+    ) -> Result<SubscriptionStart, SubscribeError> {
         self.unsubscribe(conn, &request.view, request.key.as_deref());
-        let Some((view_id, view)) = self.views.get_key_value(request.view.as_str()) else {
+        let Some(view_id) = self
+            .views
+            .get_key_value(request.view.as_str())
+            .map(|(k, _)| k)
+        else {
             self.pending
                 .entry(conn)
                 .or_default()
                 .insert((request.view.clone(), request.key.clone()), request.clone());
-            return Err(ViewNotFound);
+            return Err(SubscribeError::ViewNotFound);
         };
         let view_id = view_id.clone();
+        let filter = match &request.filters {
+            None => None,
+            Some(filters) => Some(self.filtered_key(&view_id, filters, store)?),
+        };
+        let view = match &filter {
+            None => self.views.get_mut(&view_id).expect("looked up above"),
+            Some(key) => {
+                let filtered = self.filtered.get_mut(key).expect("made above");
+                filtered.refs += 1;
+                &mut filtered.view
+            }
+        };
         let slot = view.slot_for(request);
-        let view = self.views.get_mut(&view_id).expect("looked up above");
         view.add(conn, &slot);
         let subscribed = Frame::data(&Subscribed {
             op: "subscribed",
@@ -359,8 +435,10 @@ impl Views {
                 }
             }
         }
-        let shareable =
-            slot == Slot::All && request.after.is_none() && request.snapshot_limit.is_none();
+        let shareable = slot == Slot::All
+            && filter.is_none()
+            && request.after.is_none()
+            && request.snapshot_limit.is_none();
         let cached = shareable
             .then(|| self.snapshot_cache.get(&view_id))
             .flatten()
@@ -401,6 +479,7 @@ impl Views {
                 slot,
                 request: request.clone(),
                 generation,
+                filter: filter.map(|(_, canonical)| canonical),
             },
         );
         Ok(SubscriptionStart {
@@ -435,19 +514,72 @@ impl Views {
         let Some(registered) = subs.remove(&(view_id.clone(), key.map(str::to_owned))) else {
             return nothing;
         };
-        if let Some(view) = self.views.get_mut(&view_id) {
-            view.remove(conn, &registered.slot);
+        let generation = registered.generation;
+        self.leave(conn, view_id, registered);
+        Removed::Active(generation)
+    }
+
+    /// The filtered sub-view of `view_id` for `filters`, made if missing.
+    fn filtered_key(
+        &mut self,
+        view_id: &Arc<str>,
+        filters: &Filters,
+        store: &Store,
+    ) -> Result<FilterKey, SubscribeError> {
+        let parent = &self.views[view_id];
+        if parent.mode != Mode::List {
+            return Err(SubscribeError::InvalidFilter(format!(
+                "filters apply to list views; {view_id:?} streams in {} mode",
+                match parent.mode {
+                    Mode::State => "state",
+                    Mode::Append => "append",
+                    Mode::List => "list",
+                }
+            )));
         }
-        Removed::Active(registered.generation)
+        let key = (view_id.clone(), filters.canonical().to_owned());
+        if !self.filtered.contains_key(&key) {
+            let view = parent.filtered(filters.clone(), store);
+            self.filtered
+                .insert(key.clone(), Filtered { view, refs: 0 });
+            metrics::gauge!("vista_filtered_views").set(self.filtered.len() as f64);
+        }
+        Ok(key)
+    }
+
+    /// Takes a subscription out of the view (or filtered sub-view, dropped
+    /// with its last subscription) it sits in.
+    fn leave(&mut self, conn: ConnId, view_id: Arc<str>, registered: Registered) {
+        match registered.filter {
+            None => {
+                if let Some(view) = self.views.get_mut(&view_id) {
+                    view.remove(conn, &registered.slot);
+                }
+            }
+            Some(canonical) => {
+                let key = (view_id, canonical);
+                if let Some(filtered) = self.filtered.get_mut(&key) {
+                    filtered.view.remove(conn, &registered.slot);
+                    filtered.refs -= 1;
+                    if filtered.refs == 0 {
+                        self.filtered.remove(&key);
+                        metrics::gauge!("vista_filtered_views").set(self.filtered.len() as f64);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Number of filtered sub-views (distinct (view, filters) in use).
+    pub fn filtered_views(&self) -> usize {
+        self.filtered.len()
     }
 
     /// Removes every subscription of a closed connection.
     pub fn remove_conn(&mut self, conn: ConnId) {
         self.pending.remove(&conn);
         for ((view_id, _), registered) in self.conn_subs.remove(&conn).unwrap_or_default() {
-            if let Some(view) = self.views.get_mut(&view_id) {
-                view.remove(conn, &registered.slot);
-            }
+            self.leave(conn, view_id, registered);
         }
     }
 
@@ -470,6 +602,11 @@ impl Views {
         for id in ids {
             if let Some(view) = self.views.get_mut(id) {
                 view.apply(change, store, deliver);
+            }
+        }
+        for filtered in self.filtered.values_mut() {
+            if filtered.view.source == change.entity {
+                filtered.view.apply(change, store, deliver);
             }
         }
     }

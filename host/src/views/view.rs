@@ -8,6 +8,7 @@ use serde_json::Value;
 use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 
 use super::index::{OrderedIndex, Window};
+use crate::filters::Filters;
 use crate::frame::{EntityUpdate, Frame, WireSort};
 use crate::store::{Change, Store};
 use crate::vocab::{ConnId, FastMap, Mode, Op, SubscribeRequest};
@@ -46,6 +47,10 @@ pub struct View {
     pub plugin: String,
     /// The definition (filter/sort/limit) for derived views; `None` for base views.
     pub def: Option<ViewDef>,
+    /// A subscription filter narrowing this copy of a list view (a
+    /// filtered sub-view shared by the subscriptions with equal filters);
+    /// `None` for the views themselves.
+    pub(crate) filters: Option<Filters>,
     /// Effective sort for list views.
     pub(crate) sort: SortSpec,
     pub(crate) index: OrderedIndex,
@@ -73,10 +78,27 @@ impl View {
             mode,
             plugin: plugin.to_owned(),
             def,
+            filters: None,
             sort,
             index: OrderedIndex::default(),
             subs: Subscribers::default(),
         }
+    }
+
+    /// A copy of this list view holding only the entities that also match
+    /// `filters`: same id (frames name the view the client subscribed to),
+    /// definition, sort and limit (applied after the filter).
+    pub(crate) fn filtered(&self, filters: Filters, store: &Store) -> View {
+        let mut view = View::new(
+            &self.id,
+            &self.source,
+            self.mode,
+            &self.plugin,
+            self.def.clone(),
+        );
+        view.filters = Some(filters);
+        view.rebuild_index(store);
+        view
     }
 
     pub(crate) fn desc(&self) -> bool {
@@ -89,6 +111,7 @@ impl View {
 
     pub(crate) fn matches(&self, entity: &Value) -> bool {
         self.def.as_ref().is_none_or(|d| d.matches(entity))
+            && self.filters.as_ref().is_none_or(|f| f.matches(entity))
     }
 
     /// The wire `sort` of list views.

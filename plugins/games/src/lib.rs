@@ -6,7 +6,7 @@
 //! | event `type`   | effect |
 //! |----------------|--------|
 //! | `game_started` | `Game[game] = {id, players, status: "active", startedAt, score: 0, events: []}` |
-//! | `attack`       | appends `{type: "attack", player, damage}` to `events` (append path) and adds `damage` to `score` (reads current state) |
+//! | `attack`       | appends `{type: "attack", player, damage}` to `events` (append path) and adds `damage` to `score` (an `add` aggregate: the host adds) |
 //! | `game_ended`   | `status: "ended"`, `winner` |
 //! | `game_removed` | deletes `Game[game]` |
 //!
@@ -50,12 +50,6 @@ enum GameEvent {
 
 /// Points scored per point of damage (2 in the `double-score` build).
 const DAMAGE_FACTOR: i64 = if cfg!(feature = "double-score") { 2 } else { 1 };
-
-/// The part of a stored game this projector reads back.
-#[derive(Debug, Deserialize)]
-struct StoredGame {
-    score: i64,
-}
 
 impl Plugin for Games {
     fn manifest() -> Manifest {
@@ -113,18 +107,16 @@ impl Plugin for Games {
                 player,
                 damage,
             } => {
-                let current: StoredGame = state
-                    .get_as("Game", &game)?
-                    .ok_or_else(|| ProjectError::new(format!("attack: unknown game {game}")))?;
+                if !state.exists("Game", &game) {
+                    return Err(ProjectError::new(format!("attack: unknown game {game}")));
+                }
                 vec![Mutation::patch(
                     "Game",
                     game,
-                    json!({
-                        "score": current.score + DAMAGE_FACTOR * damage,
-                        "events": [{"type": "attack", "player": player, "damage": damage}],
-                    }),
+                    json!({"events": [{"type": "attack", "player": player, "damage": damage}]}),
                 )
-                .append("events")]
+                .append("events")
+                .add("score", DAMAGE_FACTOR * damage)]
             }
             GameEvent::GameRemoved { game } => vec![Mutation::delete("Game", game)],
             GameEvent::GameEnded { game, winner } => {

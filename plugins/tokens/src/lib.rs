@@ -6,7 +6,7 @@
 //! | event `type`      | effect |
 //! |-------------------|--------|
 //! | `token_created`   | `Token[mint] = {mint, symbol, decimals, supply}` |
-//! | `supply_changed`  | `Token[mint].supply += delta` (reads current state) |
+//! | `supply_changed`  | `Token[mint].supply += delta` (an `add` aggregate, evaluated by the host; the token must exist) |
 //! | `trade`           | `Trade[id] = {id, mint, price, amount}`; `Token[mint].lastPrice = price`; `{id, price, amount}` appended to `Token[mint].recentTrades`, which keeps the last [`RECENT_TRADES`] |
 //! | `token_closed`    | deletes `Token[mint]` |
 //!
@@ -47,12 +47,6 @@ enum TokenEvent {
     },
 }
 
-/// The part of a stored token this projector reads back.
-#[derive(Debug, Deserialize)]
-struct StoredToken {
-    supply: u64,
-}
-
 impl Plugin for Tokens {
     fn manifest() -> Manifest {
         Manifest::new("tokens", env!("CARGO_PKG_VERSION"))
@@ -79,16 +73,14 @@ impl Plugin for Tokens {
                 json!({"mint": mint, "symbol": symbol, "decimals": decimals, "supply": supply}),
             )],
             TokenEvent::SupplyChanged { mint, delta } => {
-                let token: StoredToken = state.get_as("Token", &mint)?.ok_or_else(|| {
-                    ProjectError::new(format!("supply_changed: unknown token {mint}"))
-                })?;
-                let supply = token.supply.checked_add_signed(delta).ok_or_else(|| {
-                    ProjectError::new(format!(
-                        "supply_changed: supply {} + {delta} is out of range for {mint}",
-                        token.supply
-                    ))
-                })?;
-                vec![Mutation::patch("Token", mint, json!({"supply": supply}))]
+                if !state.exists("Token", &mint) {
+                    return Err(ProjectError::new(format!(
+                        "supply_changed: unknown token {mint}"
+                    )));
+                }
+                // The host adds: no read of the supply, and integers stay
+                // exact however large.
+                vec![Mutation::patch("Token", mint, json!({})).add("supply", delta)]
             }
             TokenEvent::Trade {
                 id,
@@ -181,17 +173,30 @@ mod tests {
     }
 
     #[test]
-    fn supply_cannot_go_negative() {
-        let err = MemoryState::new()
+    fn supply_changes_are_added_exactly_by_the_host() {
+        let mut state = MemoryState::new();
+        state
             .ingest::<Tokens>(
                 "tokens",
                 &[
-                    json!({"type": "token_created", "mint": "m", "symbol": "S", "decimals": 0, "supply": 1}),
-                    json!({"type": "supply_changed", "mint": "m", "delta": -2}),
+                    json!({"type": "token_created", "mint": "m", "symbol": "S", "decimals": 0, "supply": u64::MAX - 1}),
+                    json!({"type": "supply_changed", "mint": "m", "delta": 3}),
+                    json!({"type": "supply_changed", "mint": "m", "delta": -5}),
                 ],
             )
+            .unwrap();
+        // u64::MAX + 2 exists only in between; the result is exact.
+        assert_eq!(
+            state.get("Token", "m").unwrap()["supply"],
+            json!(u64::MAX - 3)
+        );
+        let err = state
+            .ingest::<Tokens>(
+                "tokens",
+                &[json!({"type": "supply_changed", "mint": "ghost", "delta": 1})],
+            )
             .unwrap_err();
-        assert!(err.message().contains("out of range"), "{err}");
+        assert!(err.message().contains("unknown token ghost"), "{err}");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! cannot change between check and use. Without a checker (library use, unit
 //! tests) files are mapped in-process directly.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -103,6 +104,9 @@ pub struct PluginLibrary {
     pub manifest: Manifest,
     /// The file in the plugins directory it was loaded from.
     pub file: PathBuf,
+    /// Fingerprint of the file's bytes ([`fingerprint`]): tells builds of
+    /// the same version apart.
+    pub build: String,
     module: PluginModuleRef,
 }
 
@@ -142,6 +146,114 @@ pub struct PluginReport {
     /// The plugin's latest reprojection, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reprojection: Option<crate::reproject::ReprojectionStatus>,
+    /// Fingerprint of the build serving from this file (`null` if none).
+    pub build: Option<String>,
+    /// When that build went live, milliseconds since the Unix epoch.
+    pub loaded_at: Option<u64>,
+    /// What happened to this file, oldest first: the last
+    /// [`HISTORY_LEN`] loads, refusals, supersessions and timeouts.
+    pub history: VecDeque<BuildEvent>,
+}
+
+/// Entries of [`PluginReport::history`] kept per file.
+pub const HISTORY_LEN: usize = 20;
+
+/// What happened to a plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildEventKind {
+    /// A build from this file went live.
+    Loaded,
+    /// A build dropped over this file was refused.
+    Refused,
+    /// A build of the same plugin from another file replaced it.
+    Superseded,
+    /// Its projector timed out.
+    Stuck,
+}
+
+/// One entry of a plugin file's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildEvent {
+    /// When, milliseconds since the Unix epoch.
+    pub at: u64,
+    /// What happened.
+    pub event: BuildEventKind,
+    /// The build's version, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The build's fingerprint, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// Why (refused, stuck).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PluginReport {
+    /// The report of a file nothing serves from (yet): refused.
+    pub fn failed(file: &Path, error: String) -> Self {
+        PluginReport {
+            name: None,
+            version: None,
+            file: file.display().to_string(),
+            entities: Vec::new(),
+            views: Vec::new(),
+            streams: Vec::new(),
+            state: PluginState::Failed,
+            last_error: Some(error),
+            reprojection: None,
+            build: None,
+            loaded_at: None,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Appends to the history, dropping the oldest entry past [`HISTORY_LEN`].
+    pub fn record(&mut self, event: BuildEventKind, error: Option<String>) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        let (version, build) = match event {
+            BuildEventKind::Refused => (None, None),
+            _ => (self.version.clone(), self.build.clone()),
+        };
+        self.history.push_back(BuildEvent {
+            at: unix_millis(),
+            event,
+            version,
+            build,
+            error,
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A file's fingerprint: CRC-32 of its bytes and its length, in hex
+/// (`"3fa2c01b-eb8a28"`). Not a security measure: it tells two builds apart
+/// at a glance (a rebuild with the same version number shows a new one).
+/// CRC-32 because the crate is already here (gzip) and fast even in debug
+/// builds; the length makes a collision between builds even less likely.
+pub fn fingerprint(file: &Path) -> std::io::Result<String> {
+    let mut reader = std::fs::File::open(file)?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut length = 0u64;
+    loop {
+        let read = reader.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        length += read as u64;
+    }
+    Ok(format!("{:08x}-{length:x}", hasher.finalize()))
 }
 
 static NEXT_COPY: AtomicU64 = AtomicU64::new(0);
@@ -216,6 +328,7 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
         NEXT_COPY.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::copy(file, &mapped)?;
+    let build = fingerprint(&mapped)?;
     let checked = match CHECKER.get() {
         Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT),
         None => Ok(()),
@@ -228,6 +341,7 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     Ok(PluginLibrary {
         manifest,
         file: file.to_owned(),
+        build,
         module,
     })
 }

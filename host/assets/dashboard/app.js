@@ -12,6 +12,17 @@ const HISTORY_SHOWN = 6;
 
 const $ = (selector) => document.querySelector(selector);
 
+// `#view=Token/list&key=...&skip=...&take=...` (or the same as a query)
+// opens the inspector on load, so an inspection can be bookmarked.
+const linked = (() => {
+  const params = new URLSearchParams(location.hash.slice(1));
+  for (const [name, value] of new URLSearchParams(location.search)) {
+    if (!params.has(name)) params.set(name, value);
+  }
+  return params;
+})();
+let pendingView = linked.get('view');
+
 const api = new Api(initialToken());
 $('#token').value = api.token;
 $('#host-name').textContent = location.host;
@@ -126,6 +137,14 @@ function drawViews(views) {
     const chosen = select.value;
     select.replaceChildren(...ids.map((id) => new Option(id, id)));
     if (ids.includes(chosen)) select.value = chosen;
+  }
+  if (pendingView && ids.includes(pendingView)) {
+    select.value = pendingView;
+    $('#inspect-key').value = linked.get('key') ?? '';
+    $('#inspect-skip').value = linked.get('skip') ?? '';
+    $('#inspect-take').value = linked.get('take') ?? '';
+    pendingView = null;
+    openInspector();
   }
 }
 

@@ -46,7 +46,9 @@ export class VirtualTable {
     const key = columns.join('\u0000');
     if (key === this.columnKey) return;
     this.columnKey = key;
-    this.template = columns.map((c, i) => (i < 2 ? 'minmax(9em, 1fr)' : 'minmax(6em, 1fr)')).join(' ');
+    // key, then `_seq` (16 digits, never cut), then the fields.
+    const width = (i) => ['minmax(8em, 1.2fr)', '17ch'][i] ?? 'minmax(6em, 1fr)';
+    this.template = columns.map((_, i) => width(i)).join(' ');
     this.header.style.gridTemplateColumns = this.template;
     this.header.replaceChildren(
       ...columns.map((label) => {

@@ -153,7 +153,11 @@ pub async fn handle(
             let stream = p.trim_start_matches("/ingest/").to_owned();
             ingest(request, &stream, &shared).await
         }
-        (_, "/healthz" | "/readyz" | "/status" | "/plugins" | "/metrics" | "/") => error_response(
+        (
+            _,
+            "/healthz" | "/readyz" | "/status" | "/plugins" | "/metrics" | "/" | "/admin/views"
+            | "/admin/figures",
+        ) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "use GET",

@@ -506,6 +506,13 @@ async fn the_page_is_open_and_its_data_needs_the_admin_token() {
             .bearer_auth(ADMIN)
             .send()
     };
+    let post = http
+        .post(format!("{}/admin/views", host.http_url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
     let views: Value = get("/admin/views").await.unwrap().json().await.unwrap();
     let list = views
         .as_array()

@@ -206,7 +206,8 @@ $('#token-form').addEventListener('submit', (event) => {
 });
 
 // One poll at a time: a slow answer delays the next instead of piling up.
+// A hidden tab does not poll (the inspector's socket stays subscribed).
 (async function loop() {
-  await poll();
+  if (!document.hidden) await poll();
   setTimeout(loop, POLL_MS);
 })();

@@ -219,21 +219,35 @@ where
     K: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     loop {
+        // Counted per drain, not per frame: one counter update per flush.
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let mut count = |len: usize| {
+            frames += 1;
+            bytes += len as u64;
+        };
         for item in outbox.drain().await {
             match item {
-                Outgoing::Live(bytes) => sink.feed(Message::Binary(bytes)).await?,
+                Outgoing::Live(data) => {
+                    count(data.len());
+                    sink.feed(Message::Binary(data)).await?
+                }
                 Outgoing::Ping => sink.feed(Message::Ping(bytes::Bytes::new())).await?,
-                Outgoing::Frame(frame) => sink.feed(to_message(frame)).await?,
+                Outgoing::Frame(frame) => {
+                    count(frame.bytes.len());
+                    sink.feed(to_message(frame)).await?
+                }
                 Outgoing::Update(update) => {
                     // A slow client's merged update: encode (and gzip) it
                     // off the async workers.
                     let frame = tokio::task::spawn_blocking(move || update.into_frame())
                         .await
                         .expect("encoding does not panic");
+                    count(frame.bytes.len());
                     sink.feed(to_message(frame)).await?
                 }
                 Outgoing::Snapshot(job) => {
                     for frame in job.snapshot.frames().await {
+                        count(frame.bytes.len());
                         sink.feed(to_message(frame.clone())).await?;
                     }
                 }
@@ -252,5 +266,7 @@ where
             }
         }
         sink.flush().await?;
+        metrics::counter!("vista_frames_sent_total").increment(frames);
+        metrics::counter!("vista_bytes_sent_total").increment(bytes);
     }
 }

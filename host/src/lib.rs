@@ -6,6 +6,8 @@
 //!
 //! - [`server`]: the listening port: WebSocket upgrades and the HTTP API
 //!   (`/ingest/{stream}`, `/plugins`, `/healthz`, `/metrics`).
+//! - [`dashboard`]: the live dashboard page at `/` (assets compiled in)
+//!   and the admin endpoints it polls.
 //! - [`connection`]: one client: reading its messages, writing its outbox.
 //! - [`cli`]: `vista ingest`, `vista tail` and `vista plugins`, clients
 //!   of a running host.
@@ -55,6 +57,7 @@ pub mod store;
 pub mod views;
 
 pub(crate) mod connection;
+pub(crate) mod dashboard;
 pub(crate) mod demo;
 pub(crate) mod engine;
 pub(crate) mod hygiene;

@@ -27,6 +27,7 @@
 //! cannot change between check and use. Without a checker (library use, unit
 //! tests) files are mapped in-process directly.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -151,7 +152,8 @@ pub struct PluginReport {
     pub state: PluginState,
     /// Why the last load of this file failed.
     pub last_error: Option<String>,
-    /// The build's fingerprint ([`PluginLibrary::fingerprint`]).
+    /// The fingerprint of the build serving (or staged) from this file
+    /// ([`PluginLibrary::fingerprint`]; `null` if none).
     pub fingerprint: Option<String>,
     /// Cluster mode: the position in the shared log of the marker this
     /// build runs from.
@@ -160,6 +162,92 @@ pub struct PluginReport {
     /// The plugin's latest reprojection, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reprojection: Option<crate::reproject::ReprojectionStatus>,
+    /// When that build went live, milliseconds since the Unix epoch.
+    pub loaded_at: Option<u64>,
+    /// What happened to this file, oldest first: the last
+    /// [`HISTORY_LEN`] loads, refusals, supersessions and timeouts.
+    pub history: VecDeque<BuildEvent>,
+}
+
+/// Entries of [`PluginReport::history`] kept per file.
+pub const HISTORY_LEN: usize = 20;
+
+/// What happened to a plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildEventKind {
+    /// A build from this file went live.
+    Loaded,
+    /// A build dropped over this file was refused.
+    Refused,
+    /// A build of the same plugin from another file replaced it.
+    Superseded,
+    /// Its projector timed out.
+    Stuck,
+}
+
+/// One entry of a plugin file's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildEvent {
+    /// When, milliseconds since the Unix epoch.
+    pub at: u64,
+    /// What happened.
+    pub event: BuildEventKind,
+    /// The build's version, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The build's fingerprint, when it was read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Why (refused, stuck).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl PluginReport {
+    /// The report of a file nothing serves from (yet): refused.
+    pub fn failed(file: &Path, error: String) -> Self {
+        PluginReport {
+            name: None,
+            version: None,
+            file: file.display().to_string(),
+            entities: Vec::new(),
+            views: Vec::new(),
+            streams: Vec::new(),
+            state: PluginState::Failed,
+            last_error: Some(error),
+            reprojection: None,
+            fingerprint: None,
+            since: None,
+            loaded_at: None,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Appends to the history, dropping the oldest entry past [`HISTORY_LEN`].
+    pub fn record(&mut self, event: BuildEventKind, error: Option<String>) {
+        if self.history.len() == HISTORY_LEN {
+            self.history.pop_front();
+        }
+        let (version, fingerprint) = match event {
+            BuildEventKind::Refused => (None, None),
+            _ => (self.version.clone(), self.fingerprint.clone()),
+        };
+        self.history.push_back(BuildEvent {
+            at: unix_millis(),
+            event,
+            version,
+            fingerprint,
+            error,
+        });
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 static NEXT_COPY: AtomicU64 = AtomicU64::new(0);

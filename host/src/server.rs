@@ -10,6 +10,8 @@
 //! | `POST /auth/token` | a subscriber token for `Authorization: Bearer <publishable key>` |
 //! | `POST /plugins/{name}/reproject` | rebuild the plugin's entities from the event log (202; progress in `GET /plugins`) |
 //! | `GET /metrics` | Prometheus text |
+//! | `GET /`, `GET /dashboard/{file}` | the dashboard page ([`crate::dashboard`]) |
+//! | `GET /admin/views`, `GET /admin/figures` | what the dashboard polls |
 //!
 //! Errors are JSON `{"error": code, "message": text, ...}` with a specific
 //! status: 400 malformed body (naming the line), 404 unknown stream or
@@ -65,7 +67,7 @@ const INLINE_PARSE_BYTES: usize = 16 << 10;
 /// HTTP response with a fully buffered body.
 pub type HttpResponse = Response<Full<Bytes>>;
 
-fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -91,6 +93,7 @@ pub async fn handle(
     }
     let path = request.uri().path().to_owned();
     let admin_route = matches!(path.as_str(), "/plugins" | "/metrics" | "/status")
+        || path.starts_with("/admin/")
         || (path.starts_with("/plugins/") && path.ends_with("/reproject"));
     if admin_route {
         if let Err(err) = shared.auth.admin(bearer(&request)) {
@@ -137,6 +140,11 @@ pub async fn handle(
                 &serde_json::to_value(reports).expect("reports serialize"),
             )
         }
+        (&Method::GET, p) if crate::dashboard::is_asset(p) || p.starts_with("/dashboard/") => {
+            crate::dashboard::asset(p)
+        }
+        (&Method::GET, "/admin/views") => crate::dashboard::views(&shared).await,
+        (&Method::GET, "/admin/figures") => crate::dashboard::figures(&shared),
         (&Method::GET, "/metrics") => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
             .body(Full::new(Bytes::from(shared.metrics.render())))
@@ -159,7 +167,11 @@ pub async fn handle(
             let stream = p.trim_start_matches("/ingest/").to_owned();
             ingest(request, &stream, &shared).await
         }
-        (_, "/healthz" | "/readyz" | "/status" | "/plugins" | "/metrics") => error_response(
+        (
+            _,
+            "/healthz" | "/readyz" | "/status" | "/plugins" | "/metrics" | "/" | "/admin/views"
+            | "/admin/figures",
+        ) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
             "use GET",
@@ -266,7 +278,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         );
     }
     let token = query_token(request).or_else(|| bearer(request).map(str::to_owned));
-    let claims = match shared.auth.subscriber(token.as_deref()) {
+    let claims = match shared.auth.subscriber_or_admin(token.as_deref()) {
         Ok(claims) => claims,
         Err(err) => {
             metrics::counter!("vista_auth_refused_total").increment(1);

@@ -136,6 +136,15 @@ impl Engine {
             .plugins
             .get(&name)
             .is_some_and(|p| p.lib.fingerprint == lib.fingerprint);
+        let previous = self.reports.remove(&lib.file);
+        let history = previous
+            .as_ref()
+            .map(|p| p.history.clone())
+            .unwrap_or_default();
+        let (since, loaded_at) = match previous {
+            Some(p) if running => (p.since, p.loaded_at),
+            _ => (None, None),
+        };
         let report = PluginReport {
             name: Some(name.clone()),
             version: Some(lib.manifest.version.clone()),
@@ -156,7 +165,9 @@ impl Engine {
             last_error: None,
             reprojection: None,
             fingerprint: Some(lib.fingerprint.clone()),
-            since: None,
+            since,
+            loaded_at,
+            history,
         };
         self.reports.insert(lib.file.clone(), report);
         let side = self.side();
@@ -340,6 +351,8 @@ impl Engine {
                     reprojection: None,
                     fingerprint: Some(fingerprint.to_owned()),
                     since: None,
+                    loaded_at: None,
+                    history: Default::default(),
                 },
             );
             self.side().pause = Some(pause);

@@ -66,7 +66,7 @@ use crate::durable::{
 use crate::frame::{socket_issue, Frame};
 use crate::ingest::IngestBody;
 use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
-use crate::plugins::{self, LoadError, PluginLibrary, PluginReport, PluginState};
+use crate::plugins::{self, BuildEventKind, LoadError, PluginLibrary, PluginReport, PluginState};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
 use crate::reproject::{ReprojectReport, ReprojectionStatus, Reprojector};
 use crate::store::Store;
@@ -313,6 +313,11 @@ pub enum Command {
         /// Where the reports go.
         reply: oneshot::Sender<Vec<PluginReport>>,
     },
+    /// What `GET /admin/views` shows.
+    Views {
+        /// Where the summaries go.
+        reply: oneshot::Sender<Vec<crate::dashboard::ViewSummary>>,
+    },
     /// Ping quiet clients, close silent ones.
     SweepIdle {
         /// The idle timeout.
@@ -386,6 +391,13 @@ impl EngineHandle {
     pub async fn reports(&self) -> Vec<PluginReport> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Reports { reply });
+        answer.await.unwrap_or_default()
+    }
+
+    /// Every view with its counts, for `GET /admin/views`.
+    pub async fn views(&self) -> Vec<crate::dashboard::ViewSummary> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Views { reply });
         answer.await.unwrap_or_default()
     }
 
@@ -674,6 +686,9 @@ impl Engine {
             Command::Reports { reply } => {
                 let _ = reply.send(self.plugin_reports());
             }
+            Command::Views { reply } => {
+                let _ = reply.send(crate::dashboard::view_summaries(&self.views));
+            }
             Command::Reproject { plugin, reply } => {
                 let _ = reply.send(self.start_reprojection(&plugin));
             }
@@ -734,30 +749,21 @@ impl Engine {
             Ok(name) => tracing::info!(file = %file.display(), plugin = %name, "plugin loaded"),
             Err(reason) => {
                 tracing::error!("plugin refused: {}: {reason}", file.display());
-                match self.reports.get_mut(file) {
-                    // A previous build from this file keeps serving.
-                    Some(report) if report.state != PluginState::Failed => {
-                        report.last_error = Some(reason.to_string())
+                // A previous build from this file keeps serving, if any.
+                let serving = self
+                    .reports
+                    .get(file)
+                    .is_some_and(|report| report.state != PluginState::Failed);
+                if !serving {
+                    let mut failed = PluginReport::failed(file, reason.to_string());
+                    if let Some(previous) = self.reports.remove(file) {
+                        failed.history = previous.history;
                     }
-                    _ => {
-                        self.reports.insert(
-                            file.to_owned(),
-                            PluginReport {
-                                name: None,
-                                version: None,
-                                file: file.display().to_string(),
-                                entities: Vec::new(),
-                                views: Vec::new(),
-                                streams: Vec::new(),
-                                state: PluginState::Failed,
-                                last_error: Some(reason.to_string()),
-                                reprojection: None,
-                                fingerprint: None,
-                                since: None,
-                            },
-                        );
-                    }
+                    self.reports.insert(file.to_owned(), failed);
                 }
+                let report = self.reports.get_mut(file).expect("inserted above");
+                report.last_error = Some(reason.to_string());
+                report.record(BuildEventKind::Refused, Some(reason.to_string()));
             }
         }
         result
@@ -807,6 +813,7 @@ impl Engine {
             if previous.lib.file != lib.file {
                 if let Some(report) = self.reports.get_mut(&previous.lib.file) {
                     report.state = PluginState::Superseded;
+                    report.record(BuildEventKind::Superseded, None);
                 }
             }
             if previous.stuck {
@@ -814,22 +821,28 @@ impl Engine {
             }
             tracing::info!(plugin = %name, from = %previous.lib.manifest.version, to = %manifest.version, "plugin swapped");
         }
-        self.reports.insert(
-            lib.file.clone(),
-            PluginReport {
-                name: Some(name.clone()),
-                version: Some(manifest.version.clone()),
-                file: lib.file.display().to_string(),
-                entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
-                views: view_ids(&manifest).collect(),
-                streams: manifest.streams.clone(),
-                state: PluginState::Loaded,
-                last_error: None,
-                reprojection: None,
-                fingerprint: Some(lib.fingerprint.clone()),
-                since: None,
-            },
-        );
+        let history = self
+            .reports
+            .remove(&lib.file)
+            .map(|previous| previous.history)
+            .unwrap_or_default();
+        let mut report = PluginReport {
+            name: Some(name.clone()),
+            version: Some(manifest.version.clone()),
+            file: lib.file.display().to_string(),
+            entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
+            views: view_ids(&manifest).collect(),
+            streams: manifest.streams.clone(),
+            state: PluginState::Loaded,
+            last_error: None,
+            reprojection: None,
+            fingerprint: Some(lib.fingerprint.clone()),
+            since: None,
+            loaded_at: Some(plugins::unix_millis()),
+            history,
+        };
+        report.record(BuildEventKind::Loaded, None);
+        self.reports.insert(lib.file.clone(), report);
         self.plugins.insert(
             name.clone(),
             LoadedPlugin {
@@ -1780,8 +1793,9 @@ impl Engine {
                 plugin.worker.demote();
                 if let Some(report) = self.reports.get_mut(&plugin.lib.file) {
                     report.state = PluginState::Stuck;
-                    report.last_error =
-                        Some(format!("projector made no progress for {timeout_ms} ms"));
+                    let error = format!("projector made no progress for {timeout_ms} ms");
+                    report.record(BuildEventKind::Stuck, Some(error.clone()));
+                    report.last_error = Some(error);
                 }
             }
             self.release(&name, ticket);

@@ -362,6 +362,11 @@ impl Views {
         self.views.get(id)
     }
 
+    /// Every view, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &View> {
+        self.views.values()
+    }
+
     /// Registers (or replaces) the subscription of `conn` to (view, key) and
     /// returns what to send first. For an unknown view the request is kept
     /// pending and [`SubscribeError::ViewNotFound`] returned. With

@@ -101,6 +101,24 @@ impl View {
         view
     }
 
+    /// Subscriptions to this view: all keys, one key or a window.
+    pub fn subscriber_count(&self) -> usize {
+        self.subs.all.len()
+            + self.subs.by_key.values().map(HashSet::len).sum::<usize>()
+            + self
+                .subs
+                .windows
+                .values()
+                .map(|g| g.conns.len())
+                .sum::<usize>()
+    }
+
+    /// Entities in a list view (0 for state and append views, which keep
+    /// no index).
+    pub fn member_count(&self) -> usize {
+        self.index.values.len()
+    }
+
     pub(crate) fn desc(&self) -> bool {
         self.sort.order == Order::Desc
     }

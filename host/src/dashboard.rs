@@ -1,0 +1,246 @@
+//! The live dashboard: a static page served at `GET /`, and the two admin
+//! JSON endpoints it polls besides `GET /plugins`.
+//!
+//! | route | what | auth |
+//! |---|---|---|
+//! | `GET /`, `GET /dashboard/{file}` | the page: HTML, CSS, ES modules | none: static, holds no data |
+//! | `GET /admin/views` | every view: owner, definition, entities, subscribers | admin token |
+//! | `GET /admin/figures` | cumulative counters (connections, events, frames, bytes, conflated frames, slow-consumer closes) | admin token |
+//!
+//! The assets are compiled into the binary (`include_str!`), so a host
+//! serves its own dashboard with no files beside it and no network: there
+//! is no build step and no CDN, and the page's Content-Security-Policy
+//! forbids loading anything from elsewhere. Everything the page shows
+//! comes from the admin routes (with the admin token the operator pastes,
+//! or passes once as `#token=`/`?token=`, sent as `Authorization: Bearer`)
+//! and, for the view inspector, from an ordinary WebSocket subscription
+//! speaking the same protocol as every client (the admin token is accepted
+//! as its `hs_token`; see [`crate::auth::Auth::subscriber_or_admin`]).
+//!
+//! Why these endpoints are cheap enough to poll every second: `/admin/views`
+//! is one engine command that reads counts (no entity is copied or
+//! serialized), and `/admin/figures` does not reach the engine at all; it
+//! reads the Prometheus recorder the host keeps anyway. Rates are computed
+//! by the page from successive totals, so the host keeps no per-viewer
+//! state.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{header, Response, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+use vista_plugin_api::view::{Filter, SortSpec};
+
+use crate::server::{json_response, HttpResponse};
+use crate::views::Views;
+use crate::vocab::Mode;
+use crate::Shared;
+
+/// The page's files: URL path, content type, contents.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "/",
+        "text/html; charset=utf-8",
+        include_str!("../assets/dashboard/index.html"),
+    ),
+    (
+        "/dashboard/style.css",
+        "text/css; charset=utf-8",
+        include_str!("../assets/dashboard/style.css"),
+    ),
+    (
+        "/dashboard/app.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/app.js"),
+    ),
+    (
+        "/dashboard/api.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/api.js"),
+    ),
+    (
+        "/dashboard/charts.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/charts.js"),
+    ),
+    (
+        "/dashboard/inspector.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/inspector.js"),
+    ),
+    (
+        "/dashboard/table.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../assets/dashboard/table.js"),
+    ),
+];
+
+/// Nothing but this host: scripts, styles, fetches and the WebSocket
+/// ('self' covers ws:// and wss:// to the same host).
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+                   connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                   form-action 'none'; frame-ancestors 'none'";
+
+/// Whether `path` is one of the dashboard's files.
+pub(crate) fn is_asset(path: &str) -> bool {
+    ASSETS.iter().any(|(p, _, _)| *p == path) || path == "/index.html"
+}
+
+/// The dashboard file at `path`; 404 for an unknown file under
+/// `/dashboard/`.
+pub(crate) fn asset(path: &str) -> HttpResponse {
+    let path = if path == "/index.html" { "/" } else { path };
+    let Some((_, content_type, body)) = ASSETS.iter().find(|(p, _, _)| *p == path) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not-found", "message": format!("no dashboard file {path}")}),
+        );
+    };
+    Response::builder()
+        .header(header::CONTENT_TYPE, *content_type)
+        // Assets change with the binary; revalidating costs nothing here.
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::CONTENT_SECURITY_POLICY, CSP)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .header(header::REFERRER_POLICY, "no-referrer")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("static response parts are valid")
+}
+
+/// One view as `GET /admin/views` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ViewSummary {
+    /// View id, e.g. `Token/list`.
+    pub id: String,
+    /// Plugin providing it.
+    pub plugin: String,
+    /// Entity type it draws from.
+    pub source: String,
+    /// `list`, `state` or `append`.
+    pub mode: Mode,
+    /// Whether a plugin declared it (filter/sort/take) rather than being a
+    /// base view.
+    pub derived: bool,
+    /// Its filter (derived views).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
+    /// Its order (list views).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sort: Option<SortSpec>,
+    /// Its limit (derived views).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub take: Option<usize>,
+    /// Entities in it (for state and append views: entities of the type).
+    pub entities: usize,
+    /// Subscriptions to it: all keys, one key, or a window.
+    pub subscribers: usize,
+}
+
+/// Every view, by id. Runs on the engine thread: counts only.
+pub(crate) fn view_summaries(views: &Views) -> Vec<ViewSummary> {
+    // State and append views keep no index; the type's list view counts
+    // the same entities.
+    let type_count = |source: &str| {
+        views
+            .get(&format!("{source}/list"))
+            .map_or(0, |v| v.member_count())
+    };
+    let mut summaries: Vec<ViewSummary> = views
+        .iter()
+        .map(|view| ViewSummary {
+            id: view.id.to_string(),
+            plugin: view.plugin.clone(),
+            source: view.source.clone(),
+            mode: view.mode,
+            derived: view.def.is_some(),
+            filter: view.def.as_ref().and_then(|d| d.filter.clone()),
+            sort: (view.mode == Mode::List).then(|| view.sort.clone()),
+            take: view.def.as_ref().and_then(|d| d.take),
+            entities: if view.mode == Mode::List {
+                view.member_count()
+            } else {
+                type_count(&view.source)
+            },
+            subscribers: view.subscriber_count(),
+        })
+        .collect();
+    summaries.sort_by(|a, b| a.id.cmp(&b.id));
+    summaries
+}
+
+/// `GET /admin/views`.
+pub(crate) async fn views(shared: &Shared) -> HttpResponse {
+    let views = shared.engine.views().await;
+    json_response(
+        StatusCode::OK,
+        &serde_json::to_value(views).expect("view summaries serialize"),
+    )
+}
+
+/// Counters the figures are read from, as the Prometheus recorder names
+/// them, and the JSON name of each.
+const COUNTERS: &[(&str, &str)] = &[
+    ("events", "vista_events_ingested_total"),
+    ("frames", "vista_frames_sent_total"),
+    ("bytes", "vista_bytes_sent_total"),
+    ("conflated", "vista_frames_conflated_total"),
+    (
+        "slowConsumerCloses",
+        "vista_slow_consumer_disconnects_total",
+    ),
+];
+
+/// `GET /admin/figures`: open WebSocket connections and cumulative totals,
+/// with the time they were read (`at`, Unix milliseconds).
+pub(crate) fn figures(shared: &Shared) -> HttpResponse {
+    let text = shared.metrics.render();
+    let mut body = json!({
+        "at": crate::plugins::unix_millis(),
+        "connections": shared
+            .open_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+    });
+    for (name, metric) in COUNTERS {
+        body[*name] = json!(counter_total(&text, metric));
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+/// The sum of `name` over its label sets in Prometheus text (0 if absent).
+fn counter_total(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_summed_over_labels_and_not_confused_with_longer_names() {
+        let text = "# TYPE vista_frames_sent_total counter\n\
+                    vista_frames_sent_total 12\n\
+                    vista_frames_sent_total_other 99\n\
+                    vista_bytes_sent_total{kind=\"a\"} 3\n\
+                    vista_bytes_sent_total{kind=\"b\"} 4\n";
+        assert_eq!(counter_total(text, "vista_frames_sent_total"), 12);
+        assert_eq!(counter_total(text, "vista_bytes_sent_total"), 7);
+        assert_eq!(counter_total(text, "vista_events_ingested_total"), 0);
+    }
+
+    #[test]
+    fn every_asset_is_served_with_its_type_and_unknown_files_are_404() {
+        for (path, content_type, _) in ASSETS {
+            let response = asset(path);
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert_eq!(response.headers()[header::CONTENT_TYPE], *content_type);
+        }
+        assert_eq!(asset("/dashboard/nope.js").status(), StatusCode::NOT_FOUND);
+        assert!(is_asset("/") && is_asset("/dashboard/app.js") && !is_asset("/plugins"));
+    }
+}

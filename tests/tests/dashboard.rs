@@ -1,0 +1,577 @@
+//! The dashboard at `GET /`, in a real browser: headless Chromium driven
+//! through a chromedriver this test starts itself (a free loopback port;
+//! its process group is killed when the test ends, pass or fail) with
+//! fantoccini, against the real host serving the real `tokens` and `games`
+//! plugins, with subscriber tokens and an admin token configured.
+//!
+//! What the browser must show, each waited for with a deadline: both
+//! plugins with their builds; the views; rows of `Token/list` arriving
+//! through the page's own WebSocket (gzipped snapshot batches included),
+//! an ingest adding a row with its `_seq`, a patch updating it, a
+//! `token_closed` removing it; a new build dropped into the plugins
+//! directory showing up with its new fingerprint and a reload-history
+//! entry; the live figures counting. A screenshot is written to
+//! `$CARGO_TARGET_TMPDIR/dashboard.png` (and to `$VISTA_DASHBOARD_SCREENSHOT`
+//! when set). A second test checks the admin protection over plain HTTP
+//! and WebSocket.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use vista_tests::{mint_token, plugin_artifact, unix_now, Host, PluginFile};
+
+const JWT_SECRET: &str = "dashboard-jwt-secret-0123456789";
+const FEED: &str = "feed-secret-1";
+const ADMIN: &str = "admin-secret-1";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn secured_args() -> Vec<&'static str> {
+    vec![
+        "--jwt-secret",
+        JWT_SECRET,
+        "--ingest-token",
+        FEED,
+        "--admin-token",
+        ADMIN,
+    ]
+}
+
+async fn secured_host() -> Host {
+    Host::start(
+        vec![
+            PluginFile::Built("vista_tokens", "tokens.so"),
+            PluginFile::Built("vista_games", "games.so"),
+        ],
+        &secured_args(),
+    )
+    .await
+}
+
+/// `POST /ingest/{stream}` with the feed credential; the reply's `seq`.
+async fn ingest(host: &Host, stream: &str, events: &[Value]) -> String {
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    let response = reqwest::Client::new()
+        .post(format!("{}/ingest/{stream}", host.http_url()))
+        .bearer_auth(FEED)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    reply["seq"].as_str().unwrap().to_owned()
+}
+
+fn created(mint: &str, supply: i64) -> Value {
+    json!({"type": "token_created", "mint": mint, "symbol": mint.to_uppercase(), "decimals": 0, "supply": supply})
+}
+
+/// A chromedriver process of our own, in its own process group (so the
+/// browsers it starts go with it), killed by that id when dropped.
+struct ChromeDriver {
+    child: Child,
+    url: String,
+    profile: tempfile::TempDir,
+}
+
+impl ChromeDriver {
+    async fn start() -> ChromeDriver {
+        use std::os::unix::process::CommandExt;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(chromedriver())
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver (apt-get install chromium chromium-driver)");
+        let driver = ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            profile: tempfile::tempdir().unwrap(),
+        };
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let ready = http
+                .get(format!("{}/status", driver.url))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.json::<Value>());
+            if let Some(status) = ready {
+                if status.await.is_ok_and(|s| s["value"]["ready"] == true) {
+                    return driver;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver did not get ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium(),
+                "args": [
+                    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1440,1300",
+                    format!("--user-data-dir={}", self.profile.path().display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&self.url)
+            .await
+            .expect("a headless Chromium session")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The group id is the pid we started: chromedriver and its browsers.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn chromedriver() -> PathBuf {
+    std::env::var_os("CHROMEDRIVER").map_or_else(|| "chromedriver".into(), PathBuf::from)
+}
+
+fn chromium() -> String {
+    std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// Evaluates `script` (a function body returning a value, or `null` while
+/// the condition does not hold) until it returns something else; panics
+/// with `what` and the last value after [`DEADLINE`].
+async fn wait_for(browser: &Client, what: &str, script: &str) -> Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let value = browser.execute(script, vec![]).await.expect("run script");
+        if !value.is_null() && value != false {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            let status = browser
+                .execute(
+                    "return document.querySelector('#inspect-status').textContent + ' | ' + document.querySelector('#poll-state').textContent",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what} (page: {status})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The `key`, `_seq` cells of the inspector row for `key`, or null.
+fn row_script(key: &str) -> String {
+    format!(
+        "const row = document.querySelector('#rows .vt-row[data-key={key:?}]:not([hidden])');
+         return row ? [...row.children].map(c => c.textContent) : null;"
+    )
+}
+
+fn plugin_script(name: &str) -> String {
+    format!(
+        "const row = document.querySelector('#plugins tr[data-plugin={name:?}]');
+         return row ? {{state: row.dataset.state, build: row.dataset.build,
+                        history: Number(row.querySelector('.history-cell').dataset.count),
+                        latest: row.querySelector('.history li')?.textContent ?? ''}} : null;"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_plugins_views_figures_and_live_rows_in_a_browser() {
+    let host = secured_host().await;
+    // 60 tokens: the first snapshot batch (50) is over 1 KiB, so gzipped.
+    let seed: Vec<Value> = (0..60).map(|i| created(&format!("s{i:02}"), i)).collect();
+    ingest(&host, "tokens", &seed).await;
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    let outcome = run_dashboard(&host, &browser).await;
+    let _ = browser.close().await;
+    outcome.unwrap_or_else(|e| panic!("{e}\nhost log:\n{}", host.log()));
+}
+
+async fn run_dashboard(host: &Host, browser: &Client) -> Result<(), String> {
+    // Without the token the page loads (it is static) but its data calls
+    // are refused, and it says so.
+    browser
+        .goto(&host.http_url())
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(
+        browser,
+        "the admin-token banner",
+        "return document.querySelector('#poll-state').dataset.state === 'auth'
+                && !document.querySelector('#auth-banner').hidden",
+    )
+    .await;
+
+    // With it (the URL parameter is taken once and removed from the URL).
+    browser
+        .goto(&format!("{}/?token={ADMIN}", host.http_url()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let url = browser.current_url().await.map_err(|e| e.to_string())?;
+    assert!(
+        !url.as_str().contains(ADMIN),
+        "the token stays out of the address bar: {url}"
+    );
+    let tokens = wait_for(browser, "the tokens plugin", &plugin_script("tokens")).await;
+    let games = wait_for(browser, "the games plugin", &plugin_script("games")).await;
+    let expected_build = |crate_name: &str| {
+        let bytes = std::fs::read(plugin_artifact(crate_name)).unwrap();
+        fingerprint(&bytes)
+    };
+    assert_eq!(tokens["state"], "loaded");
+    assert_eq!(tokens["build"], expected_build("vista_tokens"), "{tokens}");
+    assert_eq!(tokens["history"], 1, "{tokens}");
+    assert!(
+        tokens["latest"].as_str().unwrap().contains("loaded"),
+        "{tokens}"
+    );
+    assert_eq!(games["state"], "loaded");
+    assert_eq!(games["build"], expected_build("vista_games"), "{games}");
+
+    // Views with their owner and definition; the inspector can pick them.
+    let views = wait_for(
+        browser,
+        "the views table",
+        "const rows = [...document.querySelectorAll('#views tbody tr')];
+         const find = id => rows.find(r => r.dataset.view === id);
+         const list = find('Token/list'), latest = find('ActiveGame/latest');
+         const options = [...document.querySelectorAll('#inspect-view option')].map(o => o.value);
+         return list && latest && options.includes('Token/list')
+           ? {list: [...list.children].map(c => c.textContent),
+              latest: [...latest.children].map(c => c.textContent)} : null;",
+    )
+    .await;
+    assert_eq!(views["list"][1], "tokens", "{views}");
+    assert_eq!(views["list"][4], "60", "entities: {views}");
+    assert_eq!(views["latest"][1], "games", "{views}");
+    let definition = views["latest"][3].as_str().unwrap();
+    assert!(
+        definition.contains("sort startedAt desc") && definition.contains("filter"),
+        "{views}"
+    );
+
+    // Open Token/list in the inspector: its snapshot arrives over the
+    // page's WebSocket (authenticated with the admin token), gzip and all.
+    browser
+        .find(Locator::Css("#inspect-view"))
+        .await
+        .map_err(|e| e.to_string())?
+        .select_by_value("Token/list")
+        .await
+        .map_err(|e| e.to_string())?;
+    browser
+        .find(Locator::Css("#inspect-go"))
+        .await
+        .map_err(|e| e.to_string())?
+        .click()
+        .await
+        .map_err(|e| e.to_string())?;
+    wait_for(
+        browser,
+        "the 60-row snapshot",
+        "const s = document.querySelector('#inspect-status');
+         return s.dataset.state === 'live' && s.dataset.rows === '60';",
+    )
+    .await;
+    // Newest first (`_seq` descending): s59 heads the list.
+    let first = wait_for(
+        browser,
+        "the first row",
+        "const row = [...document.querySelectorAll('#rows .vt-row:not([hidden])')]
+           .sort((a, b) => new DOMMatrix(getComputedStyle(a).transform).m42
+                         - new DOMMatrix(getComputedStyle(b).transform).m42)[0];
+         return row ? row.dataset.key : null;",
+    )
+    .await;
+    assert_eq!(first, "s59");
+    // The first batch of 50 came gzipped (and was decoded: the rows are there).
+    wait_for(
+        browser,
+        "the gzipped first snapshot batch in the raw frames",
+        "const heads = [...document.querySelectorAll('#raw .raw-head')].map(h => h.textContent);
+         return heads.some(h => h.includes('snapshot Token/list (50)') && h.includes('binary gzip'));",
+    )
+    .await;
+
+    // The inspector's subscription is counted in the views table.
+    wait_for(
+        browser,
+        "Token/list's subscriber",
+        "const row = document.querySelector('#views tr[data-view=\"Token/list\"]');
+         return row && row.querySelector('.subscribers').textContent === '1';",
+    )
+    .await;
+
+    // An ingest makes a row appear, with the `_seq` the host answered.
+    let seq = ingest(host, "tokens", &[created("alpha", 7)]).await;
+    let row = wait_for(browser, "row alpha", &row_script("alpha")).await;
+    assert_eq!(row[0], "alpha");
+    assert_eq!(row[1], seq.as_str(), "the row's _seq: {row}");
+    // A patch updates it in place.
+    let seq = ingest(
+        host,
+        "tokens",
+        &[json!({"type": "supply_changed", "mint": "alpha", "delta": 5})],
+    )
+    .await;
+    let row = wait_for(
+        browser,
+        "row alpha patched",
+        &format!(
+            "const cells = (() => {{ {} }})();
+             return cells && cells[1] === {seq:?} ? cells : null;",
+            row_script("alpha")
+        ),
+    )
+    .await;
+    assert!(
+        row.as_array().unwrap().iter().any(|c| c == "12"),
+        "supply 7+5: {row}"
+    );
+    // token_closed removes it.
+    ingest(
+        host,
+        "tokens",
+        &[json!({"type": "token_closed", "mint": "alpha"})],
+    )
+    .await;
+    wait_for(
+        browser,
+        "row alpha removed",
+        &format!(
+            "const gone = (() => {{ {} }})() === null;
+             return gone && document.querySelector('#inspect-status').dataset.rows === '60';",
+            row_script("alpha")
+        ),
+    )
+    .await;
+
+    // Live figures: the ingested events are counted and the inspector's
+    // socket is a connection.
+    wait_for(
+        browser,
+        "the figures",
+        "const chart = name => document.querySelector(`.chart[data-figure=\"${name}\"]`).dataset;
+         return Number(chart('events').total) >= 63 && Number(chart('connections').value) >= 1
+                && Number(chart('frames').total) > 0 && Number(chart('bytes').total) > 0;",
+    )
+    .await;
+
+    // A new build of tokens (the same library with bytes appended, which
+    // the loader ignores: another file, another fingerprint) is hot-loaded
+    // and shows in the plugin table with a history entry.
+    let mut rebuilt = std::fs::read(plugin_artifact("vista_tokens")).unwrap();
+    rebuilt.extend_from_slice(b"\0dashboard-test-rebuild\0");
+    let new_build = fingerprint(&rebuilt);
+    std::fs::write(host.plugins_dir.join("tokens.so"), &rebuilt).unwrap();
+    let reloaded = wait_for(
+        browser,
+        "the new tokens build",
+        &format!(
+            "const p = (() => {{ {} }})();
+             return p && p.build === {new_build:?} ? p : null;",
+            plugin_script("tokens")
+        ),
+    )
+    .await;
+    assert_eq!(reloaded["state"], "loaded", "{reloaded}");
+    assert_eq!(reloaded["history"], 2, "{reloaded}");
+    let latest = reloaded["latest"].as_str().unwrap();
+    assert!(
+        latest.contains("loaded") && latest.contains(&new_build),
+        "{reloaded}"
+    );
+    // The inspector keeps streaming through the reload.
+    ingest(host, "tokens", &[created("beta", 1)]).await;
+    wait_for(browser, "row beta after the reload", &row_script("beta")).await;
+
+    let png = browser.screenshot().await.map_err(|e| e.to_string())?;
+    assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("dashboard screenshot: {}", path.display());
+    if let Some(extra) = std::env::var_os("VISTA_DASHBOARD_SCREENSHOT") {
+        std::fs::write(extra, &png).unwrap();
+    }
+    Ok(())
+}
+
+/// A build's fingerprint as the host computes it (the first 8 bytes of
+/// the file's SHA-256, in hex), computed here with the same crate.
+fn fingerprint(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_page_is_open_and_its_data_needs_the_admin_token() {
+    let host = secured_host().await;
+    let http = reqwest::Client::new();
+    // The page and its modules: static, no data, served to anyone, and
+    // allowed to load nothing from elsewhere.
+    for path in ["/", "/dashboard/app.js", "/dashboard/inspector.js"] {
+        let response = http
+            .get(format!("{}{path}", host.http_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let csp = response.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("connect-src 'self'"),
+            "{csp}"
+        );
+    }
+    let index = http
+        .get(host.http_url())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        index.contains("<script type=\"module\" src=\"/dashboard/app.js\">"),
+        "{index}"
+    );
+    let missing = http
+        .get(format!("{}/dashboard/nope.js", host.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    for path in ["/admin/views", "/admin/figures", "/plugins"] {
+        for (bearer, status) in [
+            (None, 401),
+            (Some("admin-secret-X"), 401),
+            (Some(ADMIN), 200),
+        ] {
+            let mut request = http.get(format!("{}{path}", host.http_url()));
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), status, "{path} {bearer:?}");
+            if status == 401 {
+                let body: Value = response.json().await.unwrap();
+                assert!(
+                    ["auth-required", "token-invalid"].contains(&body["error"].as_str().unwrap()),
+                    "{body}"
+                );
+            }
+        }
+    }
+    let get = |path: &'static str| {
+        http.get(format!("{}{path}", host.http_url()))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+    let post = http
+        .post(format!("{}/admin/views", host.http_url()))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    let views: Value = get("/admin/views").await.unwrap().json().await.unwrap();
+    let list = views
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["id"] == "Token/list")
+        .unwrap_or_else(|| panic!("{views}"));
+    assert_eq!(list["plugin"], "tokens");
+    assert_eq!(list["sort"], json!({"field": "_seq", "order": "desc"}));
+    let figures: Value = get("/admin/figures").await.unwrap().json().await.unwrap();
+    for field in [
+        "at",
+        "connections",
+        "events",
+        "frames",
+        "bytes",
+        "conflated",
+        "slowConsumerCloses",
+    ] {
+        assert!(figures[field].is_u64(), "{field}: {figures}");
+    }
+    // The existing fields of /plugins are still there, with the new ones.
+    let plugins: Value = get("/plugins").await.unwrap().json().await.unwrap();
+    let tokens = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tokens")
+        .unwrap();
+    for field in [
+        "name",
+        "version",
+        "file",
+        "entities",
+        "views",
+        "streams",
+        "state",
+        "last_error",
+    ] {
+        assert!(tokens.get(field).is_some(), "{field}: {tokens}");
+    }
+    assert!(
+        tokens["fingerprint"].is_string() && tokens["loaded_at"].is_u64(),
+        "{tokens}"
+    );
+    assert_eq!(tokens["history"][0]["event"], "loaded", "{tokens}");
+
+    // The inspector's WebSocket: subscriber tokens are required here, and
+    // the admin token is accepted as one (all views); anything else is not.
+    let url = |token: &str| format!("{}/?hs_token={token}", host.ws_url());
+    for refused in [String::new(), "admin-secret-X".to_owned()] {
+        let err = tokio_tungstenite::connect_async(url(&refused))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("401"), "{refused:?}: {err}");
+    }
+    let mut admin = vista_tests::WsClient::connect(&url(ADMIN)).await;
+    admin
+        .subscribe(json!({"type": "subscribe", "view": "ActiveGame/latest"}))
+        .await;
+    assert!(admin.snapshot_keys().await.is_empty());
+    let subscriber = mint_token(
+        JWT_SECRET,
+        &json!({"exp": unix_now() + 60, "views": ["Token/*"]}),
+    );
+    let mut scoped = vista_tests::WsClient::connect(&url(&subscriber)).await;
+    scoped
+        .send(json!({"type": "subscribe", "view": "ActiveGame/latest"}))
+        .await;
+    assert_eq!(scoped.recv_json().await["error"], "forbidden");
+}

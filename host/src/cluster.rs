@@ -20,6 +20,11 @@
 //!   consumes the marker, so all switch at the same stream position. A
 //!   host without that build pauses there and is not ready until the file
 //!   arrives, rather than projecting with the wrong code.
+//! - `VISTA.reproject.{plugin}`: "rebuild plugin P from the log here"
+//!   (`POST /plugins/{name}/reproject`; a build marker of a build that asks
+//!   for reprojection means the same). Every host stops consuming there,
+//!   reads the stream's ingest records before it through the running build
+//!   ([`crate::reproject`]) and swaps the result in at that position.
 //!
 //! `_seq` derives from the stream sequence (`seq << 24` plus the mutation's
 //! index in its request), so every host gives the same mutation the same
@@ -49,8 +54,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::durable::LogRecord;
 use crate::engine::{Command, EngineHandle, IngestError, Ingested};
 use crate::ingest::IngestBody;
+use crate::reproject::Fed;
 
 /// `_seq` of a record's first mutation is its stream sequence shifted by
 /// this many bits; a request may produce at most `2^24 - 1` mutations.
@@ -106,9 +113,30 @@ pub enum EntryKind {
         /// Its version, for messages.
         version: String,
     },
+    /// Rebuild `plugin`'s entities from the log before this record.
+    Reproject {
+        /// The plugin.
+        plugin: String,
+    },
     /// Not a record this version understands; applied as nothing on every
     /// host (logged).
     Unknown(String),
+}
+
+/// What the engine asks of the async side.
+#[derive(Debug)]
+pub(crate) enum ToCluster {
+    /// Publish a build marker unless the log runs that build.
+    Offer(Offer),
+    /// Publish a reprojection marker.
+    Reproject { plugin: String },
+    /// Read the ingest records of `streams` before position `upto` into
+    /// `sink`, then [`Fed::End`] (or [`Fed::Failed`]).
+    Fetch {
+        upto: u64,
+        streams: Vec<String>,
+        sink: mpsc::Sender<Fed>,
+    },
 }
 
 /// A build this host mapped, offered to the cluster: the consumer task
@@ -138,8 +166,8 @@ pub(crate) struct ClusterStatus {
     /// Ingest streams some loaded or staged build consumes: an ingest for
     /// another stream is refused before it is published.
     pub known_streams: RwLock<HashSet<String>>,
-    /// Builds to offer to the cluster.
-    pub offers: mpsc::UnboundedSender<Offer>,
+    /// What the engine asks of the async side.
+    pub requests: mpsc::UnboundedSender<ToCluster>,
 }
 
 /// What the engine tells the async side about consuming.
@@ -170,18 +198,18 @@ pub(crate) struct Readiness {
 }
 
 /// The channels between the engine and the async side, before either runs.
-pub(crate) fn channels(applied_from: u64) -> (EngineLink, mpsc::UnboundedReceiver<Offer>) {
+pub(crate) fn channels(applied_from: u64) -> (EngineLink, mpsc::UnboundedReceiver<ToCluster>) {
     let (applied, applied_rx) = watch::channel(applied_from);
-    let (offers, offers_rx) = mpsc::unbounded_channel();
+    let (requests, requests_rx) = mpsc::unbounded_channel();
     let status = Arc::new(ClusterStatus {
         applied: applied_rx,
         head_at_start: AtomicU64::new(u64::MAX),
         caught_up: AtomicBool::new(false),
         engine: Mutex::new(EngineState::default()),
         known_streams: RwLock::new(HashSet::new()),
-        offers,
+        requests,
     });
-    (EngineLink { status, applied }, offers_rx)
+    (EngineLink { status, applied }, requests_rx)
 }
 
 /// The async side of a cluster member.
@@ -202,7 +230,7 @@ impl Cluster {
     pub async fn start(
         config: ClusterConfig,
         status: Arc<ClusterStatus>,
-        offers: mpsc::UnboundedReceiver<Offer>,
+        requests: mpsc::UnboundedReceiver<ToCluster>,
         engine: EngineHandle,
     ) -> Result<Arc<Cluster>, String> {
         let client = async_nats::ConnectOptions::new()
@@ -236,7 +264,7 @@ impl Cluster {
             next_request: AtomicU64::new(1),
         });
         tokio::spawn(cluster.clone().consume(engine));
-        tokio::spawn(cluster.clone().publish_offers(offers));
+        tokio::spawn(cluster.clone().serve_engine(requests));
         Ok(cluster)
     }
 
@@ -479,19 +507,142 @@ impl Cluster {
         }
     }
 
-    /// Publishes the markers of offered builds (see [`Offer`]), retrying
-    /// while NATS is unreachable.
-    async fn publish_offers(self: Arc<Self>, mut offers: mpsc::UnboundedReceiver<Offer>) {
+    /// Does what the engine asks: publishes markers (in order, retrying
+    /// while NATS is unreachable) and reads history for reprojections.
+    async fn serve_engine(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<ToCluster>) {
         let stream = self.open_stream().await;
-        while let Some(offer) = offers.recv().await {
-            let mut warned: Option<Instant> = None;
-            while let Err(err) = self.offer(&stream, &offer).await {
-                if warn_now(&mut warned) {
-                    tracing::warn!(plugin = %offer.plugin, fingerprint = %offer.fingerprint, %err, "cannot publish the build marker; retrying");
+        while let Some(request) = requests.recv().await {
+            match request {
+                ToCluster::Offer(offer) => {
+                    let mut warned: Option<Instant> = None;
+                    while let Err(err) = self.offer(&stream, &offer).await {
+                        if warn_now(&mut warned) {
+                            tracing::warn!(plugin = %offer.plugin, fingerprint = %offer.fingerprint, %err, "cannot publish the build marker; retrying");
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                ToCluster::Reproject { plugin } => {
+                    let subject = format!(
+                        "{}.reproject.{}",
+                        self.config.stream,
+                        subject_token(&plugin)
+                    );
+                    let payload = serde_json::to_vec(&json_plugin(&plugin)).expect("serializes");
+                    let mut warned: Option<Instant> = None;
+                    loop {
+                        let published = async {
+                            self.js
+                                .publish(subject.clone(), payload.clone().into())
+                                .await?
+                                .await
+                                .map_err(async_nats::Error::from)
+                        };
+                        match published.await {
+                            Ok(ack) => {
+                                tracing::info!(%plugin, position = ack.sequence, "reprojection marker published");
+                                break;
+                            }
+                            Err(err) => {
+                                if warn_now(&mut warned) {
+                                    tracing::warn!(%plugin, %err, "cannot publish the reprojection marker; retrying");
+                                }
+                                tokio::time::sleep(Duration::from_millis(500)).await;
+                            }
+                        }
+                    }
+                }
+                ToCluster::Fetch {
+                    upto,
+                    streams,
+                    sink,
+                } => {
+                    let cluster = self.clone();
+                    tokio::spawn(async move {
+                        let end = match cluster.fetch(upto, &streams, &sink).await {
+                            Ok(()) => Fed::End,
+                            Err(reason) => Fed::Failed(reason),
+                        };
+                        let _ = sink.send(end).await;
+                    });
+                }
             }
         }
+    }
+
+    /// Sends the ingest records of `streams` before position `upto` to
+    /// `sink`, in order. The stream must still start at position 1.
+    async fn fetch(
+        &self,
+        upto: u64,
+        streams: &[String],
+        sink: &mpsc::Sender<Fed>,
+    ) -> Result<(), String> {
+        let mut stream = self
+            .js
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let info = stream.info().await.map_err(|e| e.to_string())?;
+        if info.state.first_sequence > 1 {
+            return Err(format!(
+                "the stream no longer starts at position 1 (it starts at {}): history is missing",
+                info.state.first_sequence
+            ));
+        }
+        let subject = self.ingest_subject();
+        // An ordered consumer with nothing to deliver would wait forever.
+        let mut counts = stream
+            .info_with_subjects(&subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut ingested = 0;
+        while let Some(count) = counts.next().await {
+            ingested += count.map_err(|e| e.to_string())?.1;
+        }
+        if ingested == 0 {
+            return Ok(());
+        }
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject,
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if seq >= upto {
+                break;
+            }
+            if let EntryKind::Ingest { stream, body, .. } =
+                decode(&self.config.stream, seq, &message).kind
+            {
+                if streams.contains(&stream) {
+                    let record = LogRecord {
+                        rec: seq,
+                        stream,
+                        first_seq: seq << SEQ_SHIFT,
+                        mutations: 0,
+                        body,
+                        logged_at_ms: 0,
+                    };
+                    sink.send(Fed::Record(record))
+                        .await
+                        .map_err(|_| "the reprojection stopped".to_owned())?;
+                }
+            }
+            // The marker at `upto` is in the stream, so every ingest record
+            // before it is delivered before the last one.
+            if pending == 0 {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn offer(&self, stream: &stream::Stream, offer: &Offer) -> Result<(), String> {
@@ -563,6 +714,11 @@ fn warn_now(last: &mut Option<Instant>) -> bool {
     true
 }
 
+/// The payload of a `{stream}.reproject.{plugin}` record.
+fn json_plugin(plugin: &str) -> serde_json::Value {
+    serde_json::json!({ "plugin": plugin })
+}
+
 /// The payload of a `{stream}.build.{plugin}` record.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct BuildMarker {
@@ -603,6 +759,15 @@ fn decode(stream_name: &str, seq: u64, message: &jetstream::Message) -> LogEntry
                 Err(err) => {
                     EntryKind::Unknown(format!("a build marker that does not parse: {err}"))
                 }
+            }
+        }
+        Some(rest) if rest.starts_with("reproject.") => {
+            match serde_json::from_slice::<serde_json::Value>(&message.payload)
+                .ok()
+                .and_then(|v| v["plugin"].as_str().map(str::to_owned))
+            {
+                Some(plugin) => EntryKind::Reproject { plugin },
+                None => EntryKind::Unknown("a reprojection marker without a plugin".into()),
             }
         }
         _ => EntryKind::Unknown(format!("subject {subject}")),

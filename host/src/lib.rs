@@ -174,12 +174,12 @@ impl Shared {
             config.max_subscriptions_per_connection,
             config.projector_timeout,
         );
-        let mut offers = None;
+        let mut requests = None;
         let mut cluster_status = None;
         if config.cluster.is_some() {
-            let (link, offers_rx) = cluster::channels(0);
+            let (link, requests_rx) = cluster::channels(0);
             cluster_status = Some(link.status.clone());
-            offers = Some(offers_rx);
+            requests = Some(requests_rx);
             engine.enable_cluster(link);
         }
         engine.load_plugin_dir(&config.plugins_dir);
@@ -208,9 +208,9 @@ impl Shared {
             (None, None) => engine.start_seq_from_clock(),
         }
         let (engine, _thread) = engine::spawn(engine);
-        let cluster = match (&config.cluster, cluster_status, offers) {
-            (Some(cluster_config), Some(status), Some(offers)) => Some(
-                cluster::Cluster::start(cluster_config.clone(), status, offers, engine.clone())
+        let cluster = match (&config.cluster, cluster_status, requests) {
+            (Some(cluster_config), Some(status), Some(requests)) => Some(
+                cluster::Cluster::start(cluster_config.clone(), status, requests, engine.clone())
                     .await
                     .map_err(StartError::Cluster)?,
             ),

@@ -21,6 +21,14 @@
 //!
 //! It is refused when the log no longer starts at its first record
 //! (`--retain` dropped some): the rebuild would be missing history.
+//!
+//! In cluster mode ([`Reprojector::spawn_fed`]) the records come from the
+//! shared stream, read up to the marker that asked for the rebuild while
+//! the host consumes nothing else, so there is no final pass: the rebuilt
+//! state is swapped in at the marker's position on every host. A record the
+//! new build refuses is skipped there (it was in the log refused or not,
+//! and every host skips it alike), where a single host's log holds only
+//! accepted records and a refusal fails the rebuild.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
@@ -144,6 +152,104 @@ impl Reprojector {
     }
 }
 
+/// What a cluster reprojection is fed, in stream order.
+pub enum Fed {
+    /// The next record of one of the plugin's streams.
+    Record(crate::durable::LogRecord),
+    /// Every record before the marker was sent.
+    End,
+    /// The stream could not be read to the marker.
+    Failed(String),
+}
+
+impl Reprojector {
+    /// Cluster mode: rebuilds `lib`'s entities from the records `records`
+    /// delivers (the shared stream up to the marker), then reports `Done`
+    /// (no final pass: the host consumes nothing meanwhile). Records the
+    /// build refuses are skipped.
+    pub fn spawn_fed(
+        lib: Arc<PluginLibrary>,
+        mut records: tokio::sync::mpsc::Receiver<Fed>,
+        total: u64,
+        report: impl Fn(ReprojectReport) + Send + 'static,
+    ) -> std::io::Result<Reprojector> {
+        let (finish, _) = mpsc::channel::<()>();
+        let progress = Arc::new(Progress::default());
+        let shared = progress.clone();
+        std::thread::Builder::new()
+            .name(format!("reproject-{}", lib.manifest.name))
+            .spawn(move || {
+                let plugin = lib.manifest.name.clone();
+                let shadow: SharedStore = Arc::new(RwLock::new(Store::new()));
+                let counter = AtomicU64::new(0);
+                let outcome = loop {
+                    match records.blocking_recv() {
+                        Some(Fed::Record(record)) => {
+                            shared.records.fetch_add(1, Ordering::Relaxed);
+                            if let Err(reason) = project_record(&lib, &shadow, &record, &counter, &shared) {
+                                tracing::debug!(%plugin, %reason, "record refused by the new build; skipped");
+                            }
+                        }
+                        Some(Fed::End) => break Ok(()),
+                        Some(Fed::Failed(reason)) => break Err(reason),
+                        None => break Err("the stream reader stopped".to_owned()),
+                    }
+                };
+                match outcome {
+                    Ok(()) => {
+                        let shadow =
+                            std::mem::take(&mut *shadow.write().unwrap_or_else(|e| e.into_inner()));
+                        report(ReprojectReport::Done { plugin, shadow });
+                    }
+                    Err(reason) => report(ReprojectReport::Failed { plugin, reason }),
+                }
+            })?;
+        Ok(Reprojector {
+            finish,
+            progress,
+            started: Instant::now(),
+            total,
+        })
+    }
+}
+
+/// Projects one record of the plugin's streams into `shadow`; nothing is
+/// applied if the projector refuses it.
+fn project_record(
+    lib: &PluginLibrary,
+    shadow: &SharedStore,
+    record: &crate::durable::LogRecord,
+    counter: &AtomicU64,
+    progress: &Progress,
+) -> Result<(), String> {
+    let body = IngestBody::parse(record.body.clone()).map_err(|e| {
+        format!(
+            "log record {}: line {}: {}",
+            record.rec, e.position, e.message
+        )
+    })?;
+    let job = ProjectJob {
+        ticket: 0,
+        stream: record.stream.as_str().into(),
+        body: Arc::new(body),
+        pending: Arc::new(Vec::new()),
+    };
+    let produced = project_request(lib, shadow, &job, counter).map_err(|failure| {
+        format!(
+            "log record {} event {}: {}",
+            record.rec, failure.position, failure.message
+        )
+    })?;
+    progress
+        .events
+        .fetch_add(job.body.len() as u64, Ordering::Relaxed);
+    let mut store = shadow.write().unwrap_or_else(|e| e.into_inner());
+    for mutation in produced.into_iter().flatten() {
+        store.apply(mutation);
+    }
+    Ok(())
+}
+
 /// Replays the records after `cursor` of the plugin's streams into
 /// `shadow`; returns the last record read.
 fn replay(
@@ -175,31 +281,7 @@ fn replay(
         if !lib.manifest.streams.contains(&record.stream) {
             continue;
         }
-        let body = IngestBody::parse(record.body.clone()).map_err(|e| {
-            format!(
-                "log record {}: line {}: {}",
-                record.rec, e.position, e.message
-            )
-        })?;
-        let job = ProjectJob {
-            ticket: 0,
-            stream: record.stream.as_str().into(),
-            body: Arc::new(body),
-            pending: Arc::new(Vec::new()),
-        };
-        let produced = project_request(lib, shadow, &job, &counter).map_err(|failure| {
-            format!(
-                "log record {} event {}: {}",
-                record.rec, failure.position, failure.message
-            )
-        })?;
-        progress
-            .events
-            .fetch_add(job.body.len() as u64, Ordering::Relaxed);
-        let mut store = shadow.write().unwrap_or_else(|e| e.into_inner());
-        for mutation in produced.into_iter().flatten() {
-            store.apply(mutation);
-        }
+        project_record(lib, shadow, &record, &counter, progress)?;
     }
     Ok(last)
 }

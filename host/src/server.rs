@@ -51,7 +51,6 @@ async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
                 ReprojectError::LogIncomplete(_) => (StatusCode::CONFLICT, "log-incomplete"),
                 ReprojectError::AlreadyRunning(_) => (StatusCode::CONFLICT, "reprojection-running"),
                 ReprojectError::Stuck(_) => (StatusCode::CONFLICT, "plugin-stuck"),
-                ReprojectError::Cluster => (StatusCode::CONFLICT, "not-in-cluster-mode"),
                 ReprojectError::Failed(_) => {
                     (StatusCode::INTERNAL_SERVER_ERROR, "reprojection-failed")
                 }

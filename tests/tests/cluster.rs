@@ -12,7 +12,9 @@
 //! - a new build dropped on each host at different moments: every host
 //!   switches at the marker's position (a host without the file pauses
 //!   there, not ready), and all end equal to a model applying the old build
-//!   before the marker and the new one after.
+//!   before the marker and the new one after;
+//! - reprojection (asked over HTTP, or by a build) happens at one log
+//!   position on every host: all end with the whole history recomputed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -445,7 +447,8 @@ async fn nats_down_answers_503_and_hosts_resume_without_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_build_switches_every_host_at_the_same_stream_position() {
     let _serial = SERIAL.lock().await;
-    let double = variant_artifact("vista-games", "vista_games", "double-score");
+    // Scores double from its marker on (no reprojection of history).
+    let double = variant_artifact("vista-games", "vista_games", "double-score-forward");
     let nats = NatsServer::start();
     let hosts = [
         Host::cluster_member(&nats, games()).await,
@@ -625,6 +628,126 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
         assert_eq!(
             running["since"], marker,
             "every host switched at the same position"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reprojection_happens_at_one_log_position_on_every_host() {
+    let _serial = SERIAL.lock().await;
+    let double = variant_artifact("vista-games", "vista_games", "double-score");
+    let nats = NatsServer::start();
+    let hosts = [
+        Host::cluster_member(&nats, games()).await,
+        Host::cluster_member(&nats, games()).await,
+    ];
+    for host in &hosts {
+        host.wait_ready(READY).await;
+    }
+    let games: Vec<String> = (0..5).map(|g| format!("r{g}")).collect();
+    let starts: Vec<Value> = games
+        .iter()
+        .enumerate()
+        .map(
+            |(n, g)| json!({"type": "game_started", "game": g, "players": ["ann"], "startedAt": n}),
+        )
+        .collect();
+    hosts[0].ingest_ok("games", &starts).await;
+    let mut damage: BTreeMap<String, i64> = games.iter().map(|g| (g.clone(), 0)).collect();
+    let mut attack = |round: i64| -> Vec<Value> {
+        games
+            .iter()
+            .enumerate()
+            .map(|(n, g)| {
+                let d = (round + n as i64) % 4 + 1;
+                *damage.get_mut(g).unwrap() += d;
+                json!({"type": "attack", "game": g, "player": "ann", "damage": d})
+            })
+            .collect()
+    };
+    for round in 0..6 {
+        hosts[round % 2]
+            .ingest_ok("games", &attack(round as i64))
+            .await;
+    }
+    // Refused in the log (no such game): skipped by the rebuild everywhere.
+    let (status, _) = hosts[1]
+        .ingest(
+            "games",
+            json!({"type": "attack", "game": "nope", "player": "x", "damage": 1}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 422);
+
+    // Asked through one host: a marker, and both rebuild with the running
+    // build (same code, so nothing changes) and go on.
+    let reply = reqwest::Client::new()
+        .post(format!("{}/plugins/games/reproject", hosts[1].http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 202);
+    for host in &hosts {
+        host.wait_for_plugins("the reprojection done", |p| {
+            p.as_array().unwrap().iter().any(|r| {
+                r["name"] == "games"
+                    && r["reprojection"]["state"] == "done"
+                    && r["reprojection"]["changed"] == 0
+            })
+        })
+        .await;
+    }
+
+    // A build that scores double and asks for reprojection: at its marker
+    // every host recomputes the whole history with it.
+    let drop_build = |host: &Host| {
+        let staging = host.plugins_dir.join("games-double.tmp");
+        std::fs::copy(&double, &staging).unwrap();
+        std::fs::rename(&staging, host.plugins_dir.join("games-double.so")).unwrap();
+    };
+    drop_build(&hosts[0]);
+    for round in 6..9 {
+        hosts[0].ingest_ok("games", &attack(round)).await;
+    }
+    drop_build(&hosts[1]);
+    hosts[1].wait_ready(READY).await;
+    for round in 9..12 {
+        hosts[round as usize % 2]
+            .ingest_ok("games", &attack(round))
+            .await;
+    }
+    let model: BTreeMap<String, i64> = damage.iter().map(|(g, d)| (g.clone(), 2 * d)).collect();
+    let mut views = Vec::new();
+    for host in &hosts {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let view = view_of(host, "Game/list").await;
+            if field(&view, "score") == model || Instant::now() >= deadline {
+                views.push(view);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        field(&views[0], "score"),
+        model,
+        "the whole history scored double"
+    );
+    assert_eq!(views[1], views[0], "both hosts equal, `_seq`s included");
+    for host in &hosts {
+        let (_, plugins) = host.get_json("/plugins").await;
+        let running = plugins
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["state"] == "loaded")
+            .unwrap()
+            .clone();
+        assert_eq!(running["reprojection"]["state"], "done", "{plugins}");
+        assert_eq!(
+            running["reprojection"]["changed"], 10,
+            "5 games deleted and replaced: {plugins}"
         );
     }
 }

@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::{Engine, IngestError, Ingested, InstallError, Waiting};
-use crate::cluster::{EngineLink, EntryKind, LogEntry, Offer, SEQ_SHIFT};
+use crate::cluster::{EngineLink, EntryKind, LogEntry, Offer, ToCluster, SEQ_SHIFT};
 use crate::durable::{Checkpoint, EventLog, FsyncPolicy, LogWriter, Retention, WriterJob};
 use crate::ingest::IngestBody;
 use crate::plugins::{PluginLibrary, PluginReport, PluginState};
+use crate::reproject::{Fed, ReprojectReport, Reprojector};
 
 /// The cluster state the engine keeps.
 pub(crate) struct ClusterSide {
@@ -38,6 +39,8 @@ pub(crate) struct ClusterSide {
     staged: Vec<PluginLibrary>,
     /// Why consumption stopped, if it did.
     pause: Option<Pause>,
+    /// A reprojection (plugin, marker position) consumption waits for.
+    reprojecting: Option<(String, u64)>,
     checkpoints: Option<Checkpoints>,
     /// The state was recovered: builds mapped from now on were dropped in
     /// while running.
@@ -105,6 +108,7 @@ impl ClusterSide {
             waiters: HashMap::new(),
             staged: Vec::new(),
             pause: None,
+            reprojecting: None,
             checkpoints: None,
             started: false,
         }
@@ -177,12 +181,12 @@ impl Engine {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .extend(lib.manifest.streams.iter().cloned());
-        let _ = side.link.status.offers.send(Offer {
+        let _ = side.link.status.requests.send(ToCluster::Offer(Offer {
             plugin: name.clone(),
             fingerprint: lib.fingerprint.clone(),
             version: lib.manifest.version.clone(),
             at_start: !side.started,
-        });
+        }));
         if !running {
             side.staged.retain(|s| s.fingerprint != lib.fingerprint);
             tracing::info!(plugin = %name, fingerprint = %lib.fingerprint, "build staged; it runs from its marker in the log");
@@ -244,7 +248,7 @@ impl Engine {
                     }
                 }
             }
-            if self.side().pause.is_some() {
+            if self.side().pause.is_some() || self.side().reprojecting.is_some() {
                 return;
             }
             let Some(entry) = self.side().queue.pop_front() else {
@@ -293,6 +297,7 @@ impl Engine {
                     fingerprint,
                     version,
                 } => {
+                    let before = self.plugins.get(&plugin).map(|p| p.lib.fingerprint.clone());
                     if !self.switch_build(&plugin, &fingerprint, &version, seq) {
                         self.side().queue.push_front(LogEntry {
                             seq,
@@ -302,6 +307,22 @@ impl Engine {
                                 version,
                             },
                         });
+                        return;
+                    }
+                    // A new build that asks for reprojection rebuilds here.
+                    let switched = before.is_some()
+                        && before.as_deref() != Some(fingerprint.as_str())
+                        && self.plugins.get(&plugin).is_some_and(|p| {
+                            p.lib.fingerprint == fingerprint && p.lib.manifest.reproject
+                        });
+                    if switched && self.start_cluster_reprojection(&plugin, seq) {
+                        return;
+                    }
+                    self.cluster_applied(seq, None, Ok(Ingested::nothing()));
+                }
+                EntryKind::Reproject { plugin } => {
+                    if self.start_cluster_reprojection(&plugin, seq) {
+                        // Applied once the rebuilt state is swapped in.
                         return;
                     }
                     self.cluster_applied(seq, None, Ok(Ingested::nothing()));
@@ -423,6 +444,99 @@ impl Engine {
         self.cluster_checkpoint(seq, events, false);
     }
 
+    /// Starts rebuilding `plugin` from the stream's records before
+    /// `position`; consumption waits until the result is swapped in there.
+    /// False when there is nothing to do (no such plugin running).
+    fn start_cluster_reprojection(&mut self, plugin: &str, position: u64) -> bool {
+        let Some(lib) = self.plugins.get(plugin).map(|p| p.lib.clone()) else {
+            tracing::warn!(%plugin, position, "reprojection marker for a plugin not running here; nothing to do");
+            return false;
+        };
+        let (sink, records) = tokio::sync::mpsc::channel::<Fed>(1024);
+        let commands = self.commands.clone();
+        let reprojector =
+            match Reprojector::spawn_fed(lib.clone(), records, position, move |report| {
+                let _ = commands.send(super::Command::Reprojector(report));
+            }) {
+                Ok(reprojector) => reprojector,
+                Err(err) => {
+                    tracing::error!(%plugin, %err, "cannot start the reprojection thread; pausing");
+                    self.side().pause = Some(Pause::Stuck {
+                        plugin: plugin.to_owned(),
+                        position,
+                    });
+                    self.publish_engine_state();
+                    return true;
+                }
+            };
+        tracing::info!(%plugin, position, "reprojection from the shared log started; consumption waits for it");
+        self.reprojections.insert(
+            plugin.to_owned(),
+            super::Reprojection {
+                reprojector,
+                wants_final: false,
+                state: "running",
+                changed: None,
+                error: None,
+            },
+        );
+        let side = self.side();
+        side.reprojecting = Some((plugin.to_owned(), position));
+        let _ = side.link.status.requests.send(ToCluster::Fetch {
+            upto: position,
+            streams: lib.manifest.streams.clone(),
+            sink,
+        });
+        true
+    }
+
+    /// A cluster reprojection ended: the rebuilt state goes in at its
+    /// marker's position (or, failed, nothing changes: alike on every
+    /// host), then consumption goes on. Hands `report` back if it is not
+    /// about a cluster reprojection.
+    pub(super) fn cluster_reprojected(
+        &mut self,
+        report: ReprojectReport,
+    ) -> Option<ReprojectReport> {
+        let plugin = match &report {
+            ReprojectReport::Done { plugin, .. } | ReprojectReport::Failed { plugin, .. } => {
+                plugin.clone()
+            }
+            ReprojectReport::CaughtUp { .. } => return Some(report),
+        };
+        let position = match self.cluster.as_ref().and_then(|c| c.reprojecting.clone()) {
+            Some((waiting, position)) if waiting == plugin => position,
+            _ => return Some(report),
+        };
+        match report {
+            ReprojectReport::Done { plugin, shadow } => {
+                // The marker's own `_seq` range holds the swap's mutations.
+                self.last_reserved_seq = (position << SEQ_SHIFT) - 1;
+                self.swap_in(&plugin, shadow);
+            }
+            ReprojectReport::Failed { plugin, reason } => {
+                tracing::error!(%plugin, %reason, position, "cluster reprojection failed; the state is unchanged");
+                if let Some(r) = self.reprojections.get_mut(&plugin) {
+                    r.state = "failed";
+                    r.error = Some(reason);
+                }
+            }
+            ReprojectReport::CaughtUp { .. } => unreachable!("returned above"),
+        }
+        self.side().reprojecting = None;
+        self.cluster_applied(position, None, Ok(Ingested::nothing()));
+        self.cluster_pump();
+        None
+    }
+
+    /// `POST /plugins/{name}/reproject` in cluster mode: a marker in the
+    /// log, so every host rebuilds at the same position.
+    pub(super) fn request_cluster_reprojection(&mut self, plugin: &str) {
+        let _ = self.side().link.status.requests.send(ToCluster::Reproject {
+            plugin: plugin.to_owned(),
+        });
+    }
+
     /// Takes a checkpoint every N events or M seconds (or now, `force`).
     fn cluster_checkpoint(&mut self, seq: u64, events: u64, force: bool) {
         let builds: Vec<(String, String)> = self
@@ -487,11 +601,7 @@ impl Engine {
             if let Some(checkpoint) = log.load_checkpoint()? {
                 position = checkpoint.rec;
                 let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-                store.restore(
-                    checkpoint.entities,
-                    checkpoint.hidden,
-                    checkpoint.last_seq,
-                );
+                store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
                 self.views.rebuild_all(&store);
                 drop(store);
                 // The builds the checkpoint ran go first, as markers at its

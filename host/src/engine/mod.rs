@@ -159,10 +159,6 @@ pub enum ReprojectError {
     /// Records were dropped by the retention policy.
     #[error("the event log no longer holds the plugin's streams from their first event: records 1 to {0} were dropped by --retain")]
     LogIncomplete(u64),
-    /// Cluster mode: every host would have to rebuild at the same stream
-    /// position from the shared log; not supported yet.
-    #[error("reprojection is not supported in cluster mode yet: every host would have to rebuild at one position of the shared log")]
-    Cluster,
     /// One is already running for this plugin.
     #[error("a reprojection of {0:?} is already running")]
     AlreadyRunning(String),
@@ -853,7 +849,8 @@ impl Engine {
         );
         // Requests that waited for the stuck build can run now.
         self.pump_deferred();
-        if manifest.reproject && previous.is_some() {
+        // In cluster mode the build marker starts it, at one position.
+        if manifest.reproject && previous.is_some() && self.cluster.is_none() {
             match self.start_reprojection(&name) {
                 Ok(()) => {}
                 Err(err) => {
@@ -1537,7 +1534,8 @@ impl Engine {
             return Err(ReprojectError::Stuck(name.to_owned()));
         }
         if self.cluster.is_some() {
-            return Err(ReprojectError::Cluster);
+            self.request_cluster_reprojection(name);
+            return Ok(());
         }
         let durable = match &self.storage {
             Storage::Logged(durable) => durable,
@@ -1587,6 +1585,9 @@ impl Engine {
 
     /// A reprojector thread reports.
     fn reprojected(&mut self, report: ReprojectReport) {
+        let Some(report) = self.cluster_reprojected(report) else {
+            return;
+        };
         match report {
             ReprojectReport::CaughtUp { plugin } => {
                 if let Some(r) = self.reprojections.get_mut(&plugin) {

@@ -48,8 +48,16 @@ enum GameEvent {
     },
 }
 
-/// Points scored per point of damage (2 in the `double-score` build).
-const DAMAGE_FACTOR: i64 = if cfg!(feature = "double-score") { 2 } else { 1 };
+/// Points scored per point of damage (2 in the `double-score` and
+/// `double-score-forward` builds).
+const DAMAGE_FACTOR: i64 = if cfg!(any(
+    feature = "double-score",
+    feature = "double-score-forward"
+)) {
+    2
+} else {
+    1
+};
 
 impl Plugin for Games {
     fn manifest() -> Manifest {
@@ -58,6 +66,8 @@ impl Plugin for Games {
         }
         let version = if cfg!(feature = "double-score") {
             concat!(env!("CARGO_PKG_VERSION"), "+double-score")
+        } else if cfg!(feature = "double-score-forward") {
+            concat!(env!("CARGO_PKG_VERSION"), "+double-score-forward")
         } else {
             env!("CARGO_PKG_VERSION")
         };

@@ -14,8 +14,10 @@
 //! `HyperStack.connect(stack, { validateFrames: true })` checks frames with
 //! (the client looks schemas up by the first segment of the view id, so a
 //! derived group such as `ActiveGame` maps to its source entity's schema);
-//! a `StackViews` interface; and `createStack(url)`, plus `stack` built with
-//! the `--url` given (or `DEFAULT_URL`).
+//! a `StackViews` type (a type alias, not an interface: only aliases are
+//! assignable to the client's `Record<string, ViewGroup>`); and
+//! `createStack(url)`, plus `stack` built with the `--url` given (or
+//! `DEFAULT_URL`).
 //!
 //! Choices that follow from the protocol rather than from taste:
 //! - An append view is read through a list-mode definition, as the client
@@ -190,7 +192,7 @@ pub fn typescript(manifest: &Manifest, options: &TsOptions) -> String {
     }
 
     // Views, grouped by the first segment of their id.
-    let mut groups: Vec<(String, Vec<(String, String, &'static str, usize)>)> = Vec::new();
+    let mut groups: Vec<(String, Vec<GroupView>)> = Vec::new();
     let mut group = |prefix: &str, key: &str, id: &str, mode: &'static str, entity: usize| {
         let at = match groups.iter().position(|(p, _)| p == prefix) {
             Some(at) => at,
@@ -230,7 +232,7 @@ pub fn typescript(manifest: &Manifest, options: &TsOptions) -> String {
     }
     out.push_str(
         "/** Every view of the plugin: `hs.views.Group.key`, as `HyperStack.connect` types them. */\n\
-         export interface StackViews {\n",
+         export type StackViews = {\n",
     );
     for (prefix, views) in &groups {
         let _ = writeln!(out, "  {}: {{", prop(prefix));
@@ -249,7 +251,7 @@ pub fn typescript(manifest: &Manifest, options: &TsOptions) -> String {
         }
         out.push_str("  };\n");
     }
-    out.push_str("}\n\n");
+    out.push_str("};\n\n");
 
     if options.zod {
         out.push_str(
@@ -295,6 +297,10 @@ pub fn typescript(manifest: &Manifest, options: &TsOptions) -> String {
     );
     out
 }
+
+/// One view of a group: key in the group, view id, client mode, index of
+/// the source entity.
+type GroupView = (String, String, &'static str, usize);
 
 /// Type names in use, with the schema each stands for.
 #[derive(Default)]

@@ -35,11 +35,13 @@
 //! - [`vocab`]: the shared words: connection ids, subscribe requests, modes, ops.
 //! - [`watcher`]: hot reload: watching the plugins directory.
 //! - [`scaffold`]: `vista plugin new`.
+//! - [`typegen`]: `vista plugin types`: a TypeScript module (entity
+//!   interfaces from the manifest's schemas, the stack definition, zod).
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
 //! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`, `store`, `views`,
-//! `frame` and `scaffold` are public for the binary's subcommands, the view
+//! `frame`, `scaffold` and `typegen` are public for the binary's subcommands, the view
 //! benchmark and the model test; everything else is `pub(crate)`.
 //!
 //! [`run`] takes an already-bound listener, so tests bind port 0.
@@ -54,6 +56,7 @@ pub mod filters;
 pub mod frame;
 pub mod scaffold;
 pub mod store;
+pub mod typegen;
 pub mod views;
 
 pub(crate) mod connection;

@@ -128,6 +128,25 @@ enum PluginCommand {
         /// The plugin file.
         file: PathBuf,
     },
+    /// Print a TypeScript module for a plugin file's views: entity
+    /// interfaces (from the schemas its manifest declares), the stack
+    /// definition for `HyperStack.connect`, and with `--zod` zod schemas
+    /// the client can validate frames with. The file is loaded as the host
+    /// loads it (checked in a child process first); exit 1 when it is not
+    /// a loadable plugin.
+    Types {
+        /// The plugin file.
+        file: PathBuf,
+        /// Write TypeScript (the only output so far; required).
+        #[arg(long, required = true)]
+        ts: bool,
+        /// The WebSocket URL of the generated `stack` [default: ws://127.0.0.1:8877].
+        #[arg(long)]
+        url: Option<String>,
+        /// Also write zod schemas and the stack's `schemas` (imports `zod`).
+        #[arg(long)]
+        zod: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -362,6 +381,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Plugins { url, token } => {
             return vista_host::cli::plugins(&url, token.as_deref()).await
+        }
+        Command::Plugin(PluginCommand::Types {
+            file,
+            ts: _,
+            url,
+            zod,
+        }) => {
+            vista_host::set_checker(
+                std::env::current_exe().context("cannot find this executable")?,
+            );
+            let options = vista_host::typegen::TsOptions { url, zod };
+            match vista_host::typegen::plugin_types(&file, &options) {
+                Ok(module) => {
+                    print!("{module}");
+                    return Ok(());
+                }
+                Err(err) => {
+                    eprintln!("vista plugin types: {}: {err}", file.display());
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Plugin(PluginCommand::Check { file }) => {
             let answer = vista_host::check_answer(&file);

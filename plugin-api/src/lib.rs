@@ -8,8 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`manifest`]: what a plugin declares: its name, version, entity types,
-//!   ingest streams and views.
+//! - [`manifest`]: what a plugin declares: its name, version, entity types
+//!   (optionally with a JSON Schema of their shape), ingest streams and views.
 //! - [`mutation`]: what a projector returns ([`Mutation`]) and the one
 //!   implementation of the merge rules (deep merge, append paths, delete)
 //!   shared by the host's store and by plugin unit tests ([`MemoryState`]).
@@ -75,6 +75,11 @@ pub use serde_json::{json, Map, Number, Value};
 
 #[doc(hidden)]
 pub use abi_stable;
+/// The `schemars` version [`Manifest::entity_schema`] takes types from.
+/// A plugin may depend on `schemars` itself (the same major version) or
+/// derive through this re-export with
+/// `#[schemars(crate = "vista_plugin_api::schemars")]`.
+pub use schemars;
 
 /// Version of the host/plugin contract. The host refuses a plugin whose root
 /// module reports another value, even when the `abi_stable` layout happens to

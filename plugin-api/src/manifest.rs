@@ -7,6 +7,18 @@
 //! Every entity type `E` gets three base views from the host without being
 //! declared: `E/list`, `E/state` and `E/append`. Derived views (filter, sort,
 //! window over one entity type) are declared in [`Manifest::views`].
+//!
+//! # Entity schemas
+//!
+//! An entity may carry the JSON Schema of its shape
+//! ([`Manifest::entity_schema`], from a Rust type deriving
+//! [`schemars::JsonSchema`]). The host never validates entities against it
+//! (a projector's output is what it is); it is there for tools: `vista
+//! plugin types` turns it into TypeScript interfaces and zod schemas, so a
+//! client's types come from the plugin that writes the data, not from a
+//! hand-written copy that drifts. The schema is an optional field of the
+//! manifest JSON, left out when absent, so a manifest without schemas is
+//! byte-for-byte what older plugins send and older plugins load unchanged.
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +57,10 @@ pub struct Manifest {
 pub struct EntityDef {
     /// Entity type name, e.g. `Token`; the prefix of its view ids.
     pub name: String,
+    /// JSON Schema (2020-12, as `schemars` writes it) of the entity's
+    /// value, without the host's `_seq`; see [`Manifest::entity_schema`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
 }
 
 impl Manifest {
@@ -72,7 +88,36 @@ impl Manifest {
 
     /// Declares an entity type owned by this plugin.
     pub fn entity(mut self, name: impl Into<String>) -> Self {
-        self.entities.push(EntityDef { name: name.into() });
+        self.entities.push(EntityDef {
+            name: name.into(),
+            schema: None,
+        });
+        self
+    }
+
+    /// Declares an entity type owned by this plugin whose values have the
+    /// shape of `T` (its JSON Schema, from `#[derive(JsonSchema)]`, goes
+    /// into the manifest). Fields a projector may leave unset are `Option`s
+    /// in `T`; `T` need not be the type the projector builds its patches
+    /// from, but deserializing the entities of a unit test into `T` (with
+    /// `#[serde(deny_unknown_fields)]`) keeps the two honest.
+    ///
+    /// ```
+    /// use vista_plugin_api::{schemars::JsonSchema, Manifest};
+    /// #[derive(JsonSchema)]
+    /// #[schemars(crate = "vista_plugin_api::schemars")]
+    /// struct Counter { id: String, count: u64, first_user: Option<String> }
+    /// let manifest = Manifest::new("counter", "0.1.0").entity_schema::<Counter>("Counter");
+    /// let schema = manifest.entities[0].schema.as_ref().unwrap();
+    /// assert_eq!(schema["properties"]["count"]["type"], "integer");
+    /// assert_eq!(schema["required"], vista_plugin_api::json!(["id", "count"]));
+    /// ```
+    pub fn entity_schema<T: schemars::JsonSchema>(mut self, name: impl Into<String>) -> Self {
+        let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+        self.entities.push(EntityDef {
+            name: name.into(),
+            schema: Some(schema.to_value()),
+        });
         self
     }
 
@@ -103,6 +148,15 @@ impl Manifest {
             if !seen.insert(name.as_str()) {
                 return Err(format!("entity {name:?} declared twice"));
             }
+            if entity
+                .schema
+                .as_ref()
+                .is_some_and(|s| !s.is_object() && !s.is_boolean())
+            {
+                return Err(format!(
+                    "entity {name:?}: schema is not a JSON Schema object"
+                ));
+            }
         }
         for stream in &self.streams {
             if stream.is_empty() || stream.contains('/') {
@@ -130,5 +184,51 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(schemars::JsonSchema)]
+    #[allow(dead_code)]
+    struct Item {
+        id: String,
+        price: f64,
+        note: Option<String>,
+    }
+
+    #[test]
+    fn a_manifest_without_schemas_is_the_json_older_plugins_send() {
+        let manifest = Manifest::new("p", "1").entity("A").stream("s");
+        let json = serde_json::to_string(&manifest).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"p","version":"1","entities":[{"name":"A"}],"streams":["s"],"views":[]}"#
+        );
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), manifest);
+    }
+
+    #[test]
+    fn an_entity_schema_crosses_as_json_and_comes_back_equal() {
+        let manifest = Manifest::new("p", "1").entity_schema::<Item>("Item");
+        manifest.validate().unwrap();
+        let schema = manifest.entities[0].schema.clone().unwrap();
+        assert_eq!(schema["properties"]["price"]["type"], "number");
+        assert_eq!(schema["required"], serde_json::json!(["id", "price"]));
+        let back: Manifest =
+            serde_json::from_str(&serde_json::to_string(&manifest).unwrap()).unwrap();
+        assert_eq!(back, manifest);
+    }
+
+    #[test]
+    fn a_schema_that_is_not_an_object_is_refused() {
+        let mut manifest = Manifest::new("p", "1").entity("A");
+        manifest.entities[0].schema = Some(serde_json::json!("string"));
+        assert!(manifest
+            .validate()
+            .unwrap_err()
+            .contains("not a JSON Schema"));
     }
 }

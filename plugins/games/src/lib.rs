@@ -16,13 +16,71 @@
 //! - `Game/top`: the 3 games with the highest `score`;
 //! - `Game/decided`: games that have a `winner` (a comparison on a missing
 //!   field never matches, so undecided games are not in it), newest first.
+//!
+//! [`Game`] describes the entity as written above; the manifest carries its
+//! JSON Schema, from which `vista plugin types` writes a client's
+//! TypeScript types (`ActiveGame/latest` and the other derived views hold
+//! `Game`s). The unit tests read the games they produce back into it
+//! (unknown fields refused), so schema and projector cannot drift apart.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use vista_plugin_api::view::{and, eq, ge, ne, view};
 use vista_plugin_api::{json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
 
 /// The plugin; stateless, as every projector is.
 pub struct Games;
+
+/// `Game[id]`, as the projector writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Game {
+    /// The game id; the key.
+    pub id: String,
+    /// Player names, as the game started.
+    pub players: Vec<String>,
+    /// `active` until `game_ended`.
+    pub status: GameStatus,
+    /// When the game started (the event's `startedAt`).
+    pub started_at: i64,
+    /// Damage dealt so far (times the build's damage factor).
+    pub score: i64,
+    /// Every attack, oldest first.
+    pub events: Vec<Attack>,
+    /// The winner, once the game ended.
+    pub winner: Option<String>,
+}
+
+/// `Game.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GameStatus {
+    /// Being played.
+    Active,
+    /// Over; `winner` is set.
+    Ended,
+}
+
+/// One item of `Game.events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attack {
+    /// Always `attack` (the only kind of game event so far).
+    #[serde(rename = "type")]
+    pub kind: AttackKind,
+    /// Who attacked.
+    pub player: String,
+    /// Damage dealt.
+    pub damage: i64,
+}
+
+/// The `type` tag of [`Attack`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AttackKind {
+    /// An attack.
+    Attack,
+}
 
 /// Events of the `games` stream.
 #[derive(Debug, Deserialize)]
@@ -72,7 +130,7 @@ impl Plugin for Games {
             env!("CARGO_PKG_VERSION")
         };
         let manifest = Manifest::new("games", version)
-            .entity("Game")
+            .entity_schema::<Game>("Game")
             .stream("games")
             .view(
                 view("ActiveGame/latest")
@@ -151,7 +209,7 @@ impl Plugin for Games {
 /// `Game/decided` is gone and `Game/ended` is new.
 fn alternative_manifest() -> Manifest {
     Manifest::new("games", concat!(env!("CARGO_PKG_VERSION"), "+alt-views"))
-        .entity("Game")
+        .entity_schema::<Game>("Game")
         .stream("games")
         .view(
             view("ActiveGame/latest")
@@ -195,6 +253,28 @@ mod tests {
             json!({"id": "g1", "players": ["ann", "bob"], "status": "ended", "winner": "ann", "startedAt": 100, "score": 12,
                    "events": [{"type": "attack", "player": "ann", "damage": 7}, {"type": "attack", "player": "bob", "damage": 5}]})
         );
+        // The game has the shape the manifest's schema declares.
+        let game = Game::deserialize(state.get("Game", "g1").unwrap()).unwrap();
+        assert_eq!((game.status, game.events[1].damage), (GameStatus::Ended, 5));
+        let mut fresh = MemoryState::new();
+        fresh
+            .ingest::<Games>(
+                "games",
+                &[json!({"type": "game_started", "game": "g", "players": [], "startedAt": 1})],
+            )
+            .unwrap();
+        let game = Game::deserialize(fresh.get("Game", "g").unwrap()).unwrap();
+        assert_eq!((game.status, game.winner), (GameStatus::Active, None));
+    }
+
+    #[test]
+    fn the_manifest_carries_the_game_schema() {
+        let schema = Games::manifest().entities[0].schema.clone().unwrap();
+        assert_eq!(schema["properties"]["startedAt"]["type"], "integer");
+        assert!(!schema["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("winner")));
     }
 
     #[test]

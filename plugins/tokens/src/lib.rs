@@ -12,8 +12,15 @@
 //!
 //! Any other `type` is a projector error, so a typo in a feed fails loudly
 //! (HTTP 422) instead of being skipped.
+//!
+//! [`Token`] and [`Trade`] describe the entities as written above; the
+//! manifest carries their JSON Schemas, from which `vista plugin types`
+//! writes a client's TypeScript types. The unit tests read every entity
+//! they produce back into these types (unknown fields refused), so a field
+//! the projector writes and the schema lacks fails here, not in a client.
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use vista_plugin_api::{json, Manifest, Mutation, Number, Plugin, ProjectError, StateView, Value};
 
 /// How many trades `Token.recentTrades` keeps (the oldest are dropped).
@@ -21,6 +28,52 @@ pub const RECENT_TRADES: usize = 50;
 
 /// The plugin; stateless, as every projector is.
 pub struct Tokens;
+
+/// `Token[mint]`: created by `token_created`; `lastPrice` and
+/// `recentTrades` appear with its first trade.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Token {
+    /// The mint address; the key.
+    pub mint: String,
+    /// Ticker symbol.
+    pub symbol: String,
+    /// Decimal places of the supply.
+    pub decimals: u8,
+    /// Current supply: the created supply plus every `supply_changed` delta
+    /// (the host adds them exactly, so it may leave the `u64` range).
+    pub supply: i128,
+    /// Price of the latest trade.
+    pub last_price: Option<f64>,
+    /// The last [`RECENT_TRADES`] trades, oldest first.
+    pub recent_trades: Option<Vec<RecentTrade>>,
+}
+
+/// One item of `Token.recentTrades`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecentTrade {
+    /// The trade's id (the key of its `Trade`).
+    pub id: String,
+    /// Price paid.
+    pub price: f64,
+    /// Amount traded.
+    pub amount: f64,
+}
+
+/// `Trade[id]`: one trade, as ingested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Trade {
+    /// The trade id; the key.
+    pub id: String,
+    /// The traded token's mint.
+    pub mint: String,
+    /// Price paid.
+    pub price: f64,
+    /// Amount traded.
+    pub amount: f64,
+}
 
 /// Events of the `tokens` stream.
 #[derive(Debug, Deserialize)]
@@ -50,8 +103,8 @@ enum TokenEvent {
 impl Plugin for Tokens {
     fn manifest() -> Manifest {
         Manifest::new("tokens", env!("CARGO_PKG_VERSION"))
-            .entity("Token")
-            .entity("Trade")
+            .entity_schema::<Token>("Token")
+            .entity_schema::<Trade>("Trade")
             .stream("tokens")
     }
 
@@ -142,6 +195,33 @@ mod tests {
                    "recentTrades": [{"id": "t1", "price": 1.5, "amount": 2}, {"id": "t2", "price": 1.75, "amount": 3}]})
         );
         assert_eq!(state.get("Trade", "t2").unwrap()["mint"], "m1");
+        // The entities have the shape the manifest's schemas declare.
+        let token = Token::deserialize(state.get("Token", "m1").unwrap()).unwrap();
+        assert_eq!(token.recent_trades.unwrap()[1].price, 1.75);
+        let trade = Trade::deserialize(state.get("Trade", "t1").unwrap()).unwrap();
+        assert_eq!(trade.amount, 2.0);
+        let mut created = MemoryState::new();
+        created
+            .ingest::<Tokens>(
+                "tokens",
+                &[json!({"type": "token_created", "mint": "m", "symbol": "S", "decimals": 0, "supply": 1})],
+            )
+            .unwrap();
+        let fresh = Token::deserialize(created.get("Token", "m").unwrap()).unwrap();
+        assert_eq!((fresh.last_price, fresh.recent_trades), (None, None));
+    }
+
+    #[test]
+    fn the_manifest_carries_the_entity_schemas() {
+        let manifest = Tokens::manifest();
+        manifest.validate().unwrap();
+        let token = manifest.entities[0].schema.as_ref().unwrap();
+        assert_eq!(token["properties"]["supply"]["type"], "integer");
+        assert_eq!(
+            token["required"],
+            json!(["mint", "symbol", "decimals", "supply"])
+        );
+        assert!(manifest.entities[1].schema.is_some());
     }
 
     #[test]

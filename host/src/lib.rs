@@ -30,6 +30,8 @@
 //!   checked first in a child process (`vista plugin check`).
 //! - [`store`]: entities and `_seq` stamping.
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
+//! - [`filters`]: per-subscription `filters` (dot path -> value), parsed and
+//!   made into the key filtered views are shared by.
 //! - [`frame`]: encoding frames once (JSON, safe integers, gzip).
 //! - [`outbox`]: the bounded per-connection queue between engine and socket.
 //! - [`vocab`]: the shared words: connection ids, subscribe requests, modes, ops.
@@ -40,9 +42,10 @@
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
-//! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`, `store`, `views`,
-//! `frame`, `scaffold` and `typegen` are public for the binary's subcommands, the view
-//! benchmark and the model test; everything else is `pub(crate)`.
+//! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`,
+//! `filters`, `store`, `views`, `frame`, `scaffold` and `typegen` are public
+//! for the binary's subcommands, the view benchmark and the model tests;
+//! everything else is `pub(crate)`.
 //!
 //! [`run`] takes an already-bound listener, so tests bind port 0.
 

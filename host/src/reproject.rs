@@ -129,14 +129,7 @@ impl Reprojector {
                         .map_err(|_| "the engine stopped".to_owned())?;
                     replay(&lib, &log, &shadow, cursor, &shared)
                 });
-                match outcome {
-                    Ok(_) => {
-                        let shadow =
-                            std::mem::take(&mut *shadow.write().unwrap_or_else(|e| e.into_inner()));
-                        report(ReprojectReport::Done { plugin, shadow });
-                    }
-                    Err(reason) => report(ReprojectReport::Failed { plugin, reason }),
-                }
+                report_end(plugin, &shadow, outcome.map(|_| ()), &report);
             })?;
         Ok(Reprojector {
             finish,
@@ -195,14 +188,7 @@ impl Reprojector {
                         None => break Err("the stream reader stopped".to_owned()),
                     }
                 };
-                match outcome {
-                    Ok(()) => {
-                        let shadow =
-                            std::mem::take(&mut *shadow.write().unwrap_or_else(|e| e.into_inner()));
-                        report(ReprojectReport::Done { plugin, shadow });
-                    }
-                    Err(reason) => report(ReprojectReport::Failed { plugin, reason }),
-                }
+                report_end(plugin, &shadow, outcome, &report);
             })?;
         Ok(Reprojector {
             finish,
@@ -210,6 +196,22 @@ impl Reprojector {
             started: Instant::now(),
             total,
         })
+    }
+}
+
+/// Reports the end of a rebuild: the shadow store, or why it failed.
+fn report_end(
+    plugin: String,
+    shadow: &SharedStore,
+    outcome: Result<(), String>,
+    report: &impl Fn(ReprojectReport),
+) {
+    match outcome {
+        Ok(()) => {
+            let shadow = std::mem::take(&mut *shadow.write().unwrap_or_else(|e| e.into_inner()));
+            report(ReprojectReport::Done { plugin, shadow });
+        }
+        Err(reason) => report(ReprojectReport::Failed { plugin, reason }),
     }
 }
 

@@ -139,6 +139,18 @@ impl Host {
         Host::start(vec![PluginFile::Built("vista_games", "games.so")], &[]).await
     }
 
+    /// Starts the host with the `tokens` and `games` plugins.
+    pub async fn with_tokens_and_games() -> Host {
+        Host::start(
+            vec![
+                PluginFile::Built("vista_tokens", "tokens.so"),
+                PluginFile::Built("vista_games", "games.so"),
+            ],
+            &[],
+        )
+        .await
+    }
+
     /// Starts the host with these plugin files and extra `serve` arguments.
     pub async fn start(files: Vec<PluginFile>, extra_args: &[&str]) -> Host {
         Host::start_wrapped(&[], files, extra_args).await

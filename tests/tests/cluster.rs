@@ -114,6 +114,35 @@ async fn wait_for<T: std::fmt::Debug>(
     }
 }
 
+/// Drops a build of `games` into a host's plugins directory as
+/// `games-double.so` (a rename, so the watcher never sees half a file).
+fn drop_games_build(host: &Host, build: &std::path::Path) {
+    let staging = host.plugins_dir.join("games-double.tmp");
+    std::fs::copy(build, &staging).unwrap();
+    std::fs::rename(&staging, host.plugins_dir.join("games-double.so")).unwrap();
+}
+
+/// Every host's `Game/list`, each read once its scores equal `model` (or
+/// after [`CONVERGE`], for the caller's assertion to show the difference).
+async fn game_views_once_scored(
+    hosts: &[Host],
+    model: &BTreeMap<String, i64>,
+) -> Vec<BTreeMap<String, Value>> {
+    let mut views = Vec::new();
+    for host in hosts {
+        let deadline = Instant::now() + CONVERGE;
+        loop {
+            let view = view_of(host, "Game/list").await;
+            if field(&view, "score") == *model || Instant::now() >= deadline {
+                views.push(view);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    views
+}
+
 /// The stream position of an ingest reply's `seq` (`_seq >> 24`).
 fn position(reply: &Value) -> u64 {
     reply["seq"].as_str().unwrap().parse::<u64>().unwrap() >> 24
@@ -458,11 +487,7 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
     for host in &hosts {
         host.wait_ready(READY).await;
     }
-    let drop_build = |host: &Host| {
-        let staging = host.plugins_dir.join("games-double.tmp");
-        std::fs::copy(&double, &staging).unwrap();
-        std::fs::rename(&staging, host.plugins_dir.join("games-double.so")).unwrap();
-    };
+    let drop_build = |host: &Host| drop_games_build(host, &double);
     let games: Vec<String> = (0..6).map(|g| format!("g{g}")).collect();
     let starts: Vec<Value> = games
         .iter()
@@ -599,18 +624,7 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
         attacks.iter().any(|a| a.0 < marker) && attacks.iter().any(|a| a.0 > marker),
         "attacks on both sides of the marker"
     );
-    let mut views = Vec::new();
-    for host in &hosts {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let view = view_of(host, "Game/list").await;
-            if field(&view, "score") == model || Instant::now() >= deadline {
-                views.push(view);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let views = game_views_once_scored(&hosts, &model).await;
     for (n, view) in views.iter().enumerate() {
         assert_eq!(field(view, "score"), model, "host {n} equals the model");
         assert_eq!(view, &views[0], "host {n} equals host 0, `_seq`s included");
@@ -630,6 +644,40 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
             "every host switched at the same position"
         );
     }
+
+    // A host joining with only the old build: it warns that its build
+    // differs from the cluster's, publishes no marker (the cluster stays on
+    // the new build) and pauses at the marker, not ready.
+    let late = Host::cluster_member(&nats, self::games()).await;
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (status, body) = late.get_json("/readyz").await;
+        if status == 503 && body["status"] == "paused" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "late host not paused: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        late.log().contains("differs from the cluster's"),
+        "{}",
+        late.log()
+    );
+    let (_, plugins) = hosts[0].get_json("/plugins").await;
+    let running: Vec<&Value> = plugins
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "loaded")
+        .collect();
+    assert_eq!(running.len(), 1, "{plugins}");
+    assert_eq!(
+        running[0]["fingerprint"], fingerprint,
+        "the cluster kept the new build"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -700,11 +748,7 @@ async fn reprojection_happens_at_one_log_position_on_every_host() {
 
     // A build that scores double and asks for reprojection: at its marker
     // every host recomputes the whole history with it.
-    let drop_build = |host: &Host| {
-        let staging = host.plugins_dir.join("games-double.tmp");
-        std::fs::copy(&double, &staging).unwrap();
-        std::fs::rename(&staging, host.plugins_dir.join("games-double.so")).unwrap();
-    };
+    let drop_build = |host: &Host| drop_games_build(host, &double);
     drop_build(&hosts[0]);
     for round in 6..9 {
         hosts[0].ingest_ok("games", &attack(round)).await;
@@ -717,18 +761,7 @@ async fn reprojection_happens_at_one_log_position_on_every_host() {
             .await;
     }
     let model: BTreeMap<String, i64> = damage.iter().map(|(g, d)| (g.clone(), 2 * d)).collect();
-    let mut views = Vec::new();
-    for host in &hosts {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let view = view_of(host, "Game/list").await;
-            if field(&view, "score") == model || Instant::now() >= deadline {
-                views.push(view);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let views = game_views_once_scored(&hosts, &model).await;
     assert_eq!(
         field(&views[0], "score"),
         model,

@@ -146,14 +146,7 @@ async fn a_spinning_projector_times_out_and_everything_else_keeps_working() {
 #[tokio::test]
 async fn a_ten_thousand_event_request_stalls_neither_health_nor_other_streams() {
     let _timed = TIMED.lock().await;
-    let host = Host::start(
-        vec![
-            PluginFile::Built("vista_tokens", "tokens.so"),
-            PluginFile::Built("vista_games", "games.so"),
-        ],
-        &[],
-    )
-    .await;
+    let host = Host::with_tokens_and_games().await;
     host.ingest_ok("tokens", &[token("m")]).await;
     let mut games = host.client().await;
     games

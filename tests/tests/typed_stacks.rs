@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::{json, Value};
-use vista_tests::{plugin_artifact, vista_binary, workspace_root, Host, NodeScript, PluginFile};
+use vista_tests::{plugin_artifact, vista_binary, workspace_root, Host, NodeScript};
 
 fn ts_client() -> PathBuf {
     let dir = workspace_root().join("tests/ts-client");
@@ -68,14 +68,7 @@ fn tsc(dir: &Path, extra: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_typed_stacks_compile_strictly_and_stream_typed_entities() {
-    let host = Host::start(
-        vec![
-            PluginFile::Built("vista_tokens", "tokens.so"),
-            PluginFile::Built("vista_games", "games.so"),
-        ],
-        &[],
-    )
-    .await;
+    let host = Host::with_tokens_and_games().await;
     let tokens_module = generate(&plugin_artifact("vista_tokens"), &["--zod"]);
     let games_module = generate(
         &plugin_artifact("vista_games"),

@@ -204,6 +204,21 @@ impl Engine {
         Ok(name)
     }
 
+    /// Cluster mode: a plugin file was deleted. Builds staged from it are
+    /// dropped; a build running from it keeps running (its code stays
+    /// mapped) until a marker replaces it, since hosts that stopped
+    /// projecting at different moments would diverge.
+    pub(super) fn unstage_file(&mut self, file: &std::path::Path) {
+        self.side().staged.retain(|s| s.file != file);
+        let running = self.plugins.values().any(|p| p.lib.file == file);
+        if running {
+            tracing::warn!(file = %file.display(), "plugin file deleted; in cluster mode its running build stays until a build marker replaces it");
+        } else {
+            self.reports.remove(file);
+        }
+        self.publish_engine_state();
+    }
+
     /// Takes a record the consumer read.
     pub(super) fn cluster_record(&mut self, entry: LogEntry) {
         self.side().queue.push_back(entry);

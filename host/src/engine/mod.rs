@@ -771,11 +771,16 @@ impl Engine {
         let manifest = lib.manifest.clone();
         let name = manifest.name.clone();
         for entity in &manifest.entities {
-            if let Some(owner) = self
-                .plugins
-                .values()
-                .find(|p| p.lib.manifest.name != name && p.lib.manifest.entities.contains(entity))
-            {
+            if let Some(owner) = self.plugins.values().find(|p| {
+                // By name: the same type declared with another schema
+                // is still the same type.
+                p.lib.manifest.name != name
+                    && p.lib
+                        .manifest
+                        .entities
+                        .iter()
+                        .any(|e| e.name == entity.name)
+            }) {
                 return Err(InstallError::EntityTaken {
                     entity: entity.name.clone(),
                     owner: owner.lib.manifest.name.clone(),
@@ -865,6 +870,11 @@ impl Engine {
     /// projector stops, its views go (subscribers get `view-removed` and
     /// stay pending), its entity state stays for a later build to serve.
     pub fn unload_file(&mut self, file: &Path) {
+        if self.cluster.is_some() {
+            // Hosts must not stop projecting at different moments.
+            self.unstage_file(file);
+            return;
+        }
         self.reports.remove(file);
         let Some(name) = self
             .plugins

@@ -48,6 +48,7 @@
 //! loads, and everything else carries on.
 
 mod cluster;
+mod reprojection;
 
 pub use cluster::ClusterPersistence;
 
@@ -58,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use vista_plugin_api::view::ViewDef;
-use vista_plugin_api::{Hidden, Manifest, Mutation};
+use vista_plugin_api::{Manifest, Mutation};
 
 use crate::durable::{
     Checkpoint, EventLog, FsyncPolicy, LogRecord, LogStats, LogWriter, WriterJob, WriterReport,
@@ -68,10 +69,11 @@ use crate::ingest::IngestBody;
 use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
 use crate::plugins::{self, BuildEventKind, LoadError, PluginLibrary, PluginReport, PluginState};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
-use crate::reproject::{ReprojectReport, ReprojectionStatus, Reprojector};
+use crate::reproject::{ReprojectReport, ReprojectionStatus};
 use crate::store::Store;
 use crate::views::{Notice, Removed, SubscribeError, Views};
 use crate::vocab::{ConnId, SubscribeRequest};
+use reprojection::Reprojection;
 
 /// Result of a successful ingest.
 #[derive(Debug, PartialEq, Eq)]
@@ -169,19 +171,6 @@ pub enum ReprojectError {
     #[error("{0}")]
     Failed(String),
 }
-
-/// A reprojection the engine tracks.
-struct Reprojection {
-    reprojector: Reprojector,
-    /// The reprojector caught up and waits for the plugin to be free.
-    wants_final: bool,
-    state: &'static str,
-    changed: Option<u64>,
-    error: Option<String>,
-}
-
-/// The `busy` ticket of a plugin held for a reprojection's final pass.
-const REPROJECTION_TICKET: u64 = u64::MAX;
 
 /// Why a plugin build was refused.
 #[derive(Debug, thiserror::Error)]
@@ -1532,209 +1521,6 @@ impl Engine {
                 report
             })
             .collect()
-    }
-
-    /// Starts rebuilding `name`'s entities from the log.
-    fn start_reprojection(&mut self, name: &str) -> Result<(), ReprojectError> {
-        let plugin = self
-            .plugins
-            .get(name)
-            .ok_or_else(|| ReprojectError::UnknownPlugin(name.to_owned()))?;
-        if plugin.stuck {
-            return Err(ReprojectError::Stuck(name.to_owned()));
-        }
-        if self.cluster.is_some() {
-            self.request_cluster_reprojection(name);
-            return Ok(());
-        }
-        let durable = match &self.storage {
-            Storage::Logged(durable) => durable,
-            Storage::InMemory => return Err(ReprojectError::InMemory),
-            Storage::Closed => {
-                return Err(ReprojectError::Failed("the server is shutting down".into()))
-            }
-        };
-        if self
-            .reprojections
-            .get(name)
-            .is_some_and(|r| matches!(r.state, "running" | "swapping"))
-        {
-            return Err(ReprojectError::AlreadyRunning(name.to_owned()));
-        }
-        let stats = durable.log.stats().map_err(ReprojectError::Failed)?;
-        if stats.first_rec > 1 {
-            return Err(ReprojectError::LogIncomplete(stats.first_rec - 1));
-        }
-        let commands = self.commands.clone();
-        let reprojector = Reprojector::spawn(
-            plugin.lib.clone(),
-            durable.log.clone(),
-            stats.last_rec,
-            move |report| {
-                let _ = commands.send(Command::Reprojector(report));
-            },
-        )
-        .map_err(|e| ReprojectError::Failed(e.to_string()))?;
-        tracing::info!(
-            plugin = name,
-            records = stats.last_rec,
-            "reprojection started"
-        );
-        self.reprojections.insert(
-            name.to_owned(),
-            Reprojection {
-                reprojector,
-                wants_final: false,
-                state: "running",
-                changed: None,
-                error: None,
-            },
-        );
-        Ok(())
-    }
-
-    /// A reprojector thread reports.
-    fn reprojected(&mut self, report: ReprojectReport) {
-        let Some(report) = self.cluster_reprojected(report) else {
-            return;
-        };
-        match report {
-            ReprojectReport::CaughtUp { plugin } => {
-                if let Some(r) = self.reprojections.get_mut(&plugin) {
-                    r.wants_final = true;
-                }
-                self.start_final_passes();
-            }
-            ReprojectReport::Failed { plugin, reason } => {
-                tracing::error!(%plugin, %reason, "reprojection failed; the live state is unchanged");
-                self.release(&plugin, REPROJECTION_TICKET);
-                if let Some(r) = self.reprojections.get_mut(&plugin) {
-                    r.state = "failed";
-                    r.error = Some(reason);
-                }
-                self.pump_deferred();
-            }
-            ReprojectReport::Done { plugin, shadow } => self.swap_in(&plugin, shadow),
-        }
-    }
-
-    /// Holds every plugin whose reprojector caught up, once it has nothing
-    /// in flight, and lets the reprojector replay the last records.
-    fn start_final_passes(&mut self) {
-        let ready: Vec<String> = self
-            .reprojections
-            .iter()
-            .filter(|(name, r)| {
-                // Every record of the plugin must be in the log file and
-                // applied before the last replay pass.
-                r.wants_final
-                    && !self.busy.contains_key(*name)
-                    && !self
-                        .awaiting_log
-                        .iter()
-                        .chain(self.committing.iter())
-                        .any(|c| c.plugins.iter().any(|p| p == *name))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in ready {
-            let r = self.reprojections.get_mut(&name).expect("listed above");
-            r.wants_final = false;
-            r.state = "swapping";
-            // New requests for the plugin wait until the swap is committed.
-            self.busy.insert(name.clone(), REPROJECTION_TICKET);
-            r.reprojector.finish();
-        }
-    }
-
-    /// Commits the difference between the live entities of `plugin` and the
-    /// rebuilt ones, as one logged request.
-    fn swap_in(&mut self, plugin: &str, shadow: Store) {
-        let Some(lib) = self.plugins.get(plugin).map(|p| p.lib.clone()) else {
-            self.release(plugin, REPROJECTION_TICKET);
-            return;
-        };
-        let without_seq = |value: &serde_json::Value| {
-            let mut value = value.clone();
-            if let Some(fields) = value.as_object_mut() {
-                fields.remove("_seq");
-            }
-            value
-        };
-        // An entity the new build computes differently (visibly, or only in
-        // its hidden aggregate state) is deleted and replaced whole, hidden
-        // state included, so later `unique_count`s go on from the rebuilt sets.
-        let hidden_of = |store: &Store, entity: &str, key: &str| {
-            store
-                .hidden(entity, key)
-                .map(|h| Hidden::clone(h))
-                .unwrap_or_default()
-        };
-        let mut mutations = Vec::new();
-        {
-            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-            for entity in lib.manifest.entities.iter().map(|e| e.name.as_str()) {
-                let mut live: Vec<(&String, &Arc<serde_json::Value>)> =
-                    store.table(entity).collect();
-                live.sort_by(|a, b| a.0.cmp(b.0));
-                for (key, value) in live {
-                    match shadow.get(entity, key) {
-                        None => mutations.push(Mutation::delete(entity, key.clone())),
-                        Some(rebuilt)
-                            if without_seq(rebuilt) != without_seq(value)
-                                || store.hidden(entity, key) != shadow.hidden(entity, key) =>
-                        {
-                            mutations.push(Mutation::delete(entity, key.clone()));
-                            mutations.push(Mutation::replace(
-                                entity,
-                                key.clone(),
-                                without_seq(rebuilt),
-                                hidden_of(&shadow, entity, key),
-                            ));
-                        }
-                        Some(_) => {}
-                    }
-                }
-                let mut rebuilt: Vec<(&String, &Arc<serde_json::Value>)> =
-                    shadow.table(entity).collect();
-                rebuilt.sort_by(|a, b| a.0.cmp(b.0));
-                for (key, value) in rebuilt {
-                    if store.get(entity, key).is_none() {
-                        mutations.push(Mutation::replace(
-                            entity,
-                            key.clone(),
-                            without_seq(value),
-                            hidden_of(&shadow, entity, key),
-                        ));
-                    }
-                }
-            }
-        }
-        let changed = mutations.len() as u64;
-        tracing::info!(
-            plugin,
-            mutations = changed,
-            "reprojection done; swapping in the rebuilt entities"
-        );
-        if let Some(r) = self.reprojections.get_mut(plugin) {
-            r.state = "done";
-            r.changed = Some(changed);
-        }
-        // Committed like a request: its `_seq`s are reserved by a log
-        // record of no stream (replay skips it: the rebuilt state is what
-        // the current build's replay produces anyway).
-        let (reply, _) = oneshot::channel();
-        self.submit_commit(
-            mutations,
-            vec![plugin.to_owned()],
-            0,
-            "",
-            bytes::Bytes::new(),
-            reply,
-        );
-        // New requests may project again, over the swap's mutations.
-        self.release(plugin, REPROJECTION_TICKET);
-        self.pump_deferred();
     }
 
     /// Dispatches waiting requests whose plugins are free, keeping each

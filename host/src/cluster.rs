@@ -163,6 +163,8 @@ pub(crate) struct ClusterStatus {
     caught_up: AtomicBool,
     /// What the engine last said about consuming.
     pub engine: Mutex<EngineState>,
+    /// Set when the stream ends before what this host applied.
+    stream_behind: Mutex<Option<String>>,
     /// Ingest streams some loaded or staged build consumes: an ingest for
     /// another stream is refused before it is published.
     pub known_streams: RwLock<HashSet<String>>,
@@ -206,6 +208,7 @@ pub(crate) fn channels(applied_from: u64) -> (EngineLink, mpsc::UnboundedReceive
         head_at_start: AtomicU64::new(u64::MAX),
         caught_up: AtomicBool::new(false),
         engine: Mutex::new(EngineState::default()),
+        stream_behind: Mutex::new(None),
         known_streams: RwLock::new(HashSet::new()),
         requests,
     });
@@ -297,6 +300,15 @@ impl Cluster {
         if !known {
             return Err(IngestError::UnknownStream(stream.to_owned()));
         }
+        if let Some(reason) = self
+            .status
+            .stream_behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Err(IngestError::LogUnavailable(reason));
+        }
         if !self.connected() {
             return Err(IngestError::LogUnavailable(format!(
                 "NATS at {} is not connected",
@@ -355,7 +367,15 @@ impl Cluster {
         let head = self.status.head_at_start.load(Ordering::Acquire);
         let engine = self.status.engine.lock().unwrap_or_else(|e| e.into_inner());
         let caught_up = self.status.caught_up.load(Ordering::Acquire);
-        let (status, reason) = if let Some(reason) = &engine.paused {
+        let behind = self
+            .status
+            .stream_behind
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let (status, reason) = if let Some(reason) = behind {
+            ("stream-behind", Some(reason))
+        } else if let Some(reason) = &engine.paused {
             ("paused", Some(reason.clone()))
         } else if !caught_up {
             ("catching-up", None)
@@ -415,6 +435,7 @@ impl Cluster {
         let mut handed = *self.status.applied.borrow();
         let mut applied = self.status.applied.clone();
         let mut last_progress_log = Instant::now();
+        let mut behind_warned: Option<Instant> = None;
         loop {
             if self.status.head_at_start.load(Ordering::Acquire) == u64::MAX {
                 match stream.info().await {
@@ -428,6 +449,27 @@ impl Cluster {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                         continue;
                     }
+                }
+            }
+            // A stream that ends before what this host applied was
+            // recreated or lost its store: its new records would be skipped
+            // as already applied. Say so instead of waiting in silence.
+            if let Ok(info) = stream.info().await {
+                let last = info.state.last_sequence;
+                if last < handed && warn_now(&mut behind_warned) {
+                    tracing::error!(
+                        stream = %self.config.stream,
+                        stream_last = last,
+                        applied = handed,
+                        "the cluster stream ends before what this host applied (was it deleted or its store lost?); this host's state no longer matches it: move its data directory away and restart it to rebuild from the stream"
+                    );
+                    *self
+                        .status
+                        .stream_behind
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(format!(
+                        "the cluster stream ends at {last}, before position {handed} this host applied"
+                    ));
                 }
             }
             let ordered = stream

@@ -908,6 +908,14 @@ impl NatsServer {
         self.stop();
         self.launch();
     }
+
+    /// Starts it again on the same port with its store deleted (a lost
+    /// disk, a recreated server).
+    pub fn restart_with_empty_store(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.dir.path().join("store")).expect("delete the store");
+        self.launch();
+    }
 }
 
 impl Drop for NatsServer {

@@ -784,3 +784,47 @@ async fn reprojection_happens_at_one_log_position_on_every_host() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_lost_its_store_is_reported_not_consumed_in_silence() {
+    let _serial = SERIAL.lock().await;
+    let mut nats = NatsServer::start();
+    let host = Host::cluster_member(&nats, tokens()).await;
+    host.wait_ready(READY).await;
+    for i in 0..3 {
+        host.ingest_ok("tokens", &[created(&format!("s{i}"), i)])
+            .await;
+    }
+    tokio::task::block_in_place(|| nats.restart_with_empty_store());
+    let deadline = Instant::now() + CONVERGE;
+    let body = loop {
+        let (status, body) = host.get_json("/readyz").await;
+        if status == 503 && body["status"] == "stream-behind" {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not reported: {status} {body}\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body["reason"].as_str().unwrap().contains("before position"),
+        "{body}"
+    );
+    // Ingest is refused rather than published where this host would skip it.
+    let (status, reply) = host.ingest("tokens", created("lost", 1).to_string()).await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (503, Some("log-unavailable")),
+        "{reply}"
+    );
+    assert!(
+        host.log().contains("ends before what this host applied"),
+        "{}",
+        host.log()
+    );
+    // What it holds keeps being served.
+    assert_eq!(view_of(&host, "Token/list").await.len(), 3);
+}

@@ -67,6 +67,9 @@ pub const SEQ_SHIFT: u32 = 24;
 /// stops reading.
 pub const APPLY_WINDOW: u64 = 1024;
 
+/// How often an idle consumer checks that the stream holds nothing more.
+pub const STALL_CHECK: Duration = Duration::from_secs(3);
+
 /// How long an ingest waits for this host to apply its acknowledged record
 /// before answering 202 (in the log, applied later).
 pub const APPLY_WAIT: Duration = Duration::from_secs(30);
@@ -497,6 +500,13 @@ impl Cluster {
                     continue;
                 }
             };
+            // A consumer whose server went away (a NATS cluster node lost)
+            // may wait forever without an error: every STALL_CHECK with no
+            // message, the stream is asked whether it holds more than was
+            // handed over, and the consumer is recreated if it does.
+            let mut stall_check = tokio::time::interval(STALL_CHECK);
+            stall_check.tick().await;
+            let mut received = false;
             loop {
                 self.note_catch_up(*applied.borrow(), &mut last_progress_log);
                 // Bounded hand-over: wait while the engine is behind.
@@ -509,7 +519,19 @@ impl Cluster {
                     next = messages.next() => next,
                     // Wake up to report catch-up progress while idle.
                     _ = applied.changed() => continue,
+                    _ = stall_check.tick() => {
+                        if !std::mem::take(&mut received) {
+                            if let Ok(info) = stream.info().await {
+                                if info.state.last_sequence > handed {
+                                    tracing::warn!(handed, stream_last = info.state.last_sequence, "cluster consumer stalled; recreating it");
+                                    break;
+                                }
+                            }
+                        }
+                        continue;
+                    }
                 };
+                received = true;
                 let message = match next {
                     Some(Ok(message)) => message,
                     Some(Err(err)) => {

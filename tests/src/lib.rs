@@ -826,22 +826,59 @@ pub struct NatsServer {
     /// Its client port.
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Clustering arguments (`-n`, `--cluster`, `--routes`), if any.
+    cluster_args: Vec<String>,
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("find a free port")
+        .port()
 }
 
 impl NatsServer {
     /// Starts one and waits until it accepts connections.
     pub fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("find a free port")
-            .port();
+        NatsServer::start_with(Vec::new())
+    }
+
+    fn start_with(cluster_args: Vec<String>) -> NatsServer {
         let mut server = NatsServer {
             child: None,
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().expect("temp dir"),
+            cluster_args,
         };
         server.launch();
         server
+    }
+
+    /// Starts `n` servers routed into one JetStream cluster (streams can
+    /// then have up to `n` replicas).
+    pub fn start_cluster(n: usize) -> Vec<NatsServer> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        routes
+            .iter()
+            .enumerate()
+            .map(|(i, route)| {
+                NatsServer::start_with(vec![
+                    "-n".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "vista-test".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{route}"),
+                    "--routes".into(),
+                    all.join(","),
+                ])
+            })
+            .collect()
     }
 
     fn launch(&mut self) {
@@ -851,14 +888,9 @@ impl NatsServer {
             .open(self.dir.path().join("nats.log"))
             .unwrap();
         let child = Command::new("nats-server")
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-sd",
-            ])
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(&self.cluster_args)
+            .arg("-sd")
             .arg(self.dir.path().join("store"))
             .stdout(Stdio::null())
             .stderr(log)
@@ -900,6 +932,14 @@ impl NatsServer {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
+        }
+    }
+
+    /// Kills it (SIGKILL: a crashed or lost server).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

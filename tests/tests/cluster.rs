@@ -337,11 +337,36 @@ async fn a_host_killed_during_ingest_comes_back_and_catches_up_losing_nothing() 
     acked.extend(during);
     crashing.restart().await;
     crashing.wait_ready(READY).await;
+    let log = crashing.log();
     assert!(
-        crashing.log().contains("cluster checkpoint loaded"),
-        "the restart starts from its local checkpoint:\n{}",
-        crashing.log()
+        log.contains("cluster checkpoint loaded"),
+        "the restart starts from its local checkpoint:\n{log}"
     );
+    // Ready only once it applied the stream's head as of joining (logged
+    // with both positions).
+    let joined = log
+        .lines()
+        .filter(|l| l.contains("joined the cluster stream"))
+        .last()
+        .expect("a joined line");
+    let head: u64 = joined
+        .split("head=")
+        .nth(1)
+        .and_then(|h| h.split_whitespace().next())
+        .and_then(|h| h.parse().ok())
+        .expect("head=N in the joined line");
+    let caught_up = log
+        .lines()
+        .filter(|l| l.contains("caught up with the cluster stream"))
+        .last()
+        .expect("a caught-up line");
+    let applied: u64 = caught_up
+        .split("applied=")
+        .nth(1)
+        .and_then(|h| h.split_whitespace().next())
+        .and_then(|h| h.parse().ok())
+        .expect("applied=N in the caught-up line");
+    assert!(applied >= head && head > 60, "{joined}\n{caught_up}");
     for i in 160..180 {
         let host = if i % 2 == 0 { &steady } else { &crashing };
         let mint = format!("a{i:03}");

@@ -312,6 +312,18 @@ impl Cluster {
         {
             return Err(IngestError::LogUnavailable(reason));
         }
+        // A paused host could not apply the record it would publish, so it
+        // could not answer: the client is better served by another host.
+        if let Some(reason) = self
+            .status
+            .engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .paused
+            .clone()
+        {
+            return Err(IngestError::HostPaused(reason));
+        }
         if !self.connected() {
             return Err(IngestError::LogUnavailable(format!(
                 "NATS at {} is not connected",

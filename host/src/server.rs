@@ -512,6 +512,12 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             &err.to_string(),
             json!({}),
         ),
+        Err(err @ IngestError::HostPaused(_)) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "host-paused",
+            &err.to_string(),
+            json!({"retryable": true}),
+        ),
         Err(err @ IngestError::LogUnavailable(_)) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "log-unavailable",

@@ -627,6 +627,19 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
             .any(|r| r["state"] == "missing" && r["fingerprint"] == fingerprint),
         "{plugins}"
     );
+    // A paused host takes no ingest it could not apply: 503, nothing
+    // published (so the model below is unaffected).
+    let (status, reply) = third
+        .ingest(
+            "games",
+            json!({"type": "attack", "game": "g0", "player": "ann", "damage": 100}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (status, reply["error"].as_str()),
+        (503, Some("host-paused")),
+        "{reply}"
+    );
     drop_build(&hosts[1]);
     hosts[1].wait_ready(READY).await;
     for i in 0..5 {

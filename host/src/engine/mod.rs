@@ -134,6 +134,11 @@ pub enum IngestError {
     /// request; nothing was applied anywhere.
     #[error("the cluster log is unavailable ({0}); nothing was applied, retry later")]
     LogUnavailable(String),
+    /// Cluster mode: this host stopped consuming the log (a missing build,
+    /// a stuck projector), so it could not apply the request; nothing was
+    /// published.
+    #[error("this host is paused and cannot apply new requests: {0}; send them to another host")]
+    HostPaused(String),
     /// Cluster mode: the body is larger than the NATS server's message limit.
     #[error("the cluster log takes messages of at most {max_payload} bytes")]
     TooLargeForLog {

@@ -414,6 +414,21 @@ impl Cluster {
         }
     }
 
+    /// What `GET /status` shows in cluster mode: where the log is, whether
+    /// it is reachable, and this host's position in it.
+    pub fn status(&self) -> serde_json::Value {
+        let readiness = self.readiness();
+        serde_json::json!({
+            "url": self.config.url,
+            "stream": self.config.stream,
+            "connected": self.connected(),
+            "applied": readiness.applied,
+            "head_at_join": readiness.head,
+            "state": readiness.status,
+            "reason": readiness.reason,
+        })
+    }
+
     /// Makes sure the stream exists (retrying while NATS is unreachable)
     /// and returns its last sequence.
     async fn open_stream(&self) -> stream::Stream {

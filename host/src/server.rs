@@ -122,16 +122,22 @@ pub async fn handle(
             }
             None => json_response(StatusCode::OK, &json!({"status": "ready"})),
         },
-        (&Method::GET, "/status") => {
-            let log = shared.engine.log_status().await;
-            json_response(
+        (&Method::GET, "/status") => match &shared.cluster {
+            Some(cluster) => json_response(
                 StatusCode::OK,
-                &json!({
-                    "storage": if log.is_some() { "durable" } else { "in-memory" },
-                    "log": log,
-                }),
-            )
-        }
+                &json!({"storage": "cluster", "cluster": cluster.status()}),
+            ),
+            None => {
+                let log = shared.engine.log_status().await;
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "storage": if log.is_some() { "durable" } else { "in-memory" },
+                        "log": log,
+                    }),
+                )
+            }
+        },
         (&Method::GET, "/plugins") => {
             let reports = shared.engine.reports().await;
             json_response(

@@ -452,6 +452,10 @@ async fn nats_down_answers_503_and_hosts_resume_without_restart() {
         }
     }
     assert_eq!(unavailable, 10, "every request while NATS is down gets 503");
+    let (_, status) = hosts[0].get_json("/status").await;
+    assert_eq!(status["storage"], "cluster", "{status}");
+    assert_eq!(status["cluster"]["connected"], false, "{status}");
+    assert_eq!(status["cluster"]["url"], nats.url(), "{status}");
     // Serving goes on from the last state meanwhile.
     assert_eq!(view_of(&hosts[0], "Token/list").await.len(), 30);
     tokio::task::block_in_place(|| nats.restart());
@@ -478,6 +482,14 @@ async fn nats_down_answers_503_and_hosts_resume_without_restart() {
         assert_eq!(status, 200, "{body}");
         acked.insert(mint);
     }
+    let (_, status) = hosts[0].get_json("/status").await;
+    assert_eq!(status["cluster"]["connected"], true, "{status}");
+    // Every record up to its own last request (the records before the
+    // outage, the marker, and most of what followed).
+    assert!(
+        status["cluster"]["applied"].as_u64().unwrap() > 31,
+        "{status}"
+    );
     let first = view_of(&hosts[0], "Token/list").await;
     let keys: BTreeSet<String> = first.keys().cloned().collect();
     assert_eq!(keys, acked, "every acknowledged event and nothing refused");

@@ -346,8 +346,7 @@ async fn a_host_killed_during_ingest_comes_back_and_catches_up_losing_nothing() 
     // with both positions).
     let joined = log
         .lines()
-        .filter(|l| l.contains("joined the cluster stream"))
-        .last()
+        .rfind(|l| l.contains("joined the cluster stream"))
         .expect("a joined line");
     let head: u64 = joined
         .split("head=")
@@ -357,8 +356,7 @@ async fn a_host_killed_during_ingest_comes_back_and_catches_up_losing_nothing() 
         .expect("head=N in the joined line");
     let caught_up = log
         .lines()
-        .filter(|l| l.contains("caught up with the cluster stream"))
-        .last()
+        .rfind(|l| l.contains("caught up with the cluster stream"))
         .expect("a caught-up line");
     let applied: u64 = caught_up
         .split("applied=")

@@ -830,8 +830,10 @@ async fn run_virtualised(host: &Host, browser: &Client) -> Result<(), String> {
 /// `requestAnimationFrame` intervals and the number of row elements are
 /// sampled every frame for 3 s idle and for 5 s of a steady feed of
 /// `supply_changed` patches (10 every 50 ms: 200/s; each changes the row's
-/// `_seq`, so moves it to the top). One JSON line with the figures is
-/// printed, prefixed `dashboard-bench:`.
+/// `_seq`, so moves it to the top); the same figures, and main-thread
+/// long tasks (over 50 ms), are taken while the snapshot loads. One JSON
+/// line with the figures is printed, prefixed `dashboard-bench:`. The
+/// harness runs the debug host (`target/debug`); the page is the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_at_100k_entities() {
     if std::env::var("VISTA_DASHBOARD_BENCH").as_deref() != Ok("1") {
@@ -854,7 +856,11 @@ async fn dashboard_at_100k_entities() {
 /// most row elements seen in any frame).
 const FRAMES_START: &str = "
     if (window.__frames) window.__frames.on = false;
-    const s = window.__frames = {on: true, last: null, intervals: [], elements: 0};
+    const s = window.__frames = {on: true, last: null, intervals: [], elements: 0, long: []};
+    s.observer = new PerformanceObserver(list => {
+      for (const e of list.getEntries()) if (s.on) s.long.push(e.duration);
+    });
+    s.observer.observe({type: 'longtask'});
     const spacer = document.querySelector('#rows .vt-spacer');
     const tick = t => {
       if (!s.on) return;
@@ -868,8 +874,10 @@ const FRAMES_START: &str = "
 
 const FRAMES_STOP: &str = "
     const s = window.__frames;
+    for (const e of s.observer.takeRecords()) s.long.push(e.duration);
     s.on = false;
-    return {intervals: s.intervals, elements: s.elements};";
+    s.observer.disconnect();
+    return {intervals: s.intervals, elements: s.elements, long: s.long};";
 
 /// p50, p99 and max of the sampled intervals, in ms, with their count.
 fn frame_figures(sample: &Value) -> Value {
@@ -880,6 +888,13 @@ fn frame_figures(sample: &Value) -> Value {
         .map(|v| v.as_f64().unwrap())
         .collect();
     intervals.sort_by(f64::total_cmp);
+    // Main-thread tasks over 50 ms (the Long Tasks API).
+    let long: Vec<f64> = sample["long"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
     let at = |q: f64| {
         let i = ((intervals.len() as f64 * q).ceil() as usize).clamp(1, intervals.len()) - 1;
         (intervals[i] * 10.0).round() / 10.0
@@ -891,6 +906,8 @@ fn frame_figures(sample: &Value) -> Value {
         "max_ms": at(1.0),
         "over_50ms": intervals.iter().filter(|&&i| i > 50.0).count(),
         "row_elements_max": sample["elements"],
+        "long_tasks": long.len(),
+        "long_task_max_ms": long.iter().copied().fold(0.0, f64::max).round(),
     })
 }
 
@@ -901,7 +918,16 @@ async fn bench_100k(
     ingest_ms: u128,
 ) -> Result<(), String> {
     load_dashboard(host, browser, "Token/list").await?;
+    // Frames are sampled while the snapshot arrives, too.
+    browser
+        .execute(FRAMES_START, vec![])
+        .await
+        .map_err(|e| e.to_string())?;
     let open_ms = open_inspection(browser, "Token/list", n, Duration::from_secs(180)).await;
+    let loading = browser
+        .execute(FRAMES_STOP, vec![])
+        .await
+        .map_err(|e| e.to_string())?;
     wait_for(
         browser,
         "the first rows drawn",
@@ -968,6 +994,7 @@ async fn bench_100k(
         "host_build": "debug",
         "ingest_ms": ingest_ms,
         "open_to_all_rows_ms": open_ms.round(),
+        "loading": frame_figures(&loading),
         "idle": frame_figures(&idle),
         "feed": {
             "patches": patches,

@@ -65,6 +65,18 @@ pub enum DataError {
         /// [`FORMAT_VERSION`].
         expected: u32,
     },
+    /// The directory belongs to the other mode (a cluster member's
+    /// checkpoints, or a single host's log): its positions mean different
+    /// things there, so using it would skip or repeat records.
+    #[error("{path} holds {found}; this host was started for {wanted}: use another --data directory (or the matching mode)")]
+    WrongMode {
+        /// The database file.
+        path: PathBuf,
+        /// What the directory holds.
+        found: String,
+        /// What this start asked for.
+        wanted: String,
+    },
     /// A record or checkpoint cannot be decoded.
     #[error("{path}: {what} is corrupt: {reason}; run `vista data check` / `vista data repair` on the directory")]
     Corrupt {
@@ -300,6 +312,54 @@ impl EventLog {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Claims the directory for one mode: `single` (this host's own event
+    /// log) or `cluster:STREAM` (checkpoints of a position in that shared
+    /// stream). A record number and a stream position are both counted from
+    /// 1, so a directory used in the other mode would have its checkpoint
+    /// read as the wrong position: refused with both named. A directory
+    /// from before modes were recorded is a single host's if it holds
+    /// anything.
+    pub fn claim_mode(&self, wanted: &str) -> Result<(), DataError> {
+        let err = storage(&self.path);
+        let describe = |mode: &str| match mode.strip_prefix("cluster:") {
+            Some(stream) => format!("checkpoints of cluster stream {stream:?}"),
+            None => "a single host's event log".to_owned(),
+        };
+        let found = {
+            let txn = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+            let meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+            let found = meta
+                .get("mode")
+                .map_err(|e| err(e.to_string()))?
+                .map(|v| String::from_utf8_lossy(v.value()).into_owned());
+            found
+        };
+        let found = match found {
+            Some(mode) => Some(mode),
+            None => {
+                let stats = self.stats().map_err(&err)?;
+                (stats.records > 0 || stats.checkpoint_rec > 0).then(|| "single".to_owned())
+            }
+        };
+        match found {
+            Some(mode) if mode == wanted => Ok(()),
+            Some(mode) => Err(DataError::WrongMode {
+                path: self.path.clone(),
+                found: describe(&mode),
+                wanted: describe(wanted),
+            }),
+            None => {
+                let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+                {
+                    let mut meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
+                    meta.insert("mode", wanted.as_bytes())
+                        .map_err(|e| err(e.to_string()))?;
+                }
+                txn.commit().map_err(|e| err(e.to_string()))
+            }
+        }
     }
 
     fn check_format(&self) -> Result<(), DataError> {
@@ -891,6 +951,28 @@ mod tests {
             checkpoint.builds.is_empty(),
             "a checkpoint without builds clears them"
         );
+    }
+
+    #[test]
+    fn a_directory_keeps_to_the_mode_it_was_first_used_in() {
+        let dir = tempfile_dir();
+        let log = EventLog::open(&dir).unwrap();
+        log.claim_mode("cluster:VISTA").unwrap();
+        log.claim_mode("cluster:VISTA").unwrap();
+        let err = log.claim_mode("single").unwrap_err().to_string();
+        assert!(
+            err.contains("checkpoints of cluster stream \"VISTA\"")
+                && err.contains("a single host's event log"),
+            "{err}"
+        );
+        assert!(log.claim_mode("cluster:OTHER").is_err());
+        // A directory from before modes were recorded, holding records, is
+        // a single host's.
+        let old = tempfile_dir();
+        let log = EventLog::open(&old).unwrap();
+        log.append(&[record(1)], true).unwrap();
+        assert!(log.claim_mode("cluster:VISTA").is_err());
+        log.claim_mode("single").unwrap();
     }
 
     #[test]

@@ -191,9 +191,13 @@ impl Shared {
         engine.load_plugin_dir(&config.plugins_dir);
         match (&config.data_dir, &config.cluster) {
             (data_dir, Some(_)) => {
-                let log = match data_dir {
-                    Some(dir) => Some(Arc::new(durable::EventLog::open(dir)?)),
-                    None => None,
+                let log = match (data_dir, &config.cluster) {
+                    (Some(dir), Some(cluster)) => {
+                        let log = durable::EventLog::open(dir)?;
+                        log.claim_mode(&format!("cluster:{}", cluster.stream))?;
+                        Some(Arc::new(log))
+                    }
+                    _ => None,
                 };
                 engine.recover_cluster(engine::ClusterPersistence {
                     log,
@@ -202,7 +206,9 @@ impl Shared {
                 })?;
             }
             (Some(dir), None) => {
-                let log = Arc::new(durable::EventLog::open(dir)?);
+                let log = durable::EventLog::open(dir)?;
+                log.claim_mode("single")?;
+                let log = Arc::new(log);
                 engine.recover(engine::Persistence {
                     log,
                     fsync: config.fsync,

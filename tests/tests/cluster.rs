@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vista_tests::{
-    apply_frame, variant_artifact, workspace_root, Host, NatsServer, PluginFile, Received,
+    apply_frame, variant_artifact, vista_binary, workspace_root, Host, NatsServer, PluginFile,
+    Received,
 };
 
 /// Cluster tests start several hosts and a NATS server each: one at a time
@@ -959,4 +960,34 @@ async fn with_three_replicas_losing_a_nats_server_loses_nothing_acknowledged() {
         "only posted events: {keys:?}"
     );
     assert_eq!(views[0], views[1], "both hosts equal, `_seq`s included");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_hosts_data_directory_is_refused_in_cluster_mode() {
+    let _serial = SERIAL.lock().await;
+    let nats = NatsServer::start();
+    let mut single = Host::with_tokens().await;
+    single.ingest_ok("tokens", &[created("kept", 1)]).await;
+    single.terminate();
+    single.wait_exit(Duration::from_secs(10)).expect("stopped");
+    // Its log's record numbers would be read as stream positions: refused,
+    // both named, before anything is served.
+    let output = tokio::task::block_in_place(|| {
+        std::process::Command::new(vista_binary())
+            .arg("serve")
+            .arg("--plugins")
+            .arg(&single.plugins_dir)
+            .arg("--data")
+            .arg(single.data_dir())
+            .args(["--listen", "127.0.0.1:0", "--cluster", &nats.url()])
+            .output()
+            .expect("run vista")
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("a single host's event log")
+            && stderr.contains("checkpoints of cluster stream \"VISTA\""),
+        "{stderr}"
+    );
 }

@@ -64,5 +64,9 @@ async fn typescript_client_watch_with_filters_holds_exactly_the_matching_tokens(
     let summary: serde_json::Value =
         serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["ok"], true, "{summary}");
-    assert_eq!(summary["final"], serde_json::json!(["a", "b", "c"]), "{summary}");
+    assert_eq!(
+        summary["final"],
+        serde_json::json!(["a", "b", "c"]),
+        "{summary}"
+    );
 }

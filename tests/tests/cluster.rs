@@ -144,6 +144,57 @@ async fn game_views_once_scored(
     views
 }
 
+/// `n` cluster members on `nats` with these plugins, each ready.
+async fn ready_members(
+    nats: &NatsServer,
+    n: usize,
+    files: impl Fn() -> Vec<PluginFile>,
+) -> Vec<Host> {
+    let mut hosts = Vec::new();
+    for _ in 0..n {
+        hosts.push(Host::cluster_member(nats, files()).await);
+    }
+    for host in &hosts {
+        host.wait_ready(READY).await;
+    }
+    hosts
+}
+
+/// Waits until `/readyz` answers 503 with this `status`; returns its body.
+async fn wait_unready(host: &Host, status: &str) -> Value {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let (code, body) = host.get_json("/readyz").await;
+        if code == 503 && body["status"] == status {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} not {status}: {code} {body}\n{}",
+            host.addr,
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `host`'s `view` once it equals `expected` (or after [`CONVERGE`], for
+/// the caller's assertion to show the difference).
+async fn view_once_equal(
+    host: &Host,
+    view: &str,
+    expected: &BTreeMap<String, Value>,
+) -> BTreeMap<String, Value> {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let seen = view_of(host, view).await;
+        if seen == *expected || Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The stream position of an ingest reply's `seq` (`_seq >> 24`).
 fn position(reply: &Value) -> u64 {
     reply["seq"].as_str().unwrap().parse::<u64>().unwrap() >> 24
@@ -153,14 +204,7 @@ fn position(reply: &Value) -> u64 {
 async fn three_hosts_take_ingest_in_turn_and_serve_identical_views() {
     let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
-    let hosts = [
-        Host::cluster_member(&nats, tokens()).await,
-        Host::cluster_member(&nats, tokens()).await,
-        Host::cluster_member(&nats, tokens()).await,
-    ];
-    for host in &hosts {
-        host.wait_ready(READY).await;
-    }
+    let hosts = ready_members(&nats, 3, tokens).await;
     let mut mirrors = Vec::new();
     for host in &hosts {
         mirrors.push(Mirror::start(host, "Token/list").await);
@@ -263,10 +307,8 @@ async fn three_hosts_take_ingest_in_turn_and_serve_identical_views() {
 async fn the_published_typescript_client_on_one_host_follows_ingest_through_another() {
     let _serial = SERIAL.lock().await;
     let nats = NatsServer::start();
-    let reader = Host::cluster_member(&nats, tokens()).await;
-    let writer = Host::cluster_member(&nats, tokens()).await;
-    reader.wait_ready(READY).await;
-    writer.wait_ready(READY).await;
+    let hosts = ready_members(&nats, 2, tokens).await;
+    let (reader, writer) = (&hosts[0], &hosts[1]);
     // tokens.mjs subscribes through VISTA_WS_URL and ingests through
     // VISTA_HTTP_URL, then asserts its store holds exactly its model.
     let output = tokio::task::block_in_place(|| {
@@ -288,8 +330,8 @@ async fn the_published_typescript_client_on_one_host_follows_ingest_through_anot
     let summary: Value = serde_json::from_str(stdout.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["ok"], true, "{summary}");
     assert_eq!(
-        view_of(&reader, "Token/list").await,
-        view_of(&writer, "Token/list").await
+        view_of(reader, "Token/list").await,
+        view_of(writer, "Token/list").await
     );
 }
 
@@ -384,15 +426,7 @@ async fn a_host_killed_during_ingest_comes_back_and_catches_up_losing_nothing() 
     );
     // Read-your-writes holds for the host that took each request; the
     // other catches up.
-    let mut last = BTreeMap::new();
-    let deadline = Instant::now() + CONVERGE;
-    while Instant::now() < deadline {
-        last = view_of(&crashing, "Token/list").await;
-        if last == steady_view {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let last = view_once_equal(&crashing, "Token/list", &steady_view).await;
     assert_eq!(
         last, steady_view,
         "the restarted host equals the other, `_seq`s included"
@@ -403,13 +437,7 @@ async fn a_host_killed_during_ingest_comes_back_and_catches_up_losing_nothing() 
 async fn nats_down_answers_503_and_hosts_resume_without_restart() {
     let _serial = SERIAL.lock().await;
     let mut nats = NatsServer::start();
-    let hosts = [
-        Host::cluster_member(&nats, tokens()).await,
-        Host::cluster_member(&nats, tokens()).await,
-    ];
-    for host in &hosts {
-        host.wait_ready(READY).await;
-    }
+    let hosts = ready_members(&nats, 2, tokens).await;
     let pids: Vec<u32> = hosts.iter().map(Host::pid).collect();
     let mut acked = BTreeSet::new();
     let mut next = 0;
@@ -492,15 +520,7 @@ async fn nats_down_answers_503_and_hosts_resume_without_restart() {
     let first = view_of(&hosts[0], "Token/list").await;
     let keys: BTreeSet<String> = first.keys().cloned().collect();
     assert_eq!(keys, acked, "every acknowledged event and nothing refused");
-    let deadline = Instant::now() + CONVERGE;
-    let mut second = BTreeMap::new();
-    while Instant::now() < deadline {
-        second = view_of(&hosts[1], "Token/list").await;
-        if second == first {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let second = view_once_equal(&hosts[1], "Token/list", &first).await;
     assert_eq!(second, first);
     assert_eq!(
         hosts.iter().map(Host::pid).collect::<Vec<_>>(),
@@ -515,14 +535,7 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
     // Scores double from its marker on (no reprojection of history).
     let double = variant_artifact("vista-games", "vista_games", "double-score-forward");
     let nats = NatsServer::start();
-    let hosts = [
-        Host::cluster_member(&nats, games()).await,
-        Host::cluster_member(&nats, games()).await,
-        Host::cluster_member(&nats, games()).await,
-    ];
-    for host in &hosts {
-        host.wait_ready(READY).await;
-    }
+    let hosts = ready_members(&nats, 3, games).await;
     let drop_build = |host: &Host| drop_games_build(host, &double);
     let games: Vec<String> = (0..6).map(|g| format!("g{g}")).collect();
     let starts: Vec<Value> = games
@@ -617,18 +630,7 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
     // The third host reached the marker without the file: paused, not
     // ready, the missing build named.
     let third = &hosts[2];
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let (status, body) = third.get_json("/readyz").await;
-        if status == 503 && body["status"] == "paused" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "third host not paused: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_unready(third, "paused").await;
     let (_, plugins) = third.get_json("/plugins").await;
     assert!(
         plugins
@@ -698,18 +700,7 @@ async fn a_new_build_switches_every_host_at_the_same_stream_position() {
     // differs from the cluster's, publishes no marker (the cluster stays on
     // the new build) and pauses at the marker, not ready.
     let late = Host::cluster_member(&nats, self::games()).await;
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let (status, body) = late.get_json("/readyz").await;
-        if status == 503 && body["status"] == "paused" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "late host not paused: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_unready(&late, "paused").await;
     assert!(
         late.log().contains("differs from the cluster's"),
         "{}",
@@ -734,13 +725,7 @@ async fn reprojection_happens_at_one_log_position_on_every_host() {
     let _serial = SERIAL.lock().await;
     let double = variant_artifact("vista-games", "vista_games", "double-score");
     let nats = NatsServer::start();
-    let hosts = [
-        Host::cluster_member(&nats, games()).await,
-        Host::cluster_member(&nats, games()).await,
-    ];
-    for host in &hosts {
-        host.wait_ready(READY).await;
-    }
+    let hosts = ready_members(&nats, 2, games).await;
     let games: Vec<String> = (0..5).map(|g| format!("r{g}")).collect();
     let starts: Vec<Value> = games
         .iter()
@@ -845,19 +830,7 @@ async fn a_stream_that_lost_its_store_is_reported_not_consumed_in_silence() {
             .await;
     }
     tokio::task::block_in_place(|| nats.restart_with_empty_store());
-    let deadline = Instant::now() + CONVERGE;
-    let body = loop {
-        let (status, body) = host.get_json("/readyz").await;
-        if status == 503 && body["status"] == "stream-behind" {
-            break body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not reported: {status} {body}\n{}",
-            host.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let body = wait_unready(&host, "stream-behind").await;
     assert!(
         body["reason"].as_str().unwrap().contains("before position"),
         "{body}"

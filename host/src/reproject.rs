@@ -113,23 +113,46 @@ impl Reprojector {
         report: impl Fn(ReprojectReport) + Send + 'static,
     ) -> std::io::Result<Reprojector> {
         let (finish, finish_signal) = mpsc::channel::<()>();
+        Reprojector::start(
+            lib,
+            total,
+            finish,
+            report,
+            move |lib, shadow, progress, report| {
+                let cursor = replay(lib, &log, shadow, 0, progress)?;
+                report(ReprojectReport::CaughtUp {
+                    plugin: lib.manifest.name.clone(),
+                });
+                finish_signal
+                    .recv()
+                    .map_err(|_| "the engine stopped".to_owned())?;
+                replay(lib, &log, shadow, cursor, progress).map(|_| ())
+            },
+        )
+    }
+
+    /// The thread both kinds of rebuild run on: `rebuild` fills a shadow
+    /// store, whose outcome is then reported ([`report_end`]).
+    fn start<R>(
+        lib: Arc<PluginLibrary>,
+        total: u64,
+        finish: mpsc::Sender<()>,
+        report: R,
+        rebuild: impl FnOnce(&PluginLibrary, &SharedStore, &Progress, &R) -> Result<(), String>
+            + Send
+            + 'static,
+    ) -> std::io::Result<Reprojector>
+    where
+        R: Fn(ReprojectReport) + Send + 'static,
+    {
         let progress = Arc::new(Progress::default());
         let shared = progress.clone();
         std::thread::Builder::new()
             .name(format!("reproject-{}", lib.manifest.name))
             .spawn(move || {
-                let plugin = lib.manifest.name.clone();
                 let shadow: SharedStore = Arc::new(RwLock::new(Store::new()));
-                let outcome = replay(&lib, &log, &shadow, 0, &shared).and_then(|cursor| {
-                    report(ReprojectReport::CaughtUp {
-                        plugin: plugin.clone(),
-                    });
-                    finish_signal
-                        .recv()
-                        .map_err(|_| "the engine stopped".to_owned())?;
-                    replay(&lib, &log, &shadow, cursor, &shared)
-                });
-                report_end(plugin, &shadow, outcome.map(|_| ()), &report);
+                let outcome = rebuild(&lib, &shadow, &shared, &report);
+                report_end(lib.manifest.name.clone(), &shadow, outcome, &report);
             })?;
         Ok(Reprojector {
             finish,
@@ -166,36 +189,32 @@ impl Reprojector {
         total: u64,
         report: impl Fn(ReprojectReport) + Send + 'static,
     ) -> std::io::Result<Reprojector> {
+        // No final pass: nothing waits on `finish`.
         let (finish, _) = mpsc::channel::<()>();
-        let progress = Arc::new(Progress::default());
-        let shared = progress.clone();
-        std::thread::Builder::new()
-            .name(format!("reproject-{}", lib.manifest.name))
-            .spawn(move || {
-                let plugin = lib.manifest.name.clone();
-                let shadow: SharedStore = Arc::new(RwLock::new(Store::new()));
+        Reprojector::start(
+            lib,
+            total,
+            finish,
+            report,
+            move |lib, shadow, progress, _| {
                 let counter = AtomicU64::new(0);
-                let outcome = loop {
+                loop {
                     match records.blocking_recv() {
                         Some(Fed::Record(record)) => {
-                            shared.records.fetch_add(1, Ordering::Relaxed);
-                            if let Err(reason) = project_record(&lib, &shadow, &record, &counter, &shared) {
-                                tracing::debug!(%plugin, %reason, "record refused by the new build; skipped");
+                            progress.records.fetch_add(1, Ordering::Relaxed);
+                            if let Err(reason) =
+                                project_record(lib, shadow, &record, &counter, progress)
+                            {
+                                tracing::debug!(plugin = %lib.manifest.name, %reason, "record refused by the new build; skipped");
                             }
                         }
-                        Some(Fed::End) => break Ok(()),
-                        Some(Fed::Failed(reason)) => break Err(reason),
-                        None => break Err("the stream reader stopped".to_owned()),
+                        Some(Fed::End) => return Ok(()),
+                        Some(Fed::Failed(reason)) => return Err(reason),
+                        None => return Err("the stream reader stopped".to_owned()),
                     }
-                };
-                report_end(plugin, &shadow, outcome, &report);
-            })?;
-        Ok(Reprojector {
-            finish,
-            progress,
-            started: Instant::now(),
-            total,
-        })
+                }
+            },
+        )
     }
 }
 

@@ -140,14 +140,7 @@ impl Store {
 
     /// Every entity's hidden state, for a checkpoint.
     pub fn hidden_states(&self) -> Vec<(String, String, Arc<Hidden>)> {
-        self.hidden
-            .iter()
-            .flat_map(|(entity, table)| {
-                table
-                    .iter()
-                    .map(move |(key, hidden)| (entity.clone(), key.clone(), hidden.clone()))
-            })
-            .collect()
+        rows(&self.hidden)
     }
 
     /// All entities of one type, in no particular order.
@@ -218,14 +211,7 @@ impl Store {
 
     /// Every entity, for a checkpoint (`Arc` clones: the values are shared).
     pub fn entities(&self) -> Vec<(String, String, Arc<Value>)> {
-        self.tables
-            .iter()
-            .flat_map(|(entity, table)| {
-                table
-                    .iter()
-                    .map(move |(key, value)| (entity.clone(), key.clone(), value.clone()))
-            })
-            .collect()
+        rows(&self.tables)
     }
 
     /// Replaces the contents with a checkpoint's.
@@ -383,6 +369,18 @@ impl Store {
             seq,
         }
     }
+}
+
+/// A table of tables as (type, key, value) rows (`Arc` clones).
+fn rows<T>(tables: &FastMap<String, FastMap<String, Arc<T>>>) -> Vec<(String, String, Arc<T>)> {
+    tables
+        .iter()
+        .flat_map(|(entity, table)| {
+            table
+                .iter()
+                .map(move |(key, value)| (entity.clone(), key.clone(), value.clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

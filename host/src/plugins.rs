@@ -205,6 +205,26 @@ pub struct BuildEvent {
 }
 
 impl PluginReport {
+    /// The report of a mapped build in `state`, with no history yet.
+    pub fn of_build(lib: &PluginLibrary, state: PluginState) -> Self {
+        let manifest = &lib.manifest;
+        PluginReport {
+            name: Some(manifest.name.clone()),
+            version: Some(manifest.version.clone()),
+            file: lib.file.display().to_string(),
+            entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
+            views: view_ids(manifest).collect(),
+            streams: manifest.streams.clone(),
+            state,
+            last_error: None,
+            reprojection: None,
+            fingerprint: Some(lib.fingerprint.clone()),
+            since: None,
+            loaded_at: None,
+            history: VecDeque::new(),
+        }
+    }
+
     /// The report of a file nothing serves from (yet): refused.
     pub fn failed(file: &Path, error: String) -> Self {
         PluginReport {
@@ -517,6 +537,16 @@ impl<F: Fn(&str, &str) -> Option<String>> StateReader for FnStateReader<F> {
             .map(RString::from)
             .into()
     }
+}
+
+/// Every view id a manifest serves: base views of its entities, then its
+/// derived views.
+pub(crate) fn view_ids(manifest: &Manifest) -> impl Iterator<Item = String> + '_ {
+    manifest
+        .entities
+        .iter()
+        .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)))
+        .chain(manifest.views.iter().map(|v| v.id.clone()))
 }
 
 #[cfg(test)]

@@ -149,29 +149,16 @@ impl Engine {
             Some(p) if running => (p.since, p.loaded_at),
             _ => (None, None),
         };
+        let state = if running {
+            PluginState::Loaded
+        } else {
+            PluginState::Staged
+        };
         let report = PluginReport {
-            name: Some(name.clone()),
-            version: Some(lib.manifest.version.clone()),
-            file: lib.file.display().to_string(),
-            entities: lib
-                .manifest
-                .entities
-                .iter()
-                .map(|e| e.name.clone())
-                .collect(),
-            views: super::view_ids(&lib.manifest).collect(),
-            streams: lib.manifest.streams.clone(),
-            state: if running {
-                PluginState::Loaded
-            } else {
-                PluginState::Staged
-            },
-            last_error: None,
-            reprojection: None,
-            fingerprint: Some(lib.fingerprint.clone()),
             since,
             loaded_at,
             history,
+            ..PluginReport::of_build(&lib, state)
         };
         self.reports.insert(lib.file.clone(), report);
         let side = self.side();

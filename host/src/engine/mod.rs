@@ -67,7 +67,9 @@ use crate::durable::{
 use crate::frame::{socket_issue, Frame};
 use crate::ingest::IngestBody;
 use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
-use crate::plugins::{self, BuildEventKind, LoadError, PluginLibrary, PluginReport, PluginState};
+use crate::plugins::{
+    self, view_ids, BuildEventKind, LoadError, PluginLibrary, PluginReport, PluginState,
+};
 use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
 use crate::reproject::{ReprojectReport, ReprojectionStatus};
 use crate::store::Store;
@@ -822,19 +824,9 @@ impl Engine {
             .map(|previous| previous.history)
             .unwrap_or_default();
         let mut report = PluginReport {
-            name: Some(name.clone()),
-            version: Some(manifest.version.clone()),
-            file: lib.file.display().to_string(),
-            entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
-            views: view_ids(&manifest).collect(),
-            streams: manifest.streams.clone(),
-            state: PluginState::Loaded,
-            last_error: None,
-            reprojection: None,
-            fingerprint: Some(lib.fingerprint.clone()),
-            since: None,
             loaded_at: Some(plugins::unix_millis()),
             history,
+            ..PluginReport::of_build(&lib, PluginState::Loaded)
         };
         report.record(BuildEventKind::Loaded, None);
         self.reports.insert(lib.file.clone(), report);
@@ -1710,16 +1702,6 @@ fn tell(outbox: &Outbox, notice: Notice) {
             outbox.cancel_snapshot(generation);
         }
     }
-}
-
-/// Every view id a manifest serves: base views of its entities, then its
-/// derived views.
-fn view_ids(manifest: &Manifest) -> impl Iterator<Item = String> + '_ {
-    manifest
-        .entities
-        .iter()
-        .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)))
-        .chain(manifest.views.iter().map(|v| v.id.clone()))
 }
 
 /// Collapses a multi-line error (abi_stable's are) into one log-friendly line.

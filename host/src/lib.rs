@@ -79,6 +79,8 @@ pub(crate) mod watcher;
 
 pub use demo::run as run_demo_feed;
 pub use plugins::{check_answer, set_checker, CheckAnswer};
+pub use projector::child::run as run_projector_process;
+pub use projector::process::{set_process_isolation, ProcessSettings};
 pub use watcher::{watch as watch_plugins, PluginWatcher};
 
 use std::future::Future;

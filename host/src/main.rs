@@ -180,11 +180,22 @@ struct ServeArgs {
     /// pings) for this many seconds; 0 disables.
     #[arg(long, env = "VISTA_IDLE_TIMEOUT_SECS", default_value_t = 90)]
     idle_timeout_secs: u64,
-    /// A projector making no progress for this many milliseconds is marked
-    /// stuck: its request gets 503 `projector-timeout`, its streams 503
-    /// `plugin-stuck` until a new build loads.
+    /// A projector making no progress for this many milliseconds gets its
+    /// request answered 503 `projector-timeout`; under process isolation
+    /// its process is killed and started afresh, under thread isolation the
+    /// plugin is marked stuck (its streams 503 `plugin-stuck`) until a new
+    /// build loads.
     #[arg(long, env = "VISTA_PROJECTOR_TIMEOUT_MS", default_value_t = 5000)]
     projector_timeout_ms: u64,
+    /// Where plugin code runs: `process` (each build's projector in a child
+    /// process: a crash costs one request, never the host) or `thread`
+    /// (in the host process: fastest, and a crashing plugin kills the host).
+    #[arg(long, env = "VISTA_ISOLATION", value_enum, default_value_t = Isolation::Process)]
+    isolation: Isolation,
+    /// Process isolation: each projector process's address-space cap, in
+    /// MiB; a projector allocating past it crashes (and only it).
+    #[arg(long, env = "VISTA_PLUGIN_MEMORY_MB", default_value_t = 2048)]
+    plugin_memory_mb: u64,
     /// Subscribes per second one connection may make on average (more get a
     /// `rate-limit-exceeded` socket issue).
     #[arg(long, env = "VISTA_SUBSCRIBE_RATE", default_value_t = 50)]
@@ -322,8 +333,31 @@ struct ServeArgs {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// `--isolation`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Isolation {
+    /// Each plugin build's projector in a child process.
+    Process,
+    /// Projectors on threads of the host process.
+    Thread,
+}
+
+fn main() -> anyhow::Result<()> {
+    // A projector process (started by a host, never by a person) needs
+    // neither the async runtime nor the command line parser.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == "__projector" {
+        std::process::exit(vista_host::run_projector_process(std::path::Path::new(
+            &args[2],
+        )));
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -413,8 +447,21 @@ async fn main() -> anyhow::Result<()> {
     let auth = authentication(&args)?;
     // Plugin files are checked in a child process (`vista plugin check`)
     // before they are mapped here: a bad file cannot take the host down.
+    // Under process isolation they are never mapped here: each build's
+    // projector runs in a child process (`vista __projector FILE`).
     match std::env::current_exe() {
-        Ok(exe) => vista_host::set_checker(exe),
+        Ok(exe) => {
+            if args.isolation == Isolation::Process {
+                vista_host::set_process_isolation(vista_host::ProcessSettings {
+                    exe: exe.clone(),
+                    memory_mb: args.plugin_memory_mb.max(64),
+                });
+            }
+            vista_host::set_checker(exe)
+        }
+        Err(err) if args.isolation == Isolation::Process => {
+            anyhow::bail!("cannot find this executable to start projector processes: {err}")
+        }
         Err(err) => {
             tracing::warn!(%err, "cannot find this executable; plugin files are mapped unchecked")
         }

@@ -100,7 +100,7 @@ pub enum LoadError {
     CheckFailed(String),
 }
 
-/// A loaded plugin library: its manifest and its root module.
+/// A loaded plugin build: its manifest and where its code runs.
 pub struct PluginLibrary {
     /// The manifest, validated.
     pub manifest: Manifest,
@@ -110,7 +110,17 @@ pub struct PluginLibrary {
     /// file's bytes. Two hosts with the same fingerprint run the same code;
     /// a cluster switches builds by fingerprint.
     pub fingerprint: String,
-    module: PluginModuleRef,
+    /// Where its code runs.
+    pub(crate) code: Code,
+}
+
+/// Where a build's code runs ([`crate::projector`]).
+pub(crate) enum Code {
+    /// Mapped into this process (`--isolation thread`).
+    Mapped(PluginModuleRef),
+    /// In child processes; this process never maps it
+    /// (`--isolation process`).
+    Child(crate::projector::process::ChildBuild),
 }
 
 /// The state of one plugin file, as `GET /plugins` names it.
@@ -125,6 +135,9 @@ pub enum PluginState {
     Superseded,
     /// Its projector timed out; its streams answer 503 until a new build loads.
     Stuck,
+    /// Its projector process died three times within a minute; its streams
+    /// answer 503 `plugin-crashed` until a new build loads.
+    Crashed,
     /// Cluster mode: mapped and ready, waiting for its build marker in the
     /// log before it projects anything.
     Staged,
@@ -159,6 +172,9 @@ pub struct PluginReport {
     /// build runs from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
+    /// Process isolation: the process id of the build's projector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// The plugin's latest reprojection, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reprojection: Option<crate::reproject::ReprojectionStatus>,
@@ -184,6 +200,9 @@ pub enum BuildEventKind {
     Superseded,
     /// Its projector timed out.
     Stuck,
+    /// Its projector process died (or was killed, stuck) three times
+    /// within a minute.
+    Crashed,
 }
 
 /// One entry of a plugin file's history.
@@ -220,6 +239,7 @@ impl PluginReport {
             reprojection: None,
             fingerprint: Some(lib.fingerprint.clone()),
             since: None,
+            pid: None,
             loaded_at: None,
             history: VecDeque::new(),
         }
@@ -239,6 +259,7 @@ impl PluginReport {
             reprojection: None,
             fingerprint: None,
             since: None,
+            pid: None,
             loaded_at: None,
             history: VecDeque::new(),
         }
@@ -343,6 +364,21 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     ));
     std::fs::copy(file, &mapped)?;
     let fingerprint = fingerprint_of(&mapped)?;
+    if crate::projector::process::settings().is_some() {
+        // The child maps the copy (and every restarted child maps it
+        // again): it stays until the build is dropped.
+        let loaded = crate::projector::process::load(&mapped, CHECK_TIMEOUT);
+        let (manifest, build) = loaded.map_err(|err| {
+            let _ = std::fs::remove_file(&mapped);
+            name_the_file(err, &mapped, file)
+        })?;
+        return Ok(PluginLibrary {
+            manifest,
+            file: file.to_owned(),
+            fingerprint,
+            code: Code::Child(build),
+        });
+    }
     let checked = match CHECKER.get() {
         Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT),
         None => Ok(()),
@@ -356,7 +392,7 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
         manifest,
         file: file.to_owned(),
         fingerprint,
-        module,
+        code: Code::Mapped(module),
     })
 }
 
@@ -370,7 +406,7 @@ fn fingerprint_of(path: &Path) -> std::io::Result<String> {
 
 /// Maps `path` in this process and checks it: header, layout, contract
 /// version, manifest. Shared by [`load`] and [`check`].
-fn map(path: &Path) -> Result<(Manifest, PluginModuleRef), LoadError> {
+pub(crate) fn map(path: &Path) -> Result<(Manifest, PluginModuleRef), LoadError> {
     let module = lib_header_from_path(path)
         .and_then(|header| header.init_root_module::<PluginModuleRef>())
         .map_err(library_error)?;
@@ -459,7 +495,7 @@ fn check_in_child(exe: &Path, path: &Path, timeout: Duration) -> Result<(), Load
 }
 
 /// The conventional name of a signal that can end a plugin check.
-fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     match signal {
         4 => "SIGILL",
         6 => "SIGABRT",
@@ -510,22 +546,34 @@ fn library_error(err: LibraryError) -> LoadError {
 }
 
 impl PluginLibrary {
-    /// Calls the projector. `Err` carries the plugin's message (prefixed
-    /// `panic: ` when it panicked) or a description of invalid output.
+    /// Calls the projector of a build mapped in this process. `Err` carries
+    /// the plugin's message (prefixed `panic: ` when it panicked) or a
+    /// description of invalid output.
     pub fn project(
         &self,
         stream: &str,
         event_json: &str,
         state: &impl StateReader,
     ) -> Result<Vec<Mutation>, String> {
-        let reader = state_reader_ref(state);
-        let output =
-            self.module.project()(RStr::from_str(stream), RStr::from_str(event_json), reader)
-                .into_result()
-                .map_err(RString::into_string)?;
-        serde_json::from_str(&output)
-            .map_err(|e| format!("projector returned invalid mutations: {e}"))
+        match &self.code {
+            Code::Mapped(module) => project_with(module, stream, event_json, state),
+            Code::Child(_) => Err("this build runs in a projector process".into()),
+        }
     }
+}
+
+/// Calls a mapped plugin's projector (see [`PluginLibrary::project`]).
+pub(crate) fn project_with(
+    module: &PluginModuleRef,
+    stream: &str,
+    event_json: &str,
+    state: &impl StateReader,
+) -> Result<Vec<Mutation>, String> {
+    let reader = state_reader_ref(state);
+    let output = module.project()(RStr::from_str(stream), RStr::from_str(event_json), reader)
+        .into_result()
+        .map_err(RString::into_string)?;
+    serde_json::from_str(&output).map_err(|e| format!("projector returned invalid mutations: {e}"))
 }
 
 /// Adapts a closure to the FFI [`StateReader`].

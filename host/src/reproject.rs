@@ -39,7 +39,7 @@ use serde::Serialize;
 use crate::durable::EventLog;
 use crate::ingest::IngestBody;
 use crate::plugins::PluginLibrary;
-use crate::projector::{project_request, ProjectJob, SharedStore};
+use crate::projector::{Blocking, SharedStore};
 use crate::store::Store;
 
 /// What the reprojector thread tells the engine.
@@ -118,15 +118,15 @@ impl Reprojector {
             total,
             finish,
             report,
-            move |lib, shadow, progress, report| {
-                let cursor = replay(lib, &log, shadow, 0, progress)?;
+            move |lib, shadow, projector, progress, report| {
+                let cursor = replay(lib, &log, shadow, projector, 0, progress)?;
                 report(ReprojectReport::CaughtUp {
                     plugin: lib.manifest.name.clone(),
                 });
                 finish_signal
                     .recv()
                     .map_err(|_| "the engine stopped".to_owned())?;
-                replay(lib, &log, shadow, cursor, progress).map(|_| ())
+                replay(lib, &log, shadow, projector, cursor, progress).map(|_| ())
             },
         )
     }
@@ -138,7 +138,7 @@ impl Reprojector {
         total: u64,
         finish: mpsc::Sender<()>,
         report: R,
-        rebuild: impl FnOnce(&PluginLibrary, &SharedStore, &Progress, &R) -> Result<(), String>
+        rebuild: impl FnOnce(&PluginLibrary, &SharedStore, &mut Blocking, &Progress, &R) -> Result<(), String>
             + Send
             + 'static,
     ) -> std::io::Result<Reprojector>
@@ -151,7 +151,12 @@ impl Reprojector {
             .name(format!("reproject-{}", lib.manifest.name))
             .spawn(move || {
                 let shadow: SharedStore = Arc::new(RwLock::new(Store::new()));
-                let outcome = rebuild(&lib, &shadow, &shared, &report);
+                // The new build projects over the shadow store: in its own
+                // child process under process isolation, like any request.
+                let outcome = match Blocking::start(lib.clone(), shadow.clone()) {
+                    Ok(mut projector) => rebuild(&lib, &shadow, &mut projector, &shared, &report),
+                    Err(err) => Err(format!("cannot start the projector: {err}")),
+                };
                 report_end(lib.manifest.name.clone(), &shadow, outcome, &report);
             })?;
         Ok(Reprojector {
@@ -196,22 +201,17 @@ impl Reprojector {
             total,
             finish,
             report,
-            move |lib, shadow, progress, _| {
-                let counter = AtomicU64::new(0);
-                loop {
-                    match records.blocking_recv() {
-                        Some(Fed::Record(record)) => {
-                            progress.records.fetch_add(1, Ordering::Relaxed);
-                            if let Err(reason) =
-                                project_record(lib, shadow, &record, &counter, progress)
-                            {
-                                tracing::debug!(plugin = %lib.manifest.name, %reason, "record refused by the new build; skipped");
-                            }
+            move |lib, shadow, projector, progress, _| loop {
+                match records.blocking_recv() {
+                    Some(Fed::Record(record)) => {
+                        progress.records.fetch_add(1, Ordering::Relaxed);
+                        if let Err(reason) = project_record(shadow, projector, &record, progress) {
+                            tracing::debug!(plugin = %lib.manifest.name, %reason, "record refused by the new build; skipped");
                         }
-                        Some(Fed::End) => return Ok(()),
-                        Some(Fed::Failed(reason)) => return Err(reason),
-                        None => return Err("the stream reader stopped".to_owned()),
                     }
+                    Some(Fed::End) => return Ok(()),
+                    Some(Fed::Failed(reason)) => return Err(reason),
+                    None => return Err("the stream reader stopped".to_owned()),
                 }
             },
         )
@@ -235,12 +235,11 @@ fn report_end(
 }
 
 /// Projects one record of the plugin's streams into `shadow`; nothing is
-/// applied if the projector refuses it.
+/// applied if the projector refuses it (or crashes on it).
 fn project_record(
-    lib: &PluginLibrary,
     shadow: &SharedStore,
+    projector: &mut Blocking,
     record: &crate::durable::LogRecord,
-    counter: &AtomicU64,
     progress: &Progress,
 ) -> Result<(), String> {
     let body = IngestBody::parse(record.body.clone()).map_err(|e| {
@@ -249,25 +248,25 @@ fn project_record(
             record.rec, e.position, e.message
         )
     })?;
-    let job = ProjectJob {
-        ticket: 0,
-        stream: record.stream.as_str().into(),
-        body: Arc::new(body),
-        pending: Arc::new(Vec::new()),
+    let body = Arc::new(body);
+    let events = body.len() as u64;
+    let produced = match projector.project(&record.stream, body) {
+        Ok(produced) => produced,
+        Err(failure) => {
+            projector.settle(false);
+            return Err(format!(
+                "log record {} event {}: {}",
+                record.rec, failure.position, failure.message
+            ));
+        }
     };
-    let produced = project_request(lib, shadow, &job, counter).map_err(|failure| {
-        format!(
-            "log record {} event {}: {}",
-            record.rec, failure.position, failure.message
-        )
-    })?;
-    progress
-        .events
-        .fetch_add(job.body.len() as u64, Ordering::Relaxed);
+    progress.events.fetch_add(events, Ordering::Relaxed);
     let mut store = shadow.write().unwrap_or_else(|e| e.into_inner());
     for mutation in produced.into_iter().flatten() {
         store.apply(mutation);
     }
+    drop(store);
+    projector.settle(true);
     Ok(())
 }
 
@@ -277,12 +276,12 @@ fn replay(
     lib: &PluginLibrary,
     log: &EventLog,
     shadow: &SharedStore,
+    projector: &mut Blocking,
     cursor: u64,
     progress: &Progress,
 ) -> Result<u64, String> {
     let records = log.records_after(cursor).map_err(|e| e.to_string())?;
     let mut last = cursor;
-    let counter = AtomicU64::new(0);
     let total = records.len();
     let (started, mut reported) = (Instant::now(), Instant::now());
     for (done, record) in records.into_iter().enumerate() {
@@ -302,7 +301,7 @@ fn replay(
         if !lib.manifest.streams.contains(&record.stream) {
             continue;
         }
-        project_record(lib, shadow, &record, &counter, progress)?;
+        project_record(shadow, projector, &record, progress)?;
     }
     Ok(last)
 }

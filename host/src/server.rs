@@ -495,6 +495,33 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
                 json!({"plugin": plugin, "timeout_ms": timeout_ms}),
             )
         }
+        Err(IngestError::ProjectorCrashed {
+            plugin,
+            position,
+            message,
+            crash,
+        }) => error_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "projector-crashed",
+            &format!("plugin {plugin:?} crashed on event {position}: {message}; nothing of the request was applied, the projector was restarted"),
+            json!({
+                "plugin": plugin,
+                "line": position,
+                "signal": crash.signal_name(),
+                "exit_code": crash.exit_code,
+            }),
+        ),
+        Err(err @ IngestError::PluginCrashed { .. }) => {
+            let IngestError::PluginCrashed { plugin } = &err else {
+                unreachable!()
+            };
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "plugin-crashed",
+                &err.to_string(),
+                json!({"plugin": plugin}),
+            )
+        }
         Err(err @ IngestError::PluginStuck { .. }) => {
             let IngestError::PluginStuck { plugin } = &err else {
                 unreachable!()

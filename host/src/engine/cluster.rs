@@ -374,6 +374,7 @@ impl Engine {
                     reprojection: None,
                     fingerprint: Some(fingerprint.to_owned()),
                     since: None,
+                    pid: None,
                     loaded_at: None,
                     history: Default::default(),
                 },

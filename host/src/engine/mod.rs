@@ -70,7 +70,9 @@ use crate::outbox::{Outbox, Outgoing, PushError, Pushed, SnapshotJob};
 use crate::plugins::{
     self, view_ids, BuildEventKind, LoadError, PluginLibrary, PluginReport, PluginState,
 };
-use crate::projector::{ProjectJob, Projected, Projection, ProjectorWorker, SharedStore};
+use crate::projector::{
+    self, AfterStuck, ProjectJob, Projected, Projection, Projector, SharedStore,
+};
 use crate::reproject::{ReprojectReport, ReprojectionStatus};
 use crate::store::Store;
 use crate::views::{Notice, Removed, SubscribeError, Views};
@@ -113,12 +115,30 @@ pub enum IngestError {
         message: String,
     },
     /// A projector made no progress within the deadline; it is now stuck.
-    #[error("plugin {plugin:?} made no progress for {timeout_ms} ms; it is marked stuck until a new build loads")]
+    #[error("plugin {plugin:?} made no progress for {timeout_ms} ms; nothing was applied")]
     ProjectorTimeout {
         /// Plugin name.
         plugin: String,
         /// The deadline.
         timeout_ms: u64,
+    },
+    /// The plugin's projector process died on an event; it was restarted.
+    #[error("plugin {plugin:?} crashed on event {position}: {message}")]
+    ProjectorCrashed {
+        /// Plugin name.
+        plugin: String,
+        /// Event position in the request.
+        position: usize,
+        /// What happened ("the projector process killed by SIGABRT").
+        message: String,
+        /// How it ended.
+        crash: projector::Crash,
+    },
+    /// A plugin consuming the stream crashed three times within a minute.
+    #[error("plugin {plugin:?} crashed {CRASHES_TO_GIVE_UP} times within {} s; load a new build of it", CRASH_WINDOW.as_secs())]
+    PluginCrashed {
+        /// Plugin name.
+        plugin: String,
     },
     /// A plugin consuming the stream is stuck from an earlier request.
     #[error("plugin {plugin:?} is stuck (a projector timed out); load a new build of it")]
@@ -455,11 +475,26 @@ pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) 
     (handle, thread)
 }
 
-/// A loaded plugin build and its projector thread.
+/// Crashes of one build within [`CRASH_WINDOW`] that retire it.
+pub const CRASHES_TO_GIVE_UP: usize = 3;
+/// See [`CRASHES_TO_GIVE_UP`].
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
+/// A loaded plugin build and its projector.
 struct LoadedPlugin {
     lib: Arc<PluginLibrary>,
-    worker: ProjectorWorker,
+    worker: Box<dyn Projector>,
+    /// A projector thread timed out: the build serves nothing more.
     stuck: bool,
+    /// Recent crashes of its projector process (and stuck ones killed).
+    crashes: VecDeque<Instant>,
+    /// It crashed [`CRASHES_TO_GIVE_UP`] times: the build serves nothing more.
+    crashed: bool,
+    /// Its projector must start afresh before its next request: it died,
+    /// or what it mirrors changed under it. Done at dispatch, when none of
+    /// the plugin's requests is half-applied, so the store plus the
+    /// pending mutations are exactly what it must see.
+    resync: bool,
 }
 
 /// An ingest request being projected.
@@ -794,7 +829,7 @@ impl Engine {
         }
         let lib = Arc::new(lib);
         let commands = self.commands.clone();
-        let worker = ProjectorWorker::spawn(lib.clone(), self.store.clone(), move |done| {
+        let worker = projector::start(lib.clone(), self.store.clone(), move |done| {
             let _ = commands.send(Command::Projected(done));
         })
         .map_err(|e| InstallError::Thread(e.to_string()))?;
@@ -836,6 +871,9 @@ impl Engine {
                 lib,
                 worker,
                 stuck: false,
+                crashes: VecDeque::new(),
+                crashed: false,
+                resync: false,
             },
         );
         // Requests that waited for the stuck build can run now.
@@ -1009,6 +1047,12 @@ impl Engine {
             }));
             return;
         }
+        if let Some(crashed) = consumers.iter().find(|c| self.plugins[*c].crashed) {
+            let _ = reply.send(Err(IngestError::PluginCrashed {
+                plugin: crashed.clone(),
+            }));
+            return;
+        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let stream: Arc<str> = stream.into();
@@ -1016,7 +1060,12 @@ impl Engine {
         let pending = Arc::new(self.pending_for(&consumers));
         let mut parts = Vec::with_capacity(consumers.len());
         for name in consumers {
-            let plugin = &self.plugins[&name];
+            let plugin = self.plugins.get_mut(&name).expect("a consumer is loaded");
+            if std::mem::take(&mut plugin.resync) {
+                if let Err(err) = plugin.worker.restart(&pending) {
+                    tracing::error!(plugin = %name, %err, "cannot restart the projector");
+                }
+            }
             let job = ProjectJob {
                 ticket,
                 stream: stream.clone(),
@@ -1024,10 +1073,10 @@ impl Engine {
                 pending: pending.clone(),
             };
             let outcome = (!plugin.worker.submit(job)).then(|| {
-                Err(crate::projector::ProjectFailure {
-                    position: 0,
-                    message: "the projector thread is gone".into(),
-                })
+                Err(projector::ProjectFailure::error(
+                    0,
+                    "the projector is gone".into(),
+                ))
             });
             if outcome.is_none() {
                 self.busy.insert(name.clone(), ticket);
@@ -1054,9 +1103,14 @@ impl Engine {
 
     /// A projector thread answered.
     fn projected(&mut self, projected: Projected) {
+        if let Some(crash) = projected.crash() {
+            metrics::counter!("vista_projector_crashes_total").increment(1);
+            self.projector_failed(&projected.plugin, crash.describe());
+        }
         if !self.in_flight.contains_key(&projected.ticket) {
             // A request already answered (failed or timed out elsewhere).
             self.release(&projected.plugin, projected.ticket);
+            self.settle(&projected.plugin, projected.ticket, false);
         }
         if let Some(request) = self.in_flight.get_mut(&projected.ticket) {
             if let Some(part) = request
@@ -1089,6 +1143,16 @@ impl Engine {
         for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
             self.release(&answered.plugin, ticket);
         }
+        // Whether it will be applied: every part answered, without error,
+        // and nothing it projected over failed to be logged.
+        let applies = request.doomed.is_none()
+            && request
+                .parts
+                .iter()
+                .all(|p| matches!(p.outcome, Some(Ok(_))));
+        for part in request.parts.iter().filter(|p| p.outcome.is_some()) {
+            self.settle(&part.plugin, ticket, applies);
+        }
         if let Some(reason) = request.doomed.clone() {
             let _ = request
                 .reply
@@ -1104,11 +1168,20 @@ impl Engine {
             let Some(Err(failure)) = &part.outcome else {
                 unreachable!("matched above")
             };
-            let _ = request.reply.send(Err(IngestError::Projector {
-                plugin: part.plugin.clone(),
-                position: failure.position,
-                message: failure.message.clone(),
-            }));
+            let error = match failure.crash {
+                Some(crash) => IngestError::ProjectorCrashed {
+                    plugin: part.plugin.clone(),
+                    position: failure.position,
+                    message: failure.message.clone(),
+                    crash,
+                },
+                None => IngestError::Projector {
+                    plugin: part.plugin.clone(),
+                    position: failure.position,
+                    message: failure.message.clone(),
+                },
+            };
+            let _ = request.reply.send(Err(error));
             return;
         }
         let plugins: Vec<String> = request.parts.iter().map(|p| p.plugin.clone()).collect();
@@ -1245,6 +1318,12 @@ impl Engine {
                     }
                 }
                 self.awaiting_log = kept;
+                // Their projectors mirrored what is now refused.
+                for name in &doomed_plugins {
+                    if let Some(plugin) = self.plugins.get_mut(name) {
+                        plugin.resync = true;
+                    }
+                }
                 for commit in failed {
                     let _ = commit
                         .reply
@@ -1476,6 +1555,48 @@ impl Engine {
         Ok(())
     }
 
+    /// Tells `plugin`'s projector the fate of `ticket` (see
+    /// [`Projector::settle`]).
+    fn settle(&mut self, plugin: &str, ticket: u64, applied: bool) {
+        if let Some(loaded) = self.plugins.get_mut(plugin) {
+            loaded.worker.settle(ticket, applied);
+        }
+    }
+
+    /// Counts a crash of `name`'s projector process (or a stuck one
+    /// killed): the [`CRASHES_TO_GIVE_UP`]th within [`CRASH_WINDOW`] retires
+    /// the build until a new one loads; before that a fresh child is
+    /// started for the next request (see `LoadedPlugin::resync`).
+    fn projector_failed(&mut self, name: &str, what: String) {
+        let Some(plugin) = self.plugins.get_mut(name) else {
+            return;
+        };
+        let now = Instant::now();
+        plugin
+            .crashes
+            .retain(|at| now.duration_since(*at) < CRASH_WINDOW);
+        plugin.crashes.push_back(now);
+        let report = self.reports.get_mut(&plugin.lib.file);
+        if plugin.crashes.len() >= CRASHES_TO_GIVE_UP {
+            plugin.crashed = true;
+            let error = format!(
+                "its projector process {what}; {CRASHES_TO_GIVE_UP} crashes within {} s",
+                CRASH_WINDOW.as_secs()
+            );
+            tracing::error!(plugin = %name, "{error}: its streams answer 503 plugin-crashed until a new build loads");
+            if let Some(report) = report {
+                report.state = PluginState::Crashed;
+                report.record(BuildEventKind::Crashed, Some(error.clone()));
+                report.last_error = Some(error);
+            }
+            return;
+        }
+        if let Some(report) = report {
+            report.last_error = Some(format!("its projector process {what}; restarted"));
+        }
+        plugin.resync = true;
+    }
+
     /// Frees `plugin` if it is busy with `ticket`.
     fn release(&mut self, plugin: &str, ticket: u64) {
         if self.busy.get(plugin) == Some(&ticket) {
@@ -1493,6 +1614,9 @@ impl Engine {
                     let plugin = self.plugins.get(name)?;
                     (plugin.lib.file.display().to_string() == report.file).then_some(name)
                 });
+                report.pid = current
+                    .and_then(|name| self.plugins.get(name))
+                    .and_then(|p| p.worker.pid());
                 if let Some(r) = current.and_then(|name| self.reprojections.get(name)) {
                     let records = r
                         .reprojector
@@ -1580,11 +1704,21 @@ impl Engine {
         }
         for (ticket, name) in expired {
             let timeout_ms = self.projector_timeout.as_millis() as u64;
-            tracing::error!(plugin = %name, timeout_ms, "projector timed out; plugin marked stuck, its streams answer 503 until a new build loads");
             metrics::counter!("vista_projector_timeouts_total").increment(1);
-            if let Some(plugin) = self.plugins.get_mut(&name) {
+            let pending = self.pending_for(std::slice::from_ref(&name));
+            let after = self
+                .plugins
+                .get_mut(&name)
+                .map(|plugin| plugin.worker.stuck(&pending));
+            if after == Some(AfterStuck::Restarted) {
+                tracing::error!(plugin = %name, timeout_ms, "projector timed out; its process was killed and started afresh");
+                self.projector_failed(
+                    &name,
+                    format!("made no progress for {timeout_ms} ms and was killed"),
+                );
+            } else if let Some(plugin) = self.plugins.get_mut(&name) {
+                tracing::error!(plugin = %name, timeout_ms, "projector timed out; plugin marked stuck, its streams answer 503 until a new build loads");
                 plugin.stuck = true;
-                plugin.worker.demote();
                 if let Some(report) = self.reports.get_mut(&plugin.lib.file) {
                     report.state = PluginState::Stuck;
                     let error = format!("projector made no progress for {timeout_ms} ms");
@@ -1597,6 +1731,7 @@ impl Engine {
                 // Plugins of this request that answered are free.
                 for answered in request.parts.iter().filter(|p| p.outcome.is_some()) {
                     self.release(&answered.plugin, ticket);
+                    self.settle(&answered.plugin, ticket, false);
                 }
                 let _ = request.reply.send(Err(IngestError::ProjectorTimeout {
                     plugin: name,

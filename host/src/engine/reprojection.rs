@@ -226,7 +226,11 @@ impl Engine {
             bytes::Bytes::new(),
             reply,
         );
-        // New requests may project again, over the swap's mutations.
+        // New requests may project again, over the swap's mutations (a
+        // projector process reloads its mirror first).
+        if let Some(loaded) = self.plugins.get_mut(plugin) {
+            loaded.resync = true;
+        }
         self.release(plugin, REPROJECTION_TICKET);
         self.pump_deferred();
     }

@@ -1,169 +1,103 @@
-//! Projector threads: each loaded plugin build runs its projector on a
-//! thread of its own, never on the engine thread or an async worker.
-//!
-//! Why a thread per plugin: plugin code is foreign and may loop forever. The
-//! engine hands a whole ingest request to each consuming plugin's thread
-//! ([`ProjectJob`]) and goes on serving other streams, subscriptions and
-//! reloads; a thread that makes no progress for `--projector-timeout-ms` is
-//! declared stuck by the engine and abandoned (threads cannot be killed; it
-//! is reniced to the lowest priority so a spinning one costs little).
+//! Projecting one request: the [`Overlay`] that lets a projector read the
+//! state as of its own earlier events, shared by both kinds of projector
+//! (a thread of the host, a child process).
 //!
 //! Reads inside a request go through an [`Overlay`]: the request's own
 //! staged mutations of a key are folded, once each, into a materialized
 //! value, so a read costs one lookup and one serialization of the entity,
 //! however many events of the request touched it (replaying the staged
 //! history on every read made a request quadratic). Keys the request did not
-//! touch are read from the shared store under its read lock, which is held
-//! only to clone an `Arc`.
+//! touch are read from the [`Base`]: the shared store under its read lock
+//! (held only to clone an `Arc`) in a projector thread, the child's mirror
+//! of its own entities (or a question to the host) in a projector process.
 //!
-//! A projector sees the committed store plus its *own* staged mutations:
+//! A projector sees the committed state plus its *own* staged mutations:
 //! plugins consuming the same stream project concurrently, and another
 //! plugin's changes from the same request become visible once committed.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde_json::Value;
-use vista_plugin_api::{apply_mutation, Hidden, Mutation};
+use vista_plugin_api::{apply_mutation, Hidden, Manifest, Mutation};
 
+use super::{ProjectFailure, Projection};
 use crate::ingest::IngestBody;
-use crate::plugins::{FnStateReader, PluginLibrary};
-use crate::store::Store;
+use crate::plugins::FnStateReader;
 use crate::vocab::FastMap;
 
-/// The store shared by the engine (the only writer) and projector threads.
-pub type SharedStore = Arc<RwLock<Store>>;
-
-/// One ingest request for one plugin.
-pub struct ProjectJob {
-    /// Identifies the request in the engine.
-    pub ticket: u64,
-    /// The stream the events arrived on.
-    pub stream: Arc<str>,
-    /// The events.
-    pub body: Arc<IngestBody>,
-    /// Mutations of this plugin's earlier requests that are logged (or
-    /// being logged) but not applied yet, in log order: the projection
-    /// reads as if they were, since they will be before this request is.
-    pub pending: Arc<Vec<Mutation>>,
+/// Where an [`Overlay`] reads what the request has not staged.
+pub trait Base {
+    /// The committed value of `entity[key]`.
+    fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>>;
+    /// The committed value and its hidden aggregate state (only asked for
+    /// the plugin's own entities, the only ones it can stage).
+    fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>);
 }
 
-/// The `event` index that marks a mutation of [`ProjectJob::pending`].
+impl Base for crate::store::Store {
+    fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+        self.get(entity, key).cloned()
+    }
+
+    fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
+        (
+            self.get(entity, key).cloned(),
+            self.hidden(entity, key).cloned().unwrap_or_default(),
+        )
+    }
+}
+
+impl Base for super::SharedStore {
+    fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+        self.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .value(entity, key)
+    }
+
+    fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
+        self.read()
+            .unwrap_or_else(|e| e.into_inner())
+            .value_with_hidden(entity, key)
+    }
+}
+
+/// What a projector reads state through while it projects.
+pub type Reader<'a> = FnStateReader<&'a dyn Fn(&str, &str) -> Option<String>>;
+
+/// The `event` index that marks a pending mutation (of an earlier request).
 const PENDING: usize = usize::MAX;
 
-/// The mutations each event produced (index = event index), or why the
-/// request failed.
-pub type Projection = Result<Vec<Vec<Mutation>>, ProjectFailure>;
-
-/// A projector error or an invalid mutation, at one event.
-#[derive(Debug, Clone)]
-pub struct ProjectFailure {
-    /// The event's line or item number.
-    pub position: usize,
-    /// The plugin's message, or what was wrong with its output.
-    pub message: String,
-}
-
-/// What a projector thread reports back.
-pub struct Projected {
-    /// The request's ticket.
-    pub ticket: u64,
-    /// The plugin's name.
-    pub plugin: String,
-    /// The result.
-    pub outcome: Projection,
-}
-
-/// Handle to one plugin build's projector thread.
-pub struct ProjectorWorker {
-    jobs: mpsc::Sender<ProjectJob>,
-    progress: Arc<AtomicU64>,
-    thread_id: Arc<AtomicI32>,
-}
-
-impl ProjectorWorker {
-    /// Starts the thread. `done` receives every finished job.
-    pub fn spawn(
-        lib: Arc<PluginLibrary>,
-        store: SharedStore,
-        done: impl Fn(Projected) + Send + 'static,
-    ) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel::<ProjectJob>();
-        let progress = Arc::new(AtomicU64::new(0));
-        let thread_id = Arc::new(AtomicI32::new(0));
-        let (counter, tid) = (progress.clone(), thread_id.clone());
-        std::thread::Builder::new()
-            .name(format!("projector-{}", lib.manifest.name))
-            .spawn(move || {
-                // SAFETY: gettid has no preconditions.
-                tid.store(
-                    unsafe { libc::syscall(libc::SYS_gettid) } as i32,
-                    Ordering::Relaxed,
-                );
-                while let Ok(job) = queue.recv() {
-                    let outcome = project_request(&lib, &store, &job, &counter);
-                    done(Projected {
-                        ticket: job.ticket,
-                        plugin: lib.manifest.name.clone(),
-                        outcome,
-                    });
-                }
-            })?;
-        Ok(Self {
-            jobs,
-            progress,
-            thread_id,
-        })
-    }
-
-    /// Queues a request; `false` if the thread is gone.
-    pub fn submit(&self, job: ProjectJob) -> bool {
-        self.jobs.send(job).is_ok()
-    }
-
-    /// Events projected so far by this thread: the engine's progress probe.
-    pub fn progress(&self) -> u64 {
-        self.progress.load(Ordering::Relaxed)
-    }
-
-    /// Gives a stuck thread the lowest CPU priority. The thread cannot be
-    /// stopped; this keeps a spinning projector from starving the host.
-    pub fn demote(&self) {
-        let tid = self.thread_id.load(Ordering::Relaxed);
-        if tid > 0 {
-            // SAFETY: setpriority on a thread id of this process.
-            let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) };
-            if result != 0 {
-                tracing::warn!(tid, "cannot lower the priority of a stuck projector thread");
-            }
-        }
-    }
-}
-
-/// Projects every event of a request, staging each event's mutations in an
-/// overlay so later events read them.
-pub(crate) fn project_request(
-    lib: &PluginLibrary,
-    store: &SharedStore,
-    job: &ProjectJob,
+/// Projects every event of a request through `project` (the plugin's
+/// projector), staging each event's mutations in an overlay over `base`
+/// so later events read them. `pending` are mutations of the plugin's
+/// earlier requests that will be applied before this one (read as if they
+/// were). `progress` counts events done: the host's liveness probe, and
+/// in a child process the way the host finds the event that crashed it.
+pub fn project_request(
+    manifest: &Manifest,
+    project: impl Fn(&str, &str, &Reader<'_>) -> Result<Vec<Mutation>, String>,
+    base: &impl Base,
+    pending: &[Mutation],
+    stream: &str,
+    body: &IngestBody,
     progress: &AtomicU64,
 ) -> Projection {
-    let overlay = Overlay::new(store, &job.pending);
-    for index in 0..job.pending.len() {
+    let overlay = Overlay::new(base, pending);
+    for index in 0..pending.len() {
         overlay.stage((PENDING, index));
     }
-    let mut produced: Vec<Vec<Mutation>> = Vec::with_capacity(job.body.len());
-    for (position, json) in job.body.events() {
-        let fail = |message: String| ProjectFailure { position, message };
+    let mut produced: Vec<Vec<Mutation>> = Vec::with_capacity(body.len());
+    for (position, json) in body.events() {
+        let fail = |message: String| ProjectFailure::error(position, message);
         let mutations = {
-            let reader =
-                FnStateReader(|entity: &str, key: &str| overlay.read(entity, key, &produced));
-            lib.project(&job.stream, json, &reader).map_err(fail)?
+            let read = |entity: &str, key: &str| overlay.read(entity, key, &produced);
+            let reader = FnStateReader(&read as &dyn Fn(&str, &str) -> Option<String>);
+            project(stream, json, &reader).map_err(fail)?
         };
         for (index, mutation) in mutations.iter().enumerate() {
-            check_mutation(lib, mutation).map_err(fail)?;
+            check_mutation(manifest, mutation).map_err(fail)?;
             overlay.stage((produced.len(), index));
         }
         produced.push(mutations);
@@ -175,13 +109,8 @@ pub(crate) fn project_request(
 /// Checks what a projector returned: only its own entities, and what
 /// [`Mutation::validate`] accepts (a key, patches of objects, well-formed
 /// aggregates, no host-only kind).
-fn check_mutation(plugin: &PluginLibrary, mutation: &Mutation) -> Result<(), String> {
-    if !plugin
-        .manifest
-        .entities
-        .iter()
-        .any(|e| e.name == mutation.entity)
-    {
+fn check_mutation(manifest: &Manifest, mutation: &Mutation) -> Result<(), String> {
+    if !manifest.entities.iter().any(|e| e.name == mutation.entity) {
         return Err(format!(
             "mutation of entity {:?}, which this plugin does not own",
             mutation.entity
@@ -201,9 +130,9 @@ struct Staged {
     loaded: bool,
 }
 
-/// The request's staged state over the shared store.
-struct Overlay<'s> {
-    store: &'s SharedStore,
+/// The request's staged state over its base.
+struct Overlay<'s, B: Base> {
+    base: &'s B,
     pending: &'s [Mutation],
     staged: RefCell<FastMap<(String, String), Staged>>,
     /// Mutations staged since the last read, not yet in `staged`: a
@@ -211,28 +140,14 @@ struct Overlay<'s> {
     unindexed: RefCell<Vec<(usize, usize)>>,
 }
 
-impl<'s> Overlay<'s> {
-    fn new(store: &'s SharedStore, pending: &'s [Mutation]) -> Self {
+impl<'s, B: Base> Overlay<'s, B> {
+    fn new(base: &'s B, pending: &'s [Mutation]) -> Self {
         Self {
-            store,
+            base,
             pending,
             staged: RefCell::new(FastMap::default()),
             unindexed: RefCell::new(Vec::new()),
         }
-    }
-
-    fn stored(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-        store.get(entity, key).cloned()
-    }
-
-    /// The stored value and hidden state, under one read lock.
-    fn stored_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
-        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-        (
-            store.get(entity, key).cloned(),
-            store.hidden(entity, key).cloned().unwrap_or_default(),
-        )
     }
 
     /// A staged mutation: of this request, or pending from earlier ones.
@@ -279,10 +194,10 @@ impl<'s> Overlay<'s> {
         let mut staged = self.staged.borrow_mut();
         let Some(entry) = staged.get_mut(&(entity.to_owned(), key.to_owned())) else {
             drop(staged);
-            return self.stored(entity, key).map(|v| to_json(&v));
+            return self.base.value(entity, key).map(|v| to_json(&v));
         };
         if !entry.loaded {
-            let (value, hidden) = self.stored_with_hidden(entity, key);
+            let (value, hidden) = self.base.value_with_hidden(entity, key);
             entry.value = value.map(|v| Value::clone(&v));
             entry.hidden = hidden;
             entry.loaded = true;
@@ -308,7 +223,10 @@ fn to_json(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::projector::SharedStore;
+    use crate::store::Store;
     use serde_json::json;
+    use std::sync::RwLock;
 
     #[test]
     fn pending_mutations_of_earlier_requests_are_read_first() {

@@ -1,0 +1,194 @@
+//! The projector process: `vista __projector FILE`, started by the host
+//! ([`super::process`]), never by a person.
+//!
+//! It maps one plugin build, says hello with its manifest, and then
+//! projects what the host sends, one request at a time, over a *mirror* of
+//! the plugin's own entities: the host loads it at start
+//! ([`ToChild::Load`]) and the child keeps it in step by folding in each
+//! request's mutations once the host says the request is applied
+//! ([`ToChild::Settle`]). Only a plugin writes its own entities, so the
+//! mirror is exact, and the common read (a projector reading what it wrote
+//! before) costs no round trip. A read of another plugin's entity asks the
+//! host ([`FromChild::Read`]).
+//!
+//! The protocol runs on stdin and on a duplicate of stdout; stdout itself
+//! is pointed at stderr first, so a plugin that prints cannot corrupt a
+//! frame.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::os::fd::FromRawFd;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use serde_json::Value;
+use vista_plugin_api::{Hidden, Mutation};
+
+use super::overlay::{project_request, Base};
+use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
+use crate::ingest::IngestBody;
+use crate::store::Store;
+
+/// Runs the projector process until the host closes stdin; the exit code
+/// is 0 then, 2 if the file is no usable plugin, 3 on a protocol error.
+pub fn run(file: &Path) -> i32 {
+    // SAFETY: descriptor juggling at the start of a single-threaded
+    // process: fd 1 is duplicated for the protocol, then replaced by fd 2.
+    let protocol_out = unsafe {
+        let out = libc::dup(1);
+        if out < 0 || libc::dup2(2, 1) < 0 {
+            return 3;
+        }
+        File::from_raw_fd(out)
+    };
+    // SAFETY: fd 0 is our stdin, used by nothing else.
+    let mut input = BufReader::new(unsafe { File::from_raw_fd(0) });
+    let mut output = BufWriter::new(protocol_out);
+    let progress = SharedCounter::inherited().ok();
+    let local = AtomicU64::new(0);
+    let counter = progress.as_ref().map_or(&local, |p| p.get());
+
+    let (manifest, module) = match crate::plugins::map(file) {
+        Ok(mapped) => mapped,
+        Err(err) => {
+            let _ = write_frame(
+                &mut output,
+                &FromChild::Refused {
+                    error: err.to_string(),
+                },
+                b"",
+            );
+            return 2;
+        }
+    };
+    if write_frame(
+        &mut output,
+        &FromChild::Hello {
+            manifest: manifest.clone(),
+        },
+        b"",
+    )
+    .is_err()
+    {
+        return 3;
+    }
+    let owned: HashSet<String> = manifest.entities.iter().map(|e| e.name.clone()).collect();
+    let mut mirror = Store::new();
+    // The last request projected, until the host settles it.
+    let mut unsettled: Option<(u64, Vec<Mutation>)> = None;
+    loop {
+        let (message, blob) = match read_frame::<ToChild>(&mut input) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return 0,
+            Err(_) => return 3,
+        };
+        match message {
+            ToChild::Load { rows, pending } => {
+                let mut entities = Vec::with_capacity(rows.len());
+                let mut hidden = Vec::new();
+                for row in rows {
+                    if let Some(state) = row.hidden {
+                        hidden.push((row.entity.clone(), row.key.clone(), Arc::new(state)));
+                    }
+                    entities.push((row.entity, row.key, Arc::new(row.value)));
+                }
+                mirror = Store::new();
+                mirror.restore(entities, hidden, 0);
+                for mutation in pending {
+                    mirror.apply(mutation);
+                }
+                unsettled = None;
+            }
+            ToChild::Settle { ticket, applied } => {
+                if let Some((projected, mutations)) = unsettled.take() {
+                    if projected == ticket && applied {
+                        for mutation in mutations {
+                            mirror.apply(mutation);
+                        }
+                    }
+                }
+            }
+            ToChild::Job { ticket, stream } => {
+                let outcome = match IngestBody::parse(blob.into()) {
+                    Err(malformed) => Err((malformed.position, malformed.message)),
+                    Ok(body) => {
+                        let base = ChildBase {
+                            mirror: &mirror,
+                            owned: &owned,
+                            host: std::cell::RefCell::new((&mut input, &mut output)),
+                        };
+                        project_request(
+                            &manifest,
+                            |stream, json, reader| {
+                                crate::plugins::project_with(&module, stream, json, reader)
+                            },
+                            &base,
+                            &[],
+                            &stream,
+                            &body,
+                            counter,
+                        )
+                        .map_err(|failure| (failure.position, failure.message))
+                    }
+                };
+                if let Ok(produced) = &outcome {
+                    unsettled = Some((ticket, produced.iter().flatten().cloned().collect()));
+                }
+                if write_frame(&mut output, &FromChild::Done { ticket, outcome }, b"").is_err() {
+                    return 3;
+                }
+            }
+            ToChild::ReadReply { .. } => return 3,
+        }
+    }
+}
+
+/// What a projection in the child reads: its mirror for the plugin's own
+/// entities, the host for anything else.
+struct ChildBase<'a, R, W> {
+    mirror: &'a Store,
+    owned: &'a HashSet<String>,
+    host: std::cell::RefCell<(&'a mut R, &'a mut W)>,
+}
+
+impl<R: std::io::Read, W: std::io::Write> ChildBase<'_, R, W> {
+    /// Asks the host for another plugin's entity. A broken pipe means the
+    /// host is gone: the process ends.
+    fn ask_host(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+        let mut host = self.host.borrow_mut();
+        let (input, output) = &mut *host;
+        let question = FromChild::Read {
+            entity: entity.to_owned(),
+            key: key.to_owned(),
+        };
+        if write_frame(*output, &question, b"").is_err() {
+            std::process::exit(3);
+        }
+        match read_frame::<ToChild>(*input) {
+            Ok(Some((ToChild::ReadReply { value }, _))) => value
+                .and_then(|text| serde_json::from_str(&text).ok())
+                .map(Arc::new),
+            _ => std::process::exit(3),
+        }
+    }
+}
+
+impl<R: std::io::Read, W: std::io::Write> Base for ChildBase<'_, R, W> {
+    fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+        if self.owned.contains(entity) {
+            self.mirror.get(entity, key).cloned()
+        } else {
+            self.ask_host(entity, key)
+        }
+    }
+
+    fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
+        if self.owned.contains(entity) {
+            self.mirror.value_with_hidden(entity, key)
+        } else {
+            (self.ask_host(entity, key), Arc::default())
+        }
+    }
+}

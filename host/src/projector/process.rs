@@ -1,0 +1,534 @@
+//! `--isolation process` (the default): each plugin build's projector in a
+//! child process of its own, supervised by the host.
+//!
+//! Why a process: it is the one boundary plugin code cannot cross. A
+//! projector that aborts, overflows its stack, writes through a null
+//! pointer or allocates past `--plugin-memory-mb` (the child's
+//! `RLIMIT_AS`) kills its child, not the host; one that spins is killed
+//! with SIGKILL, which no thread can be. The host keeps the store, the
+//! views and every connection; the child keeps only what it needs to
+//! project fast (see [`super::child`] for its mirror).
+//!
+//! Per child the host runs two small threads: a *writer* that owns the
+//! child's stdin (so the engine never blocks on a full pipe) and a
+//! *reader* that owns its stdout and the `Child` itself. The reader answers
+//! the child's reads of other plugins' entities from the shared store, hands
+//! each answer to the engine, and, when the pipe ends, reaps the child and
+//! reports the crash: the request being projected fails at the event the
+//! shared progress counter points to ([`super::wire::SharedCounter`]),
+//! with the signal. The engine then starts a fresh child
+//! ([`Projector::restart`]); a child retired on purpose (stuck, restarted,
+//! unloaded) is reaped silently.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use vista_plugin_api::{Manifest, Mutation};
+
+use super::wire::{self, encode, read_frame, FromChild, Row, SharedCounter, ToChild};
+use super::{AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, SharedStore};
+use crate::ingest::IngestBody;
+use crate::plugins::{LoadError, PluginLibrary};
+
+/// How projector processes are started.
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    /// The `vista` binary (run as `EXE __projector FILE`).
+    pub exe: PathBuf,
+    /// Each child's address-space cap, in MiB (`--plugin-memory-mb`).
+    pub memory_mb: u64,
+}
+
+static SETTINGS: OnceLock<ProcessSettings> = OnceLock::new();
+
+/// Makes [`crate::plugins::load`] run every build's projector in a child
+/// process. Set once, before plugins load; later calls are ignored. Without
+/// it (library use, unit tests) builds are mapped in-process.
+pub fn set_process_isolation(settings: ProcessSettings) {
+    let _ = SETTINGS.set(settings);
+}
+
+/// The settings, when projectors run in child processes.
+pub fn settings() -> Option<&'static ProcessSettings> {
+    SETTINGS.get()
+}
+
+/// A plugin build that runs in child processes: the cached copy of its
+/// file (what every child of the build maps, removed with the build) and
+/// the child that answered the load, until a projector adopts it.
+pub struct ChildBuild {
+    copy: PathBuf,
+    settings: ProcessSettings,
+    first: Mutex<Option<Spawned>>,
+}
+
+impl Drop for ChildBuild {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.copy);
+        if let Some(mut spawned) = self.first.get_mut().ok().and_then(Option::take) {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+        }
+    }
+}
+
+/// A started child and its ends of the pipes.
+struct Spawned {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    progress: Arc<SharedCounter>,
+}
+
+fn spawn(copy: &Path, settings: &ProcessSettings) -> std::io::Result<Spawned> {
+    let progress = Arc::new(SharedCounter::new()?);
+    let progress_fd = progress.raw_fd();
+    let limit = settings.memory_mb.saturating_mul(1 << 20);
+    let mut command = Command::new(&settings.exe);
+    command
+        .arg("__projector")
+        .arg(copy)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(progress_fd, wire::PROGRESS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let cap = libc::rlimit {
+                rlim_cur: limit as libc::rlim_t,
+                rlim_max: limit as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn()?;
+    let stdin = child.stdin.take().expect("stdin is piped");
+    let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+    Ok(Spawned {
+        child,
+        stdin,
+        stdout,
+        progress,
+    })
+}
+
+/// Maps `copy` in a new child and returns the manifest it sends. A child
+/// that dies, refuses the file or does not answer within `timeout` (then
+/// killed) refuses the build; the host itself never maps it.
+pub fn load(copy: &Path, timeout: Duration) -> Result<(Manifest, ChildBuild), LoadError> {
+    let settings = settings()
+        .ok_or_else(|| LoadError::CheckFailed("process isolation is not set up".into()))?
+        .clone();
+    let mut spawned = spawn(copy, &settings).map_err(|e| {
+        LoadError::CheckFailed(format!("cannot start {}: {e}", settings.exe.display()))
+    })?;
+    // Read the hello on a thread, so a child stuck in its manifest cannot
+    // stall the loader past the timeout.
+    let (sender, hello) = mpsc::channel();
+    let mut stdout = spawned.stdout;
+    std::thread::spawn(move || {
+        let answer = read_frame::<FromChild>(&mut stdout);
+        let _ = sender.send((answer, stdout));
+    });
+    let refused = |spawned_child: &mut Child, error: LoadError| {
+        let _ = spawned_child.kill();
+        let _ = spawned_child.wait();
+        Err(error)
+    };
+    let (answer, stdout) = match hello.recv_timeout(timeout) {
+        Ok(answered) => answered,
+        Err(_) => return refused(&mut spawned.child, LoadError::CheckTimedOut(timeout)),
+    };
+    spawned.stdout = stdout;
+    match answer {
+        Ok(Some((FromChild::Hello { manifest }, _))) => {
+            manifest.validate().map_err(LoadError::Manifest)?;
+            Ok((
+                manifest,
+                ChildBuild {
+                    copy: copy.to_owned(),
+                    settings,
+                    first: Mutex::new(Some(spawned)),
+                },
+            ))
+        }
+        Ok(Some((FromChild::Refused { error }, _))) => {
+            refused(&mut spawned.child, LoadError::Refused(error))
+        }
+        Ok(Some(_)) => refused(
+            &mut spawned.child,
+            LoadError::CheckFailed("the projector process did not say hello".into()),
+        ),
+        Ok(None) | Err(_) => {
+            let status = spawned.child.wait();
+            match status.ok().and_then(|s| s.signal()) {
+                Some(signal) => Err(LoadError::CheckCrashed {
+                    signal,
+                    name: crate::plugins::signal_name(signal),
+                }),
+                None => Err(LoadError::CheckFailed(
+                    "the projector process ended without an answer".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// The request a child is projecting, to name the event if it dies.
+struct Current {
+    ticket: u64,
+    body: Arc<IngestBody>,
+    progress_at_start: u64,
+}
+
+/// What the engine side and the reader thread of one child share.
+#[derive(Default)]
+struct ChildState {
+    current: Option<Current>,
+    /// Reaped: its pid may belong to another process now.
+    exited: bool,
+    /// Killed or let go on purpose: its end is no crash.
+    retired: bool,
+}
+
+/// One running child.
+struct Running {
+    pid: u32,
+    to_child: mpsc::Sender<Vec<u8>>,
+    progress: Arc<SharedCounter>,
+    state: Arc<Mutex<ChildState>>,
+}
+
+impl Running {
+    /// Kills the child (if it still runs) and lets its threads end quietly.
+    fn retire(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.retired = true;
+        if !state.exited {
+            // SAFETY: the child is not reaped (`exited` is set under this
+            // lock after reaping), so the pid is still ours.
+            unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The answer callback, shared by every reader thread of one projector.
+type Done = Arc<dyn Fn(Projected) + Send + Sync>;
+
+/// One plugin build's projector, run in a child process.
+pub struct ProcessProjector {
+    lib: Arc<PluginLibrary>,
+    store: SharedStore,
+    done: Done,
+    running: Option<Running>,
+}
+
+impl ProcessProjector {
+    /// Adopts the child that answered the load (or starts one) and loads
+    /// its mirror from `store`.
+    pub fn start(
+        lib: Arc<PluginLibrary>,
+        store: SharedStore,
+        done: impl Fn(Projected) + Send + Sync + 'static,
+    ) -> std::io::Result<Self> {
+        let mut projector = Self {
+            lib,
+            store,
+            done: Arc::new(done),
+            running: None,
+        };
+        let first = projector
+            .build()
+            .first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        match first {
+            Some(spawned) => projector.run(spawned, false, &[]),
+            None => projector.restart(&[])?,
+        }
+        Ok(projector)
+    }
+
+    fn build(&self) -> &ChildBuild {
+        match &self.lib.code {
+            crate::plugins::Code::Child(build) => build,
+            crate::plugins::Code::Mapped(_) => {
+                unreachable!("a process projector of a mapped build")
+            }
+        }
+    }
+
+    /// Starts the threads of a spawned child and sends it its mirror.
+    fn run(&mut self, spawned: Spawned, hello_pending: bool, pending: &[Mutation]) {
+        let Spawned {
+            mut child,
+            stdin,
+            stdout,
+            progress,
+        } = spawned;
+        let pid = child.id();
+        let (to_child, frames) = mpsc::channel::<Vec<u8>>();
+        let state = Arc::new(Mutex::new(ChildState::default()));
+        let name = self.lib.manifest.name.clone();
+        let spawned_writer = std::thread::Builder::new()
+            .name(format!("to-projector-{name}"))
+            .spawn(move || write_frames(stdin, frames));
+        let reader = Reader {
+            plugin: name.clone(),
+            store: self.store.clone(),
+            to_child: to_child.clone(),
+            progress: progress.clone(),
+            state: state.clone(),
+            done: self.done.clone(),
+        };
+        let spawned_reader = std::thread::Builder::new()
+            .name(format!("from-projector-{name}"))
+            .spawn(move || reader.run(&mut child, stdout, hello_pending));
+        if spawned_writer.is_err() || spawned_reader.is_err() {
+            tracing::error!(plugin = %name, "cannot start the threads of a projector process");
+        }
+        let _ = to_child.send(self.load_message(pending));
+        self.running = Some(Running {
+            pid,
+            to_child,
+            progress,
+            state,
+        });
+    }
+
+    /// The plugin's entities as the store has them, plus `pending`.
+    fn load_message(&self, pending: &[Mutation]) -> Vec<u8> {
+        let mut taken = Vec::new();
+        {
+            let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+            for entity in &self.lib.manifest.entities {
+                for (key, value) in store.table(&entity.name) {
+                    let hidden = store.hidden(&entity.name, key).cloned();
+                    taken.push((entity.name.clone(), key.clone(), value.clone(), hidden));
+                }
+            }
+        }
+        // Serialized outside the lock: only `Arc`s were cloned under it.
+        let rows = taken
+            .into_iter()
+            .map(|(entity, key, value, hidden)| Row {
+                entity,
+                key,
+                value: (*value).clone(),
+                hidden: hidden.map(|h| (*h).clone()),
+            })
+            .collect();
+        encode(
+            &ToChild::Load {
+                rows,
+                pending: pending.to_vec(),
+            },
+            b"",
+        )
+    }
+
+    fn send(&self, message: &ToChild, blob: &[u8]) -> bool {
+        self.running
+            .as_ref()
+            .is_some_and(|r| r.to_child.send(encode(message, blob)).is_ok())
+    }
+}
+
+impl Drop for ProcessProjector {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.retire();
+        }
+    }
+}
+
+impl Projector for ProcessProjector {
+    fn submit(&mut self, job: ProjectJob) -> bool {
+        let Some(running) = &self.running else {
+            return false;
+        };
+        running
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current = Some(Current {
+            ticket: job.ticket,
+            body: job.body.clone(),
+            progress_at_start: running.progress.load(),
+        });
+        self.send(
+            &ToChild::Job {
+                ticket: job.ticket,
+                stream: job.stream.to_string(),
+            },
+            job.body.raw(),
+        )
+    }
+
+    fn settle(&mut self, ticket: u64, applied: bool) {
+        self.send(&ToChild::Settle { ticket, applied }, b"");
+    }
+
+    fn progress(&self) -> u64 {
+        self.running.as_ref().map_or(0, |r| r.progress.load())
+    }
+
+    fn stuck(&mut self, pending: &[Mutation]) -> AfterStuck {
+        match self.restart(pending) {
+            Ok(()) => AfterStuck::Restarted,
+            Err(err) => {
+                tracing::error!(plugin = %self.lib.manifest.name, %err, "cannot restart a stuck projector process");
+                AfterStuck::Abandoned
+            }
+        }
+    }
+
+    fn restart(&mut self, pending: &[Mutation]) -> std::io::Result<()> {
+        if let Some(old) = self.running.take() {
+            old.retire();
+        }
+        let spawned = spawn(&self.build().copy, &self.build().settings)?;
+        self.run(spawned, true, pending);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.running.as_ref().map(|r| r.pid)
+    }
+}
+
+/// Writes queued frames to a child until the queue or the pipe closes.
+fn write_frames(stdin: ChildStdin, frames: mpsc::Receiver<Vec<u8>>) {
+    let mut stdin = BufWriter::new(stdin);
+    while let Ok(frame) = frames.recv() {
+        if stdin.write_all(&frame).is_err() {
+            return;
+        }
+        // Batch what is already queued into one flush.
+        while let Ok(more) = frames.try_recv() {
+            if stdin.write_all(&more).is_err() {
+                return;
+            }
+        }
+        if stdin.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// The host side of a child's stdout.
+struct Reader {
+    plugin: String,
+    store: SharedStore,
+    to_child: mpsc::Sender<Vec<u8>>,
+    progress: Arc<SharedCounter>,
+    state: Arc<Mutex<ChildState>>,
+    done: Done,
+}
+
+impl Reader {
+    fn run(self, child: &mut Child, mut stdout: impl Read, mut hello_pending: bool) {
+        let mut refusal = None;
+        loop {
+            match read_frame::<FromChild>(&mut stdout) {
+                Ok(Some((FromChild::Hello { manifest }, _))) if hello_pending => {
+                    hello_pending = false;
+                    if manifest.name != self.plugin {
+                        refusal = Some(format!(
+                            "the restarted projector names plugin {:?}",
+                            manifest.name
+                        ));
+                        let _ = child.kill();
+                    }
+                }
+                Ok(Some((FromChild::Refused { error }, _))) => refusal = Some(error),
+                Ok(Some((FromChild::Read { entity, key }, _))) => {
+                    let value = {
+                        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+                        store
+                            .get(&entity, &key)
+                            .map(|v| serde_json::to_string(&**v).expect("JSON serializes"))
+                    };
+                    let _ = self
+                        .to_child
+                        .send(encode(&ToChild::ReadReply { value }, b""));
+                }
+                Ok(Some((FromChild::Done { ticket, outcome }, _))) => {
+                    self.state.lock().unwrap_or_else(|e| e.into_inner()).current = None;
+                    (self.done)(Projected {
+                        ticket,
+                        plugin: self.plugin.clone(),
+                        outcome: outcome.map_err(|(position, message)| {
+                            ProjectFailure::error(position, message)
+                        }),
+                    });
+                }
+                Ok(Some(_)) => {
+                    refusal = Some("the projector process broke the protocol".into());
+                    let _ = child.kill();
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        // The pipe ended: the child is exiting (or was killed).
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let status = child.wait();
+        state.exited = true;
+        if state.retired {
+            return;
+        }
+        let current = state.current.take();
+        drop(state);
+        let crash = match status {
+            Ok(status) => Crash {
+                signal: status.signal(),
+                exit_code: status.code(),
+            },
+            Err(_) => Crash {
+                signal: None,
+                exit_code: None,
+            },
+        };
+        let (ticket, position) = match &current {
+            Some(current) => {
+                let done = self
+                    .progress
+                    .load()
+                    .saturating_sub(current.progress_at_start) as usize;
+                let position = current
+                    .body
+                    .events()
+                    .nth(done)
+                    .or_else(|| current.body.events().last())
+                    .map_or(0, |(position, _)| position);
+                (current.ticket, position)
+            }
+            None => (0, 0),
+        };
+        let mut message = format!("the projector process {}", crash.describe());
+        if let Some(refusal) = refusal {
+            message.push_str(&format!(": {refusal}"));
+        }
+        tracing::error!(plugin = %self.plugin, ticket, line = position, "{message}");
+        (self.done)(Projected {
+            ticket,
+            plugin: self.plugin.clone(),
+            outcome: Err(ProjectFailure {
+                position,
+                message,
+                crash: Some(crash),
+            }),
+        });
+    }
+}

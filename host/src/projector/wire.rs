@@ -1,0 +1,297 @@
+//! What the host and a projector process say to each other, and how it is
+//! framed on their pipes.
+//!
+//! A frame is two little-endian `u32` lengths, a JSON header and a binary
+//! blob. The blob carries what is already bytes and would only be escaped
+//! by JSON: an ingest request's body travels as the bytes that arrived, and
+//! the child splits it into events exactly as the host did
+//! ([`crate::ingest::IngestBody::parse`]), so line numbers agree. JSON
+//! headers because mutations and entity values are JSON values already
+//! (`serde_json::Value` does not round-trip through the compact binary
+//! formats), and because a frame is easy to read in a hex dump.
+//!
+//! The progress counter is not a message: it lives in a page of shared
+//! memory (a `memfd` the child finds as file descriptor 3) that the child
+//! increments after every event. The host reads it without a system call,
+//! both to tell a slow projector from a stuck one and, when the child dies,
+//! to find the event it died on.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use vista_plugin_api::{Hidden, Manifest, Mutation};
+
+/// Largest header or blob accepted (a corrupt length must not allocate
+/// gigabytes).
+const MAX_PART: usize = 1 << 30;
+
+/// The file descriptor the child finds its progress page at.
+pub const PROGRESS_FD: RawFd = 3;
+
+/// From the host to a projector process.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToChild {
+    /// The plugin's own entities as the host has them (the child's mirror),
+    /// and mutations logged but not applied yet, to apply after them.
+    Load {
+        /// Committed entities of the plugin's entity types.
+        rows: Vec<Row>,
+        /// Logged, not yet applied mutations, in log order.
+        pending: Vec<Mutation>,
+    },
+    /// Project a request; the blob is its body.
+    Job {
+        /// The request's ticket.
+        ticket: u64,
+        /// The stream it arrived on.
+        stream: String,
+    },
+    /// The request's fate: applied (the child folds its mutations into the
+    /// mirror) or refused (they are dropped).
+    Settle {
+        /// The request's ticket.
+        ticket: u64,
+        /// Whether it is applied.
+        applied: bool,
+    },
+    /// The answer to [`FromChild::Read`].
+    ReadReply {
+        /// The entity's JSON text, if it exists.
+        value: Option<String>,
+    },
+}
+
+/// One entity of a [`ToChild::Load`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// Entity type.
+    pub entity: String,
+    /// Key.
+    pub key: String,
+    /// Its value.
+    pub value: Value,
+    /// Its hidden aggregate state, if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Hidden>,
+}
+
+/// From a projector process to the host.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromChild {
+    /// The plugin mapped; its manifest (validated by the child).
+    Hello {
+        /// The plugin's manifest.
+        manifest: Manifest,
+    },
+    /// The file is not a usable plugin (the child exits after this).
+    Refused {
+        /// The [`crate::plugins::LoadError`] text.
+        error: String,
+    },
+    /// The projector reads an entity of another plugin: only the host has it.
+    Read {
+        /// Entity type.
+        entity: String,
+        /// Key.
+        key: String,
+    },
+    /// A request is projected.
+    Done {
+        /// The request's ticket.
+        ticket: u64,
+        /// The mutations each event produced, or the failing event's line
+        /// and the error.
+        outcome: Result<Vec<Vec<Mutation>>, (usize, String)>,
+    },
+}
+
+/// Writes one frame and flushes it.
+pub fn write_frame(out: &mut impl Write, header: &impl Serialize, blob: &[u8]) -> io::Result<()> {
+    let header = serde_json::to_vec(header).map_err(io::Error::other)?;
+    out.write_all(&(header.len() as u32).to_le_bytes())?;
+    out.write_all(&(blob.len() as u32).to_le_bytes())?;
+    out.write_all(&header)?;
+    out.write_all(blob)?;
+    out.flush()
+}
+
+/// Encodes one frame (the writer thread sends bytes made elsewhere).
+pub fn encode(header: &impl Serialize, blob: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(blob.len() + 64);
+    write_frame(&mut frame, header, blob).expect("writing to a Vec cannot fail");
+    frame
+}
+
+/// Reads one frame: `Ok(None)` at a clean end of the stream.
+pub fn read_frame<T: for<'de> Deserialize<'de>>(
+    input: &mut impl Read,
+) -> io::Result<Option<(T, Vec<u8>)>> {
+    let mut lengths = [0u8; 8];
+    match input.read_exact(&mut lengths) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    let header_len = u32::from_le_bytes(lengths[..4].try_into().expect("4 bytes")) as usize;
+    let blob_len = u32::from_le_bytes(lengths[4..].try_into().expect("4 bytes")) as usize;
+    if header_len > MAX_PART || blob_len > MAX_PART {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame length out of range",
+        ));
+    }
+    let mut header = vec![0u8; header_len];
+    input.read_exact(&mut header)?;
+    let mut blob = vec![0u8; blob_len];
+    input.read_exact(&mut blob)?;
+    let header = serde_json::from_slice(&header)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    Ok(Some((header, blob)))
+}
+
+/// A `u64` counter in a page of memory shared between the host and one
+/// child (a `memfd`, mapped by both).
+pub struct SharedCounter {
+    fd: OwnedFd,
+    counter: *const AtomicU64,
+}
+
+// SAFETY: the mapping is only accessed through the atomic, and lives as
+// long as the value.
+unsafe impl Send for SharedCounter {}
+// SAFETY: as above: every access is an atomic operation.
+unsafe impl Sync for SharedCounter {}
+
+impl SharedCounter {
+    /// A new counter at 0 (host side).
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: memfd_create with a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"vista-progress".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on our own descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), 8) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(fd)
+    }
+
+    /// Maps the counter the host passed as [`PROGRESS_FD`] (child side).
+    pub fn inherited() -> io::Result<Self> {
+        // SAFETY: fcntl only checks whether the descriptor is open.
+        if unsafe { libc::fcntl(PROGRESS_FD, libc::F_GETFD) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the host left this descriptor open for us, and nothing
+        // else in the child uses it.
+        Self::map(unsafe { OwnedFd::from_raw_fd(PROGRESS_FD) })
+    }
+
+    fn map(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: mapping 8 bytes of a memfd that is at least 8 bytes long.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            fd,
+            counter: address as *const AtomicU64,
+        })
+    }
+
+    /// The descriptor, to hand to a child.
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// The counter.
+    pub fn get(&self) -> &AtomicU64 {
+        // SAFETY: the mapping is page-aligned, 8 bytes long and lives as
+        // long as `self`.
+        unsafe { &*self.counter }
+    }
+
+    /// Its current value.
+    pub fn load(&self) -> u64 {
+        self.get().load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SharedCounter {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `map` mapped.
+        unsafe { libc::munmap(self.counter as *mut libc::c_void, 8) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_their_blob() {
+        let mut pipe = Vec::new();
+        write_frame(
+            &mut pipe,
+            &ToChild::Job {
+                ticket: 7,
+                stream: "s".into(),
+            },
+            b"{\"a\":1}\n",
+        )
+        .unwrap();
+        write_frame(
+            &mut pipe,
+            &ToChild::Settle {
+                ticket: 7,
+                applied: true,
+            },
+            b"",
+        )
+        .unwrap();
+        let mut input = &pipe[..];
+        let (first, blob) = read_frame::<ToChild>(&mut input).unwrap().unwrap();
+        assert!(matches!(first, ToChild::Job { ticket: 7, .. }));
+        assert_eq!(blob, b"{\"a\":1}\n");
+        let (second, _) = read_frame::<ToChild>(&mut input).unwrap().unwrap();
+        assert!(matches!(
+            second,
+            ToChild::Settle {
+                ticket: 7,
+                applied: true
+            }
+        ));
+        assert!(read_frame::<ToChild>(&mut input).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_corrupt_length_is_an_error_not_an_allocation() {
+        let mut input = &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0][..];
+        assert!(read_frame::<ToChild>(&mut input).is_err());
+    }
+
+    #[test]
+    fn the_shared_counter_is_seen_through_a_second_mapping() {
+        let host = SharedCounter::new().unwrap();
+        // SAFETY: dup of a descriptor we own.
+        let copy = unsafe { OwnedFd::from_raw_fd(libc::dup(host.raw_fd())) };
+        let other = SharedCounter::map(copy).unwrap();
+        other.get().fetch_add(3, Ordering::Relaxed);
+        assert_eq!(host.load(), 3);
+    }
+}

@@ -231,3 +231,29 @@ pub async fn plugins(url: &str, token: Option<&str>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `vista dead-letters`: `GET /admin/dead-letters?format=ndjson`, printed
+/// as it comes (or only each letter's `event`).
+pub async fn dead_letters(url: &str, token: Option<&str>, events_only: bool) -> anyhow::Result<()> {
+    let mut request = reqwest::Client::new().get(format!("{url}/admin/dead-letters?format=ndjson"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.context("asking the host")?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    anyhow::ensure!(status == 200, "GET /admin/dead-letters: {status} {text}");
+    let mut out = std::io::stdout().lock();
+    for line in text.lines() {
+        let printed = if events_only {
+            let letter: Value = serde_json::from_str(line)?;
+            serde_json::to_string(&letter["event"])?
+        } else {
+            line.to_owned()
+        };
+        if writeln!(out, "{printed}").is_err() {
+            break; // a closed pipe ends the listing
+        }
+    }
+    Ok(())
+}

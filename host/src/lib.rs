@@ -64,6 +64,7 @@ pub mod views;
 
 pub(crate) mod connection;
 pub(crate) mod dashboard;
+pub mod dead_letters;
 pub(crate) mod demo;
 pub(crate) mod engine;
 pub(crate) mod hygiene;

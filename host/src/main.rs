@@ -79,6 +79,19 @@ enum Command {
         #[arg(long, env = "VISTA_TOKEN")]
         token: Option<String>,
     },
+    /// The events the host's plugins refused or crashed on, as NDJSON (one
+    /// dead letter per line; its `event` can be fixed and re-ingested).
+    DeadLetters {
+        /// The host's HTTP address.
+        #[arg(long, env = "VISTA_URL", default_value = "http://127.0.0.1:8877")]
+        url: String,
+        /// Admin token.
+        #[arg(long, env = "VISTA_TOKEN")]
+        token: Option<String>,
+        /// Print only the events (ready for `vista ingest STREAM -`).
+        #[arg(long)]
+        events: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -415,6 +428,9 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Plugins { url, token } => {
             return vista_host::cli::plugins(&url, token.as_deref()).await
+        }
+        Command::DeadLetters { url, token, events } => {
+            return vista_host::cli::dead_letters(&url, token.as_deref(), events).await
         }
         Command::Plugin(PluginCommand::Types {
             file,

@@ -12,6 +12,7 @@
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /`, `GET /dashboard/{file}` | the dashboard page ([`crate::dashboard`]) |
 //! | `GET /admin/views`, `GET /admin/figures` | what the dashboard polls |
+//! | `GET /admin/dead-letters[?format=ndjson]` | events the plugins refused or crashed on ([`crate::dead_letters`]) |
 //!
 //! Errors are JSON `{"error": code, "message": text, ...}` with a specific
 //! status: 400 malformed body (naming the line), 404 unknown stream or
@@ -149,6 +150,22 @@ pub async fn handle(
             crate::dashboard::asset(p)
         }
         (&Method::GET, "/admin/views") => crate::dashboard::views(&shared).await,
+        (&Method::GET, "/admin/dead-letters") => {
+            let letters = shared.engine.dead_letters().await;
+            if request.uri().query() == Some("format=ndjson") {
+                let mut text = String::new();
+                for letter in &letters {
+                    text.push_str(&serde_json::to_string(letter).expect("letters serialize"));
+                    text.push('\n');
+                }
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "application/x-ndjson")
+                    .body(Full::new(Bytes::from(text)))
+                    .expect("static response parts are valid")
+            } else {
+                json_response(StatusCode::OK, &json!({"dead_letters": letters}))
+            }
+        }
         (&Method::GET, "/admin/figures") => crate::dashboard::figures(&shared),
         (&Method::GET, "/metrics") => Response::builder()
             .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -174,8 +191,15 @@ pub async fn handle(
         }
         (
             _,
-            "/healthz" | "/readyz" | "/status" | "/plugins" | "/metrics" | "/" | "/admin/views"
-            | "/admin/figures",
+            "/healthz"
+            | "/readyz"
+            | "/status"
+            | "/plugins"
+            | "/metrics"
+            | "/"
+            | "/admin/views"
+            | "/admin/figures"
+            | "/admin/dead-letters",
         ) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",

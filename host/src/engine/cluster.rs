@@ -292,6 +292,7 @@ impl Engine {
                         stream,
                         body,
                         reply,
+                        retry_crash: true,
                     });
                 }
                 EntryKind::Build {
@@ -404,6 +405,11 @@ impl Engine {
         }
         self.publish_engine_state();
         true
+    }
+
+    /// The stream position of the record being applied, if any.
+    pub(super) fn applying_position(&self) -> Option<u64> {
+        self.cluster.as_ref()?.current.as_ref().map(|a| a.seq)
     }
 
     /// A record is done: answers its waiter, advances the applied

@@ -325,6 +325,11 @@ pub enum Command {
         /// Where the reports go.
         reply: oneshot::Sender<Vec<PluginReport>>,
     },
+    /// What `GET /admin/dead-letters` shows.
+    DeadLetters {
+        /// Where the list goes.
+        reply: oneshot::Sender<Vec<crate::dead_letters::DeadLetter>>,
+    },
     /// What `GET /admin/views` shows.
     Views {
         /// Where the summaries go.
@@ -406,6 +411,13 @@ impl EngineHandle {
         answer.await.unwrap_or_default()
     }
 
+    /// The dead letters, for `GET /admin/dead-letters`.
+    pub async fn dead_letters(&self) -> Vec<crate::dead_letters::DeadLetter> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::DeadLetters { reply });
+        answer.await.unwrap_or_default()
+    }
+
     /// Every view with its counts, for `GET /admin/views`.
     pub async fn views(&self) -> Vec<crate::dashboard::ViewSummary> {
         let (reply, answer) = oneshot::channel();
@@ -475,6 +487,9 @@ pub fn spawn(mut engine: Engine) -> (EngineHandle, std::thread::JoinHandle<()>) 
     (handle, thread)
 }
 
+/// How a timed-out request's dead letter begins.
+const TIMEOUT_MESSAGE: &str = "the projector made no progress for";
+
 /// Crashes of one build within [`CRASH_WINDOW`] that retire it.
 pub const CRASHES_TO_GIVE_UP: usize = 3;
 /// See [`CRASHES_TO_GIVE_UP`].
@@ -506,11 +521,15 @@ struct InFlight {
     reply: oneshot::Sender<Result<Ingested, IngestError>>,
     /// Consuming plugins, in name order, with their answers so far.
     parts: Vec<Part>,
+    /// See `Waiting::retry_crash`.
+    retry_crash: bool,
 }
 
 struct Part {
     plugin: String,
     outcome: Option<Projection>,
+    /// The worker's counter when the request was submitted.
+    first_progress: u64,
     /// Progress probe: the worker's counter when last seen changing, and when.
     last_progress: u64,
     progress_at: Instant,
@@ -572,6 +591,10 @@ struct Waiting {
     stream: String,
     body: Arc<IngestBody>,
     reply: oneshot::Sender<Result<Ingested, IngestError>>,
+    /// A request every host (or every replay) must answer alike: one whose
+    /// projector process crashes is projected once more in a fresh child
+    /// before it is refused, so a transient fault does not drop it.
+    retry_crash: bool,
 }
 
 /// The state of the whole server, owned by the engine thread.
@@ -601,6 +624,8 @@ pub struct Engine {
     storage: Storage,
     /// Set while the log is replayed at start: nothing is logged again.
     replaying: bool,
+    /// Events the plugins refused or crashed on.
+    dead_letters: crate::dead_letters::DeadLetters,
     /// Reprojections by plugin (the latest of each).
     reprojections: BTreeMap<String, Reprojection>,
     /// Cluster mode: the shared log's records and the staged builds.
@@ -632,6 +657,7 @@ impl Engine {
             storage: Storage::InMemory,
             replaying: false,
             reprojections: BTreeMap::new(),
+            dead_letters: Default::default(),
             cluster: None,
             next_ticket: 1,
             commands,
@@ -658,6 +684,7 @@ impl Engine {
                 stream,
                 body,
                 reply,
+                retry_crash: false,
             }),
             Command::Projected(projected) => self.projected(projected),
             Command::Log(report) => self.logged(report),
@@ -712,6 +739,9 @@ impl Engine {
             Command::Unload { file } => self.unload_file(&file),
             Command::Reports { reply } => {
                 let _ = reply.send(self.plugin_reports());
+            }
+            Command::DeadLetters { reply } => {
+                let _ = reply.send(self.dead_letters.list());
             }
             Command::Views { reply } => {
                 let _ = reply.send(crate::dashboard::view_summaries(&self.views));
@@ -1036,6 +1066,7 @@ impl Engine {
             stream,
             body,
             reply,
+            retry_crash,
         } = request;
         if consumers.is_empty() {
             let _ = reply.send(Err(IngestError::UnknownStream(stream)));
@@ -1072,6 +1103,7 @@ impl Engine {
                 body: body.clone(),
                 pending: pending.clone(),
             };
+            let progress = plugin.worker.progress();
             let outcome = (!plugin.worker.submit(job)).then(|| {
                 Err(projector::ProjectFailure::error(
                     0,
@@ -1082,7 +1114,8 @@ impl Engine {
                 self.busy.insert(name.clone(), ticket);
             }
             parts.push(Part {
-                last_progress: plugin.worker.progress(),
+                first_progress: progress,
+                last_progress: progress,
                 progress_at: now,
                 plugin: name,
                 outcome,
@@ -1096,6 +1129,7 @@ impl Engine {
                 body,
                 reply,
                 parts,
+                retry_crash,
             },
         );
         self.finish_if_done(ticket);
@@ -1168,6 +1202,19 @@ impl Engine {
             let Some(Err(failure)) = &part.outcome else {
                 unreachable!("matched above")
             };
+            if failure.crash.is_some() && request.retry_crash {
+                tracing::warn!(plugin = %part.plugin, line = failure.position, "projector process crashed; projecting the request once more in a fresh one");
+                let retry = Waiting {
+                    stream: request.stream.to_string(),
+                    body: request.body,
+                    reply: request.reply,
+                    retry_crash: false,
+                };
+                self.deferred.push_front(retry);
+                self.pump_deferred();
+                return;
+            }
+            self.keep_dead_letter(&request.stream, &request.body, &part.plugin, failure);
             let error = match failure.crash {
                 Some(crash) => IngestError::ProjectorCrashed {
                     plugin: part.plugin.clone(),
@@ -1476,6 +1523,7 @@ impl Engine {
                 stream: record.stream.clone(),
                 body,
                 reply,
+                retry_crash: true,
             });
             while !(self.in_flight.is_empty()
                 && self.committing.is_empty()
@@ -1555,6 +1603,39 @@ impl Engine {
         Ok(())
     }
 
+    /// Keeps the event a plugin refused or crashed on ([`crate::dead_letters`]).
+    fn keep_dead_letter(
+        &mut self,
+        stream: &str,
+        body: &IngestBody,
+        plugin: &str,
+        failure: &projector::ProjectFailure,
+    ) {
+        let code = match (failure.crash, failure.message.as_str()) {
+            (Some(_), _) => "projector-crashed",
+            (None, message) if message.starts_with(TIMEOUT_MESSAGE) => "projector-timeout",
+            (None, _) => "projector-error",
+        };
+        let fingerprint = self
+            .plugins
+            .get(plugin)
+            .map(|p| p.lib.fingerprint.clone())
+            .unwrap_or_default();
+        let position = self.applying_position();
+        self.dead_letters.keep(crate::dead_letters::DeadLetter {
+            plugin: plugin.to_owned(),
+            fingerprint,
+            stream: stream.to_owned(),
+            line: failure.position,
+            code,
+            error: failure.message.clone(),
+            signal: failure.crash.and_then(|c| c.signal_name()),
+            position,
+            at_ms: plugins::unix_millis(),
+            event: crate::dead_letters::event_at(body, failure.position),
+        });
+    }
+
     /// Tells `plugin`'s projector the fate of `ticket` (see
     /// [`Projector::settle`]).
     fn settle(&mut self, plugin: &str, ticket: u64, applied: bool) {
@@ -1577,7 +1658,10 @@ impl Engine {
             .retain(|at| now.duration_since(*at) < CRASH_WINDOW);
         plugin.crashes.push_back(now);
         let report = self.reports.get_mut(&plugin.lib.file);
-        if plugin.crashes.len() >= CRASHES_TO_GIVE_UP {
+        // A cluster host or a replay must answer every record as the others
+        // do: timing must not decide what is refused, so no build retires.
+        let must_agree = self.cluster.is_some() || self.replaying;
+        if plugin.crashes.len() >= CRASHES_TO_GIVE_UP && !must_agree {
             plugin.crashed = true;
             let error = format!(
                 "its projector process {what}; {CRASHES_TO_GIVE_UP} crashes within {} s",
@@ -1687,7 +1771,8 @@ impl Engine {
     /// timeout, answering its request with 503 `projector-timeout`.
     fn check_deadlines(&mut self) {
         let now = Instant::now();
-        let mut expired: Vec<(u64, String)> = Vec::new();
+        // (ticket, plugin, the line it is stuck on)
+        let mut expired: Vec<(u64, String, usize)> = Vec::new();
         for (ticket, request) in &mut self.in_flight {
             for part in request.parts.iter_mut().filter(|p| p.outcome.is_none()) {
                 let Some(plugin) = self.plugins.get(&part.plugin) else {
@@ -1698,11 +1783,13 @@ impl Engine {
                     part.last_progress = progress;
                     part.progress_at = now;
                 } else if now.duration_since(part.progress_at) >= self.projector_timeout {
-                    expired.push((*ticket, part.plugin.clone()));
+                    let done = progress.saturating_sub(part.first_progress) as usize;
+                    let line = request.body.events().nth(done).map_or(0, |(line, _)| line);
+                    expired.push((*ticket, part.plugin.clone(), line));
                 }
             }
         }
-        for (ticket, name) in expired {
+        for (ticket, name, timed_out_line) in expired {
             let timeout_ms = self.projector_timeout.as_millis() as u64;
             metrics::counter!("vista_projector_timeouts_total").increment(1);
             let pending = self.pending_for(std::slice::from_ref(&name));
@@ -1733,6 +1820,15 @@ impl Engine {
                     self.release(&answered.plugin, ticket);
                     self.settle(&answered.plugin, ticket, false);
                 }
+                self.keep_dead_letter(
+                    &request.stream,
+                    &request.body,
+                    &name,
+                    &projector::ProjectFailure::error(
+                        timed_out_line,
+                        format!("{TIMEOUT_MESSAGE} {timeout_ms} ms"),
+                    ),
+                );
                 let _ = request.reply.send(Err(IngestError::ProjectorTimeout {
                     plugin: name,
                     timeout_ms,

@@ -59,6 +59,7 @@ pub fn ensure_built() {
             "vista-fixture-manifest-panics",
             "vista-fixture-spinner",
             "vista-fixture-aggregates",
+            "vista-fixture-crashy",
         ] {
             command.args(["-p", package]);
         }

@@ -59,6 +59,7 @@ pub fn ensure_built() {
             "vista-fixture-manifest-panics",
             "vista-fixture-spinner",
             "vista-fixture-aggregates",
+            "vista-fixture-crashy",
         ] {
             command.args(["-p", package]);
         }
@@ -265,6 +266,19 @@ impl Host {
         (status, response.json().await.expect("JSON response body"))
     }
 
+    /// `GET path`: (status, body as text), for bodies that are not one
+    /// JSON value (NDJSON exports, metrics).
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.http_url()))
+            .send()
+            .await
+            .expect("GET");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("response body"))
+    }
+
     /// Polls `GET /plugins` until `ready` holds for it; panics after 15 s.
     pub async fn wait_for_plugins(&self, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -289,22 +303,7 @@ impl Host {
 
     /// user+system CPU time of the host so far, in clock ticks.
     pub fn cpu_ticks(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        let fields: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .collect();
-        fields
-            .get(11)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-            + fields
-                .get(12)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
+        process_cpu_ticks(self.pid())
     }
 
     /// Resident memory of the host process, in KiB.
@@ -721,6 +720,66 @@ pub fn apply_frame(state: &mut std::collections::BTreeMap<String, Value>, frame:
     }
 }
 
+/// The fields of `/proc/PID/stat` after the command name (so field 0 is
+/// the state, 1 the parent PID, 11 and 12 utime and stime); empty if the
+/// process is gone.
+pub fn proc_stat(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    match stat.rsplit_once(')') {
+        Some((_, rest)) => rest.split_whitespace().map(str::to_owned).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// user+system CPU time of a process (all its threads) so far, in clock
+/// ticks (1/100 s); 0 if it is gone.
+pub fn process_cpu_ticks(pid: u32) -> u64 {
+    let fields = proc_stat(pid);
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Whether a process exists and is not a zombie (a child that exited but
+/// was not reaped yet).
+pub fn process_alive(pid: u32) -> bool {
+    proc_stat(pid).first().is_some_and(|state| state != "Z")
+}
+
+/// Every live process descended from `pid` (children, their children...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let fields = proc_stat(child);
+        if fields.first().is_some_and(|state| state != "Z") {
+            if let Some(parent) = fields.get(1).and_then(|p| p.parse().ok()) {
+                parents.push((child, parent));
+            }
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -989,5 +1048,54 @@ impl Host {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// How long a cluster member may take to become ready.
+pub const CLUSTER_READY: Duration = Duration::from_secs(30);
+
+/// How long cluster members may take to converge on a view.
+pub const CLUSTER_CONVERGE: Duration = Duration::from_secs(30);
+
+/// `n` cluster members on `nats` with these plugins, each ready.
+pub async fn ready_members(
+    nats: &NatsServer,
+    n: usize,
+    files: impl Fn() -> Vec<PluginFile>,
+) -> Vec<Host> {
+    let mut hosts = Vec::new();
+    for _ in 0..n {
+        hosts.push(Host::cluster_member(nats, files()).await);
+    }
+    for host in &hosts {
+        host.wait_ready(CLUSTER_READY).await;
+    }
+    hosts
+}
+
+/// A fresh subscription's whole snapshot of `view` on `host`.
+pub async fn view_of(host: &Host, view: &str) -> std::collections::BTreeMap<String, Value> {
+    let mut client = host.client().await;
+    client
+        .subscribe(serde_json::json!({"type": "subscribe", "view": view}))
+        .await;
+    client.snapshot().await.into_iter().collect()
+}
+
+/// `host`'s `view` once it equals `expected` (or after
+/// [`CLUSTER_CONVERGE`], for the caller's assertion to show the
+/// difference).
+pub async fn view_once_equal(
+    host: &Host,
+    view: &str,
+    expected: &std::collections::BTreeMap<String, Value>,
+) -> std::collections::BTreeMap<String, Value> {
+    let deadline = std::time::Instant::now() + CLUSTER_CONVERGE;
+    loop {
+        let seen = view_of(host, view).await;
+        if seen == *expected || std::time::Instant::now() >= deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vista_tests::{
-    apply_frame, variant_artifact, vista_binary, workspace_root, Host, NatsServer, PluginFile,
-    Received,
+    apply_frame, ready_members, variant_artifact, view_of, view_once_equal, vista_binary,
+    workspace_root, Host, NatsServer, PluginFile, Received,
 };
 
 /// Cluster tests start several hosts and a NATS server each: one at a time
@@ -75,15 +75,6 @@ impl Mirror {
     fn get(&self) -> BTreeMap<String, Value> {
         self.state.lock().unwrap().clone()
     }
-}
-
-/// A fresh subscription's whole snapshot of `view` on `host`.
-async fn view_of(host: &Host, view: &str) -> BTreeMap<String, Value> {
-    let mut client = host.client().await;
-    client
-        .subscribe(json!({"type": "subscribe", "view": view}))
-        .await;
-    client.snapshot().await.into_iter().collect()
 }
 
 /// One field of every entity.
@@ -144,22 +135,6 @@ async fn game_views_once_scored(
     views
 }
 
-/// `n` cluster members on `nats` with these plugins, each ready.
-async fn ready_members(
-    nats: &NatsServer,
-    n: usize,
-    files: impl Fn() -> Vec<PluginFile>,
-) -> Vec<Host> {
-    let mut hosts = Vec::new();
-    for _ in 0..n {
-        hosts.push(Host::cluster_member(nats, files()).await);
-    }
-    for host in &hosts {
-        host.wait_ready(READY).await;
-    }
-    hosts
-}
-
 /// Waits until `/readyz` answers 503 with this `status`; returns its body.
 async fn wait_unready(host: &Host, status: &str) -> Value {
     let deadline = Instant::now() + CONVERGE;
@@ -175,23 +150,6 @@ async fn wait_unready(host: &Host, status: &str) -> Value {
             host.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// `host`'s `view` once it equals `expected` (or after [`CONVERGE`], for
-/// the caller's assertion to show the difference).
-async fn view_once_equal(
-    host: &Host,
-    view: &str,
-    expected: &BTreeMap<String, Value>,
-) -> BTreeMap<String, Value> {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let seen = view_of(host, view).await;
-        if seen == *expected || Instant::now() >= deadline {
-            return seen;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -56,7 +56,9 @@ async fn a_spinning_projector_times_out_and_everything_else_keeps_working() {
             PluginFile::Built("vista_tokens", "tokens.so"),
             PluginFile::Built("vista_fixture_spinner", "spinner.so"),
         ],
-        &["--projector-timeout-ms", "1500"],
+        // In-process projectors: a stuck one leaves its plugin `stuck`
+        // (process isolation kills and restarts it instead: isolation.rs).
+        &["--isolation", "thread", "--projector-timeout-ms", "1500"],
     )
     .await;
     let mut watcher = host.client().await;

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -271,8 +271,33 @@ pub struct LogStats {
 
 /// The open event log.
 pub struct EventLog {
-    db: Database,
+    /// `None` only while [`EventLog::reopen`] swaps it.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// Why the log cannot be written now (a full disk, an I/O error), until
+    /// the writer reopens it and a write succeeds.
+    fault: Mutex<Option<String>>,
+}
+
+/// A read guard on the open database.
+struct Db<'a>(std::sync::RwLockReadGuard<'a, Option<Database>>);
+
+impl std::ops::Deref for Db<'_> {
+    type Target = Database;
+    fn deref(&self) -> &Database {
+        self.0.as_ref().expect("checked when the guard was made")
+    }
+}
+
+/// Opens (or creates) the database file.
+fn open_database(path: &Path, repaired: impl Fn() + 'static) -> Result<Database, String> {
+    Database::builder()
+        // The log is written in order and read back once, at start: a big
+        // page cache would only hold memory.
+        .set_cache_size(LOG_CACHE_BYTES)
+        .set_repair_callback(move |_| repaired())
+        .create(path)
+        .map_err(|e| e.to_string())
 }
 
 fn storage(path: &Path) -> impl Fn(String) -> DataError + '_ {
@@ -294,19 +319,46 @@ impl EventLog {
         std::fs::create_dir_all(dir).map_err(|e| open_error(e.to_string()))?;
         let repaired = std::rc::Rc::new(std::cell::Cell::new(false));
         let flag = repaired.clone();
-        let db = Database::builder()
-            // The log is written in order and read back once, at start: a
-            // big page cache would only hold memory.
-            .set_cache_size(LOG_CACHE_BYTES)
-            .set_repair_callback(move |_| flag.set(true))
-            .create(&path)
-            .map_err(|e| open_error(e.to_string()))?;
+        let db = open_database(&path, move || flag.set(true)).map_err(open_error)?;
         if repaired.get() {
             tracing::warn!(file = %path.display(), "the data file was not closed cleanly; recovered to its last whole commit");
         }
-        let log = EventLog { db, path };
+        let log = EventLog {
+            db: RwLock::new(Some(db)),
+            path,
+            fault: Mutex::new(None),
+        };
         log.check_format()?;
         Ok(log)
+    }
+
+    fn db(&self) -> Result<Db<'_>, String> {
+        let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            return Err("the event log is being reopened".into());
+        }
+        Ok(Db(guard))
+    }
+
+    /// Why the log cannot be written now, if it cannot.
+    pub fn fault(&self) -> Option<String> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_fault(&self, reason: Option<String>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// Closes and opens the database again: after an I/O error redb refuses
+    /// every transaction until it is reopened. Then an empty fsynced commit
+    /// proves the disk takes writes again.
+    fn reopen(&self) -> Result<(), String> {
+        {
+            let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+            *db = None; // closed before it is opened again (redb locks the file)
+            *db = Some(open_database(&self.path, || {})?);
+        }
+        self.sync()
     }
 
     /// The database file.
@@ -328,7 +380,11 @@ impl EventLog {
             None => "a single host's event log".to_owned(),
         };
         let found = {
-            let txn = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+            let txn = self
+                .db()
+                .map_err(&err)?
+                .begin_read()
+                .map_err(|e| err(e.to_string()))?;
             let meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
             let found = meta
                 .get("mode")
@@ -351,7 +407,11 @@ impl EventLog {
                 wanted: describe(wanted),
             }),
             None => {
-                let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+                let txn = self
+                    .db()
+                    .map_err(&err)?
+                    .begin_write()
+                    .map_err(|e| err(e.to_string()))?;
                 {
                     let mut meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
                     meta.insert("mode", wanted.as_bytes())
@@ -364,7 +424,11 @@ impl EventLog {
 
     fn check_format(&self) -> Result<(), DataError> {
         let err = storage(&self.path);
-        let txn = self.db.begin_write().map_err(|e| err(e.to_string()))?;
+        let txn = self
+            .db()
+            .map_err(&err)?
+            .begin_write()
+            .map_err(|e| err(e.to_string()))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| err(e.to_string()))?;
             let found = meta
@@ -398,7 +462,8 @@ impl EventLog {
 
     /// Appends records in one transaction; with `fsync`, durable on return.
     pub fn append(&self, records: &[LogRecord], fsync: bool) -> Result<(), String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        fault_injected()?;
+        let mut txn = self.db()?.begin_write().map_err(|e| e.to_string())?;
         txn.set_durability(if fsync {
             Durability::Immediate
         } else {
@@ -416,7 +481,8 @@ impl EventLog {
 
     /// Makes every earlier commit durable (the `--fsync every` timer).
     pub fn sync(&self) -> Result<(), String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        fault_injected()?;
+        let mut txn = self.db()?.begin_write().map_err(|e| e.to_string())?;
         txn.set_durability(Durability::Immediate);
         txn.commit().map_err(|e| e.to_string())
     }
@@ -424,7 +490,11 @@ impl EventLog {
     /// Records after `rec`, in order.
     pub fn records_after(&self, rec: u64) -> Result<Vec<LogRecord>, DataError> {
         let err = storage(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let txn = self
+            .db()
+            .map_err(&err)?
+            .begin_read()
+            .map_err(|e| err(e.to_string()))?;
         let log = txn.open_table(LOG).map_err(|e| err(e.to_string()))?;
         let mut records = Vec::new();
         for entry in log.range(rec + 1..).map_err(|e| err(e.to_string()))? {
@@ -443,7 +513,7 @@ impl EventLog {
 
     /// What the log holds.
     pub fn stats(&self) -> Result<LogStats, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let txn = self.db()?.begin_read().map_err(|e| e.to_string())?;
         let log = txn.open_table(LOG).map_err(|e| e.to_string())?;
         let mut stats = LogStats {
             records: log.len().map_err(|e| e.to_string())?,
@@ -474,7 +544,7 @@ impl EventLog {
 
     /// Replaces the checkpoint (durably).
     pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let txn = self.db()?.begin_write().map_err(|e| e.to_string())?;
         {
             let mut table = txn.open_table(CHECKPOINT).map_err(|e| e.to_string())?;
             table
@@ -495,7 +565,11 @@ impl EventLog {
     /// The latest checkpoint, if any.
     pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>, DataError> {
         let err = storage(&self.path);
-        let txn = self.db.begin_read().map_err(|e| err(e.to_string()))?;
+        let txn = self
+            .db()
+            .map_err(&err)?
+            .begin_read()
+            .map_err(|e| err(e.to_string()))?;
         let table = txn.open_table(CHECKPOINT).map_err(|e| err(e.to_string()))?;
         let Some(value) = table.get("latest").map_err(|e| err(e.to_string()))? else {
             return Ok(None);
@@ -558,7 +632,11 @@ pub struct Repaired {
 pub fn repair(dir: &Path) -> Result<Repaired, DataError> {
     let log = EventLog::open(dir)?;
     let err = storage(&log.path);
-    let txn = log.db.begin_write().map_err(|e| err(e.to_string()))?;
+    let txn = log
+        .db()
+        .map_err(&err)?
+        .begin_write()
+        .map_err(|e| err(e.to_string()))?;
     let mut repaired = Repaired {
         dropped_records: 0,
         from_rec: None,
@@ -633,7 +711,7 @@ impl EventLog {
         if policy == Retention::All {
             return Ok(0);
         }
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        let txn = self.db()?.begin_write().map_err(|e| e.to_string())?;
         let dropped;
         {
             let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
@@ -738,7 +816,11 @@ impl LogWriter {
         let (jobs, queue) = mpsc::channel::<WriterJob>();
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || write_loop(&log, policy, retention, &queue, report))
+            .spawn(move || {
+                crate::supervise::run("log-writer", || {
+                    write_loop(&log, policy, retention, &queue, report)
+                })
+            })
             .expect("start the log writer thread");
         LogWriter { jobs, thread }
     }
@@ -765,22 +847,46 @@ fn write_loop(
 ) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
+    let mut backoff = REOPEN_FIRST_BACKOFF;
+    let mut next_reopen = Instant::now();
     loop {
+        let faulted = log.fault().is_some();
         let wait = match (policy, unsynced) {
+            _ if faulted => next_reopen.saturating_duration_since(Instant::now()),
             (FsyncPolicy::Every(every), true) => every.saturating_sub(last_sync.elapsed()),
             _ => Duration::from_secs(3600),
         };
         let first = match queue.recv_timeout(wait) {
-            Ok(job) => job,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+            Ok(job) => Some(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        if faulted && Instant::now() >= next_reopen {
+            // A storage fault heals by itself once the disk takes writes.
+            match log.reopen() {
+                Ok(()) => {
+                    tracing::info!(file = %log.path().display(), "the event log is writable again; ingest resumes");
+                    log.set_fault(None);
+                    backoff = REOPEN_FIRST_BACKOFF;
+                }
+                Err(reason) => {
+                    tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "the event log still cannot be written");
+                    next_reopen = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(REOPEN_MAX_BACKOFF);
+                }
+            }
+        }
+        let Some(first) = first else {
+            if !faulted && unsynced {
                 if let Err(reason) = log.sync() {
                     tracing::error!(%reason, "log fsync failed");
+                    log.set_fault(Some(reason));
+                    next_reopen = Instant::now() + backoff;
                 }
                 last_sync = Instant::now();
                 unsynced = false;
-                continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            continue;
         };
         // Group commit: everything queued meanwhile goes in the same
         // transaction, behind one fsync.
@@ -788,9 +894,25 @@ fn write_loop(
         let mut checkpoints = Vec::new();
         for job in std::iter::once(first).chain(queue.try_iter()) {
             match job {
-                WriterJob::Append(record) => records.push(record),
+                WriterJob::Append(record) => {
+                    crate::supervise::inject_panic("log-writer", &record.stream);
+                    records.push(record)
+                }
                 WriterJob::Checkpoint(checkpoint) => checkpoints.push(checkpoint),
             }
+        }
+        if let Some(reason) = log.fault() {
+            // Refused at once, never half-written: the engine answers 503.
+            if !records.is_empty() {
+                report(WriterReport::Failed {
+                    recs: records.iter().map(|r| r.rec).collect(),
+                    reason,
+                });
+            }
+            if !checkpoints.is_empty() {
+                tracing::warn!("checkpoint skipped: the event log cannot be written");
+            }
+            continue;
         }
         if !records.is_empty() {
             let fsync = policy == FsyncPolicy::Always;
@@ -807,7 +929,9 @@ fn write_loop(
                 }
                 Err(reason) => {
                     metrics::counter!("vista_log_write_failures_total").increment(1);
-                    tracing::error!(%reason, records = records.len(), "cannot write the event log; the requests are refused with 503");
+                    tracing::error!(%reason, records = records.len(), "cannot write the event log; the requests are refused with 503 until it can");
+                    log.set_fault(Some(reason.clone()));
+                    next_reopen = Instant::now() + backoff;
                     report(WriterReport::Failed {
                         recs: records.iter().map(|r| r.rec).collect(),
                         reason,
@@ -838,6 +962,27 @@ fn write_loop(
                 Err(reason) => tracing::error!(%reason, "cannot write a checkpoint"),
             }
         }
+    }
+}
+
+/// The first wait before reopening a faulted log, doubled up to
+/// [`REOPEN_MAX_BACKOFF`].
+const REOPEN_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// See [`REOPEN_FIRST_BACKOFF`].
+const REOPEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Fault injection for tests where no small filesystem can be mounted:
+/// while the file named by `VISTA_FAULT_LOG_UNWRITABLE` exists, every
+/// append and fsync fails, before writing anything, as on a full disk.
+fn fault_injected() -> Result<(), String> {
+    static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let flag =
+        FLAG.get_or_init(|| std::env::var_os("VISTA_FAULT_LOG_UNWRITABLE").map(PathBuf::from));
+    match flag {
+        Some(flag) if flag.exists() => {
+            Err("injected fault: No space left on device (os error 28)".into())
+        }
+        _ => Ok(()),
     }
 }
 
@@ -980,7 +1125,7 @@ mod tests {
         let dir = tempfile_dir();
         {
             let log = EventLog::open(&dir).unwrap();
-            let txn = log.db.begin_write().unwrap();
+            let txn = log.db().unwrap().begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
                 .insert("format", 99u32.to_le_bytes().as_slice())

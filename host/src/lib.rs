@@ -75,6 +75,7 @@ pub(crate) mod projector;
 pub(crate) mod protocol;
 pub(crate) mod reproject;
 pub(crate) mod server;
+pub mod supervise;
 pub(crate) mod vocab;
 pub(crate) mod watcher;
 
@@ -167,6 +168,8 @@ pub struct Shared {
     ingest_permits: tokio::sync::Semaphore,
     /// Cluster mode: the shared log.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// A single durable host: its event log (for its health).
+    pub(crate) log: Option<Arc<durable::EventLog>>,
 }
 
 impl Shared {
@@ -185,6 +188,7 @@ impl Shared {
         );
         let mut requests = None;
         let mut cluster_status = None;
+        let mut single_log = None;
         if config.cluster.is_some() {
             let (link, requests_rx) = cluster::channels(0);
             cluster_status = Some(link.status.clone());
@@ -212,6 +216,7 @@ impl Shared {
                 let log = durable::EventLog::open(dir)?;
                 log.claim_mode("single")?;
                 let log = Arc::new(log);
+                single_log = Some(log.clone());
                 engine.recover(engine::Persistence {
                     log,
                     fsync: config.fsync,
@@ -232,6 +237,7 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Self {
+            log: single_log,
             cluster,
             engine,
             metrics: metrics_handle(),

@@ -106,6 +106,15 @@ pub async fn handle(
         }
     }
     let response = match (request.method(), path.as_str()) {
+        // A panicked engine or log writer: the process is about to exit.
+        (&Method::GET, "/healthz" | "/readyz") if crate::supervise::failure().is_some() => {
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "host-failed",
+                crate::supervise::failure().unwrap_or_default(),
+                json!({"status": "failed"}),
+            )
+        }
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         // The port opens only once the log has been replayed, so a host
         // that answers is ready.
@@ -121,7 +130,15 @@ pub async fn handle(
                 };
                 json_response(status, &json!(readiness))
             }
-            None => json_response(StatusCode::OK, &json!({"status": "ready"})),
+            None => match shared.log.as_ref().and_then(|log| log.fault()) {
+                Some(reason) => error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage-unavailable",
+                    &format!("the event log cannot be written ({reason}); reopened with backoff, ingest resumes by itself"),
+                    json!({"status": "storage-unavailable"}),
+                ),
+                None => json_response(StatusCode::OK, &json!({"status": "ready"})),
+            },
         },
         (&Method::GET, "/status") => match &shared.cluster {
             Some(cluster) => json_response(
@@ -130,11 +147,13 @@ pub async fn handle(
             ),
             None => {
                 let log = shared.engine.log_status().await;
+                let fault = shared.log.as_ref().and_then(|log| log.fault());
                 json_response(
                     StatusCode::OK,
                     &json!({
-                        "storage": if log.is_some() { "durable" } else { "in-memory" },
+                        "storage": if shared.log.is_some() { "durable" } else { "in-memory" },
                         "log": log,
+                        "storage_fault": fault,
                     }),
                 )
             }

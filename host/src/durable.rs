@@ -276,7 +276,19 @@ pub struct EventLog {
     path: PathBuf,
     /// Why the log cannot be written now (a full disk, an I/O error), until
     /// the writer reopens it and a write succeeds.
-    fault: Mutex<Option<String>>,
+    fault: Arc<LogHealth>,
+}
+
+/// Whether the log can be written, shared with whoever reports health
+/// (`/readyz`, `/status`) without holding the log open.
+#[derive(Default)]
+pub struct LogHealth(Mutex<Option<String>>);
+
+impl LogHealth {
+    /// Why the log cannot be written now, if it cannot.
+    pub fn fault(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// A read guard on the open database.
@@ -326,7 +338,7 @@ impl EventLog {
         let log = EventLog {
             db: RwLock::new(Some(db)),
             path,
-            fault: Mutex::new(None),
+            fault: Arc::default(),
         };
         log.check_format()?;
         Ok(log)
@@ -342,11 +354,16 @@ impl EventLog {
 
     /// Why the log cannot be written now, if it cannot.
     pub fn fault(&self) -> Option<String> {
-        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.fault.fault()
+    }
+
+    /// Its health, to report after the log is closed too.
+    pub fn health(&self) -> Arc<LogHealth> {
+        self.fault.clone()
     }
 
     fn set_fault(&self, reason: Option<String>) {
-        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+        *self.fault.0.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
     /// Closes and opens the database again: after an I/O error redb refuses

@@ -168,8 +168,9 @@ pub struct Shared {
     ingest_permits: tokio::sync::Semaphore,
     /// Cluster mode: the shared log.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
-    /// A single durable host: its event log (for its health).
-    pub(crate) log: Option<Arc<durable::EventLog>>,
+    /// A single durable host: whether its event log can be written (not
+    /// the log itself: the engine closes it at shutdown).
+    pub(crate) log: Option<Arc<durable::LogHealth>>,
 }
 
 impl Shared {
@@ -216,7 +217,7 @@ impl Shared {
                 let log = durable::EventLog::open(dir)?;
                 log.claim_mode("single")?;
                 let log = Arc::new(log);
-                single_log = Some(log.clone());
+                single_log = Some(log.health());
                 engine.recover(engine::Persistence {
                     log,
                     fsync: config.fsync,

@@ -613,6 +613,7 @@ impl Engine {
                 store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
                 self.views.rebuild_all(&store);
                 drop(store);
+                self.resync_projectors();
                 // The builds the checkpoint ran go first, as markers at its
                 // position (a missing one pauses right there).
                 for (plugin, fingerprint) in checkpoint.builds {

@@ -1479,8 +1479,11 @@ impl Engine {
             after = checkpoint.rec;
             let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
             store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
-            // The plugins' views were built over the empty store.
+            // The plugins' views were built over the empty store, and
+            // their projector processes mirror it.
             self.views.rebuild_all(&store);
+            drop(store);
+            self.resync_projectors();
             tracing::info!(
                 rec = checkpoint.rec,
                 last_seq = checkpoint.last_seq,
@@ -1679,6 +1682,14 @@ impl Engine {
             report.last_error = Some(format!("its projector process {what}; restarted"));
         }
         plugin.resync = true;
+    }
+
+    /// Makes every projector start afresh before its next request: the
+    /// store was replaced under them (a checkpoint loaded).
+    fn resync_projectors(&mut self) {
+        for plugin in self.plugins.values_mut() {
+            plugin.resync = true;
+        }
     }
 
     /// Frees `plugin` if it is busy with `ticket`.

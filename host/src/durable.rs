@@ -367,15 +367,31 @@ impl EventLog {
     }
 
     /// Closes and opens the database again: after an I/O error redb refuses
-    /// every transaction until it is reopened. Then an empty fsynced commit
-    /// proves the disk takes writes again.
+    /// every transaction until it is reopened. Then a fsynced write of
+    /// [`PROBE_BYTES`] (removed again) proves the disk takes writes: an
+    /// empty commit would pass on a disk with a few pages left.
     fn reopen(&self) -> Result<(), String> {
         {
             let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
             *db = None; // closed before it is opened again (redb locks the file)
             *db = Some(open_database(&self.path, || {})?);
         }
-        self.sync()
+        fault_injected()?;
+        let db = self.db()?;
+        for probe in [Some(vec![0u8; PROBE_BYTES]), None] {
+            let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut meta = txn.open_table(META).map_err(|e| e.to_string())?;
+                match &probe {
+                    Some(bytes) => meta.insert("probe", bytes.as_slice()).map(drop),
+                    None => meta.remove("probe").map(drop),
+                }
+                .map_err(|e| e.to_string())?;
+            }
+            txn.commit().map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -984,7 +1000,10 @@ fn write_loop(
 
 /// The first wait before reopening a faulted log, doubled up to
 /// [`REOPEN_MAX_BACKOFF`].
-const REOPEN_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const REOPEN_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+
+/// What a reopened log must be able to write before it takes requests.
+const PROBE_BYTES: usize = 4 << 20;
 /// See [`REOPEN_FIRST_BACKOFF`].
 const REOPEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
 

@@ -388,7 +388,15 @@ impl Table {
         for (key, entity) in &rows {
             grid.push(
                 std::iter::once((*key).clone())
-                    .chain(columns.iter().map(|c| cell(entity.get(c))))
+                    .chain(columns.iter().map(|c| match (c.as_str(), entity.get(c)) {
+                        // `_seq` is zero-padded for text order; its digits
+                        // are what a reader compares.
+                        ("_seq", Some(Value::String(seq))) => {
+                            let digits = seq.trim_start_matches('0');
+                            if digits.is_empty() { "0" } else { digits }.to_owned()
+                        }
+                        (_, value) => cell(value),
+                    }))
                     .collect(),
             );
         }

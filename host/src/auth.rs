@@ -12,7 +12,18 @@
 //!
 //! Claims: `sub`, `exp`, optional `nbf`, optional `views` (patterns such as
 //! `Token/*`, `ActiveGame/latest`, `*`), optional `keys` (view -> the keys
-//! of it the holder may subscribe to) and optional `streams` (for ingest).
+//! of it the holder may subscribe to), optional `streams` (for ingest) and
+//! optional `admin` (`true`: the admin routes). `vista token` mints such
+//! tokens for a `--jwt-secret` setup ([`TokenRequest`]).
+//!
+//! The admin routes (`/plugins`, `/metrics`, `/status`, `/admin/*`,
+//! reprojection) take the `--admin-token`, or a JWT with `"admin": true`
+//! when the verifier is configured. They are protected once either
+//! `--admin-token` or `--admin-jwt` is given; otherwise they are open, which
+//! `vista serve` allows on loopback only: on a public address it refuses
+//! to start without one of them or `--allow-anonymous-admin`, because
+//! anyone reaching the port could read every view definition and start a
+//! rebuild of the whole history.
 //!
 //! Ingest takes `--ingest-token TOKEN[:stream,stream]` values or a JWT with
 //! a `streams` claim, as `Authorization: Bearer`, compared in constant time.
@@ -43,6 +54,24 @@ pub struct Claims {
     /// Streams the holder may ingest into (absent: none by JWT).
     #[serde(default)]
     pub streams: Option<Vec<String>>,
+    /// Whether the holder may use the admin routes.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// What a token minted by [`JwtVerifier::mint`] carries.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    /// `sub`.
+    pub subject: String,
+    /// `views` (`None`: every view).
+    pub views: Option<Vec<String>>,
+    /// `streams` (`None`: no ingest by this token).
+    pub streams: Option<Vec<String>>,
+    /// `admin: true`.
+    pub admin: bool,
+    /// Lifetime from now.
+    pub ttl: std::time::Duration,
 }
 
 /// Why a token was refused, with the code clients see.
@@ -138,15 +167,33 @@ impl JwtVerifier {
         views: Option<&[String]>,
         ttl: std::time::Duration,
     ) -> Option<(String, u64)> {
+        self.mint(&TokenRequest {
+            subject: subject.to_owned(),
+            views: views.map(<[String]>::to_vec),
+            ttl,
+            ..TokenRequest::default()
+        })
+    }
+
+    /// Signs a token with these claims (HS256 only: `None` for a public
+    /// key verifier), with the configured audience and issuer; returns it
+    /// with its `exp`.
+    pub fn mint(&self, request: &TokenRequest) -> Option<(String, u64)> {
         let signer = self.signer.as_ref()?;
         let exp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .ok()?
             .as_secs()
-            + ttl.as_secs();
-        let mut claims = serde_json::json!({"sub": subject, "exp": exp});
-        if let Some(views) = views {
+            + request.ttl.as_secs();
+        let mut claims = serde_json::json!({"sub": request.subject, "exp": exp});
+        if let Some(views) = &request.views {
             claims["views"] = serde_json::json!(views);
+        }
+        if let Some(streams) = &request.streams {
+            claims["streams"] = serde_json::json!(streams);
+        }
+        if request.admin {
+            claims["admin"] = serde_json::json!(true);
         }
         if let Some(audience) = &self.audience {
             claims["aud"] = serde_json::json!(audience);
@@ -354,8 +401,12 @@ pub struct Auth {
     pub jwt: Option<JwtVerifier>,
     /// Static ingest credentials.
     pub ingest_tokens: Vec<IngestToken>,
-    /// Bearer token for `/plugins`, `/metrics`, `/status` and reprojection.
+    /// Bearer token for `/plugins`, `/metrics`, `/status`, `/admin/*` and
+    /// reprojection.
     pub admin_token: Option<String>,
+    /// The admin routes need a credential even without `admin_token`: a JWT
+    /// with `"admin": true` (`--admin-jwt`).
+    pub admin_jwt: bool,
     /// `Origin`s allowed to open WebSockets (empty: any).
     pub allowed_origins: Vec<String>,
     /// `Host` header values allowed on WebSocket upgrades (empty: any):
@@ -447,16 +498,31 @@ impl Auth {
         }
     }
 
-    /// Checks an admin route's bearer token.
+    /// Whether the admin routes need a credential.
+    pub fn admin_protected(&self) -> bool {
+        self.admin_token.is_some() || (self.admin_jwt && self.jwt.is_some())
+    }
+
+    /// Checks an admin route's bearer token: the admin token, or a JWT
+    /// with `"admin": true`.
     pub fn admin(&self, bearer: Option<&str>) -> Result<(), AuthError> {
-        let Some(expected) = &self.admin_token else {
+        if !self.admin_protected() {
             return Ok(());
-        };
+        }
         let token = bearer.ok_or(AuthError::Required)?;
-        if constant_time_eq(expected.as_bytes(), token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(AuthError::Invalid("not the admin token".into()))
+        if let Some(expected) = &self.admin_token {
+            if constant_time_eq(expected.as_bytes(), token.as_bytes()) {
+                return Ok(());
+            }
+        }
+        match &self.jwt {
+            // Only something shaped like a JWT is worth a verification
+            // error; a mistyped admin token gets the plain answer.
+            Some(jwt) if token.split('.').count() == 3 => match jwt.verify(token)? {
+                claims if claims.admin => Ok(()),
+                _ => Err(AuthError::Invalid("the token has no admin claim".into())),
+            },
+            _ => Err(AuthError::Invalid("not the admin token".into())),
         }
     }
 
@@ -530,7 +596,47 @@ mod tests {
                     .collect()
             }),
             streams: None,
+            admin: false,
         }
+    }
+
+    #[test]
+    fn admin_routes_take_the_admin_token_or_an_admin_jwt() {
+        let open = Auth {
+            jwt: Some(JwtVerifier::with_secret("s3cret")),
+            ..Auth::default()
+        };
+        assert!(!open.admin_protected(), "--jwt-secret alone leaves it open");
+        let auth = Auth {
+            jwt: Some(JwtVerifier::with_secret("s3cret")),
+            admin_jwt: true,
+            ..Auth::default()
+        };
+        let jwt = auth.jwt.as_ref().unwrap();
+        let token = |admin| {
+            jwt.mint(&TokenRequest {
+                subject: "ops".into(),
+                admin,
+                ttl: std::time::Duration::from_secs(60),
+                ..TokenRequest::default()
+            })
+            .unwrap()
+            .0
+        };
+        let (admin, plain) = (token(true), token(false));
+        assert_eq!(auth.admin(Some(&admin)), Ok(()));
+        assert_eq!(
+            auth.admin(Some(&plain)),
+            Err(AuthError::Invalid("the token has no admin claim".into()))
+        );
+        assert_eq!(auth.admin(None), Err(AuthError::Required));
+        let both = Auth {
+            admin_token: Some("admin-secret".into()),
+            ..auth
+        };
+        assert_eq!(both.admin(Some("admin-secret")), Ok(()));
+        assert_eq!(both.admin(Some(&admin)), Ok(()));
+        assert!(both.admin(Some("admin-secreX")).is_err());
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //! `vista plugins`. They talk to the host exactly as any client does (HTTP
 //! ingest, the WebSocket protocol, `GET /plugins`), so they double as
 //! working examples of the protocol.
+//!
+//! Their errors are one line each: the host's code, its message and the
+//! fix ([`refusal`]), with tokens masked ([`crate::redact`]), because they
+//! are read by someone at a terminal who needs to know what to do next,
+//! and end up in scrollback and CI logs where a secret must not.
 
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -61,11 +66,27 @@ pub async fn ingest(
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        let response = request.send().await.context("posting to the host")?;
+        let response = request
+            .send()
+            .await
+            .map_err(|err| unreachable_host(url, "VISTA_URL", &err))?;
         if response.status() != 200 {
             let status = response.status();
             let answer: Value = response.json().await.unwrap_or(Value::Null);
             bar.abandon();
+            if matches!(status.as_u16(), 401 | 403) {
+                anyhow::bail!(
+                    "{}; nothing of lines {}-{} was applied, {sent} events before them were",
+                    refusal(
+                        status.as_u16(),
+                        answer["error"].as_str(),
+                        answer["message"].as_str(),
+                        &Refused::Ingest(stream),
+                    ),
+                    chunk[0].0,
+                    chunk[chunk.len() - 1].0,
+                );
+            }
             // The host numbers the non-blank lines of the body from 1.
             let line = answer["line"]
                 .as_u64()
@@ -100,58 +121,422 @@ pub async fn ingest(
     Ok(sent)
 }
 
+/// What `vista tail` watches and how it draws it.
+pub struct TailOptions {
+    /// The host's WebSocket address.
+    pub url: String,
+    /// The view, e.g. `Token/list`.
+    pub view: String,
+    /// One key of it.
+    pub key: Option<String>,
+    /// One JSON frame per line instead of the table.
+    pub json: bool,
+    /// Subscriber token, sent as `Authorization: Bearer` (never in the URL,
+    /// where it would end up in logs).
+    pub token: Option<String>,
+    /// The table's columns after the key (default: `_seq` and every
+    /// top-level field).
+    pub columns: Option<Vec<String>>,
+}
+
+/// Socket issues after which the subscription may still start (a plugin
+/// providing the view later): `vista tail` keeps waiting on these and
+/// ends, non-zero, on every other issue.
+const PENDING_ISSUES: [&str; 2] = ["view-not-found", "view-removed"];
+
 /// `vista tail`: subscribes to a view and prints what arrives: one JSON
-/// frame per line with `--json`, otherwise the view's rows, redrawn in place
-/// on a terminal after each frame.
-pub async fn tail(
-    url: &str,
-    view: &str,
-    key: Option<&str>,
-    json_lines: bool,
-    token: Option<&str>,
-) -> anyhow::Result<()> {
-    let url = match token {
-        Some(token) => format!("{url}/?hs_token={token}"),
-        None => url.to_owned(),
+/// frame per line with `--json`, otherwise the view's rows as a table in
+/// the view's order (the `sort` of its `subscribed` frame), redrawn in
+/// place on a terminal after each frame, or printed after the snapshot and
+/// after each change when piped.
+///
+/// A refusal (HTTP 401/403 on the handshake, or a socket issue such as
+/// `forbidden`) ends it with an error naming the code and the fix instead
+/// of waiting for frames that will never come; a closed standard output
+/// (`| head`) ends it quietly.
+pub async fn tail(options: TailOptions) -> anyhow::Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let shown_url = crate::redact::redact(&options.url);
+    let mut request = options
+        .url
+        .as_str()
+        .into_client_request()
+        .map_err(|err| anyhow::anyhow!("--url {shown_url}: {err}"))?;
+    if let Some(token) = &options.token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("token-invalid: the token is not header-safe text; pass the token itself to --token"))?;
+        request
+            .headers_mut()
+            .insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let (mut socket, _) = match tokio_tungstenite::connect_async(request).await {
+        Ok(connected) => connected,
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let code = response
+                .headers()
+                .get("x-error-code")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or(Value::Null);
+            anyhow::bail!(refusal(
+                response.status().as_u16(),
+                code.as_deref().or(body["error"].as_str()),
+                body["message"].as_str(),
+                &Refused::Subscribe(&options.view),
+            ))
+        }
+        Err(err) => anyhow::bail!(
+            "cannot connect to {shown_url}: {err}; is `vista serve` running there? pass --url or set VISTA_WS_URL"
+        ),
     };
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    let mut subscribe = json!({"type": "subscribe", "view": view});
-    if let Some(key) = key {
+    watch_stdout_closed();
+    let mut subscribe = json!({"type": "subscribe", "view": options.view});
+    if let Some(key) = &options.key {
         subscribe["key"] = json!(key);
     }
     socket.send(Message::text(subscribe.to_string())).await?;
-    let mut rows: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+    let mut table = Table::default();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut out = std::io::stdout().lock();
     while let Some(message) = socket.next().await {
         let frame: Value = match message? {
             Message::Text(text) => serde_json::from_str(text.as_str())?,
             Message::Binary(bytes) => decode(&bytes)?,
             Message::Close(close) => {
-                eprintln!("closed by the host: {close:?}");
-                break;
+                let reason = close.map(|c| c.reason.to_string()).unwrap_or_default();
+                anyhow::bail!("the host closed the connection: {reason}")
             }
             _ => continue,
         };
-        if json_lines {
+        if options.json {
             writeln!(out, "{frame}")?;
             out.flush()?;
-            continue;
-        }
-        apply(&mut rows, &frame);
-        // Clear the screen and redraw the table.
-        writeln!(out, "\x1b[2J\x1b[H{view}: {} rows", rows.len())?;
-        for (key, entity) in &rows {
-            let seq = entity["_seq"].as_str().unwrap_or("");
-            writeln!(out, "{seq}  {key}  {entity}")?;
         }
         if frame["type"] == "error" {
-            writeln!(out, "issue: {frame}")?;
+            let code = frame["error"].as_str().unwrap_or("error");
+            let message = frame["message"].as_str().unwrap_or("");
+            if PENDING_ISSUES.contains(&code) && frame["fatal"] != true {
+                eprintln!("{code}: {message}; waiting for a plugin to provide it");
+                continue;
+            }
+            anyhow::bail!(refusal(
+                0,
+                Some(code),
+                Some(message),
+                &Refused::Subscribe(&options.view),
+            ));
+        }
+        if options.json {
+            continue;
+        }
+        if frame["op"] == "subscribed" {
+            table.sort = frame["sort"]["field"].as_array().map(|path| {
+                let path: Vec<&str> = path.iter().filter_map(Value::as_str).collect();
+                (path.join("."), frame["sort"]["order"] == "desc")
+            });
+            continue;
+        }
+        apply(&mut table.rows, &frame);
+        if frame["op"] == "snapshot" && frame["complete"] != true {
+            continue;
+        }
+        let (width, height) = terminal_size(terminal);
+        let lines = table.render(
+            &options.view,
+            options.columns.as_deref(),
+            width,
+            height.map(|h| h.saturating_sub(1)),
+        );
+        if terminal {
+            // Clear the screen and redraw in place.
+            write!(out, "\x1b[2J\x1b[H")?;
+        } else {
+            writeln!(out)?;
+        }
+        for line in lines {
+            writeln!(out, "{line}")?;
         }
         out.flush()?;
     }
-    Ok(())
+    anyhow::bail!("the host ended the connection")
+}
+
+/// Ends the process quietly (exit 0) once standard output is a pipe whose
+/// reader is gone: `vista tail | head -5` must end when `head` does, even
+/// when no frame arrives to fail a write.
+fn watch_stdout_closed() {
+    std::thread::spawn(|| loop {
+        let mut fd = libc::pollfd {
+            fd: libc::STDOUT_FILENO,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+        if ready > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+            std::process::exit(0);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    });
+}
+
+/// (columns, rows) to draw in: `COLUMNS`/`LINES`, else the terminal's size,
+/// else 120 columns and no row limit when standard output is not a terminal.
+fn terminal_size(terminal: bool) -> (usize, Option<usize>) {
+    let env = |name| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+    };
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize.
+    let asked =
+        terminal && unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    let (columns, rows) = if asked {
+        (
+            (size.ws_col > 0).then_some(size.ws_col as usize),
+            (size.ws_row > 0).then_some(size.ws_row as usize),
+        )
+    } else {
+        (None, None)
+    };
+    (
+        env("COLUMNS").or(columns).unwrap_or(120).max(10),
+        env("LINES").or(rows).filter(|_| terminal),
+    )
+}
+
+/// The rows `vista tail` holds and the view's order.
+#[derive(Default)]
+pub struct Table {
+    /// Entities by key.
+    pub rows: std::collections::BTreeMap<String, Value>,
+    /// The view's sort (dot path, descending); `None`: by key.
+    pub sort: Option<(String, bool)>,
+}
+
+/// Longest a column gets before the terminal's width is considered: one
+/// long value (a token's 50 recent trades) must not push every other
+/// column off the screen.
+const MAX_COLUMN: usize = 40;
+
+impl Table {
+    /// The rows in the view's order: the sort field's value (as the host
+    /// orders it), reversed for descending, ties by key ascending.
+    pub fn ordered(&self) -> Vec<(&String, &Value)> {
+        use vista_plugin_api::view::SortValue;
+        let mut rows: Vec<_> = self.rows.iter().collect();
+        if let Some((field, descending)) = &self.sort {
+            rows.sort_by(|(key_a, a), (key_b, b)| {
+                let order = SortValue::of(a, field).cmp(&SortValue::of(b, field));
+                let order = if *descending { order.reverse() } else { order };
+                order.then_with(|| key_a.cmp(key_b))
+            });
+        }
+        rows
+    }
+
+    /// The table as lines at most `width` characters wide: a title, a
+    /// header, then the rows (at most `max_rows` lines in all, the rest
+    /// counted), each cell cut with `…` to its column.
+    pub fn render(
+        &self,
+        view: &str,
+        columns: Option<&[String]>,
+        width: usize,
+        max_rows: Option<usize>,
+    ) -> Vec<String> {
+        let rows = self.ordered();
+        let columns: Vec<String> = match columns {
+            Some(chosen) => chosen.to_vec(),
+            None => {
+                let mut names = vec!["_seq".to_owned()];
+                for (_, entity) in &rows {
+                    for name in entity.as_object().into_iter().flatten().map(|(k, _)| k) {
+                        if !names.contains(name) {
+                            names.push(name.clone());
+                        }
+                    }
+                }
+                names
+            }
+        };
+        let cell = |value: Option<&Value>| -> String {
+            let text = match value {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            text.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        };
+        let mut grid: Vec<Vec<String>> = vec![std::iter::once("key".to_owned())
+            .chain(columns.iter().cloned())
+            .collect()];
+        for (key, entity) in &rows {
+            grid.push(
+                std::iter::once((*key).clone())
+                    .chain(columns.iter().map(|c| match (c.as_str(), entity.get(c)) {
+                        // `_seq` is zero-padded for text order; its digits
+                        // are what a reader compares.
+                        ("_seq", Some(Value::String(seq))) => {
+                            let digits = seq.trim_start_matches('0');
+                            if digits.is_empty() { "0" } else { digits }.to_owned()
+                        }
+                        (_, value) => cell(value),
+                    }))
+                    .collect(),
+            );
+        }
+        let mut widths: Vec<usize> = (0..grid[0].len())
+            .map(|i| {
+                grid.iter()
+                    .map(|row| row[i].chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .min(MAX_COLUMN)
+            })
+            .collect();
+        // Narrow the widest column until the row fits; past a readable
+        // minimum, drop columns from the right instead.
+        let total =
+            |widths: &[usize]| widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+        while total(&widths) > width {
+            let (widest, &most) = widths
+                .iter()
+                .enumerate()
+                .max_by_key(|(i, w)| (**w, std::cmp::Reverse(*i)))
+                .expect("the key column");
+            if most > 8 {
+                widths[widest] -= 1;
+            } else if widths.len() > 1 {
+                widths.pop();
+            } else {
+                break;
+            }
+        }
+        let order = match &self.sort {
+            Some((field, true)) => format!(", by {field} descending"),
+            Some((field, false)) => format!(", by {field}"),
+            None => ", by key".to_owned(),
+        };
+        let mut lines = vec![cut(&format!("{view}: {} rows{order}", rows.len()), width)];
+        let budget = max_rows.map(|m| m.saturating_sub(2).max(1));
+        let shown = budget.map_or(grid.len(), |b| grid.len().min(b + 1));
+        for row in &grid[..shown] {
+            let line: Vec<String> = widths
+                .iter()
+                .zip(row)
+                .map(|(w, text)| pad(&cut(text, *w), *w))
+                .collect();
+            lines.push(line.join("  ").trim_end().to_owned());
+        }
+        if shown < grid.len() {
+            lines.push(format!("… {} more", grid.len() - shown));
+        }
+        lines
+    }
+}
+
+/// `text` in at most `width` characters, ending in `…` when cut.
+fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_owned();
+    }
+    let mut kept: String = text.chars().take(width.saturating_sub(1)).collect();
+    kept.push('…');
+    kept
+}
+
+/// `text` padded with spaces to `width` characters.
+fn pad(text: &str, width: usize) -> String {
+    let len = text.chars().count();
+    format!("{text}{}", " ".repeat(width.saturating_sub(len)))
+}
+
+/// What a refused request was for: it decides the fix an error suggests.
+pub enum Refused<'a> {
+    /// Subscribing to this view.
+    Subscribe(&'a str),
+    /// Ingesting into this stream.
+    Ingest(&'a str),
+    /// An admin route.
+    Admin,
+}
+
+/// One line for a refusal: the server's code, its message and what to do
+/// about it, e.g. `auth-required: this server needs a token; pass --token
+/// or set VISTA_TOKEN`. `status` 0 means a socket issue.
+pub fn refusal(
+    status: u16,
+    code: Option<&str>,
+    message: Option<&str>,
+    what: &Refused<'_>,
+) -> String {
+    let code = code.unwrap_or(match status {
+        401 => "auth-required",
+        403 => "forbidden",
+        _ => "refused",
+    });
+    // The host's messages often start with their code already.
+    let message = message
+        .map(|m| {
+            m.strip_prefix(code)
+                .map_or(m, |m| m.trim_start_matches(": "))
+        })
+        .filter(|m| !m.is_empty());
+    let credential = match what {
+        Refused::Admin => "the host's --admin-token or a JWT with \"admin\": true",
+        Refused::Ingest(_) => "an --ingest-token of the host or a JWT with `streams`",
+        Refused::Subscribe(_) => "a subscriber JWT",
+    };
+    let fix = match (code, what) {
+        ("auth-required", _) => format!("pass --token ({credential}) or set VISTA_TOKEN"),
+        ("token-invalid", _) => format!(
+            "the token was not accepted: pass {credential} of this host (`vista token` mints one from its --jwt-secret)"
+        ),
+        ("token-expired", _) => {
+            "mint a fresh token (`vista token`, or POST /auth/token with a publishable key)".into()
+        }
+        ("forbidden", Refused::Subscribe(view)) => format!(
+            "the token's `views` (or `keys`) claim does not cover {view}: use a token minted with --views including it"
+        ),
+        ("forbidden", Refused::Ingest(stream)) => format!(
+            "these credentials may not ingest into {stream:?}: use a token scoped to it"
+        ),
+        ("forbidden", Refused::Admin) => format!("pass {credential}"),
+        ("origin-not-allowed" | "host-not-allowed", _) => {
+            "the host's --allowed-origins / --allowed-hosts do not include this client; use a --url with an allowed host name".into()
+        }
+        ("rate-limit-exceeded" | "connection-limit-exceeded" | "ip-connection-limit-exceeded", _) => {
+            "retry in a moment".into()
+        }
+        ("invalid-filter" | "invalid-message", _) => "check the command's arguments".into(),
+        ("subscription-limit-exceeded", _) => "raise the host's --max-subscriptions".into(),
+        _ => String::new(),
+    };
+    let mut line = code.to_owned();
+    if let Some(message) = message {
+        line.push_str(": ");
+        line.push_str(message);
+    }
+    if !fix.is_empty() {
+        line.push_str("; ");
+        line.push_str(&fix);
+    }
+    crate::redact::redact(&line)
 }
 
 /// A frame's JSON, gunzipped when it is gzip.
@@ -206,28 +591,38 @@ pub async fn plugins(url: &str, token: Option<&str>) -> anyhow::Result<()> {
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
-    let response = request.send().await.context("asking the host")?;
-    anyhow::ensure!(
-        response.status() == 200,
-        "GET /plugins: {} {}",
-        response.status(),
-        response.text().await.unwrap_or_default()
-    );
+    let response = request
+        .send()
+        .await
+        .map_err(|err| unreachable_host(url, "VISTA_URL", &err))?;
+    let status = response.status().as_u16();
+    if status != 200 {
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        anyhow::bail!(refusal(
+            status,
+            answer["error"].as_str(),
+            answer["message"].as_str(),
+            &Refused::Admin,
+        ));
+    }
     let plugins: Vec<Value> = response.json().await?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{:<12} {:<22} {:<10} {:<40} last error",
         "name", "version", "state", "file"
-    );
+    )?;
     for plugin in plugins {
         let text = |field: &str| plugin[field].as_str().unwrap_or("-").to_owned();
-        println!(
+        writeln!(
+            out,
             "{:<12} {:<22} {:<10} {:<40} {}",
             text("name"),
             text("version"),
             text("state"),
             text("file"),
             text("last_error")
-        );
+        )?;
     }
     Ok(())
 }
@@ -256,4 +651,20 @@ pub async fn dead_letters(url: &str, token: Option<&str>, events_only: bool) -> 
         }
     }
     Ok(())
+}
+
+/// The error for a host that could not be reached, its URL masked.
+fn unreachable_host(url: &str, variable: &str, err: &reqwest::Error) -> anyhow::Error {
+    // reqwest's own text names only the URL; the cause is in its sources.
+    let mut causes = vec![err.to_string()];
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let err = crate::redact::redact(&causes.join(": "));
+    anyhow::anyhow!(
+        "cannot reach {}: {err}; is `vista serve` running there? pass --url or set {variable}",
+        crate::redact::redact(url)
+    )
 }

@@ -249,7 +249,12 @@ impl Cluster {
             })
             .connect(config.url.as_str())
             .await
-            .map_err(|e| format!("cannot use NATS at {}: {e}", config.url))?;
+            .map_err(|e| {
+                format!(
+                    "cannot use NATS at {}: {e}",
+                    crate::redact::redact(&config.url)
+                )
+            })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -327,7 +332,7 @@ impl Cluster {
         if !self.connected() {
             return Err(IngestError::LogUnavailable(format!(
                 "NATS at {} is not connected",
-                self.config.url
+                crate::redact::redact(&self.config.url)
             )));
         }
         let max_payload = self.client.server_info().max_payload;
@@ -419,7 +424,7 @@ impl Cluster {
     pub fn status(&self) -> serde_json::Value {
         let readiness = self.readiness();
         serde_json::json!({
-            "url": self.config.url,
+            "url": crate::redact::redact(&self.config.url),
             "stream": self.config.stream,
             "connected": self.connected(),
             "applied": readiness.applied,
@@ -449,7 +454,7 @@ impl Cluster {
                 Ok(stream) => return stream,
                 Err(err) => {
                     if warn_now(&mut warned) {
-                        tracing::warn!(url = %self.config.url, stream = %self.config.stream, %err, "cannot open the cluster stream; retrying");
+                        tracing::warn!(url = %crate::redact::redact(&self.config.url), stream = %self.config.stream, %err, "cannot open the cluster stream; retrying");
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

@@ -11,6 +11,7 @@
 //! - [`connection`]: one client: reading its messages, writing its outbox.
 //! - [`cli`]: `vista ingest`, `vista tail` and `vista plugins`, clients
 //!   of a running host.
+//! - [`redact`]: masking tokens and passwords in what is printed or logged.
 //! - [`auth`]: subscriber tokens (JWT), ingest and admin credentials,
 //!   origins, hosts and rate limits.
 //! - [`hygiene`]: timeouts, the per-IP cap, close codes and the lingering
@@ -57,6 +58,7 @@ pub mod cluster;
 pub mod durable;
 pub mod filters;
 pub mod frame;
+pub mod redact;
 pub mod scaffold;
 pub mod store;
 pub mod typegen;

@@ -1,7 +1,11 @@
 //! The `vista` command line.
 //!
-//! Run with: `cargo run -p vista-host -- serve --plugins DIR`
-//! (see the README for the two commands that also build the example plugins).
+//! Install with `scripts/install.sh` (or `cargo install --path host
+//! --locked`), then `vista serve --plugins DIR`; see the README.
+//!
+//! Every error ends the process with one line on standard error, secrets
+//! masked, and exit status 1; a closed standard output (`vista ... | head`)
+//! ends it quietly with status 0, as for any Unix filter.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,10 +15,19 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use vista_host::{Config, Shared};
 
+/// `vista --version`: the crate's version and the commit it was built
+/// from (`unknown` outside a git checkout; see build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("VISTA_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "vista",
-    version,
+    version = VERSION,
     about = "Plugin-hosted real-time entity streaming over WebSocket"
 )]
 struct Cli {
@@ -66,17 +79,59 @@ enum Command {
         /// Print every frame as one JSON line (for scripts).
         #[arg(long)]
         json: bool,
-        /// Subscriber token (`hs_token`).
-        #[arg(long, env = "VISTA_TOKEN")]
+        /// The table's columns after the key, e.g. `symbol,supply`
+        /// [default: `_seq` and every top-level field].
+        #[arg(long, value_delimiter = ',', conflicts_with = "json")]
+        columns: Option<Vec<String>>,
+        /// Subscriber token (a JWT; sent as `Authorization: Bearer`).
+        #[arg(long, env = "VISTA_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Mint a development token (HS256 JWT) for a host started with
+    /// `--jwt-secret`; prints the token alone, for `export VISTA_TOKEN=$(...)`.
+    Token {
+        /// Environment variable holding the host's `--jwt-secret` (read from
+        /// the environment so the secret stays out of shell history).
+        #[arg(long, default_value = "VISTA_JWT_SECRET")]
+        secret_env: String,
+        /// View patterns the token may subscribe to, e.g. `Token/*,Game/top`
+        /// [default: every view].
+        #[arg(long, value_delimiter = ',')]
+        views: Option<Vec<String>>,
+        /// Streams it may ingest into (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        streams: Option<Vec<String>>,
+        /// Lifetime: seconds, or a number with s, m, h or d (`90s`, `1h`).
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+        /// Subject (`sub`).
+        #[arg(long, default_value = "vista-cli")]
+        sub: String,
+        /// Also allow the admin routes (`"admin": true`).
+        #[arg(long)]
+        admin: bool,
+        /// `aud`, when the host has --jwt-audience.
+        #[arg(long, env = "VISTA_JWT_AUDIENCE")]
+        audience: Option<String>,
+        /// `iss`, when the host has --jwt-issuer.
+        #[arg(long, env = "VISTA_JWT_ISSUER")]
+        issuer: Option<String>,
+    },
+    /// Print a shell completion script, e.g. `vista completions bash >
+    /// ~/.local/share/bash-completion/completions/vista`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `vista man > vista.1 && man ./vista.1`.
+    Man,
     /// The plugin table of a running host.
     Plugins {
         /// The host's HTTP address.
         #[arg(long, env = "VISTA_URL", default_value = "http://127.0.0.1:8877")]
         url: String,
-        /// Admin token.
-        #[arg(long, env = "VISTA_TOKEN")]
+        /// Admin token (the host's --admin-token, or a JWT with `"admin": true`).
+        #[arg(long, env = "VISTA_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
     /// The events the host's plugins refused or crashed on, as NDJSON (one
@@ -302,10 +357,18 @@ struct ServeArgs {
         value_delimiter = ' '
     )]
     ingest_tokens: Vec<vista_host::auth::IngestToken>,
-    /// Bearer token required by `/plugins`, `/metrics`, `/status` and
-    /// reprojection.
+    /// Bearer token required by the admin routes: `/plugins`, `/metrics`,
+    /// `/status`, `/admin/*` (the dashboard's data) and reprojection.
     #[arg(long, env = "VISTA_ADMIN_TOKEN")]
     admin_token: Option<String>,
+    /// The admin routes need a JWT with `"admin": true` (verified like
+    /// subscriber tokens), also without --admin-token.
+    #[arg(long, env = "VISTA_ADMIN_JWT")]
+    admin_jwt: bool,
+    /// Leave the admin routes open on a non-loopback address (without it,
+    /// such a host needs --admin-token or --admin-jwt).
+    #[arg(long, env = "VISTA_ALLOW_ANONYMOUS_ADMIN")]
+    allow_anonymous_admin: bool,
     /// `Origin`s whose pages may open WebSockets (comma-separated; exact,
     /// `*.domain` or `*`); default: any.
     #[arg(long, env = "VISTA_ALLOWED_ORIGINS", value_delimiter = ',')]
@@ -336,6 +399,10 @@ struct ServeArgs {
     /// Serve a non-loopback address without any authentication.
     #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// Log lines as `text` (for people) or `json` (one object per line, for
+    /// log shippers).
+    #[arg(long, env = "VISTA_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
     #[arg(long, env = "VISTA_DEMO_FEED")]
     demo_feed: bool,
@@ -355,7 +422,16 @@ enum Isolation {
     Thread,
 }
 
-fn main() -> anyhow::Result<()> {
+/// `--log-format`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() {
     // A projector process (started by a host, never by a person) needs
     // neither the async runtime nor the command line parser.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -364,27 +440,105 @@ fn main() -> anyhow::Result<()> {
             &args[2],
         )));
     }
-    tokio::runtime::Builder::new_multi_thread()
+    let outcome = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?
-        .block_on(run())
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    let Err(err) = outcome else {
+        return;
+    };
+    // `vista tail | head`: the reader left; nothing more to say.
+    let broken_pipe = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        std::process::exit(0);
+    }
+    eprintln!("vista: {}", vista_host::redact::redact(&format!("{err:#}")));
+    std::process::exit(1);
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     // A configuration file fills in what neither the command line nor the
     // environment sets: its keys become the options' environment variables.
     if let Some(file) = config_file_argument() {
         apply_config_file(&file)?;
     }
-    let args = match Cli::parse().command {
+    let command = Cli::parse().command;
+    init_logging(match &command {
+        Command::Serve(args) => args.log_format,
+        _ => LogFormat::Text,
+    });
+    let args = match command {
         Command::Serve(args) => *args,
+        Command::Token {
+            secret_env,
+            views,
+            streams,
+            ttl,
+            sub,
+            admin,
+            audience,
+            issuer,
+        } => {
+            let secret = std::env::var(&secret_env).map_err(|_| {
+                anyhow::anyhow!(
+                    "{secret_env} is not set: export it with the host's --jwt-secret, or name another variable with --secret-env"
+                )
+            })?;
+            let mut signer = vista_host::auth::JwtVerifier::with_secret(&secret);
+            if let Some(audience) = &audience {
+                signer = signer.audience(audience);
+            }
+            if let Some(issuer) = &issuer {
+                signer = signer.issuer(issuer);
+            }
+            let (token, exp) = signer
+                .mint(&vista_host::auth::TokenRequest {
+                    subject: sub,
+                    views,
+                    streams,
+                    admin,
+                    ttl,
+                })
+                .context("cannot sign the token")?;
+            use std::io::Write;
+            writeln!(std::io::stdout(), "{token}")?;
+            eprintln!("expires at {exp} (unix seconds), in {} s", ttl.as_secs());
+            return Ok(());
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into a buffer first: the generator panics on a write error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vista", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            return Ok(());
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &page)?;
+            return Ok(());
+        }
         Command::Plugin(PluginCommand::New {
             name,
             dir,
@@ -422,9 +576,18 @@ async fn run() -> anyhow::Result<()> {
             key,
             url,
             json,
+            columns,
             token,
         } => {
-            return vista_host::cli::tail(&url, &view, key.as_deref(), json, token.as_deref()).await
+            return vista_host::cli::tail(vista_host::cli::TailOptions {
+                url,
+                view,
+                key,
+                json,
+                token,
+                columns,
+            })
+            .await
         }
         Command::Plugins { url, token } => {
             return vista_host::cli::plugins(&url, token.as_deref()).await
@@ -535,6 +698,9 @@ async fn run() -> anyhow::Result<()> {
         Some(dir) => tracing::info!(data = %dir.display(), "restoring state from the event log"),
         None => tracing::warn!("--in-memory: nothing is kept across restarts"),
     }
+    if args.admin_jwt && auth.jwt.is_none() {
+        anyhow::bail!("--admin-jwt needs --jwt-secret or --jwt-public-key to verify the tokens");
+    }
     if !auth.is_enabled() {
         if args.listen.ip().is_loopback() {
             tracing::warn!("authentication is off: anyone who reaches this loopback port may subscribe, ingest and administer");
@@ -546,6 +712,17 @@ async fn run() -> anyhow::Result<()> {
         } else {
             tracing::warn!(listen = %args.listen, "--allow-anonymous: serving a public address without authentication");
         }
+    } else if !auth.admin_protected() && !args.listen.ip().is_loopback() {
+        // Subscribers and ingest are protected, the admin routes are not:
+        // anyone reaching the port could read every view definition and
+        // start a rebuild of the whole history.
+        if !args.allow_anonymous_admin {
+            anyhow::bail!(
+                "refusing to serve {} with the admin routes (/plugins, /metrics, /status, /admin/*, reprojection) open to anyone: add --admin-token TOKEN, or --admin-jwt to accept JWTs with \"admin\": true, or --allow-anonymous-admin to leave them open",
+                args.listen
+            );
+        }
+        tracing::warn!(listen = %args.listen, "--allow-anonymous-admin: the admin routes of a public address are open to anyone");
     }
     // The port opens once the log is replayed: a host that answers is ready.
     let shared = Shared::new(config, auth)
@@ -622,6 +799,32 @@ fn plugins_dir(dir: PathBuf) -> PathBuf {
     }
 }
 
+/// `--ttl`: `3600`, `90s`, `30m`, `1h` or `2d`.
+fn parse_ttl(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "{text:?}: expected seconds or a number with s, m, h or d"
+            ))
+        }
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .map(|n| Duration::from_secs(n * scale))
+        .ok_or_else(|| format!("{text:?}: expected a positive number, e.g. 90s or 1h"))
+}
+
 fn parse_fsync(text: &str) -> Result<vista_host::durable::FsyncPolicy, String> {
     use vista_host::durable::FsyncPolicy;
     match text {
@@ -678,6 +881,7 @@ fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
         jwt,
         ingest_tokens: args.ingest_tokens.clone(),
         admin_token: args.admin_token.clone(),
+        admin_jwt: args.admin_jwt,
         allowed_origins: args.allowed_origins.clone(),
         allowed_hosts: args.allowed_hosts.clone(),
         publishable_keys: args.publishable_keys.clone(),

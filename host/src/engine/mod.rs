@@ -308,7 +308,7 @@ pub enum Command {
     /// What `GET /admin/views` shows.
     Views {
         /// Where the summaries go.
-        reply: oneshot::Sender<Vec<crate::dashboard::ViewSummary>>,
+        reply: oneshot::Sender<Vec<crate::views::ViewSummary>>,
     },
     /// Ping quiet clients, close silent ones.
     SweepIdle {
@@ -387,7 +387,7 @@ impl EngineHandle {
     }
 
     /// Every view with its counts, for `GET /admin/views`.
-    pub async fn views(&self) -> Vec<crate::dashboard::ViewSummary> {
+    pub async fn views(&self) -> Vec<crate::views::ViewSummary> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Views { reply });
         answer.await.unwrap_or_default()
@@ -679,7 +679,7 @@ impl Engine {
                 let _ = reply.send(self.plugin_reports());
             }
             Command::Views { reply } => {
-                let _ = reply.send(crate::dashboard::view_summaries(&self.views));
+                let _ = reply.send(self.views.summaries());
             }
             Command::Reproject { plugin, reply } => {
                 let _ = reply.send(self.start_reprojection(&plugin));

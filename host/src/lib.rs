@@ -183,8 +183,8 @@ impl Shared {
         let mut requests = None;
         let mut cluster_status = None;
         if config.cluster.is_some() {
-            let (link, requests_rx) = cluster::channels(0);
-            cluster_status = Some(link.status.clone());
+            let (link, status, requests_rx) = cluster::channels(0);
+            cluster_status = Some(status);
             requests = Some(requests_rx);
             engine.enable_cluster(link);
         }

@@ -23,7 +23,6 @@ const MAX_LINES: usize = 700;
 /// cycle not listed fails the test, and so does a listed one that is gone
 /// (delete its line).
 const KNOWN_CYCLES: &[&str] = &[
-    "cluster -> engine -> cluster",
     "connection -> hygiene -> connection",
     "connection -> hygiene -> server -> connection",
     "dashboard -> server -> dashboard",
@@ -36,9 +35,8 @@ const KNOWN_CYCLES: &[&str] = &[
 /// length it may not exceed; they are split by issue 18 item 2 and 3.
 /// This list may only shrink too.
 const KNOWN_LONG: &[(&str, usize)] = &[
-    ("cluster.rs", 884),
+    ("cluster.rs", 807),
     ("durable.rs", 853),
-    ("engine/mod.rs", 1782),
     ("main.rs", 739),
 ];
 

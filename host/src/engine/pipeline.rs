@@ -560,3 +560,232 @@ impl Pipeline {
         self.pump_deferred(env);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// The rest of the engine, faked: plugins by stream, projectors that
+    /// only record what they were given, a log that records, a store that
+    /// records the keys applied.
+    #[derive(Default)]
+    struct Fake {
+        streams: BTreeMap<String, Vec<String>>,
+        /// (plugin, ticket) handed to projectors, in order.
+        submitted: Vec<(String, u64)>,
+        progress: HashMap<String, u64>,
+        stuck: HashSet<String>,
+        /// Log first (records numbered from 1), or apply at once.
+        logging: bool,
+        logged: Vec<u64>,
+        /// Keys applied, in order.
+        applied: Vec<String>,
+    }
+
+    impl Fake {
+        fn with(streams: &[(&str, &[&str])], logging: bool) -> Self {
+            let streams: BTreeMap<String, Vec<String>> = streams
+                .iter()
+                .map(|(s, ps)| (s.to_string(), ps.iter().map(|p| p.to_string()).collect()))
+                .collect();
+            let progress = streams.values().flatten().map(|p| (p.clone(), 0)).collect();
+            Fake {
+                streams,
+                progress,
+                logging,
+                ..Fake::default()
+            }
+        }
+    }
+
+    impl Env for Fake {
+        fn consumers(&self, stream: &str) -> Vec<String> {
+            self.streams.get(stream).cloned().unwrap_or_default()
+        }
+        fn is_stuck(&self, plugin: &str) -> bool {
+            self.stuck.contains(plugin)
+        }
+        fn submit(&mut self, plugin: &str, job: ProjectJob) -> bool {
+            self.submitted.push((plugin.to_owned(), job.ticket));
+            true
+        }
+        fn progress(&self, plugin: &str) -> Option<u64> {
+            self.progress.get(plugin).copied()
+        }
+        fn timed_out(&mut self, plugin: &str, _timeout_ms: u64) {
+            self.stuck.insert(plugin.to_owned());
+        }
+        fn admit(&self, _mutations: u64, _plugins: &[String]) -> Result<(), IngestError> {
+            Ok(())
+        }
+        fn log(&mut self, _: &str, _: u64, _: u64, _: Bytes) -> Option<u64> {
+            if !self.logging {
+                return None;
+            }
+            self.logged.push(self.logged.len() as u64 + 1);
+            self.logged.last().copied()
+        }
+        fn apply(
+            &mut self,
+            _advance_to: Option<u64>,
+            chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
+        ) -> String {
+            self.applied.extend(chunk.map(|m| m.key));
+            self.applied.len().to_string()
+        }
+        fn committed(&mut self, _rec: u64, _events: u64) {}
+        fn before_dispatch(&mut self, _pipeline: &mut Pipeline) {}
+    }
+
+    type Answer = oneshot::Receiver<Result<Ingested, IngestError>>;
+
+    fn request(pipeline: &mut Pipeline, env: &mut Fake, stream: &str) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let body = IngestBody::parse(Bytes::from_static(b"[{\"n\":1}]")).expect("parses");
+        pipeline.ingest(
+            Waiting {
+                stream: stream.to_owned(),
+                body: Arc::new(body),
+                reply,
+            },
+            env,
+        );
+        answer
+    }
+
+    /// `plugin` answers the `nth` request it was given with one mutation
+    /// of key `key`.
+    fn answer(pipeline: &mut Pipeline, env: &mut Fake, plugin: &str, nth: usize, key: &str) {
+        let ticket = ticket_of(env, plugin, nth);
+        pipeline.projected(
+            Projected {
+                ticket,
+                plugin: plugin.to_owned(),
+                outcome: Ok(vec![vec![Mutation::delete("E", key)]]),
+            },
+            env,
+        );
+    }
+
+    fn ticket_of(env: &Fake, plugin: &str, nth: usize) -> u64 {
+        env.submitted
+            .iter()
+            .filter(|(p, _)| p == plugin)
+            .nth(nth)
+            .expect("submitted")
+            .1
+    }
+
+    #[test]
+    fn requests_to_one_plugin_commit_in_arrival_order_and_wait_for_it() {
+        let mut env = Fake::with(&[("s", &["a"]), ("t", &["b"])], false);
+        let mut pipeline = Pipeline::new(Duration::from_secs(60));
+        let mut first = request(&mut pipeline, &mut env, "s");
+        let mut second = request(&mut pipeline, &mut env, "s");
+        let mut other = request(&mut pipeline, &mut env, "t");
+        // `a` projects the first request only; `b` is free and starts.
+        assert_eq!(env.submitted.len(), 2);
+        assert_eq!(pipeline.busy.get("a"), Some(&ticket_of(&env, "a", 0)));
+        assert!(second.try_recv().is_err(), "the second request is deferred");
+        answer(&mut pipeline, &mut env, "b", 0, "t1");
+        assert!(other.try_recv().unwrap().is_ok());
+        answer(&mut pipeline, &mut env, "a", 0, "s1");
+        assert_eq!(first.try_recv().unwrap().unwrap().accepted, 1);
+        // The deferred request went to `a` once it was free.
+        answer(&mut pipeline, &mut env, "a", 1, "s2");
+        assert!(second.try_recv().unwrap().is_ok());
+        assert_eq!(env.applied, ["t1", "s1", "s2"]);
+        assert!(pipeline.is_idle());
+    }
+
+    #[test]
+    fn requests_commit_in_log_order_once_durable() {
+        let mut env = Fake::with(&[("s", &["a"])], true);
+        let mut pipeline = Pipeline::new(Duration::from_secs(60));
+        let mut first = request(&mut pipeline, &mut env, "s");
+        answer(&mut pipeline, &mut env, "a", 0, "s1");
+        // The next request projects while the first waits for the log.
+        let mut second = request(&mut pipeline, &mut env, "s");
+        answer(&mut pipeline, &mut env, "a", 1, "s2");
+        assert_eq!(env.logged, [1, 2]);
+        assert!(
+            env.applied.is_empty(),
+            "nothing is applied before it is durable"
+        );
+        pipeline.logged(WriterReport::Durable(2), &mut env);
+        // The engine loop applies the rest, a chunk per turn.
+        while pipeline.can_commit() {
+            pipeline.commit_step(&mut env);
+        }
+        assert_eq!(env.applied, ["s1", "s2"]);
+        assert!(first.try_recv().unwrap().is_ok() && second.try_recv().unwrap().is_ok());
+    }
+
+    #[test]
+    fn a_failed_log_write_refuses_what_projected_over_it() {
+        let mut env = Fake::with(&[("s", &["a"]), ("t", &["b"])], true);
+        let mut pipeline = Pipeline::new(Duration::from_secs(60));
+        let mut failed = request(&mut pipeline, &mut env, "s");
+        answer(&mut pipeline, &mut env, "a", 0, "s1");
+        let mut over_it = request(&mut pipeline, &mut env, "s");
+        answer(&mut pipeline, &mut env, "a", 1, "s2");
+        let mut projecting = request(&mut pipeline, &mut env, "s");
+        let mut unrelated = request(&mut pipeline, &mut env, "t");
+        answer(&mut pipeline, &mut env, "b", 0, "t1");
+        pipeline.logged(
+            WriterReport::Failed {
+                recs: vec![1],
+                reason: "disk full".into(),
+            },
+            &mut env,
+        );
+        let refused = |answer: &mut Answer| {
+            matches!(
+                answer.try_recv(),
+                Ok(Err(IngestError::StorageUnavailable(reason))) if reason == "disk full"
+            )
+        };
+        assert!(refused(&mut failed));
+        assert!(refused(&mut over_it), "projected over the failed record");
+        // The projection running over it is refused when it answers.
+        answer(&mut pipeline, &mut env, "a", 2, "s3");
+        assert!(refused(&mut projecting));
+        // Another plugin's request is logged and applied as usual.
+        pipeline.logged(WriterReport::Durable(3), &mut env);
+        assert!(unrelated.try_recv().unwrap().is_ok());
+        assert_eq!(env.applied, ["t1"]);
+        assert!(pipeline.is_idle() && pipeline.awaiting_log.is_empty());
+    }
+
+    #[test]
+    fn a_projector_without_progress_past_the_deadline_times_out_with_nothing_applied() {
+        let mut env = Fake::with(&[("s", &["a", "b"])], false);
+        let mut pipeline = Pipeline::new(Duration::from_millis(300));
+        let mut stalled = request(&mut pipeline, &mut env, "s");
+        let mut waiting = request(&mut pipeline, &mut env, "s");
+        // `b` answered; `a` makes progress for a while, then none.
+        answer(&mut pipeline, &mut env, "b", 0, "b1");
+        std::thread::sleep(Duration::from_millis(150));
+        *env.progress.get_mut("a").unwrap() += 1;
+        pipeline.check_deadlines(&mut env);
+        std::thread::sleep(Duration::from_millis(150));
+        pipeline.check_deadlines(&mut env);
+        assert!(stalled.try_recv().is_err(), "progress moved the deadline");
+        assert!(pipeline.next_deadline().is_some());
+        std::thread::sleep(Duration::from_millis(350));
+        pipeline.check_deadlines(&mut env);
+        assert!(matches!(
+            stalled.try_recv(),
+            Ok(Err(IngestError::ProjectorTimeout { plugin, timeout_ms: 300 })) if plugin == "a"
+        ));
+        assert!(env.stuck.contains("a"));
+        // The next request of the stuck plugin is refused, not projected.
+        assert!(matches!(
+            waiting.try_recv(),
+            Ok(Err(IngestError::PluginStuck { plugin })) if plugin == "a"
+        ));
+        assert!(env.applied.is_empty());
+        assert!(pipeline.is_idle() && pipeline.busy.is_empty());
+    }
+}

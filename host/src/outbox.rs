@@ -24,6 +24,10 @@
 //! everything in order.
 //!
 //! The writer drains everything queued at once and flushes once per drain.
+//!
+//! The engine pushes the live frames of a commit step through
+//! [`Deliveries`]: gathered per connection, then pushed once per connection
+//! (one lock, one wake-up), and counted once per step.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

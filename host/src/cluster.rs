@@ -50,18 +50,16 @@ use std::time::{Duration, Instant};
 
 use async_nats::header::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::durable::LogRecord;
+use crate::engine::link::{
+    EngineLink, EngineState, EntryKind, LogEntry, Offer, ToCluster, SEQ_SHIFT,
+};
 use crate::engine::{Command, EngineHandle, IngestError, Ingested};
 use crate::ingest::IngestBody;
 use crate::reproject::Fed;
-
-/// `_seq` of a record's first mutation is its stream sequence shifted by
-/// this many bits; a request may produce at most `2^24 - 1` mutations.
-pub const SEQ_SHIFT: u32 = 24;
 
 /// Records handed to the engine and not yet applied before the consumer
 /// stops reading.
@@ -86,76 +84,6 @@ pub struct ClusterConfig {
     pub replicas: usize,
 }
 
-/// One record of the shared log, as the engine applies it.
-#[derive(Debug)]
-pub struct LogEntry {
-    /// The stream sequence.
-    pub seq: u64,
-    /// What it holds.
-    pub kind: EntryKind,
-}
-
-/// What a record of the shared log holds.
-#[derive(Debug)]
-pub enum EntryKind {
-    /// An ingest request.
-    Ingest {
-        /// The ingest stream.
-        stream: String,
-        /// The body exactly as received.
-        body: Bytes,
-        /// The id its receiving host waits on.
-        request: Option<String>,
-    },
-    /// Plugin `plugin` runs build `fingerprint` from here on.
-    Build {
-        /// The plugin.
-        plugin: String,
-        /// The build's fingerprint.
-        fingerprint: String,
-        /// Its version, for messages.
-        version: String,
-    },
-    /// Rebuild `plugin`'s entities from the log before this record.
-    Reproject {
-        /// The plugin.
-        plugin: String,
-    },
-    /// Not a record this version understands; applied as nothing on every
-    /// host (logged).
-    Unknown(String),
-}
-
-/// What the engine asks of the async side.
-#[derive(Debug)]
-pub(crate) enum ToCluster {
-    /// Publish a build marker unless the log runs that build.
-    Offer(Offer),
-    /// Publish a reprojection marker.
-    Reproject { plugin: String },
-    /// Read the ingest records of `streams` before position `upto` into
-    /// `sink`, then [`Fed::End`] (or [`Fed::Failed`]).
-    Fetch {
-        upto: u64,
-        streams: Vec<String>,
-        sink: mpsc::Sender<Fed>,
-    },
-}
-
-/// A build this host mapped, offered to the cluster: the consumer task
-/// publishes its marker unless the stream already runs it.
-#[derive(Debug)]
-pub(crate) struct Offer {
-    pub plugin: String,
-    pub fingerprint: String,
-    pub version: String,
-    /// Found in the plugins directory at start (rather than dropped in
-    /// later): then a marker is published only if the plugin has none yet,
-    /// so a restarting host with an old file does not switch the cluster
-    /// back to it.
-    pub at_start: bool,
-}
-
 /// What the async side and the engine share about the cluster.
 pub(crate) struct ClusterStatus {
     /// The last stream sequence the engine applied.
@@ -165,30 +93,12 @@ pub(crate) struct ClusterStatus {
     /// Applied everything up to `head_at_start` (sticky).
     caught_up: AtomicBool,
     /// What the engine last said about consuming.
-    pub engine: Mutex<EngineState>,
+    pub engine: Arc<Mutex<EngineState>>,
     /// Set when the stream ends before what this host applied.
     stream_behind: Mutex<Option<String>>,
     /// Ingest streams some loaded or staged build consumes: an ingest for
     /// another stream is refused before it is published.
-    pub known_streams: RwLock<HashSet<String>>,
-    /// What the engine asks of the async side.
-    pub requests: mpsc::UnboundedSender<ToCluster>,
-}
-
-/// What the engine tells the async side about consuming.
-#[derive(Debug, Default)]
-pub(crate) struct EngineState {
-    /// Why it stopped consuming (a missing build, a stuck projector).
-    pub paused: Option<String>,
-    /// Plugins with a staged build and no marker applied yet: their streams
-    /// are not served until the marker (published at start) is read.
-    pub unmarked: Vec<String>,
-}
-
-/// The engine's end of the cluster channels.
-pub(crate) struct EngineLink {
-    pub status: Arc<ClusterStatus>,
-    pub applied: watch::Sender<u64>,
+    pub known_streams: Arc<RwLock<HashSet<String>>>,
 }
 
 /// Readiness as `/readyz` reports it.
@@ -203,19 +113,32 @@ pub(crate) struct Readiness {
 }
 
 /// The channels between the engine and the async side, before either runs.
-pub(crate) fn channels(applied_from: u64) -> (EngineLink, mpsc::UnboundedReceiver<ToCluster>) {
+pub(crate) fn channels(
+    applied_from: u64,
+) -> (
+    EngineLink,
+    Arc<ClusterStatus>,
+    mpsc::UnboundedReceiver<ToCluster>,
+) {
     let (applied, applied_rx) = watch::channel(applied_from);
     let (requests, requests_rx) = mpsc::unbounded_channel();
+    let engine = Arc::new(Mutex::new(EngineState::default()));
+    let known_streams = Arc::new(RwLock::new(HashSet::new()));
     let status = Arc::new(ClusterStatus {
         applied: applied_rx,
         head_at_start: AtomicU64::new(u64::MAX),
         caught_up: AtomicBool::new(false),
-        engine: Mutex::new(EngineState::default()),
+        engine: engine.clone(),
         stream_behind: Mutex::new(None),
-        known_streams: RwLock::new(HashSet::new()),
-        requests,
+        known_streams: known_streams.clone(),
     });
-    (EngineLink { status, applied }, requests_rx)
+    let link = EngineLink {
+        requests,
+        known_streams,
+        engine,
+        applied,
+    };
+    (link, status, requests_rx)
 }
 
 /// The async side of a cluster member.

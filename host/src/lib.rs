@@ -83,8 +83,8 @@ pub(crate) mod watcher;
 
 pub use demo::run as run_demo_feed;
 pub use plugins::{check_answer, set_checker, CheckAnswer};
+pub use plugins::{set_process_isolation, ProcessSettings};
 pub use projector::child::run as run_projector_process;
-pub use projector::process::{set_process_isolation, ProcessSettings};
 pub use watcher::{watch as watch_plugins, PluginWatcher};
 
 use std::future::Future;
@@ -193,8 +193,8 @@ impl Shared {
         let mut cluster_status = None;
         let mut single_log = None;
         if config.cluster.is_some() {
-            let (link, requests_rx) = cluster::channels(0);
-            cluster_status = Some(link.status.clone());
+            let (link, status, requests_rx) = cluster::channels(0);
+            cluster_status = Some(status);
             requests = Some(requests_rx);
             engine.enable_cluster(link);
         }

@@ -24,6 +24,10 @@
 //! everything in order.
 //!
 //! The writer drains everything queued at once and flushes once per drain.
+//!
+//! The engine pushes the live frames of a commit step through
+//! [`Deliveries`]: gathered per connection, then pushed once per connection
+//! (one lock, one wake-up), and counted once per step.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -348,6 +352,75 @@ impl Outbox {
             .conflation
             .order
             .len()
+    }
+}
+
+/// The live frames of one ingest request, gathered per connection and
+/// pushed once per connection at the end of the request: one outbox lock
+/// and one writer wake-up per connection per request instead of per frame
+/// (the outbox lock is shared with that connection's writer thread, so
+/// per-frame locking costs a cache-line transfer per frame). Each distinct
+/// frame is stored once; connections hold indexes into `frames`. Also counts
+/// what happened to the frames; metrics are updated once per request.
+pub(crate) struct Deliveries {
+    frames: Vec<Frame>,
+    pending: HashMap<ConnId, Vec<u32>>,
+    /// Expected frames per connection, to size each connection's list once.
+    per_connection_hint: usize,
+    queued: u64,
+    conflated: u64,
+    slow_consumers: u64,
+}
+
+impl Deliveries {
+    pub(crate) fn new(per_connection_hint: usize) -> Self {
+        Self {
+            frames: Vec::new(),
+            pending: HashMap::new(),
+            per_connection_hint: per_connection_hint.min(1024),
+            queued: 0,
+            conflated: 0,
+            slow_consumers: 0,
+        }
+    }
+
+    /// Gathers one live frame for one connection. Views hand the same frame
+    /// to all its recipients in a row, so it is stored once.
+    pub(crate) fn push(&mut self, conn: ConnId, frame: &Frame) {
+        let same_as_last = self.frames.last().is_some_and(|last| {
+            last.bytes.as_ptr() == frame.bytes.as_ptr() && last.len() == frame.len()
+        });
+        if !same_as_last {
+            self.frames.push(frame.clone());
+        }
+        let index = (self.frames.len() - 1) as u32;
+        let hint = self.per_connection_hint;
+        self.pending
+            .entry(conn)
+            .or_insert_with(|| Vec::with_capacity(hint))
+            .push(index);
+    }
+
+    /// Pushes everything gathered into the outboxes.
+    pub(crate) fn flush(mut self, conns: &HashMap<ConnId, Arc<Outbox>>) {
+        let frames = std::mem::take(&mut self.frames);
+        for (conn, indexes) in std::mem::take(&mut self.pending) {
+            let Some(outbox) = conns.get(&conn) else {
+                continue;
+            };
+            outbox.push_live_batch(indexes.iter().map(|i| &frames[*i as usize]), |outcome| match outcome {
+                Ok(Pushed::Queued) => self.queued += 1,
+                Ok(Pushed::Conflated) => self.conflated += 1,
+                Err(PushError::SlowConsumer) => {
+                    self.slow_consumers += 1;
+                    tracing::warn!(conn, "slow consumer: append-view frames past the outbox bound; closing the connection");
+                }
+                Err(PushError::Closed) => {}
+            });
+        }
+        metrics::counter!("vista_frames_queued_total").increment(self.queued);
+        metrics::counter!("vista_frames_conflated_total").increment(self.conflated);
+        metrics::counter!("vista_slow_consumer_disconnects_total").increment(self.slow_consumers);
     }
 }
 

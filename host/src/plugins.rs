@@ -120,7 +120,42 @@ pub(crate) enum Code {
     Mapped(PluginModuleRef),
     /// In child processes; this process never maps it
     /// (`--isolation process`).
-    Child(crate::projector::process::ChildBuild),
+    Child(ChildBuild),
+}
+
+/// How projector processes are started (`--isolation process`).
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    /// The `vista` binary (run as `EXE plugin check FILE` to learn a build,
+    /// `EXE __projector FILE` to run it).
+    pub exe: PathBuf,
+    /// Each child's address-space cap, in MiB (`--plugin-memory-mb`).
+    pub memory_mb: u64,
+}
+
+static PROCESS_ISOLATION: OnceLock<ProcessSettings> = OnceLock::new();
+
+/// Makes [`load`] run every build in child processes
+/// ([`crate::projector::process`]). Set once, before plugins load; later
+/// calls are ignored. Without it (library use, unit tests) builds are
+/// mapped in-process.
+pub fn set_process_isolation(settings: ProcessSettings) {
+    let _ = PROCESS_ISOLATION.set(settings);
+}
+
+/// A build run in child processes: the cached copy of its file, which
+/// every child of the build maps, removed with the build.
+pub struct ChildBuild {
+    /// The copy in the cache directory.
+    pub copy: PathBuf,
+    /// How its children start.
+    pub settings: ProcessSettings,
+}
+
+impl Drop for ChildBuild {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.copy);
+    }
 }
 
 /// The state of one plugin file, as `GET /plugins` names it.
@@ -307,7 +342,7 @@ pub fn set_checker(exe: PathBuf) {
 }
 
 /// The answer of `vista plugin check`: one JSON line on stdout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckAnswer {
     /// The file maps as a valid plugin.
     pub ok: bool,
@@ -320,6 +355,10 @@ pub struct CheckAnswer {
     /// The [`LoadError`] text (when not ok).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The whole manifest (when ok): under process isolation the host
+    /// learns a build from this answer, never mapping it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<Manifest>,
 }
 
 /// `vista plugin check FILE`: maps `file` in this process exactly as
@@ -334,15 +373,17 @@ pub fn check_answer(file: &Path) -> CheckAnswer {
     match check(file) {
         Ok(manifest) => CheckAnswer {
             ok: true,
-            name: Some(manifest.name),
-            version: Some(manifest.version),
+            name: Some(manifest.name.clone()),
+            version: Some(manifest.version.clone()),
             error: None,
+            manifest: Some(manifest),
         },
         Err(err) => CheckAnswer {
             ok: false,
             name: None,
             version: None,
             error: Some(err.to_string()),
+            manifest: None,
         },
     }
 }
@@ -364,11 +405,11 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     ));
     std::fs::copy(file, &mapped)?;
     let fingerprint = fingerprint_of(&mapped)?;
-    if crate::projector::process::settings().is_some() {
-        // The child maps the copy (and every restarted child maps it
-        // again): it stays until the build is dropped.
-        let loaded = crate::projector::process::load(&mapped, CHECK_TIMEOUT);
-        let (manifest, build) = loaded.map_err(|err| {
+    if let Some(settings) = PROCESS_ISOLATION.get() {
+        // The check's answer carries the manifest; projector processes map
+        // the copy (every restarted one again), which stays until the build
+        // is dropped.
+        let manifest = check_in_child(&settings.exe, &mapped, CHECK_TIMEOUT).map_err(|err| {
             let _ = std::fs::remove_file(&mapped);
             name_the_file(err, &mapped, file)
         })?;
@@ -376,11 +417,14 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
             manifest,
             file: file.to_owned(),
             fingerprint,
-            code: Code::Child(build),
+            code: Code::Child(ChildBuild {
+                copy: mapped,
+                settings: settings.clone(),
+            }),
         });
     }
     let checked = match CHECKER.get() {
-        Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT),
+        Some(exe) => check_in_child(exe, &mapped, CHECK_TIMEOUT).map(drop),
         None => Ok(()),
     };
     let result = checked.and_then(|()| map(&mapped));
@@ -429,7 +473,7 @@ pub(crate) fn map(path: &Path) -> Result<(Manifest, PluginModuleRef), LoadError>
 
 /// Runs `exe plugin check path` and waits for its answer (at most
 /// `timeout`, [`CHECK_TIMEOUT`] in [`load`]; then the child is killed).
-fn check_in_child(exe: &Path, path: &Path, timeout: Duration) -> Result<(), LoadError> {
+fn check_in_child(exe: &Path, path: &Path, timeout: Duration) -> Result<Manifest, LoadError> {
     let mut child = Command::new(exe)
         .args(["plugin", "check"])
         .arg(path)
@@ -482,7 +526,14 @@ fn check_in_child(exe: &Path, path: &Path, timeout: Duration) -> Result<(), Load
         .find(|l| !l.trim().is_empty())
         .and_then(|l| serde_json::from_str::<CheckAnswer>(l).ok());
     match parsed {
-        Some(CheckAnswer { ok: true, .. }) if status.success() => Ok(()),
+        Some(CheckAnswer {
+            ok: true,
+            manifest: Some(manifest),
+            ..
+        }) if status.success() => {
+            manifest.validate().map_err(LoadError::Manifest)?;
+            Ok(manifest)
+        }
         Some(CheckAnswer {
             ok: false,
             error: Some(error),
@@ -623,7 +674,7 @@ mod tests {
         path
     }
 
-    fn run(name: &str, body: &str) -> Result<(), LoadError> {
+    fn run(name: &str, body: &str) -> Result<Manifest, LoadError> {
         let exe = checker(name, body);
         let result = check_in_child(&exe, Path::new("/cache/x.so"), Duration::from_millis(500));
         let _ = std::fs::remove_file(exe);
@@ -632,11 +683,12 @@ mod tests {
 
     #[test]
     fn the_child_answer_decides() {
-        run(
-            "ok",
-            r#"echo 'plugin says hi'; echo '{"ok":true,"name":"a","version":"1"}'"#,
-        )
-        .expect("ok answer");
+        let manifest = Manifest::new("a", "1").entity("E").stream("s");
+        let answer =
+            serde_json::json!({"ok": true, "name": "a", "version": "1", "manifest": manifest});
+        let learned =
+            run("ok", &format!("echo 'plugin says hi'; echo '{answer}'")).expect("ok answer");
+        assert_eq!(learned, manifest, "the answer's manifest is the build's");
         let refused = run(
             "no",
             r#"echo "{\"ok\":false,\"error\":\"manifest error: $3\"}"; exit 1"#,

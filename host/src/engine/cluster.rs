@@ -1,4 +1,5 @@
-//! The engine's side of cluster mode ([`crate::cluster`]): records of the
+//! The engine's side of cluster mode (the async side is `crate::cluster`;
+//! what they say to each other is [`super::link`]): records of the
 //! shared log are applied one at a time, in stream order, each to
 //! completion before the next starts, so every host reaches the same state
 //! with the same `_seq`s whatever its timing.
@@ -19,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Engine, IngestError, Ingested, InstallError, Waiting};
-use crate::cluster::{EngineLink, EntryKind, LogEntry, Offer, ToCluster, SEQ_SHIFT};
+use super::link::{EngineLink, EntryKind, LogEntry, Offer, ToCluster, SEQ_SHIFT};
+use super::pipeline::Waiting;
+use super::{Engine, IngestError, Ingested, InstallError};
 use crate::durable::{Checkpoint, EventLog, FsyncPolicy, LogWriter, Retention, WriterJob};
 use crate::ingest::IngestBody;
 use crate::plugins::{PluginLibrary, PluginReport, PluginState};
@@ -163,12 +165,11 @@ impl Engine {
         self.reports.insert(lib.file.clone(), report);
         let side = self.side();
         side.link
-            .status
             .known_streams
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .extend(lib.manifest.streams.iter().cloned());
-        let _ = side.link.status.requests.send(ToCluster::Offer(Offer {
+        let _ = side.link.requests.send(ToCluster::Offer(Offer {
             plugin: name.clone(),
             fingerprint: lib.fingerprint.clone(),
             version: lib.manifest.version.clone(),
@@ -281,7 +282,7 @@ impl Engine {
                         }
                     };
                     // `_seq`s of this record start at `seq << SEQ_SHIFT`.
-                    self.last_reserved_seq = (seq << SEQ_SHIFT) - 1;
+                    self.pipeline.last_reserved_seq = (seq << SEQ_SHIFT) - 1;
                     let (reply, answer) = oneshot::channel();
                     self.side().current = Some(Applying {
                         seq,
@@ -491,7 +492,7 @@ impl Engine {
         );
         let side = self.side();
         side.reprojecting = Some((plugin.to_owned(), position));
-        let _ = side.link.status.requests.send(ToCluster::Fetch {
+        let _ = side.link.requests.send(ToCluster::Fetch {
             upto: position,
             streams: lib.manifest.streams.clone(),
             sink,
@@ -520,7 +521,7 @@ impl Engine {
         match report {
             ReprojectReport::Done { plugin, shadow } => {
                 // The marker's own `_seq` range holds the swap's mutations.
-                self.last_reserved_seq = (position << SEQ_SHIFT) - 1;
+                self.pipeline.last_reserved_seq = (position << SEQ_SHIFT) - 1;
                 self.swap_in(&plugin, shadow);
             }
             ReprojectReport::Failed { plugin, reason } => {
@@ -541,7 +542,7 @@ impl Engine {
     /// `POST /plugins/{name}/reproject` in cluster mode: a marker in the
     /// log, so every host rebuilds at the same position.
     pub(super) fn request_cluster_reprojection(&mut self, plugin: &str) {
-        let _ = self.side().link.status.requests.send(ToCluster::Reproject {
+        let _ = self.side().link.requests.send(ToCluster::Reproject {
             plugin: plugin.to_owned(),
         });
     }
@@ -588,12 +589,7 @@ impl Engine {
             .map(|s| s.manifest.name.clone())
             .filter(|name| !self.plugins.contains_key(name))
             .collect();
-        let mut state = side
-            .link
-            .status
-            .engine
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut state = side.link.engine.lock().unwrap_or_else(|e| e.into_inner());
         state.paused = side.pause.as_ref().map(ToString::to_string);
         state.unmarked = unmarked;
     }
@@ -661,7 +657,7 @@ impl Engine {
     /// Shutdown: a last checkpoint at the applied position, so the next
     /// start reads nothing twice; then the checkpoint writer is closed.
     pub(super) fn close_cluster(&mut self) {
-        let applied = *self.side().link.status.applied.borrow();
+        let applied = *self.side().link.applied.borrow();
         self.cluster_checkpoint(applied, 0, true);
         if let Some(checkpoints) = self.side().checkpoints.take() {
             checkpoints.writer.close();

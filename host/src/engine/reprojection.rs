@@ -5,12 +5,15 @@
 //! cluster mode the same swap runs at a marker's position instead
 //! (`super::cluster`).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use vista_plugin_api::{Hidden, Mutation};
 
-use super::{Command, Engine, ReprojectError, Storage};
+use super::pipeline::{Pipeline, REPROJECTION_TICKET};
+use super::recover::Storage;
+use super::{Command, Engine, ReprojectError};
 use crate::reproject::{ReprojectReport, Reprojector};
 use crate::store::Store;
 
@@ -23,9 +26,6 @@ pub(super) struct Reprojection {
     pub(super) changed: Option<u64>,
     pub(super) error: Option<String>,
 }
-
-/// The `busy` ticket of a plugin held for a reprojection's final pass.
-pub(super) const REPROJECTION_TICKET: u64 = u64::MAX;
 
 impl Engine {
     /// Starts rebuilding `name`'s entities from the log.
@@ -97,11 +97,11 @@ impl Engine {
                 if let Some(r) = self.reprojections.get_mut(&plugin) {
                     r.wants_final = true;
                 }
-                self.start_final_passes();
+                start_final_passes(&mut self.reprojections, &mut self.pipeline);
             }
             ReprojectReport::Failed { plugin, reason } => {
                 tracing::error!(%plugin, %reason, "reprojection failed; the live state is unchanged");
-                self.release(&plugin, REPROJECTION_TICKET);
+                self.pipeline.release(&plugin, REPROJECTION_TICKET);
                 if let Some(r) = self.reprojections.get_mut(&plugin) {
                     r.state = "failed";
                     r.error = Some(reason);
@@ -112,40 +112,11 @@ impl Engine {
         }
     }
 
-    /// Holds every plugin whose reprojector caught up, once it has nothing
-    /// in flight, and lets the reprojector replay the last records.
-    pub(super) fn start_final_passes(&mut self) {
-        let ready: Vec<String> = self
-            .reprojections
-            .iter()
-            .filter(|(name, r)| {
-                // Every record of the plugin must be in the log file and
-                // applied before the last replay pass.
-                r.wants_final
-                    && !self.busy.contains_key(*name)
-                    && !self
-                        .awaiting_log
-                        .iter()
-                        .chain(self.committing.iter())
-                        .any(|c| c.plugins.iter().any(|p| p == *name))
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in ready {
-            let r = self.reprojections.get_mut(&name).expect("listed above");
-            r.wants_final = false;
-            r.state = "swapping";
-            // New requests for the plugin wait until the swap is committed.
-            self.busy.insert(name.clone(), REPROJECTION_TICKET);
-            r.reprojector.finish();
-        }
-    }
-
     /// Commits the difference between the live entities of `plugin` and the
     /// rebuilt ones, as one logged request.
     pub(super) fn swap_in(&mut self, plugin: &str, shadow: Store) {
         let Some(lib) = self.plugins.get(plugin).map(|p| p.lib.clone()) else {
-            self.release(plugin, REPROJECTION_TICKET);
+            self.pipeline.release(plugin, REPROJECTION_TICKET);
             return;
         };
         let without_seq = |value: &serde_json::Value| {
@@ -218,20 +189,38 @@ impl Engine {
         // record of no stream (replay skips it: the rebuilt state is what
         // the current build's replay produces anyway).
         let (reply, _) = oneshot::channel();
-        self.submit_commit(
-            mutations,
-            vec![plugin.to_owned()],
-            0,
-            "",
-            bytes::Bytes::new(),
-            reply,
-        );
-        // New requests may project again, over the swap's mutations (a
-        // projector process reloads its mirror first).
+        self.submit_commit(mutations, vec![plugin.to_owned()], "", reply);
+        // New requests may project again, over the swap's mutations.
+        // A projector process reloads its mirror before its next request.
         if let Some(loaded) = self.plugins.get_mut(plugin) {
             loaded.resync = true;
         }
-        self.release(plugin, REPROJECTION_TICKET);
+        self.pipeline.release(plugin, REPROJECTION_TICKET);
         self.pump_deferred();
+    }
+}
+
+/// Holds every plugin whose reprojector caught up, once it has nothing in
+/// flight, and lets the reprojector replay the last records.
+pub(super) fn start_final_passes(
+    reprojections: &mut BTreeMap<String, Reprojection>,
+    pipeline: &mut Pipeline,
+) {
+    let ready: Vec<String> = reprojections
+        .iter()
+        .filter(|(name, r)| {
+            // Every record of the plugin must be in the log file and
+            // applied before the last replay pass.
+            r.wants_final && !pipeline.busy.contains_key(*name) && !pipeline.holds_commits_of(name)
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in ready {
+        let r = reprojections.get_mut(&name).expect("listed above");
+        r.wants_final = false;
+        r.state = "swapping";
+        // New requests for the plugin wait until the swap is committed.
+        pipeline.busy.insert(name.clone(), REPROJECTION_TICKET);
+        r.reprojector.finish();
     }
 }

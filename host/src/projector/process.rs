@@ -22,59 +22,16 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
 
-use vista_plugin_api::{Manifest, Mutation};
+use vista_plugin_api::Mutation;
 
 use super::wire::{self, encode, read_frame, FromChild, Row, SharedCounter, ToChild};
 use super::{AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, SharedStore};
 use crate::ingest::IngestBody;
-use crate::plugins::{LoadError, PluginLibrary};
-
-/// How projector processes are started.
-#[derive(Debug, Clone)]
-pub struct ProcessSettings {
-    /// The `vista` binary (run as `EXE __projector FILE`).
-    pub exe: PathBuf,
-    /// Each child's address-space cap, in MiB (`--plugin-memory-mb`).
-    pub memory_mb: u64,
-}
-
-static SETTINGS: OnceLock<ProcessSettings> = OnceLock::new();
-
-/// Makes [`crate::plugins::load`] run every build's projector in a child
-/// process. Set once, before plugins load; later calls are ignored. Without
-/// it (library use, unit tests) builds are mapped in-process.
-pub fn set_process_isolation(settings: ProcessSettings) {
-    let _ = SETTINGS.set(settings);
-}
-
-/// The settings, when projectors run in child processes.
-pub fn settings() -> Option<&'static ProcessSettings> {
-    SETTINGS.get()
-}
-
-/// A plugin build that runs in child processes: the cached copy of its
-/// file (what every child of the build maps, removed with the build) and
-/// the child that answered the load, until a projector adopts it.
-pub struct ChildBuild {
-    copy: PathBuf,
-    settings: ProcessSettings,
-    first: Mutex<Option<Spawned>>,
-}
-
-impl Drop for ChildBuild {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.copy);
-        if let Some(mut spawned) = self.first.get_mut().ok().and_then(Option::take) {
-            let _ = spawned.child.kill();
-            let _ = spawned.child.wait();
-        }
-    }
-}
+use crate::plugins::{ChildBuild, Code, PluginLibrary, ProcessSettings};
 
 /// A started child and its ends of the pipes.
 struct Spawned {
@@ -120,68 +77,6 @@ fn spawn(copy: &Path, settings: &ProcessSettings) -> std::io::Result<Spawned> {
         stdout,
         progress,
     })
-}
-
-/// Maps `copy` in a new child and returns the manifest it sends. A child
-/// that dies, refuses the file or does not answer within `timeout` (then
-/// killed) refuses the build; the host itself never maps it.
-pub fn load(copy: &Path, timeout: Duration) -> Result<(Manifest, ChildBuild), LoadError> {
-    let settings = settings()
-        .ok_or_else(|| LoadError::CheckFailed("process isolation is not set up".into()))?
-        .clone();
-    let mut spawned = spawn(copy, &settings).map_err(|e| {
-        LoadError::CheckFailed(format!("cannot start {}: {e}", settings.exe.display()))
-    })?;
-    // Read the hello on a thread, so a child stuck in its manifest cannot
-    // stall the loader past the timeout.
-    let (sender, hello) = mpsc::channel();
-    let mut stdout = spawned.stdout;
-    std::thread::spawn(move || {
-        let answer = read_frame::<FromChild>(&mut stdout);
-        let _ = sender.send((answer, stdout));
-    });
-    let refused = |spawned_child: &mut Child, error: LoadError| {
-        let _ = spawned_child.kill();
-        let _ = spawned_child.wait();
-        Err(error)
-    };
-    let (answer, stdout) = match hello.recv_timeout(timeout) {
-        Ok(answered) => answered,
-        Err(_) => return refused(&mut spawned.child, LoadError::CheckTimedOut(timeout)),
-    };
-    spawned.stdout = stdout;
-    match answer {
-        Ok(Some((FromChild::Hello { manifest }, _))) => {
-            manifest.validate().map_err(LoadError::Manifest)?;
-            Ok((
-                manifest,
-                ChildBuild {
-                    copy: copy.to_owned(),
-                    settings,
-                    first: Mutex::new(Some(spawned)),
-                },
-            ))
-        }
-        Ok(Some((FromChild::Refused { error }, _))) => {
-            refused(&mut spawned.child, LoadError::Refused(error))
-        }
-        Ok(Some(_)) => refused(
-            &mut spawned.child,
-            LoadError::CheckFailed("the projector process did not say hello".into()),
-        ),
-        Ok(None) | Err(_) => {
-            let status = spawned.child.wait();
-            match status.ok().and_then(|s| s.signal()) {
-                Some(signal) => Err(LoadError::CheckCrashed {
-                    signal,
-                    name: crate::plugins::signal_name(signal),
-                }),
-                None => Err(LoadError::CheckFailed(
-                    "the projector process ended without an answer".into(),
-                )),
-            }
-        }
-    }
 }
 
 /// The request a child is projecting, to name the event if it dies.
@@ -234,8 +129,7 @@ pub struct ProcessProjector {
 }
 
 impl ProcessProjector {
-    /// Adopts the child that answered the load (or starts one) and loads
-    /// its mirror from `store`.
+    /// Starts the build's child and loads its mirror from `store`.
     pub fn start(
         lib: Arc<PluginLibrary>,
         store: SharedStore,
@@ -247,30 +141,19 @@ impl ProcessProjector {
             done: Arc::new(done),
             running: None,
         };
-        let first = projector
-            .build()
-            .first
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        match first {
-            Some(spawned) => projector.run(spawned, false, &[]),
-            None => projector.restart(&[])?,
-        }
+        projector.restart(&[])?;
         Ok(projector)
     }
 
     fn build(&self) -> &ChildBuild {
         match &self.lib.code {
-            crate::plugins::Code::Child(build) => build,
-            crate::plugins::Code::Mapped(_) => {
-                unreachable!("a process projector of a mapped build")
-            }
+            Code::Child(build) => build,
+            Code::Mapped(_) => unreachable!("a process projector of a mapped build"),
         }
     }
 
     /// Starts the threads of a spawned child and sends it its mirror.
-    fn run(&mut self, spawned: Spawned, hello_pending: bool, pending: &[Mutation]) {
+    fn run(&mut self, spawned: Spawned, pending: &[Mutation]) {
         let Spawned {
             mut child,
             stdin,
@@ -294,7 +177,7 @@ impl ProcessProjector {
         };
         let spawned_reader = std::thread::Builder::new()
             .name(format!("from-projector-{name}"))
-            .spawn(move || reader.run(&mut child, stdout, hello_pending));
+            .spawn(move || reader.run(&mut child, stdout));
         if spawned_writer.is_err() || spawned_reader.is_err() {
             tracing::error!(plugin = %name, "cannot start the threads of a projector process");
         }
@@ -399,7 +282,7 @@ impl Projector for ProcessProjector {
             old.retire();
         }
         let spawned = spawn(&self.build().copy, &self.build().settings)?;
-        self.run(spawned, true, pending);
+        self.run(spawned, pending);
         Ok(())
     }
 
@@ -438,7 +321,8 @@ struct Reader {
 }
 
 impl Reader {
-    fn run(self, child: &mut Child, mut stdout: impl Read, mut hello_pending: bool) {
+    fn run(self, child: &mut Child, mut stdout: impl Read) {
+        let mut hello_pending = true;
         let mut refusal = None;
         loop {
             match read_frame::<FromChild>(&mut stdout) {

@@ -28,6 +28,7 @@
 //! entity that starts or stops matching gets `upsert`/`delete`.
 
 mod index;
+mod summary;
 mod view;
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,7 @@ use std::sync::{Arc, Weak};
 use vista_plugin_api::view::ViewDef;
 
 pub use index::{OrderedIndex, Window};
+pub use summary::ViewSummary;
 pub use view::View;
 use view::{FrameCache, Slot, Subscribers};
 

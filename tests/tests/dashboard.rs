@@ -1015,3 +1015,74 @@ async fn bench_100k(
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_lists_dead_letters_with_their_build_line_and_signal() {
+    let mut args = secured_args();
+    args.extend(["--projector-timeout-ms", "2000"]);
+    let host = Host::start(
+        vec![
+            PluginFile::Built("vista_tokens", "tokens.so"),
+            PluginFile::Built("vista_fixture_crashy", "crashy.so"),
+        ],
+        &args,
+    )
+    .await;
+    // Line 2 aborts the projector process; line 2 of the next is refused.
+    for body in [
+        "{\"type\":\"note\",\"id\":\"a\"}\n{\"type\":\"abort\"}\n",
+        "{\"type\":\"note\",\"id\":\"b\"}\n{\"type\":\"bogus\"}\n",
+    ] {
+        let status = reqwest::Client::new()
+            .post(format!("{}/ingest/crash", host.http_url()))
+            .bearer_auth(FEED)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 422);
+    }
+    let build = fingerprint(&std::fs::read(plugin_artifact("vista_fixture_crashy")).unwrap());
+    let driver = ChromeDriver::start().await;
+    let browser = driver.browser().await;
+    let outcome: Result<(), String> = async {
+        load_dashboard(&host, &browser, "Token/list").await?;
+        let rows = wait_for(
+            &browser,
+            "two dead letters",
+            "const rows = [...document.querySelectorAll('#dead-letters tbody tr')];
+             return rows.length === 2 ? rows.map(r => ({code: r.dataset.code,
+                 cells: [...r.children].map(c => c.textContent),
+                 build: r.children[2].title})) : null;",
+        )
+        .await;
+        let by_code = |code: &str| {
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["code"] == code)
+                .cloned()
+                .unwrap_or_else(|| panic!("no {code} row in {rows}"))
+        };
+        let crashed = by_code("projector-crashed");
+        assert_eq!(crashed["build"], build.as_str(), "{crashed}");
+        assert_eq!(crashed["cells"][1], "crashy");
+        assert_eq!(crashed["cells"][4], "2", "the line");
+        assert_eq!(crashed["cells"][6], "SIGABRT");
+        assert!(
+            crashed["cells"][8].as_str().unwrap().contains("abort"),
+            "{crashed}"
+        );
+        let refused = by_code("projector-error");
+        assert_eq!(refused["cells"][4], "2");
+        assert!(
+            refused["cells"][8].as_str().unwrap().contains("bogus"),
+            "{refused}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = browser.close().await;
+    outcome.unwrap_or_else(|e| panic!("{e}\nhost log:\n{}", host.log()));
+}

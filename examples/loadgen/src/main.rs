@@ -86,6 +86,10 @@ struct Common {
     /// The tokens plugin [default: libvista_tokens.so next to this binary].
     #[arg(long)]
     plugin: Option<PathBuf>,
+    /// `vista serve --isolation`: `process` (projectors in child processes,
+    /// whose CPU counts as the host's) or `thread`.
+    #[arg(long, default_value = "process")]
+    isolation: String,
 }
 
 #[derive(Subcommand)]
@@ -265,6 +269,8 @@ impl Server {
                     data_dir = Some(data);
                 }
                 args.extend(extra_args.iter().map(Into::into));
+                args.push("--isolation".into());
+                args.push(common.isolation.clone().into());
                 if common.auth {
                     for arg in [
                         "--jwt-secret",
@@ -353,16 +359,39 @@ fn spawn_listening(
 }
 
 /// user+system CPU seconds of a process.
+/// CPU time (user + system) of the process `pid` and of its children: a
+/// host's projector processes work for it, so their time is the host's
+/// (live children read from their own `stat`, reaped ones from the
+/// parent's `cutime`/`cstime`).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // Fields 14 and 15 of /proc/PID/stat; after the name they are at 11, 12.
-    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0);
+    let fields_of = |pid: &str| -> Vec<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after_name = stat.rsplit(')').next().unwrap_or_default();
+        // Field 4 (ppid) is at 1 after the name; 14-17 (utime, stime,
+        // cutime, cstime) at 11-14.
+        after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect()
+    };
+    let own = fields_of(&pid.to_string());
+    let field = |fields: &[u64], i: usize| fields.get(i).copied().unwrap_or(0);
+    let mut ticks = (11..=14).map(|i| field(&own, i)).sum::<u64>();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(child) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let fields = fields_of(child);
+            if field(&fields, 1) == u64::from(pid) {
+                ticks += field(&fields, 11) + field(&fields, 12);
+            }
+        }
+    }
     // SAFETY: sysconf has no preconditions.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     ticks as f64 / per_second

@@ -1,5 +1,6 @@
 // The dashboard page: polls the admin routes once a second (GET /plugins,
-// GET /admin/views, GET /admin/figures), draws the tables and charts, and
+// GET /admin/views, GET /admin/figures, GET /admin/dead-letters), draws the
+// tables and charts, and
 // drives the view inspector. Plain ES modules, no build step: the files in
 // host/assets/dashboard are what the browser runs.
 
@@ -9,6 +10,7 @@ import { Inspector } from './inspector.js';
 
 const POLL_MS = 1000;
 const HISTORY_SHOWN = 6;
+const DEAD_LETTERS_SHOWN = 50;
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -104,6 +106,26 @@ function drawPlugins(plugins) {
   $('#plugins tbody').replaceChildren(...rows);
 }
 
+function drawDeadLetters(letters) {
+  const newest = letters.slice().sort((a, b) => b.at_ms - a.at_ms).slice(0, DEAD_LETTERS_SHOWN);
+  const rows = newest.map((d) => {
+    const row = document.createElement('tr');
+    row.dataset.plugin = d.plugin;
+    row.dataset.code = d.code;
+    cell(row, time(d.at_ms));
+    cell(row, d.plugin);
+    cell(row, d.fingerprint.slice(0, 8), 'mono').title = d.fingerprint;
+    cell(row, d.position == null ? d.stream : `${d.stream} @${d.position}`, 'mono');
+    cell(row, String(d.line));
+    cell(row, d.code, 'mono');
+    cell(row, d.signal ?? '');
+    cell(row, d.error, 'error');
+    cell(row, JSON.stringify(d.event), 'mono');
+    return row;
+  });
+  $('#dead-letters tbody').replaceChildren(...rows);
+}
+
 function definition(v) {
   const parts = [];
   if (v.filter) parts.push(`filter ${JSON.stringify(v.filter)}`);
@@ -157,13 +179,15 @@ function pollState(state, text) {
 
 async function poll() {
   try {
-    const [plugins, views, sample] = await Promise.all([
+    const [plugins, views, sample, dead] = await Promise.all([
       api.get('/plugins'),
       api.get('/admin/views'),
       api.get('/admin/figures'),
+      api.get('/admin/dead-letters'),
     ]);
     drawPlugins(plugins);
     drawViews(views);
+    drawDeadLetters(dead.dead_letters);
     drawFigures(sample);
     pollState('ok', `updated ${time(Date.now())}`);
   } catch (err) {

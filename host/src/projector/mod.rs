@@ -195,25 +195,35 @@ impl Blocking {
     }
 
     /// Projects one request over the store (nothing pending). A crashed
-    /// projector process is started again for the next request.
+    /// projector process is started again for the next request; one found
+    /// dead before it took this one is started again for this one.
     pub fn project(&mut self, stream: &str, body: Arc<IngestBody>) -> Projection {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        let job = ProjectJob {
+        let job = || ProjectJob {
             ticket,
             stream: stream.into(),
-            body,
+            body: body.clone(),
             pending: Arc::new(Vec::new()),
         };
-        if !self.projector.submit(job) {
-            return Err(ProjectFailure::error(0, "the projector is gone".into()));
+        let gone = || Err(ProjectFailure::error(0, "the projector is gone".into()));
+        if !self.projector.submit(job()) {
+            return gone();
         }
+        let mut restarted_for_this = false;
         loop {
             let Ok(answer) = self.answers.recv() else {
-                return Err(ProjectFailure::error(0, "the projector is gone".into()));
+                return gone();
             };
             if answer.ticket != ticket {
-                continue; // a child that died between requests: restarted below
+                // It died between requests, maybe before reading this one.
+                if answer.crash().is_some() && !restarted_for_this {
+                    restarted_for_this = true;
+                    if self.projector.restart(&[]).is_err() || !self.projector.submit(job()) {
+                        return gone();
+                    }
+                }
+                continue;
             }
             if answer.crash().is_some() {
                 let _ = self.projector.restart(&[]);

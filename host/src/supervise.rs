@@ -25,7 +25,7 @@ pub const EXIT_CODE: i32 = 70;
 
 /// Time the process stays up after a fatal panic, answering 503, so a
 /// probe or an operator sees why before it goes.
-const GRACE: Duration = Duration::from_millis(500);
+const GRACE: Duration = Duration::from_secs(1);
 
 static FAILURE: OnceLock<String> = OnceLock::new();
 
@@ -34,21 +34,52 @@ pub fn failure() -> Option<&'static str> {
     FAILURE.get().map(String::as_str)
 }
 
-/// Runs `body` as the supervised thread `thread`: a panic in it is fatal
-/// to the process (see the module doc).
+/// Threads run under [`run`], by name.
+const SUPERVISED: &[&str] = &["engine", "log-writer"];
+
+/// Runs `body` as the supervised thread `thread` (which must be named so,
+/// and be one of [`SUPERVISED`]): a panic in it is fatal to the process
+/// (see the module doc).
 pub fn run(thread: &'static str, body: impl FnOnce()) {
+    debug_assert!(SUPERVISED.contains(&thread));
+    watch_panics();
     if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic without a message".to_owned());
-        let reason = format!("the {thread} thread panicked: {message}");
+        let reason = FAILURE
+            .get_or_init(|| format!("the {thread} thread panicked: {}", message_of(&*panic)));
         tracing::error!(thread, "{reason}; the host exits with code {EXIT_CODE} (nothing acknowledged is lost: a restart replays the log)");
-        let _ = FAILURE.set(reason);
         std::thread::sleep(GRACE);
         std::process::exit(EXIT_CODE);
     }
+}
+
+/// Marks the host failed the moment a supervised thread panics, before it
+/// unwinds: unwinding drops the replies it owed, and a client answered by
+/// that must already find `/healthz` failing.
+fn watch_panics() {
+    static HOOKED: OnceLock<()> = OnceLock::new();
+    HOOKED.get_or_init(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(thread) = std::thread::current()
+                .name()
+                .filter(|name| SUPERVISED.contains(name))
+            {
+                let _ = FAILURE.set(format!(
+                    "the {thread} thread panicked: {}",
+                    message_of(info.payload())
+                ));
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn message_of(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// Panics if `VISTA_FAULT_PANIC` asks `thread` to on `stream`.

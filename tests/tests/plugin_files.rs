@@ -97,7 +97,19 @@ fn plugin_check_prints_one_json_line_and_an_exit_code() {
     let (status, out) = plugin_check(&plugin_artifact("vista_tokens"));
     assert_eq!(status.code(), Some(0), "{out}");
     assert_eq!(out.lines().count(), 1, "{out}");
-    let answer: Value = serde_json::from_str(&out).unwrap();
+    let mut answer: Value = serde_json::from_str(&out).unwrap();
+    // The whole manifest rides along: a host isolating its plugins learns
+    // the build from it without mapping the file.
+    let manifest = answer.as_object_mut().unwrap().remove("manifest").unwrap();
+    assert_eq!(manifest["name"], "tokens");
+    assert!(
+        manifest["entities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "Token"),
+        "{manifest}"
+    );
     assert_eq!(
         answer,
         json!({"ok": true, "name": "tokens", "version": "0.1.0"})

@@ -10,7 +10,7 @@
 //!   and the admin endpoints it polls.
 //! - [`connection`]: one client: reading its messages, writing its outbox.
 //! - [`cli`]: `vista ingest`, `vista tail` and `vista plugins`, clients
-//!   of a running host.
+//!   of a running host; the `vista serve` options and configuration file.
 //! - [`redact`]: masking tokens and passwords in what is printed or logged.
 //! - [`auth`]: subscriber tokens (JWT), ingest and admin credentials,
 //!   origins, hosts and rate limits.

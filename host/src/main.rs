@@ -7,12 +7,13 @@
 //! masked, and exit status 1; a closed standard output (`vista ... | head`)
 //! ends it quietly with status 0, as for any Unix filter.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use vista_host::cli::config::{apply_config_file, check_config, config_file_argument};
+use vista_host::cli::serve::{authentication, Isolation, LogFormat, ServeArgs};
 use vista_host::{Config, Shared};
 
 /// `vista --version`: the crate's version and the commit it was built
@@ -217,220 +218,6 @@ enum PluginCommand {
     },
 }
 
-#[derive(clap::Args)]
-struct ServeArgs {
-    /// Directory of plugin `.so` files.
-    #[arg(long, env = "VISTA_PLUGINS_DIR", default_value = "plugins.d")]
-    plugins: PathBuf,
-    /// Address to listen on (port 0 picks a free port; the address is printed).
-    #[arg(long, env = "VISTA_LISTEN", default_value = "127.0.0.1:8877")]
-    listen: SocketAddr,
-    /// Private directory plugin files are copied to before loading
-    /// [default: <temp dir>/vista-plugin-cache].
-    #[arg(long, env = "VISTA_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Largest accepted ingest body in bytes (larger bodies get 413).
-    #[arg(long, env = "VISTA_MAX_BODY_BYTES", default_value_t = 8 << 20)]
-    max_body_bytes: usize,
-    /// Bound on one client's queued live frames in bytes.
-    #[arg(long, env = "VISTA_OUTBOX_BYTES", default_value_t = 8 << 20)]
-    outbox_bytes: usize,
-    /// Largest accepted client WebSocket message in bytes.
-    #[arg(long, env = "VISTA_MAX_MESSAGE_BYTES", default_value_t = 64 << 10)]
-    max_message_bytes: usize,
-    /// Subscriptions one connection may hold.
-    #[arg(long, env = "VISTA_MAX_SUBSCRIPTIONS", default_value_t = 256)]
-    max_subscriptions: usize,
-    /// Open WebSocket connections allowed (more get HTTP 503).
-    #[arg(long, env = "VISTA_MAX_CONNECTIONS", default_value_t = 50_000)]
-    max_connections: usize,
-    /// Close clients that send nothing (no message, no pong to the server's
-    /// pings) for this many seconds; 0 disables.
-    #[arg(long, env = "VISTA_IDLE_TIMEOUT_SECS", default_value_t = 90)]
-    idle_timeout_secs: u64,
-    /// A projector making no progress for this many milliseconds gets its
-    /// request answered 503 `projector-timeout`; under process isolation
-    /// its process is killed and started afresh, under thread isolation the
-    /// plugin is marked stuck (its streams 503 `plugin-stuck`) until a new
-    /// build loads.
-    #[arg(long, env = "VISTA_PROJECTOR_TIMEOUT_MS", default_value_t = 5000)]
-    projector_timeout_ms: u64,
-    /// Where plugin code runs: `process` (each build's projector in a child
-    /// process: a crash costs one request, never the host) or `thread`
-    /// (in the host process: fastest, and a crashing plugin kills the host).
-    #[arg(long, env = "VISTA_ISOLATION", value_enum, default_value_t = Isolation::Process)]
-    isolation: Isolation,
-    /// Process isolation: each projector process's address-space cap, in
-    /// MiB; a projector allocating past it crashes (and only it).
-    #[arg(long, env = "VISTA_PLUGIN_MEMORY_MB", default_value_t = 2048)]
-    plugin_memory_mb: u64,
-    /// Subscribes per second one connection may make on average (more get a
-    /// `rate-limit-exceeded` socket issue).
-    #[arg(long, env = "VISTA_SUBSCRIBE_RATE", default_value_t = 50)]
-    subscribe_rate: u32,
-    /// Subscribes one connection may make in a burst.
-    #[arg(long, env = "VISTA_SUBSCRIBE_BURST", default_value_t = 256)]
-    subscribe_burst: u32,
-    /// On SIGTERM, seconds writers may flush queued frames before clients
-    /// are closed regardless.
-    #[arg(long, env = "VISTA_SHUTDOWN_GRACE_SECS", default_value_t = 5)]
-    shutdown_grace_secs: u64,
-    /// Ingest requests read and processed at once (bounds body memory).
-    #[arg(long, env = "VISTA_MAX_CONCURRENT_INGESTS", default_value_t = 64)]
-    max_concurrent_ingests: usize,
-    /// Close connections that do not send a complete request head within
-    /// this many seconds of connecting or of their previous response (so
-    /// also the idle keep-alive timeout), or do not complete a WebSocket
-    /// upgrade in that time; 0 disables.
-    #[arg(long, env = "VISTA_HEADER_TIMEOUT_SECS", default_value_t = 10)]
-    header_timeout_secs: u64,
-    /// Seconds an ingest request gets to deliver its whole body (more: 408
-    /// `body-timeout`); 0 disables.
-    #[arg(long, env = "VISTA_BODY_TIMEOUT_SECS", default_value_t = 30)]
-    body_timeout_secs: u64,
-    /// Open TCP connections allowed from one IP address (more get HTTP 429
-    /// `ip-connection-limit-exceeded`); 0 means unlimited.
-    #[arg(long, env = "VISTA_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]
-    max_connections_per_ip: usize,
-    /// Directory of the event log (created if missing). Ingest requests are
-    /// answered only once durable there, and a restart replays it.
-    #[arg(
-        long,
-        env = "VISTA_DATA_DIR",
-        default_value = "vista-data",
-        conflicts_with = "in_memory"
-    )]
-    data: PathBuf,
-    /// Share this NATS JetStream server's stream with other hosts
-    /// (`nats://HOST:PORT`): it replaces the event log as the source of
-    /// truth; the data directory keeps local checkpoints only.
-    #[arg(long, env = "VISTA_CLUSTER")]
-    cluster: Option<String>,
-    /// The JetStream stream of the cluster (created if missing; its
-    /// subjects are `NAME.>`).
-    #[arg(long, env = "VISTA_CLUSTER_STREAM", default_value = "VISTA", value_parser = parse_stream_name)]
-    cluster_stream: String,
-    /// Replicas of the cluster stream when this host creates it: needs a
-    /// NATS cluster of at least that many servers; an acknowledged ingest
-    /// is then stored on a majority of them.
-    #[arg(long, env = "VISTA_CLUSTER_REPLICAS", default_value_t = 1)]
-    cluster_replicas: usize,
-    /// Keep everything in memory: a restart starts empty (`_seq` still never
-    /// goes backwards: it starts from the clock).
-    #[arg(long, env = "VISTA_IN_MEMORY")]
-    in_memory: bool,
-    /// When the log is fsynced: `always` (before a request is answered) or
-    /// `every:MS` (answered once written, fsynced every MS milliseconds: a
-    /// power loss can lose up to MS of acknowledged requests).
-    #[arg(long, env = "VISTA_FSYNC", default_value = "always", value_parser = parse_fsync)]
-    fsync: vista_host::durable::FsyncPolicy,
-    /// Checkpoint the store after this many events...
-    #[arg(long, env = "VISTA_CHECKPOINT_EVENTS", default_value_t = 100_000)]
-    checkpoint_every_events: u64,
-    /// ...or this many seconds, whichever comes first.
-    #[arg(long, env = "VISTA_CHECKPOINT_SECS", default_value_t = 300)]
-    checkpoint_every_secs: u64,
-    /// How much of the event log to keep once a checkpoint covers it:
-    /// `all` (needed to reproject a plugin from its first event),
-    /// `records:N`, `age:SECS` or `bytes:N`.
-    #[arg(long, env = "VISTA_RETAIN", default_value = "all")]
-    retain: vista_host::durable::Retention,
-    /// Subscribers need a JWT signed HS256 with this secret (`hs_token` query
-    /// parameter or `Authorization: Bearer`).
-    #[arg(long, env = "VISTA_JWT_SECRET", conflicts_with = "jwt_public_key")]
-    jwt_secret: Option<String>,
-    /// Subscribers need a JWT signed RS256 or EdDSA, verified with this PEM
-    /// public key file.
-    #[arg(long, env = "VISTA_JWT_PUBLIC_KEY")]
-    jwt_public_key: Option<PathBuf>,
-    /// Required `aud` of subscriber tokens.
-    #[arg(long, env = "VISTA_JWT_AUDIENCE")]
-    jwt_audience: Option<String>,
-    /// Required `iss` of subscriber tokens.
-    #[arg(long, env = "VISTA_JWT_ISSUER")]
-    jwt_issuer: Option<String>,
-    /// Ingest credential `TOKEN[:stream,stream]` (repeatable), sent as
-    /// `Authorization: Bearer TOKEN`; a JWT with a `streams` claim works too.
-    #[arg(
-        long = "ingest-token",
-        env = "VISTA_INGEST_TOKENS",
-        value_delimiter = ' '
-    )]
-    ingest_tokens: Vec<vista_host::auth::IngestToken>,
-    /// Bearer token required by the admin routes: `/plugins`, `/metrics`,
-    /// `/status`, `/admin/*` (the dashboard's data) and reprojection.
-    #[arg(long, env = "VISTA_ADMIN_TOKEN")]
-    admin_token: Option<String>,
-    /// The admin routes need a JWT with `"admin": true` (verified like
-    /// subscriber tokens), also without --admin-token.
-    #[arg(long, env = "VISTA_ADMIN_JWT")]
-    admin_jwt: bool,
-    /// Leave the admin routes open on a non-loopback address (without it,
-    /// such a host needs --admin-token or --admin-jwt).
-    #[arg(long, env = "VISTA_ALLOW_ANONYMOUS_ADMIN")]
-    allow_anonymous_admin: bool,
-    /// `Origin`s whose pages may open WebSockets (comma-separated; exact,
-    /// `*.domain` or `*`); default: any.
-    #[arg(long, env = "VISTA_ALLOWED_ORIGINS", value_delimiter = ',')]
-    allowed_origins: Vec<String>,
-    /// A publishable key `KEY[:view,view]` (repeatable), exchanged at
-    /// `POST /auth/token` for a subscriber token (needs --jwt-secret).
-    #[arg(
-        long = "publishable-key",
-        env = "VISTA_PUBLISHABLE_KEYS",
-        value_delimiter = ' '
-    )]
-    publishable_keys: Vec<vista_host::auth::PublishableKey>,
-    /// Lifetime of tokens issued at `POST /auth/token`, in seconds.
-    #[arg(long, env = "VISTA_TOKEN_TTL_SECS", default_value_t = 3600)]
-    token_ttl_secs: u64,
-    /// Ingest requests per second per credential (or per address without
-    /// one); more get 429 `rate-limit-exceeded` with `Retry-After`. 0: off.
-    #[arg(long, env = "VISTA_INGEST_RATE", default_value_t = 0)]
-    ingest_rate: u32,
-    /// New WebSocket connections per second per address; more get 429
-    /// `rate-limit-exceeded`. 0: off.
-    #[arg(long, env = "VISTA_CONNECTION_RATE", default_value_t = 0)]
-    connection_rate: u32,
-    /// `Host` names WebSocket upgrades must use (comma-separated; the port
-    /// is ignored); default: any.
-    #[arg(long, env = "VISTA_ALLOWED_HOSTS", value_delimiter = ',')]
-    allowed_hosts: Vec<String>,
-    /// Serve a non-loopback address without any authentication.
-    #[arg(long, env = "VISTA_ALLOW_ANONYMOUS")]
-    allow_anonymous: bool,
-    /// Log lines as `text` (for people) or `json` (one object per line, for
-    /// log shippers).
-    #[arg(long, env = "VISTA_LOG_FORMAT", value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// Feed a live stream of demo `tokens` events (needs the tokens plugin).
-    #[arg(long, env = "VISTA_DEMO_FEED")]
-    demo_feed: bool,
-    /// A TOML file with the same keys as these options (`max-connections =
-    /// 1000`, `ingest-token = ["..."]`); options and environment variables
-    /// override it.
-    #[arg(long, env = "VISTA_CONFIG")]
-    config: Option<PathBuf>,
-}
-
-/// `--isolation`.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Isolation {
-    /// Each plugin build's projector in a child process.
-    Process,
-    /// Projectors on threads of the host process.
-    Thread,
-}
-
-/// `--log-format`.
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 fn main() {
     // A projector process (started by a host, never by a person) needs
     // neither the async runtime nor the command line parser.
@@ -479,7 +266,7 @@ async fn run() -> anyhow::Result<()> {
     // A configuration file fills in what neither the command line nor the
     // environment sets: its keys become the options' environment variables.
     if let Some(file) = config_file_argument() {
-        apply_config_file(&file)?;
+        apply_config_file(&file, Cli::command)?;
     }
     let command = Cli::parse().command;
     init_logging(match &command {
@@ -525,7 +312,6 @@ async fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             // Into a buffer first: the generator panics on a write error.
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vista", &mut script);
@@ -533,7 +319,6 @@ async fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Man => {
-            use clap::CommandFactory;
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command()).render(&mut page)?;
             std::io::Write::write_all(&mut std::io::stdout(), &page)?;
@@ -551,7 +336,7 @@ async fn run() -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Data(command) => return data_command(command),
-        Command::Config(ConfigCommand::Check { file }) => return check_config(&file),
+        Command::Config(ConfigCommand::Check { file }) => return check_config(&file, Cli::command),
         Command::Ingest {
             stream,
             file,
@@ -762,22 +547,6 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A JetStream stream name: letters, digits, `-` and `_` (NATS forbids
-/// `.`, spaces and wildcards, and the name is also the subject prefix).
-fn parse_stream_name(text: &str) -> Result<String, String> {
-    if !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        Ok(text.to_owned())
-    } else {
-        Err(format!(
-            "{text:?}: a stream name is letters, digits, '-' and '_'"
-        ))
-    }
-}
-
 /// The plugins directory, created if missing (so it can be watched) and
 /// made absolute: files loaded at start and paths reported by the watcher
 /// must be the same paths, or a deleted file would not unload.
@@ -825,19 +594,6 @@ fn parse_ttl(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?}: expected a positive number, e.g. 90s or 1h"))
 }
 
-fn parse_fsync(text: &str) -> Result<vista_host::durable::FsyncPolicy, String> {
-    use vista_host::durable::FsyncPolicy;
-    match text {
-        "always" => Ok(FsyncPolicy::Always),
-        other => other
-            .strip_prefix("every:")
-            .and_then(|ms| ms.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(|ms| FsyncPolicy::Every(Duration::from_millis(ms)))
-            .ok_or_else(|| format!("expected `always` or `every:MS`, got {other:?}")),
-    }
-}
-
 /// `vista data check|repair DIR`.
 fn data_command(command: DataCommand) -> anyhow::Result<()> {
     use vista_host::durable;
@@ -861,146 +617,4 @@ fn data_command(command: DataCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// The authentication settings from the command line.
-fn authentication(args: &ServeArgs) -> anyhow::Result<vista_host::auth::Auth> {
-    use vista_host::auth::{Auth, JwtVerifier, RateLimiter};
-    let mut jwt = match (&args.jwt_secret, &args.jwt_public_key) {
-        (Some(secret), _) => Some(JwtVerifier::with_secret(secret)),
-        (None, Some(file)) => Some(JwtVerifier::with_public_key(file).map_err(anyhow::Error::msg)?),
-        (None, None) => None,
-    };
-    if let Some(audience) = &args.jwt_audience {
-        jwt = jwt.map(|j| j.audience(audience));
-    }
-    if let Some(issuer) = &args.jwt_issuer {
-        jwt = jwt.map(|j| j.issuer(issuer));
-    }
-    Ok(Auth {
-        jwt,
-        ingest_tokens: args.ingest_tokens.clone(),
-        admin_token: args.admin_token.clone(),
-        admin_jwt: args.admin_jwt,
-        allowed_origins: args.allowed_origins.clone(),
-        allowed_hosts: args.allowed_hosts.clone(),
-        publishable_keys: args.publishable_keys.clone(),
-        token_ttl: std::time::Duration::from_secs(args.token_ttl_secs.max(1)),
-        ingest_rate: (args.ingest_rate > 0).then(|| RateLimiter::new(args.ingest_rate)),
-        connection_rate: (args.connection_rate > 0).then(|| RateLimiter::new(args.connection_rate)),
-    })
-}
-
-/// `--config FILE` (or `--config=FILE`, or `VISTA_CONFIG`) of a `serve`
-/// command line, looked up before the command line is parsed.
-fn config_file_argument() -> Option<PathBuf> {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) != Some("serve") {
-        return None;
-    }
-    args.iter()
-        .enumerate()
-        .find_map(|(i, arg)| match arg.strip_prefix("--config") {
-            Some("") => args.get(i + 1).map(PathBuf::from),
-            Some(rest) => rest.strip_prefix('=').map(PathBuf::from),
-            None => None,
-        })
-        .or_else(|| std::env::var_os("VISTA_CONFIG").map(PathBuf::from))
-}
-
-/// Sets the environment variable of every `serve` option the file names
-/// and the environment does not already set. Unknown keys are errors.
-fn apply_config_file(file: &std::path::Path) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", file.display()))?;
-    let command = Cli::command();
-    let serve = command
-        .find_subcommand("serve")
-        .expect("the serve subcommand exists");
-    for (key, value) in table {
-        let arg = serve
-            .get_arguments()
-            .find(|a| a.get_long() == Some(key.as_str()) && key != "config")
-            .ok_or_else(|| anyhow::anyhow!("{}: unknown key {key:?}", file.display()))?;
-        let env = arg.get_env().ok_or_else(|| {
-            anyhow::anyhow!("{}: {key:?} cannot be set from a file", file.display())
-        })?;
-        if std::env::var_os(env).is_some() {
-            continue;
-        }
-        let delimiter = arg.get_value_delimiter().unwrap_or(',');
-        let scalar = |value: &toml::Value| match value {
-            toml::Value::String(s) => Ok(s.clone()),
-            toml::Value::Integer(i) => Ok(i.to_string()),
-            toml::Value::Boolean(b) => Ok(b.to_string()),
-            other => Err(anyhow::anyhow!(
-                "{}: {key:?} must be a string, number or boolean, not {}",
-                file.display(),
-                other.type_str()
-            )),
-        };
-        let text = match &value {
-            toml::Value::Array(items) => items
-                .iter()
-                .map(scalar)
-                .collect::<anyhow::Result<Vec<_>>>()?
-                .join(&delimiter.to_string()),
-            other => scalar(other)?,
-        };
-        // Single-threaded at this point: nothing else reads the environment.
-        std::env::set_var(env, text);
-    }
-    Ok(())
-}
-
-/// `vista config check FILE`.
-fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
-    use clap::CommandFactory;
-    apply_config_file(file)?;
-    let matches = Cli::command()
-        .try_get_matches_from(["vista", "serve"])
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let serve = matches.subcommand_matches("serve").expect("serve");
-    let mut settings = serde_json::Map::new();
-    for arg in Cli::command()
-        .find_subcommand("serve")
-        .expect("serve")
-        .get_arguments()
-    {
-        let id = arg.get_id().as_str();
-        let Some(values) = serve.get_raw(id) else {
-            continue;
-        };
-        let values: Vec<String> = values.map(|v| v.to_string_lossy().into_owned()).collect();
-        let secret = ["secret", "token", "key"]
-            .iter()
-            .any(|word| id.contains(word))
-            && !id.ends_with("_ttl_secs")
-            && id != "jwt_public_key";
-        let shown: Vec<String> = values
-            .iter()
-            .map(|v| if secret { mask(v) } else { v.clone() })
-            .collect();
-        let name = arg.get_long().unwrap_or(id).to_owned();
-        settings.insert(
-            name,
-            if shown.len() == 1 {
-                serde_json::Value::String(shown[0].clone())
-            } else {
-                serde_json::json!(shown)
-            },
-        );
-    }
-    println!("{}", serde_json::to_string_pretty(&settings)?);
-    Ok(())
-}
-
-/// A secret as its first two characters and stars.
-fn mask(secret: &str) -> String {
-    let keep: String = secret.chars().take(2).collect();
-    format!("{keep}***")
 }

@@ -7,6 +7,13 @@
 //! fix ([`refusal`]), with tokens masked ([`crate::redact`]), because they
 //! are read by someone at a terminal who needs to know what to do next,
 //! and end up in scrollback and CI logs where a secret must not.
+//!
+//! The options of `vista serve` and what is made of them before a host
+//! starts are in [`serve`], its configuration file in [`config`], so the
+//! `vista` binary is little more than its command line and the dispatch.
+
+pub mod config;
+pub mod serve;
 
 use std::io::{BufRead, Write};
 use std::time::Instant;

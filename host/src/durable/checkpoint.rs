@@ -1,0 +1,242 @@
+//! The checkpoint and what it lets go: the store as of one record, its
+//! encoding and its place in the database, and the retention policy that
+//! drops log records once a checkpoint covers them.
+//!
+//! Its own module because it is the one part of the file format that holds
+//! state rather than requests (a restart loads it instead of replaying what
+//! it covers), and because the two questions it answers, "where does a
+//! restart start" and "which records may go", are the same question: no
+//! record is dropped before a checkpoint covers it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redb::ReadableTable;
+use vista_plugin_api::Hidden;
+
+use super::{now_ms, storage, DataError, EventLog, LogRecord, CHECKPOINT, LOG};
+
+/// The store as of one record.
+pub struct Checkpoint {
+    /// The last record it includes.
+    pub rec: u64,
+    /// The `_seq` of the last mutation it includes.
+    pub last_seq: u64,
+    /// Every entity: (type, key, value).
+    pub entities: Vec<(String, String, Arc<serde_json::Value>)>,
+    /// Cluster mode: the build (plugin, fingerprint) each plugin ran at
+    /// `rec`, so a restart projects what follows with the same builds.
+    /// Stored under a key of its own, absent when empty, so checkpoints of
+    /// a single host keep their format.
+    pub builds: Vec<(String, String)>,
+    /// Every entity's hidden aggregate state (`unique_count` member sets):
+    /// (type, key, state), for the entities that have one.
+    pub hidden: Vec<(String, String, Arc<Hidden>)>,
+}
+
+/// A checkpoint line holding one entity's hidden state. Entity lines are
+/// JSON arrays, these are objects, so the decoder tells them apart by their
+/// first byte (and a checkpoint without them reads as before).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HiddenLine<E, K, H> {
+    entity: E,
+    key: K,
+    hidden: H,
+}
+
+impl Checkpoint {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.rec.to_le_bytes());
+        out.extend_from_slice(&self.last_seq.to_le_bytes());
+        for (entity, key, value) in &self.entities {
+            serde_json::to_writer(&mut out, &(entity, key, &**value)).expect("entities serialize");
+            out.push(b'\n');
+        }
+        for (entity, key, hidden) in &self.hidden {
+            let line = HiddenLine {
+                entity,
+                key,
+                hidden: &**hidden,
+            };
+            serde_json::to_writer(&mut out, &line).expect("hidden state serializes");
+            out.push(b'\n');
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Checkpoint, String> {
+        if bytes.len() < 16 {
+            return Err("checkpoint header is truncated".into());
+        }
+        let rec = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let last_seq = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        let mut entities = Vec::new();
+        let mut hidden = Vec::new();
+        for (line, text) in bytes[16..].split(|b| *b == b'\n').enumerate() {
+            if text.is_empty() {
+                continue;
+            }
+            if text[0] == b'{' {
+                let state: HiddenLine<String, String, Hidden> = serde_json::from_slice(text)
+                    .map_err(|e| format!("hidden state {}: {e}", line + 1))?;
+                hidden.push((state.entity, state.key, Arc::new(state.hidden)));
+                continue;
+            }
+            let (entity, key, value): (String, String, serde_json::Value) =
+                serde_json::from_slice(text).map_err(|e| format!("entity {}: {e}", line + 1))?;
+            entities.push((entity, key, Arc::new(value)));
+        }
+        Ok(Checkpoint {
+            rec,
+            last_seq,
+            entities,
+            builds: Vec::new(),
+            hidden,
+        })
+    }
+}
+
+impl EventLog {
+    /// Replaces the checkpoint (durably).
+    pub fn write_checkpoint(&self, checkpoint: &Checkpoint) -> Result<(), String> {
+        let txn = self.db()?.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut table = txn.open_table(CHECKPOINT).map_err(|e| e.to_string())?;
+            table
+                .insert("latest", checkpoint.encode().as_slice())
+                .map_err(|e| e.to_string())?;
+            if checkpoint.builds.is_empty() {
+                table.remove("builds").map_err(|e| e.to_string())?;
+            } else {
+                let builds = serde_json::to_vec(&checkpoint.builds).expect("builds serialize");
+                table
+                    .insert("builds", builds.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        txn.commit().map_err(|e| e.to_string())
+    }
+
+    /// The latest checkpoint, if any.
+    pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>, DataError> {
+        let err = storage(&self.path);
+        let txn = self
+            .db()
+            .map_err(&err)?
+            .begin_read()
+            .map_err(|e| err(e.to_string()))?;
+        let table = txn.open_table(CHECKPOINT).map_err(|e| err(e.to_string()))?;
+        let Some(value) = table.get("latest").map_err(|e| err(e.to_string()))? else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| DataError::Corrupt {
+            path: self.path.clone(),
+            what: "checkpoint".into(),
+            reason,
+        };
+        let mut checkpoint = Checkpoint::decode(value.value()).map_err(corrupt)?;
+        if let Some(builds) = table.get("builds").map_err(|e| err(e.to_string()))? {
+            checkpoint.builds = serde_json::from_slice(builds.value())
+                .map_err(|e| corrupt(format!("builds: {e}")))?;
+        }
+        Ok(Some(checkpoint))
+    }
+}
+
+/// How much of the log is kept. Records are only ever dropped once a
+/// checkpoint covers them, so a restart never needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep every record (the default; reprojection needs the whole log).
+    All,
+    /// Keep the last N records.
+    Records(u64),
+    /// Keep records logged within this long.
+    Age(Duration),
+    /// Keep the newest records up to this many bytes.
+    Bytes(u64),
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+
+    /// `all`, `records:N`, `age:SECS` or `bytes:N`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let number = |value: &str| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("{value:?} is not a number"))
+        };
+        match text.split_once(':') {
+            None if text == "all" => Ok(Retention::All),
+            Some(("records", n)) => Ok(Retention::Records(number(n)?)),
+            Some(("age", secs)) => Ok(Retention::Age(Duration::from_secs(number(secs)?))),
+            Some(("bytes", n)) => Ok(Retention::Bytes(number(n)?)),
+            _ => Err(format!(
+                "expected all, records:N, age:SECS or bytes:N, got {text:?}"
+            )),
+        }
+    }
+}
+
+impl EventLog {
+    /// Drops records covered by the checkpoint at `covered` that the policy
+    /// no longer keeps. Returns how many were dropped.
+    pub fn prune(&self, policy: Retention, covered: u64) -> Result<u64, String> {
+        if policy == Retention::All {
+            return Ok(0);
+        }
+        let txn = self.db()?.begin_write().map_err(|e| e.to_string())?;
+        let dropped;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            let last = log
+                .last()
+                .map_err(|e| e.to_string())?
+                .map_or(0, |(k, _)| k.value());
+            // The newest record the policy lets go, never past the checkpoint.
+            let cutoff = match policy {
+                Retention::All => 0,
+                Retention::Records(keep) => last.saturating_sub(keep),
+                Retention::Age(age) => {
+                    let oldest_kept = now_ms().saturating_sub(age.as_millis() as u64);
+                    let mut cutoff = 0;
+                    for entry in log.iter().map_err(|e| e.to_string())? {
+                        let (key, value) = entry.map_err(|e| e.to_string())?;
+                        match LogRecord::decode(key.value(), value.value()) {
+                            Ok(record) if record.logged_at_ms < oldest_kept => cutoff = key.value(),
+                            _ => break,
+                        }
+                    }
+                    cutoff
+                }
+                Retention::Bytes(keep) => {
+                    let mut kept = 0u64;
+                    let mut cutoff = 0;
+                    for entry in log.iter().map_err(|e| e.to_string())?.rev() {
+                        let (key, value) = entry.map_err(|e| e.to_string())?;
+                        kept += value.value().len() as u64;
+                        if kept > keep {
+                            cutoff = key.value();
+                            break;
+                        }
+                    }
+                    cutoff
+                }
+            }
+            .min(covered);
+            let doomed: Vec<u64> = log
+                .range(..=cutoff)
+                .map_err(|e| e.to_string())?
+                .filter_map(|e| e.ok().map(|(k, _)| k.value()))
+                .collect();
+            for rec in &doomed {
+                log.remove(rec).map_err(|e| e.to_string())?;
+            }
+            dropped = doomed.len() as u64;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(dropped)
+    }
+}

@@ -238,6 +238,10 @@ pub enum BuildEventKind {
     /// Its projector process died (or was killed, stuck) three times
     /// within a minute.
     Crashed,
+    /// It replaced the running build of the same plugin (`from`).
+    Swapped,
+    /// A reprojection rebuilt its entities and swapped them in.
+    Reprojected,
 }
 
 /// One entry of a plugin file's history.
@@ -253,9 +257,12 @@ pub struct BuildEvent {
     /// The build's fingerprint, when it was read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
-    /// Why (refused, stuck).
+    /// Why (refused, stuck, crashed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A swap: the fingerprint of the build it replaced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 impl PluginReport {
@@ -315,7 +322,17 @@ impl PluginReport {
             version,
             fingerprint,
             error,
+            from: None,
         });
+    }
+
+    /// Records that this build replaced the running build `from` (a
+    /// fingerprint) of the same plugin.
+    pub fn record_swap(&mut self, from: String) {
+        self.record(BuildEventKind::Swapped, None);
+        if let Some(event) = self.history.back_mut() {
+            event.from = Some(from);
+        }
     }
 }
 

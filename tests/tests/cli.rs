@@ -215,6 +215,63 @@ async fn vista_plugins_prints_the_plugin_table() {
     );
 }
 
+/// The games entry of `GET /plugins` and its latest history event.
+fn games_entry(plugins: &Value) -> Option<(Value, Value)> {
+    let entry = plugins
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == "games" && p["state"] == "loaded")?;
+    let last = entry["history"].as_array()?.last()?.clone();
+    Some((entry.clone(), last))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_history_records_swaps_and_reprojections() {
+    let host = Host::with_games().await;
+    let (_, plugins) = host.get_json("/plugins").await;
+    let (first, _) = games_entry(&plugins).expect("games loaded");
+    let old = first["fingerprint"].as_str().unwrap().to_owned();
+    // Another build of the same plugin over the same file: a swap.
+    let variant = vista_tests::variant_artifact("vista-games", "vista_games", "alt-views");
+    std::fs::copy(variant, host.plugins_dir.join("games.so")).unwrap();
+    let plugins = host
+        .wait_for_plugins("the swap in the history", |p| {
+            games_entry(p).is_some_and(|(_, last)| last["event"] == "swapped")
+        })
+        .await;
+    let (entry, swapped) = games_entry(&plugins).unwrap();
+    let new = entry["fingerprint"].as_str().unwrap().to_owned();
+    assert_ne!(old, new, "a different build");
+    assert_eq!(swapped["from"], old.as_str(), "{swapped}");
+    assert_eq!(swapped["fingerprint"], new.as_str(), "{swapped}");
+    let table = |host: &Host| {
+        let output = Command::new(vista_binary())
+            .args(["plugins", "--url", &host.http_url()])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let shown = table(&host);
+    assert!(
+        shown.contains(&format!("swapped {} -> {}", &old[..8], &new[..8])),
+        "{shown}"
+    );
+    // A reprojection is recorded too.
+    let status = reqwest::Client::new()
+        .post(format!("{}/plugins/games/reproject", host.http_url()))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    host.wait_for_plugins("the reprojection in the history", |p| {
+        games_entry(p).is_some_and(|(_, last)| last["event"] == "reprojected")
+    })
+    .await;
+    assert!(table(&host).contains("reprojected"), "{}", table(&host));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vista_tail_draws_a_table_in_the_views_order_cut_to_the_width() {
     let host = Host::with_tokens_and_games().await;

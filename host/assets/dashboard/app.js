@@ -94,7 +94,7 @@ function drawPlugins(plugins) {
       const item = document.createElement('li');
       item.className = h.event;
       item.dataset.build = h.fingerprint ?? '';
-      item.textContent = `${time(h.at)} ${h.event}${h.version ? ` ${h.version}` : ''}${h.fingerprint ? ` ${h.fingerprint}` : ''}${
+      item.textContent = `${time(h.at)} ${h.event}${h.version ? ` ${h.version}` : ''}${h.from ? ` ${h.from} →` : ''}${h.fingerprint ? ` ${h.fingerprint}` : ''}${
         h.error ? `: ${h.error}` : ''
       }`;
       list.append(item);

@@ -616,22 +616,42 @@ pub async fn plugins(url: &str, token: Option<&str>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:<12} {:<22} {:<10} {:<40} last error",
-        "name", "version", "state", "file"
+        "{:<12} {:<22} {:<10} {:<40} {:<34} last error",
+        "name", "version", "state", "file", "last event"
     )?;
     for plugin in plugins {
         let text = |field: &str| plugin[field].as_str().unwrap_or("-").to_owned();
         writeln!(
             out,
-            "{:<12} {:<22} {:<10} {:<40} {}",
+            "{:<12} {:<22} {:<10} {:<40} {:<34} {}",
             text("name"),
             text("version"),
             text("state"),
             text("file"),
+            last_event(&plugin["history"]),
             text("last_error")
         )?;
     }
     Ok(())
+}
+
+/// A plugin file's latest history entry, one short phrase: `swapped
+/// 1a2b3c4d -> 5e6f7a8b`, `reprojected`, `loaded 5e6f7a8b`, ...
+fn last_event(history: &Value) -> String {
+    let Some(last) = history.as_array().and_then(|h| h.last()) else {
+        return "-".into();
+    };
+    let short = |field: &str| {
+        last[field]
+            .as_str()
+            .map(|f| f.chars().take(8).collect::<String>())
+    };
+    let event = last["event"].as_str().unwrap_or("?");
+    match (short("from"), short("fingerprint")) {
+        (Some(from), Some(to)) => format!("{event} {from} -> {to}"),
+        (None, Some(build)) => format!("{event} {build}"),
+        _ => event.to_owned(),
+    }
 }
 
 /// `vista dead-letters`: `GET /admin/dead-letters?format=ndjson`, printed

@@ -185,6 +185,9 @@ impl Engine {
             ..PluginReport::of_build(&lib, PluginState::Loaded)
         };
         report.record(BuildEventKind::Loaded, None);
+        if let Some(previous) = &previous {
+            report.record_swap(previous.lib.fingerprint.clone());
+        }
         self.reports.insert(lib.file.clone(), report);
         self.plugins.insert(
             name.clone(),

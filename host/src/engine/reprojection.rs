@@ -14,6 +14,7 @@ use vista_plugin_api::{Hidden, Mutation};
 use super::pipeline::{Pipeline, REPROJECTION_TICKET};
 use super::recover::Storage;
 use super::{Command, Engine, ReprojectError};
+use crate::plugins::BuildEventKind;
 use crate::reproject::{ReprojectReport, Reprojector};
 use crate::store::Store;
 
@@ -184,6 +185,9 @@ impl Engine {
         if let Some(r) = self.reprojections.get_mut(plugin) {
             r.state = "done";
             r.changed = Some(changed);
+        }
+        if let Some(report) = self.reports.get_mut(&lib.file) {
+            report.record(BuildEventKind::Reprojected, None);
         }
         // Committed like a request: its `_seq`s are reserved by a log
         // record of no stream (replay skips it: the rebuilt state is what

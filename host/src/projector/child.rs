@@ -24,12 +24,12 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde_json::Value;
-use vista_plugin_api::{Hidden, Mutation};
+use vista_plugin_api::{apply_mutation, Hidden, Mutation};
 
 use super::overlay::{project_request, Base};
 use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
 use crate::ingest::IngestBody;
-use crate::store::Store;
+use crate::vocab::FastMap;
 
 /// Runs the projector process until the host closes stdin; the exit code
 /// is 0 then, 2 if the file is no usable plugin, 3 on a protocol error.
@@ -75,7 +75,7 @@ pub fn run(file: &Path) -> i32 {
         return 3;
     }
     let owned: HashSet<String> = manifest.entities.iter().map(|e| e.name.clone()).collect();
-    let mut mirror = Store::new();
+    let mut mirror = Mirror::default();
     // The last request projected, until the host settles it.
     let mut unsettled: Option<(u64, Vec<Mutation>)> = None;
     loop {
@@ -86,17 +86,16 @@ pub fn run(file: &Path) -> i32 {
         };
         match message {
             ToChild::Load { rows, pending } => {
-                let mut entities = Vec::with_capacity(rows.len());
-                let mut hidden = Vec::new();
+                mirror = Mirror::default();
                 for row in rows {
-                    if let Some(state) = row.hidden {
-                        hidden.push((row.entity.clone(), row.key.clone(), Arc::new(state)));
-                    }
-                    entities.push((row.entity, row.key, Arc::new(row.value)));
+                    let hidden = Arc::new(row.hidden.unwrap_or_default());
+                    mirror
+                        .by_type
+                        .entry(row.entity)
+                        .or_default()
+                        .insert(row.key, (Arc::new(row.value), hidden));
                 }
-                mirror = Store::new();
-                mirror.restore(entities, hidden, 0);
-                for mutation in pending {
+                for mutation in &pending {
                     mirror.apply(mutation);
                 }
                 unsettled = None;
@@ -104,7 +103,7 @@ pub fn run(file: &Path) -> i32 {
             ToChild::Settle { ticket, applied } => {
                 if let Some((projected, mutations)) = unsettled.take() {
                     if projected == ticket && applied {
-                        for mutation in mutations {
+                        for mutation in &mutations {
                             mirror.apply(mutation);
                         }
                     }
@@ -145,10 +144,40 @@ pub fn run(file: &Path) -> i32 {
     }
 }
 
+/// The plugin's own entities as the host has them (their `_seq` as of the
+/// load: only the host assigns it), each with its hidden aggregate state. Lighter
+/// than the host's [`crate::store::Store`]: no tombstones, no sequence, no
+/// change records, just [`apply_mutation`], the rule the store applies too.
+#[derive(Default)]
+struct Mirror {
+    by_type: FastMap<String, FastMap<String, (Arc<Value>, Arc<Hidden>)>>,
+}
+
+impl Mirror {
+    fn get(&self, entity: &str, key: &str) -> Option<&(Arc<Value>, Arc<Hidden>)> {
+        self.by_type.get(entity)?.get(key)
+    }
+
+    fn apply(&mut self, mutation: &Mutation) {
+        let table = self.by_type.entry(mutation.entity.clone()).or_default();
+        let (mut value, mut hidden) = match table.remove(&mutation.key) {
+            Some((value, hidden)) => (
+                Some(Arc::unwrap_or_clone(value)),
+                Arc::unwrap_or_clone(hidden),
+            ),
+            None => (None, Hidden::default()),
+        };
+        apply_mutation(&mut value, &mut hidden, mutation);
+        if let Some(value) = value {
+            table.insert(mutation.key.clone(), (Arc::new(value), Arc::new(hidden)));
+        }
+    }
+}
+
 /// What a projection in the child reads: its mirror for the plugin's own
 /// entities, the host for anything else.
 struct ChildBase<'a, R, W> {
-    mirror: &'a Store,
+    mirror: &'a Mirror,
     owned: &'a HashSet<String>,
     host: std::cell::RefCell<(&'a mut R, &'a mut W)>,
 }
@@ -178,7 +207,7 @@ impl<R: std::io::Read, W: std::io::Write> ChildBase<'_, R, W> {
 impl<R: std::io::Read, W: std::io::Write> Base for ChildBase<'_, R, W> {
     fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
         if self.owned.contains(entity) {
-            self.mirror.get(entity, key).cloned()
+            self.mirror.get(entity, key).map(|(value, _)| value.clone())
         } else {
             self.ask_host(entity, key)
         }
@@ -186,7 +215,10 @@ impl<R: std::io::Read, W: std::io::Write> Base for ChildBase<'_, R, W> {
 
     fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
         if self.owned.contains(entity) {
-            self.mirror.value_with_hidden(entity, key)
+            match self.mirror.get(entity, key) {
+                Some((value, hidden)) => (Some(value.clone()), hidden.clone()),
+                None => (None, Arc::default()),
+            }
         } else {
             (self.ask_host(entity, key), Arc::default())
         }

@@ -110,6 +110,9 @@ pub fn run(file: &Path) -> i32 {
                 }
             }
             ToChild::Job { ticket, stream } => {
+                // Each event's mutations as the plugin wrote them: sent on
+                // as they are rather than serialized again.
+                let texts = std::cell::RefCell::new(Vec::new());
                 let outcome = match IngestBody::parse(blob.into()) {
                     Err(malformed) => Err((malformed.position, malformed.message)),
                     Ok(body) => {
@@ -121,7 +124,11 @@ pub fn run(file: &Path) -> i32 {
                         project_request(
                             &manifest,
                             |stream, json, reader| {
-                                crate::plugins::project_with(&module, stream, json, reader)
+                                let (mutations, text) = crate::plugins::project_with_text(
+                                    &module, stream, json, reader,
+                                )?;
+                                texts.borrow_mut().push(text);
+                                Ok(mutations)
                             },
                             &base,
                             &[],
@@ -132,16 +139,48 @@ pub fn run(file: &Path) -> i32 {
                         .map_err(|failure| (failure.position, failure.message))
                     }
                 };
-                if let Ok(produced) = &outcome {
-                    unsettled = Some((ticket, produced.iter().flatten().cloned().collect()));
-                }
-                if write_frame(&mut output, &FromChild::Done { ticket, outcome }, b"").is_err() {
+                let written = match outcome {
+                    Ok(produced) => {
+                        unsettled = Some((ticket, produced.into_iter().flatten().collect()));
+                        write_done(&mut output, ticket, &texts.into_inner())
+                    }
+                    Err(failure) => write_frame(
+                        &mut output,
+                        &FromChild::Done {
+                            ticket,
+                            outcome: Err(failure),
+                        },
+                        b"",
+                    ),
+                };
+                if written.is_err() {
                     return 3;
                 }
             }
             ToChild::ReadReply { .. } => return 3,
         }
     }
+}
+
+/// Writes a successful [`FromChild::Done`] whose mutations are the plugin's
+/// own output texts, one JSON array per event (valid JSON: each was parsed).
+fn write_done(
+    output: &mut impl std::io::Write,
+    ticket: u64,
+    texts: &[String],
+) -> std::io::Result<()> {
+    let mut header = Vec::with_capacity(texts.iter().map(String::len).sum::<usize>() + 64);
+    header.extend_from_slice(
+        format!("{{\"Done\":{{\"ticket\":{ticket},\"outcome\":{{\"Ok\":[").as_bytes(),
+    );
+    for (index, text) in texts.iter().enumerate() {
+        if index > 0 {
+            header.push(b',');
+        }
+        header.extend_from_slice(text.as_bytes());
+    }
+    header.extend_from_slice(b"]}}}");
+    super::wire::write_raw_frame(output, &header, b"")
 }
 
 /// The plugin's own entities as the host has them (their `_seq` as of the
@@ -222,5 +261,51 @@ impl<R: std::io::Read, W: std::io::Write> Base for ChildBase<'_, R, W> {
         } else {
             (self.ask_host(entity, key), Arc::default())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_done_frame_of_plugin_texts_reads_back_as_the_mutations() {
+        let produced = vec![
+            vec![Mutation::patch("T", "a", serde_json::json!({"n": 1}))],
+            vec![],
+            vec![
+                Mutation::delete("T", "b"),
+                Mutation::patch("T", "c", serde_json::json!({})),
+            ],
+        ];
+        let texts: Vec<String> = produced
+            .iter()
+            .map(|event| serde_json::to_string(event).unwrap())
+            .collect();
+        let mut pipe = Vec::new();
+        write_done(&mut pipe, 9, &texts).unwrap();
+        let (message, _) = read_frame::<FromChild>(&mut &pipe[..]).unwrap().unwrap();
+        match message {
+            FromChild::Done { ticket, outcome } => {
+                assert_eq!(ticket, 9);
+                assert_eq!(outcome.unwrap(), produced);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_mirror_folds_mutations_as_the_store_does() {
+        let mut mirror = Mirror::default();
+        mirror.apply(&Mutation::patch(
+            "T",
+            "a",
+            serde_json::json!({"n": 1, "l": [1]}),
+        ));
+        mirror.apply(&Mutation::patch("T", "a", serde_json::json!({"l": [2]})).append("l"));
+        let (value, _) = mirror.get("T", "a").unwrap();
+        assert_eq!(**value, serde_json::json!({"n": 1, "l": [1, 2]}));
+        mirror.apply(&Mutation::delete("T", "a"));
+        assert!(mirror.get("T", "a").is_none());
     }
 }

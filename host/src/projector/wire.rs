@@ -111,6 +111,11 @@ pub enum FromChild {
 /// Writes one frame and flushes it.
 pub fn write_frame(out: &mut impl Write, header: &impl Serialize, blob: &[u8]) -> io::Result<()> {
     let header = serde_json::to_vec(header).map_err(io::Error::other)?;
+    write_raw_frame(out, &header, blob)
+}
+
+/// Writes one frame whose header is JSON text already, and flushes it.
+pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::Result<()> {
     out.write_all(&(header.len() as u32).to_le_bytes())?;
     out.write_all(&(blob.len() as u32).to_le_bytes())?;
     out.write_all(&header)?;

@@ -44,8 +44,9 @@ LG=target/release/loadgen
 VISTA=target/release/vista
 TMP=$(mktemp -d)
 SERVER_PID=
+EXTRA_PIDS=()
 cleanup() {
-    if [[ -n $SERVER_PID ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
+    for pid in $SERVER_PID "${EXTRA_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -132,7 +133,7 @@ if want trades4k; then
     declare -A T4K_ADDR T4K_PID
     for mode in thread process; do
         start_vista "$mode" "$TMP/t4k-$mode" --data "$TMP/t4k-$mode/data"
-        T4K_ADDR[$mode]=$ADDR; T4K_PID[$mode]=$SERVER_PID; SERVER_PID=
+        T4K_ADDR[$mode]=$ADDR; T4K_PID[$mode]=$SERVER_PID; EXTRA_PIDS+=("$SERVER_PID"); SERVER_PID=
     done
     for rep in $(seq 1 "$TRADES_REPS"); do
         for mode in $(modes_for "$rep"); do
@@ -150,6 +151,7 @@ for i in range(4000): print('{\"type\":\"trade\",\"id\":\"t%d-%d\",\"mint\":\"$m
         done
     done
     for mode in thread process; do kill "${T4K_PID[$mode]}"; wait "${T4K_PID[$mode]}" 2>/dev/null || true; done
+    EXTRA_PIDS=()
     jq -s '{runs: .}' "$TMP"/t4k-*.row > "$OUT/$TAG-trades4k.json"
 fi
 

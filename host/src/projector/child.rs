@@ -5,8 +5,8 @@
 //! projects what the host sends, one request at a time, over a *mirror* of
 //! the plugin's own entities: the host loads it at start
 //! ([`ToChild::Load`]) and the child keeps it in step by folding in each
-//! request's mutations once the host says the request is applied
-//! ([`ToChild::Settle`]). Only a plugin writes its own entities, so the
+//! request's mutations once the host says the request is applied (with
+//! the next [`ToChild::Job`]). Only a plugin writes its own entities, so the
 //! mirror is exact, and the common read (a projector reading what it wrote
 //! before) costs no round trip. A read of another plugin's entity asks the
 //! host ([`FromChild::Read`]).
@@ -100,16 +100,20 @@ pub fn run(file: &Path) -> i32 {
                 }
                 unsettled = None;
             }
-            ToChild::Settle { ticket, applied } => {
-                if let Some((projected, mutations)) = unsettled.take() {
-                    if projected == ticket && applied {
+            ToChild::Job {
+                ticket,
+                stream,
+                settle,
+            } => {
+                if let (Some((settled, applied)), Some((projected, mutations))) =
+                    (settle, unsettled.take())
+                {
+                    if projected == settled && applied {
                         for mutation in &mutations {
                             mirror.apply(mutation);
                         }
                     }
                 }
-            }
-            ToChild::Job { ticket, stream } => {
                 // Each event's mutations as the plugin wrote them: sent on
                 // as they are rather than serialized again.
                 let texts = std::cell::RefCell::new(Vec::new());

@@ -126,6 +126,8 @@ pub struct ProcessProjector {
     store: SharedStore,
     done: Done,
     running: Option<Running>,
+    /// The fate of the last request, told to the child with the next one.
+    settled: Option<(u64, bool)>,
 }
 
 impl ProcessProjector {
@@ -140,6 +142,7 @@ impl ProcessProjector {
             store,
             done: Arc::new(done),
             running: None,
+            settled: None,
         };
         projector.restart(&[])?;
         Ok(projector)
@@ -238,6 +241,7 @@ impl Drop for ProcessProjector {
 
 impl Projector for ProcessProjector {
     fn submit(&mut self, job: ProjectJob) -> bool {
+        let settle = self.settled.take();
         let Some(running) = &self.running else {
             return false;
         };
@@ -254,13 +258,14 @@ impl Projector for ProcessProjector {
             &ToChild::Job {
                 ticket: job.ticket,
                 stream: job.stream.to_string(),
+                settle,
             },
             job.body.raw(),
         )
     }
 
     fn settle(&mut self, ticket: u64, applied: bool) {
-        self.send(&ToChild::Settle { ticket, applied }, b"");
+        self.settled = Some((ticket, applied));
     }
 
     fn progress(&self) -> u64 {
@@ -281,6 +286,8 @@ impl Projector for ProcessProjector {
         if let Some(old) = self.running.take() {
             old.retire();
         }
+        // The new child's mirror is loaded as the host has it now.
+        self.settled = None;
         let spawned = spawn(&self.build().copy, &self.build().settings)?;
         self.run(spawned, pending);
         Ok(())

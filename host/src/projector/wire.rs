@@ -48,14 +48,11 @@ pub enum ToChild {
         ticket: u64,
         /// The stream it arrived on.
         stream: String,
-    },
-    /// The request's fate: applied (the child folds its mutations into the
-    /// mirror) or refused (they are dropped).
-    Settle {
-        /// The request's ticket.
-        ticket: u64,
-        /// Whether it is applied.
-        applied: bool,
+        /// The fate of the child's previous request, if not told yet:
+        /// (its ticket, applied). Applied, the child folds its mutations
+        /// into the mirror first; refused, it drops them. Told with the
+        /// next request rather than on its own, it costs no wake-up.
+        settle: Option<(u64, bool)>,
     },
     /// The answer to [`FromChild::Read`].
     ReadReply {
@@ -256,15 +253,17 @@ mod tests {
             &ToChild::Job {
                 ticket: 7,
                 stream: "s".into(),
+                settle: None,
             },
             b"{\"a\":1}\n",
         )
         .unwrap();
         write_frame(
             &mut pipe,
-            &ToChild::Settle {
-                ticket: 7,
-                applied: true,
+            &ToChild::Job {
+                ticket: 8,
+                stream: "s".into(),
+                settle: Some((7, true)),
             },
             b"",
         )
@@ -276,9 +275,10 @@ mod tests {
         let (second, _) = read_frame::<ToChild>(&mut input).unwrap().unwrap();
         assert!(matches!(
             second,
-            ToChild::Settle {
-                ticket: 7,
-                applied: true
+            ToChild::Job {
+                ticket: 8,
+                settle: Some((7, true)),
+                ..
             }
         ));
         assert!(read_frame::<ToChild>(&mut input).unwrap().is_none());

@@ -410,10 +410,13 @@ async fn run_dashboard(host: &Host, browser: &Client) -> Result<(), String> {
     )
     .await;
     assert_eq!(reloaded["state"], "loaded", "{reloaded}");
-    assert_eq!(reloaded["history"], 2, "{reloaded}");
+    // loaded (first build), loaded (the new one), swapped (old -> new).
+    assert_eq!(reloaded["history"], 3, "{reloaded}");
     let latest = reloaded["latest"].as_str().unwrap();
+    let old_build = tokens["build"].as_str().unwrap();
     assert!(
-        latest.contains("loaded") && latest.contains(&new_build),
+        latest.contains("swapped")
+            && latest.contains(&format!("{old_build} → {new_build}")),
         "{reloaded}"
     );
     // The inspector keeps streaming through the reload.

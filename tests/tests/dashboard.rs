@@ -415,8 +415,7 @@ async fn run_dashboard(host: &Host, browser: &Client) -> Result<(), String> {
     let latest = reloaded["latest"].as_str().unwrap();
     let old_build = tokens["build"].as_str().unwrap();
     assert!(
-        latest.contains("swapped")
-            && latest.contains(&format!("{old_build} → {new_build}")),
+        latest.contains("swapped") && latest.contains(&format!("{old_build} → {new_build}")),
         "{reloaded}"
     );
     // The inspector keeps streaming through the reload.

@@ -17,7 +17,10 @@ fn newcomer_block(readme: &str) -> String {
         .split_once("```sh\n")
         .expect("a sh block follows the marker")
         .1;
-    body.split_once("\n```").expect("the block ends").0.to_owned()
+    body.split_once("\n```")
+        .expect("the block ends")
+        .0
+        .to_owned()
 }
 
 fn free_port() -> u16 {

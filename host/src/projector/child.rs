@@ -5,8 +5,10 @@
 //! projects what the host sends, one request at a time, over a *mirror* of
 //! the plugin's own entities: the host loads it at start
 //! ([`ToChild::Load`]) and the child keeps it in step by folding in each
-//! request's mutations once the host says the request is applied (with
-//! the next [`ToChild::Job`]). Only a plugin writes its own entities, so the
+//! request's mutations right after answering it (most requests are
+//! applied; the host commits meanwhile), keeping what they replaced until
+//! the host says, with the next [`ToChild::Job`], whether the request was
+//! applied; a refused one is taken back out. Only a plugin writes its own entities, so the
 //! mirror is exact, and the common read (a projector reading what it wrote
 //! before) costs no round trip. A read of another plugin's entity asks the
 //! host ([`FromChild::Read`]).
@@ -76,8 +78,9 @@ pub fn run(file: &Path) -> i32 {
     }
     let owned: HashSet<String> = manifest.entities.iter().map(|e| e.name.clone()).collect();
     let mut mirror = Mirror::default();
-    // The last request projected, until the host settles it.
-    let mut unsettled: Option<(u64, Vec<Mutation>)> = None;
+    // The last request projected, folded into the mirror already (most
+    // requests are applied), with what it replaced, until the host says.
+    let mut unsettled: Option<(u64, Undo)> = None;
     loop {
         let (message, blob) = match read_frame::<ToChild>(&mut input) {
             Ok(Some(frame)) => frame,
@@ -105,13 +108,10 @@ pub fn run(file: &Path) -> i32 {
                 stream,
                 settle,
             } => {
-                if let (Some((settled, applied)), Some((projected, mutations))) =
-                    (settle, unsettled.take())
-                {
-                    if projected == settled && applied {
-                        for mutation in &mutations {
-                            mirror.apply(mutation);
-                        }
+                if let Some((projected, undo)) = unsettled.take() {
+                    // Refused (or never settled): put back what it replaced.
+                    if settle != Some((projected, true)) {
+                        mirror.undo(undo);
                     }
                 }
                 // Each event's mutations as the plugin wrote them: sent on
@@ -143,22 +143,24 @@ pub fn run(file: &Path) -> i32 {
                         .map_err(|failure| (failure.position, failure.message))
                     }
                 };
-                let written = match outcome {
-                    Ok(produced) => {
-                        unsettled = Some((ticket, produced.into_iter().flatten().collect()));
-                        write_done(&mut output, ticket, &texts.into_inner())
-                    }
+                let written = match &outcome {
+                    Ok(_) => write_done(&mut output, ticket, &texts.into_inner()),
                     Err(failure) => write_frame(
                         &mut output,
                         &FromChild::Done {
                             ticket,
-                            outcome: Err(failure),
+                            outcome: Err(failure.clone()),
                         },
                         b"",
                     ),
                 };
                 if written.is_err() {
                     return 3;
+                }
+                // Folded now, while the host commits, rather than when the
+                // next request comes: the answer went first.
+                if let Ok(produced) = outcome {
+                    unsettled = Some((ticket, mirror.apply_all(produced.iter().flatten())));
                 }
             }
             ToChild::ReadReply { .. } => return 3,
@@ -196,9 +198,38 @@ struct Mirror {
     by_type: FastMap<String, FastMap<String, (Arc<Value>, Arc<Hidden>)>>,
 }
 
+/// What a request's mutations replaced in the mirror: each key it touched
+/// with its entry before (`None`: absent), to put back if it is refused.
+type Undo = Vec<(String, String, Option<(Arc<Value>, Arc<Hidden>)>)>;
+
 impl Mirror {
     fn get(&self, entity: &str, key: &str) -> Option<&(Arc<Value>, Arc<Hidden>)> {
         self.by_type.get(entity)?.get(key)
+    }
+
+    /// Applies a request's mutations, returning how to undo them.
+    fn apply_all<'m>(&mut self, mutations: impl Iterator<Item = &'m Mutation>) -> Undo {
+        let mut undo: Undo = Vec::new();
+        let mut saved: HashSet<(&str, &str)> = HashSet::new();
+        for mutation in mutations {
+            if saved.insert((&mutation.entity, &mutation.key)) {
+                let before = self.get(&mutation.entity, &mutation.key).cloned();
+                undo.push((mutation.entity.clone(), mutation.key.clone(), before));
+            }
+            self.apply(mutation);
+        }
+        undo
+    }
+
+    /// Puts back what [`Mirror::apply_all`] replaced.
+    fn undo(&mut self, undo: Undo) {
+        for (entity, key, before) in undo {
+            let table = self.by_type.entry(entity).or_default();
+            match before {
+                Some(entry) => table.insert(key, entry),
+                None => table.remove(&key),
+            };
+        }
     }
 
     fn apply(&mut self, mutation: &Mutation) {
@@ -296,6 +327,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_refused_request_is_taken_back_out_of_the_mirror() {
+        let mut mirror = Mirror::default();
+        mirror.apply(&Mutation::patch("T", "a", serde_json::json!({"n": 1})));
+        let request = [
+            Mutation::patch("T", "a", serde_json::json!({"n": 2})),
+            Mutation::patch("T", "b", serde_json::json!({"n": 3})),
+            Mutation::patch("T", "a", serde_json::json!({"m": 4})),
+        ];
+        let undo = mirror.apply_all(request.iter());
+        assert_eq!(
+            *mirror.get("T", "a").unwrap().0,
+            serde_json::json!({"n": 2, "m": 4})
+        );
+        mirror.undo(undo);
+        assert_eq!(
+            *mirror.get("T", "a").unwrap().0,
+            serde_json::json!({"n": 1})
+        );
+        assert!(mirror.get("T", "b").is_none());
     }
 
     #[test]

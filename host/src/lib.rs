@@ -19,8 +19,13 @@
 //! - [`protocol`]: parsing client messages (both message forms).
 //! - [`engine`]: the single owner of plugins, store, views and outboxes,
 //!   on its own thread, reached through commands.
-//! - [`projector`]: one thread per plugin build running its projector,
-//!   with deadlines, and the overlay a request's reads go through.
+//! - [`projector`]: running a plugin build's projector, behind one
+//!   interface: in a child process of its own (the default: a crash costs
+//!   one request) or on a thread; the overlay a request's reads go through.
+//! - [`dead_letters`]: the events plugins refused or crashed on, kept for
+//!   an operator to fix and re-ingest.
+//! - [`supervise`]: a panic on the engine or the log writer fails the
+//!   process loudly instead of leaving it half alive.
 //! - [`ingest`]: splitting an ingest body into events.
 //! - [`durable`]: the event log (redb), its writer thread and checkpoints.
 //! - [`cluster`]: scale-out: several hosts sharing a NATS JetStream stream
@@ -28,7 +33,8 @@
 //! - [`reproject`]: rebuilding a plugin's entities from the log through a
 //!   new build, in the background, then swapping.
 //! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
-//!   checked first in a child process (`vista plugin check`).
+//!   checked first in a child process (`vista plugin check`), whose answer
+//!   is all the host learns of a build it runs in projector processes.
 //! - [`store`]: entities and `_seq` stamping.
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
 //! - [`filters`]: per-subscription `filters` (dot path -> value), parsed and

@@ -115,7 +115,35 @@ impl Running {
             unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
         }
     }
+
+    /// Lets the child answer the request it is projecting (its build was
+    /// swapped out or unloaded under it: the engine still waits for that
+    /// answer, as it would from a projector thread), then ends it: its
+    /// stdin is closed once it has no request, and it is killed if it
+    /// still runs after [`RETIRE_GRACE`].
+    fn retire_after_current(self) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.retired = true;
+            if state.current.is_none() {
+                let _ = self.to_child.send(CLOSE_STDIN);
+            }
+        }
+        let _ = std::thread::Builder::new()
+            .name("retire-projector".into())
+            .spawn(move || {
+                std::thread::sleep(RETIRE_GRACE);
+                self.retire();
+            });
+    }
 }
+
+/// A frame that tells the writer thread to close the child's stdin (real
+/// frames are never empty).
+const CLOSE_STDIN: Vec<u8> = Vec::new();
+
+/// How long a swapped-out child may take to answer its last request.
+const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The answer callback, shared by every reader thread of one projector.
 type Done = Arc<dyn Fn(Projected) + Send + Sync>;
@@ -234,7 +262,7 @@ impl ProcessProjector {
 impl Drop for ProcessProjector {
     fn drop(&mut self) {
         if let Some(running) = self.running.take() {
-            running.retire();
+            running.retire_after_current();
         }
     }
 }
@@ -302,12 +330,14 @@ impl Projector for ProcessProjector {
 fn write_frames(stdin: ChildStdin, frames: mpsc::Receiver<Vec<u8>>) {
     let mut stdin = BufWriter::new(stdin);
     while let Ok(frame) = frames.recv() {
-        if stdin.write_all(&frame).is_err() {
-            return;
+        if frame.is_empty() || stdin.write_all(&frame).is_err() {
+            let _ = stdin.flush();
+            return; // CLOSE_STDIN, or the child is gone
         }
         // Batch what is already queued into one flush.
         while let Ok(more) = frames.try_recv() {
-            if stdin.write_all(&more).is_err() {
+            if more.is_empty() || stdin.write_all(&more).is_err() {
+                let _ = stdin.flush();
                 return;
             }
         }
@@ -356,7 +386,14 @@ impl Reader {
                         .send(encode(&ToChild::ReadReply { value }, b""));
                 }
                 Ok(Some((FromChild::Done { ticket, outcome }, _))) => {
-                    self.state.lock().unwrap_or_else(|e| e.into_inner()).current = None;
+                    {
+                        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                        state.current = None;
+                        if state.retired {
+                            // Its last answer: the child may go.
+                            let _ = self.to_child.send(CLOSE_STDIN);
+                        }
+                    }
                     (self.done)(Projected {
                         ticket,
                         plugin: self.plugin.clone(),

@@ -457,6 +457,26 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
     })
 }
 
+/// Removes copies in `cache_dir` left by hosts that are gone: a copy is
+/// named `STEM-PID-N.so` and kept while its build runs in projector
+/// processes, so a host killed with SIGKILL leaves its copies behind.
+pub fn prune_stale_copies(cache_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return;
+    };
+    for path in entries.flatten().map(|e| e.path()) {
+        let pid = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|stem| stem.rsplitn(3, '-').nth(1))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 /// The first 16 hex digits of the SHA-256 of `path`'s bytes (the copy that
 /// is mapped, so the fingerprint names exactly the code that runs).
 fn fingerprint_of(path: &Path) -> std::io::Result<String> {
@@ -711,6 +731,22 @@ mod tests {
         let result = check_in_child(&exe, Path::new("/cache/x.so"), Duration::from_millis(500));
         let _ = std::fs::remove_file(exe);
         result
+    }
+
+    #[test]
+    fn copies_of_gone_hosts_are_pruned_and_ours_kept() {
+        let dir = std::env::temp_dir().join(format!("vista-prune-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ours = dir.join(format!("my-plugin-{}-0.so", std::process::id()));
+        // Pid 0 is never a host.
+        let gone = dir.join("my-plugin-0-3.so");
+        let other = dir.join("notes.txt");
+        for file in [&ours, &gone, &other] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        prune_stale_copies(&dir);
+        assert!(ours.exists() && other.exists() && !gone.exists());
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -59,6 +59,7 @@ impl Engine {
     /// Loads every `*.so` file of `dir` (sorted by name). Bad files are
     /// logged and reported; the rest load.
     pub fn load_plugin_dir(&mut self, dir: &Path) {
+        plugins::prune_stale_copies(&self.cache_dir);
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))

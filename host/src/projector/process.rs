@@ -58,6 +58,14 @@ fn spawn(copy: &Path, settings: &ProcessSettings) -> std::io::Result<Spawned> {
             if libc::dup2(progress_fd, wire::PROGRESS_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // A group of its own: a Ctrl-C or a signal to the host's group
+            // is the host's to handle (its shutdown), not a crash of every
+            // projector. And it dies with the thread that started it (the
+            // engine's, which lives as long as the host; a reprojection's,
+            // which is done with it), so a host killed by SIGKILL leaves
+            // no projector behind, not even a spinning one.
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             let cap = libc::rlimit {
                 rlim_cur: limit as libc::rlim_t,
                 rlim_max: limit as libc::rlim_t,

@@ -27,12 +27,15 @@
 //! cannot change between check and use. Without a checker (library use, unit
 //! tests) files are mapped in-process directly.
 
+mod cache;
+
+pub use cache::prune_stale_copies;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -343,8 +346,6 @@ pub fn unix_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-static NEXT_COPY: AtomicU64 = AtomicU64::new(0);
-
 /// The executable run as `EXE plugin check FILE` before a file is mapped.
 static CHECKER: OnceLock<PathBuf> = OnceLock::new();
 
@@ -410,18 +411,8 @@ pub fn check_answer(file: &Path) -> CheckAnswer {
 ///
 /// Error texts name `file`, never the cache copy.
 pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
-    std::fs::create_dir_all(cache_dir)?;
-    let stem = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin");
-    let mapped = cache_dir.join(format!(
-        "{stem}-{}-{}.so",
-        std::process::id(),
-        NEXT_COPY.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::copy(file, &mapped)?;
-    let fingerprint = fingerprint_of(&mapped)?;
+    let mapped = cache::copy_in(file, cache_dir)?;
+    let fingerprint = cache::fingerprint_of(&mapped)?;
     if let Some(settings) = PROCESS_ISOLATION.get() {
         // The check's answer carries the manifest; projector processes map
         // the copy (every restarted one again), which stays until the build
@@ -455,34 +446,6 @@ pub fn load(file: &Path, cache_dir: &Path) -> Result<PluginLibrary, LoadError> {
         fingerprint,
         code: Code::Mapped(module),
     })
-}
-
-/// Removes copies in `cache_dir` left by hosts that are gone: a copy is
-/// named `STEM-PID-N.so` and kept while its build runs in projector
-/// processes, so a host killed with SIGKILL leaves its copies behind.
-pub fn prune_stale_copies(cache_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(cache_dir) else {
-        return;
-    };
-    for path in entries.flatten().map(|e| e.path()) {
-        let pid = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|stem| stem.rsplitn(3, '-').nth(1))
-            .and_then(|pid| pid.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-}
-
-/// The first 16 hex digits of the SHA-256 of `path`'s bytes (the copy that
-/// is mapped, so the fingerprint names exactly the code that runs).
-fn fingerprint_of(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(std::fs::read(path)?);
-    Ok(digest[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Maps `path` in this process and checks it: header, layout, contract
@@ -731,22 +694,6 @@ mod tests {
         let result = check_in_child(&exe, Path::new("/cache/x.so"), Duration::from_millis(500));
         let _ = std::fs::remove_file(exe);
         result
-    }
-
-    #[test]
-    fn copies_of_gone_hosts_are_pruned_and_ours_kept() {
-        let dir = std::env::temp_dir().join(format!("vista-prune-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ours = dir.join(format!("my-plugin-{}-0.so", std::process::id()));
-        // Pid 0 is never a host.
-        let gone = dir.join("my-plugin-0-3.so");
-        let other = dir.join("notes.txt");
-        for file in [&ours, &gone, &other] {
-            std::fs::write(file, b"x").unwrap();
-        }
-        prune_stale_copies(&dir);
-        assert!(ours.exists() && other.exists() && !gone.exists());
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

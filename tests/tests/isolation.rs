@@ -420,7 +420,10 @@ async fn crashed_and_refused_lines_are_listed_as_dead_letters() {
     };
     let crashed = find("projector-crashed");
     let refused = find("projector-error");
-    for (letter, event) in [(&crashed, json!({"type": "abort"})), (&refused, bogus)] {
+    for (letter, event) in [
+        (&crashed, json!({"type": "abort"})),
+        (&refused, bogus.clone()),
+    ] {
         assert_eq!(letter["plugin"], "crashy", "{letter}");
         assert_eq!(letter["fingerprint"], fingerprint, "{letter}");
         assert_eq!(letter["stream"], "crash", "{letter}");
@@ -454,6 +457,20 @@ async fn crashed_and_refused_lines_are_listed_as_dead_letters() {
         .collect();
     assert!(exported.iter().all(Value::is_object), "{text}");
     assert_eq!(exported, letters);
+
+    // `vista dead-letters --events`: the events alone, ready to re-ingest.
+    let output = std::process::Command::new(vista_tests::vista_binary())
+        .args(["dead-letters", "--events", "--url", &host.http_url()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected: Vec<Value> = letters.iter().map(|l| l["event"].clone()).collect();
+    assert_eq!(events, expected);
+    assert!(events.contains(&bogus), "{events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

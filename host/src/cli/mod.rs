@@ -592,9 +592,14 @@ fn apply(rows: &mut std::collections::BTreeMap<String, Value>, frame: &Value) {
     }
 }
 
-/// `vista plugins`: the plugin table.
-pub async fn plugins(url: &str, token: Option<&str>) -> anyhow::Result<()> {
-    let mut request = reqwest::Client::new().get(format!("{url}/plugins"));
+/// `GET path` of an admin route: the response, or the host's refusal as
+/// one line with its code and the fix.
+async fn admin_get(
+    url: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Response> {
+    let mut request = reqwest::Client::new().get(format!("{url}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -612,7 +617,12 @@ pub async fn plugins(url: &str, token: Option<&str>) -> anyhow::Result<()> {
             &Refused::Admin,
         ));
     }
-    let plugins: Vec<Value> = response.json().await?;
+    Ok(response)
+}
+
+/// `vista plugins`: the plugin table.
+pub async fn plugins(url: &str, token: Option<&str>) -> anyhow::Result<()> {
+    let plugins: Vec<Value> = admin_get(url, "/plugins", token).await?.json().await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -657,14 +667,10 @@ fn last_event(history: &Value) -> String {
 /// `vista dead-letters`: `GET /admin/dead-letters?format=ndjson`, printed
 /// as it comes (or only each letter's `event`).
 pub async fn dead_letters(url: &str, token: Option<&str>, events_only: bool) -> anyhow::Result<()> {
-    let mut request = reqwest::Client::new().get(format!("{url}/admin/dead-letters?format=ndjson"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.context("asking the host")?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    anyhow::ensure!(status == 200, "GET /admin/dead-letters: {status} {text}");
+    let text = admin_get(url, "/admin/dead-letters?format=ndjson", token)
+        .await?
+        .text()
+        .await?;
     let mut out = std::io::stdout().lock();
     for line in text.lines() {
         let printed = if events_only {

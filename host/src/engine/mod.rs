@@ -384,6 +384,12 @@ impl Env for Stage<'_> {
         loaded.worker.submit(job)
     }
 
+    fn needs_pending(&self, plugin: &str) -> bool {
+        self.plugins
+            .get(plugin)
+            .is_some_and(|p| p.worker.needs_pending())
+    }
+
     fn settle(&mut self, plugin: &str, ticket: u64, applied: bool) {
         if let Some(loaded) = self.plugins.get_mut(plugin) {
             loaded.worker.settle(ticket, applied);

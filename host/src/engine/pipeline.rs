@@ -63,6 +63,9 @@ pub(super) trait Env {
         job: ProjectJob,
         pending: &dyn Fn() -> Vec<Mutation>,
     ) -> bool;
+    /// Whether `plugin`'s projector reads the logged, unapplied mutations
+    /// from each job ([`ProjectJob::pending`]).
+    fn needs_pending(&self, plugin: &str) -> bool;
     /// The fate of a request `plugin` projected: applied or refused.
     fn settle(&mut self, plugin: &str, ticket: u64, applied: bool);
     /// `plugin`'s projector must start afresh before its next request
@@ -261,7 +264,13 @@ impl Pipeline {
         self.next_ticket += 1;
         let stream: Arc<str> = stream.into();
         let now = Instant::now();
-        let pending = Arc::new(self.pending_for(&consumers));
+        // Only a projector that reads the shared store needs the logged,
+        // unapplied mutations handed over (a process keeps them mirrored).
+        let pending = if consumers.iter().any(|c| env.needs_pending(c)) {
+            Arc::new(self.pending_for(&consumers))
+        } else {
+            Arc::default()
+        };
         let mut parts = Vec::with_capacity(consumers.len());
         for name in consumers {
             let job = ProjectJob {
@@ -701,6 +710,9 @@ mod tests {
             _pending: &dyn Fn() -> Vec<Mutation>,
         ) -> bool {
             self.submitted.push((plugin.to_owned(), job.ticket));
+            true
+        }
+        fn needs_pending(&self, _plugin: &str) -> bool {
             true
         }
         fn settle(&mut self, _plugin: &str, _ticket: u64, _applied: bool) {}

@@ -144,6 +144,10 @@ pub trait Projector: Send {
     /// Events projected so far: the engine's progress probe.
     fn progress(&self) -> u64;
 
+    /// Whether it reads [`ProjectJob::pending`] (a thread does; a process
+    /// mirrors those mutations already, so the engine need not copy them).
+    fn needs_pending(&self) -> bool;
+
     /// The current request made no progress for the timeout.
     fn stuck(&mut self, pending: &[Mutation]) -> AfterStuck;
 

@@ -304,6 +304,10 @@ impl Projector for ProcessProjector {
         self.settled = Some((ticket, applied));
     }
 
+    fn needs_pending(&self) -> bool {
+        false
+    }
+
     fn progress(&self) -> u64 {
         self.running.as_ref().map_or(0, |r| r.progress.load())
     }

@@ -93,6 +93,10 @@ impl Projector for ProjectorWorker {
         self.progress.load(Ordering::Relaxed)
     }
 
+    fn needs_pending(&self) -> bool {
+        true
+    }
+
     fn stuck(&mut self, _pending: &[Mutation]) -> AfterStuck {
         self.demote();
         AfterStuck::Abandoned

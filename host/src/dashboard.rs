@@ -29,7 +29,7 @@ use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde_json::json;
 
-use crate::server::{json_response, HttpResponse};
+use crate::http::{json_response, HttpResponse};
 use crate::Shared;
 
 /// The page's files: URL path, content type, contents.

@@ -4,18 +4,23 @@
 //!
 //! # Layout
 //!
-//! - [`server`]: the listening port: WebSocket upgrades and the HTTP API
+//! The HTTP wing goes one way: [`accept`] -> [`server`] -> [`ws`].
+//!
+//! - [`accept`]: the listening port: accepting, the header timeout, the
+//!   per-IP cap, rate-limited accept errors.
+//! - [`server`]: the one route table: WebSocket upgrades and the HTTP API
 //!   (`/ingest/{stream}`, `/plugins`, `/healthz`, `/metrics`).
+//! - [`http`]: response shapes every route answers with, and what accept
+//!   attaches to a request (peer address, the per-IP slot).
 //! - [`dashboard`]: the live dashboard page at `/` (assets compiled in)
 //!   and the admin endpoints it polls.
-//! - [`connection`]: one client: reading its messages, writing its outbox.
+//! - [`ws`]: one WebSocket client: reading its messages, writing its
+//!   outbox, its close codes and lingering close.
 //! - [`cli`]: `vista ingest`, `vista tail` and `vista plugins`, clients
 //!   of a running host; the `vista serve` options and configuration file.
 //! - [`redact`]: masking tokens and passwords in what is printed or logged.
 //! - [`auth`]: subscriber tokens (JWT), ingest and admin credentials,
 //!   origins, hosts and rate limits.
-//! - [`hygiene`]: timeouts, the per-IP cap, close codes and the lingering
-//!   close that keep stuck or misbehaving peers from holding connections.
 //! - [`protocol`]: parsing client messages (both message forms).
 //! - [`engine`]: the single owner of plugins, store, views and outboxes,
 //!   on its own thread, reached through commands.
@@ -54,7 +59,7 @@
 //! for the binary's subcommands, the view benchmark and the model tests;
 //! everything else is `pub(crate)`.
 //!
-//! [`run`] takes an already-bound listener, so tests bind port 0.
+//! [`run`] (in [`accept`]) takes an already-bound listener, so tests bind port 0.
 
 // The public face: what the `vista` binary, the view benchmark and the
 // model test use. Everything else is the host's own business.
@@ -70,12 +75,12 @@ pub mod store;
 pub mod typegen;
 pub mod views;
 
-pub(crate) mod connection;
+pub(crate) mod accept;
 pub(crate) mod dashboard;
 pub mod dead_letters;
 pub(crate) mod demo;
 pub(crate) mod engine;
-pub(crate) mod hygiene;
+pub(crate) mod http;
 pub(crate) mod ingest;
 pub(crate) mod outbox;
 pub(crate) mod plugins;
@@ -86,23 +91,23 @@ pub(crate) mod server;
 pub mod supervise;
 pub(crate) mod vocab;
 pub(crate) mod watcher;
+pub(crate) mod ws;
 
+pub use accept::run;
 pub use demo::run as run_demo_feed;
 pub use plugins::{check_answer, set_checker, CheckAnswer};
 pub use plugins::{set_process_isolation, ProcessSettings};
 pub use projector::child::run as run_projector_process;
 pub use watcher::{watch as watch_plugins, PluginWatcher};
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 
-use crate::engine::{Command, Engine, EngineHandle};
+use crate::engine::{Engine, EngineHandle};
 
 /// Settings of a running host.
 #[derive(Debug, Clone)]
@@ -320,83 +325,6 @@ fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-/// Serves HTTP and WebSocket connections on `listener` until `shutdown`
-/// completes, then shuts down in order: stop accepting (the listener is
-/// closed, so new connections are refused), let writers flush what is
-/// queued followed by close 1001 `server-shutdown:` for up to
-/// `config.shutdown_grace`, then drop what is still queued so the close goes
-/// out next, and wait a last moment for the writers.
-///
-/// Each accepted connection is served by [`hygiene::serve_tcp`] (header
-/// timeout, per-IP cap). A failed accept (typically EMFILE) backs off for
-/// 100 ms and is logged at most once per second.
-pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
-    if let Some(timeout) = shared.config.idle_timeout {
-        // One sweeper for all connections: no per-connection timer.
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(timeout / 3);
-            loop {
-                ticker.tick().await;
-                shared.engine.send(Command::SweepIdle { timeout });
-            }
-        });
-    }
-    let ips = hygiene::IpLimiter::new(shared.config.max_connections_per_ip);
-    let accept_errors = hygiene::AcceptErrors::default();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut shutdown => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(err) => {
-                // Typically EMFILE: back off instead of spinning.
-                accept_errors.failed(&err);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        accept_errors.succeeded();
-        tokio::spawn(hygiene::serve_tcp(
-            stream,
-            peer,
-            shared.clone(),
-            ips.clone(),
-        ));
-    }
-    drop(listener);
-    let reason = "server-shutdown: the server is restarting; reconnect";
-    tracing::info!(
-        clients = shared.open_connections.load(Ordering::Acquire),
-        grace_s = shared.config.shutdown_grace.as_secs_f64(),
-        "stopped accepting; flushing clients"
-    );
-    shared.engine.send(Command::CloseAll {
-        code: 1001,
-        reason: reason.into(),
-        discard_queued: false,
-    });
-    if !shared.wait_for_clients(shared.config.shutdown_grace).await {
-        let left = shared.open_connections.load(Ordering::Acquire);
-        tracing::warn!(
-            left,
-            "grace period over; closing clients that are still behind"
-        );
-        shared.engine.send(Command::CloseAll {
-            code: 1001,
-            reason: reason.into(),
-            discard_queued: true,
-        });
-        shared.wait_for_clients(Duration::from_secs(1)).await;
-    }
-    // Requests still arriving now find no log and answer 503; the file is
-    // closed cleanly so the next start needs no recovery.
-    shared.engine.close_log().await;
 }
 
 impl Shared {

@@ -34,11 +34,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::durable::EventLog;
 use crate::ingest::IngestBody;
 use crate::plugins::PluginLibrary;
+pub use crate::plugins::ReprojectionStatus;
 use crate::projector::{Blocking, SharedStore};
 use crate::store::Store;
 
@@ -72,25 +71,6 @@ pub struct Progress {
     pub records: AtomicU64,
     /// Events projected.
     pub events: AtomicU64,
-}
-
-/// Where a reprojection stands, as `GET /plugins` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReprojectionStatus {
-    /// `running`, `swapping`, `done` or `failed`.
-    pub state: &'static str,
-    /// Log records replayed so far.
-    pub records_replayed: u64,
-    /// Log records to replay (the log's length when it started).
-    pub records_total: u64,
-    /// Events projected so far.
-    pub events: u64,
-    /// Events projected per second, so far.
-    pub events_per_second: f64,
-    /// Entities changed by the swap (when done).
-    pub changed: Option<u64>,
-    /// Why it failed.
-    pub error: Option<String>,
 }
 
 /// The engine's handle on a running reprojector thread.

@@ -22,7 +22,7 @@
 //! Upgrades over `max_connections` get 503 `connection-limit-exceeded`;
 //! connections over the per-IP cap are answered 429
 //! `ip-connection-limit-exceeded` before reaching this module
-//! ([`crate::hygiene`]).
+//! ([`crate::accept`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,9 +31,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::engine::IngestError;
+use crate::http::{coded_error, error_response, json_response, HttpResponse};
 use crate::ingest::IngestBody;
 use crate::Shared;
 
@@ -63,25 +64,6 @@ async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
 
 /// Bodies up to this size are split into events on the async worker.
 const INLINE_PARSE_BYTES: usize = 16 << 10;
-
-/// HTTP response with a fully buffered body.
-pub type HttpResponse = Response<Full<Bytes>>;
-
-pub(crate) fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
-        .expect("static response parts are valid")
-}
-
-fn error_response(status: StatusCode, code: &str, message: &str, extra: Value) -> HttpResponse {
-    let mut body = json!({"error": code, "message": message});
-    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
-        body.extend(extra);
-    }
-    json_response(status, &body)
-}
 
 /// Routes one HTTP request (upgrades included).
 pub async fn handle(
@@ -262,7 +244,7 @@ fn client_of<B>(request: &Request<B>) -> String {
     bearer(request).map(str::to_owned).unwrap_or_else(|| {
         request
             .extensions()
-            .get::<crate::hygiene::PeerAddr>()
+            .get::<crate::http::PeerAddr>()
             .map(|peer| peer.0.ip().to_string())
             .unwrap_or_default()
     })
@@ -272,7 +254,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
     if let Some(limiter) = &shared.auth.connection_rate {
         let address = request
             .extensions()
-            .get::<crate::hygiene::PeerAddr>()
+            .get::<crate::http::PeerAddr>()
             .map(|peer| peer.0.ip().to_string())
             .unwrap_or_default();
         if let Err(wait) = limiter.check(&address) {
@@ -333,15 +315,15 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
             return coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
         }
     };
-    let ip_slot = crate::hygiene::take_ip_slot(request);
+    let ip_slot = crate::http::ConnectionGuard::take(request);
     match hyper_tungstenite::upgrade(request, Some(config)) {
         Ok((response, websocket)) => {
             let conn = shared.next_conn_id();
             tokio::spawn(async move {
                 if let Some(socket) =
-                    crate::hygiene::finish_upgrade(websocket, &shared.config).await
+                    crate::ws::close::finish_upgrade(websocket, &shared.config).await
                 {
-                    crate::connection::serve(socket, conn, shared, claims).await;
+                    crate::ws::serve(socket, conn, shared, claims).await;
                 }
                 drop((slot, ip_slot));
             });
@@ -354,26 +336,6 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
             json!({}),
         ),
     }
-}
-
-/// An error response with the code also in `X-Error-Code` (what the
-/// published clients read on a refused handshake).
-pub(crate) fn coded_error(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
-    // Limits (429, 503) pass; a refusal of who you are does not.
-    let retryable = matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    );
-    let mut response = error_response(
-        status,
-        code,
-        message,
-        json!({"code": code, "retryable": retryable}),
-    );
-    response
-        .headers_mut()
-        .insert("x-error-code", header::HeaderValue::from_static(code));
-    response
 }
 
 /// The `hs_token` query parameter.

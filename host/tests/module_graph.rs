@@ -18,24 +18,6 @@ use std::path::{Path, PathBuf};
 /// The longest a file in `host/src` may be, tests aside.
 const MAX_LINES: usize = 700;
 
-/// Cycles known when the test was written, outside the engine's split
-/// (issue 18 items 2 and 3 remove them). This list may only shrink: a
-/// cycle not listed fails the test, and so does a listed one that is gone
-/// (delete its line).
-const KNOWN_CYCLES: &[&str] = &[
-    "connection -> hygiene -> connection",
-    "connection -> hygiene -> server -> connection",
-    "dashboard -> server -> dashboard",
-    "hygiene -> server -> hygiene",
-    "plugins -> reproject -> plugins",
-    "plugins -> reproject -> projector -> plugins",
-];
-
-/// Files over [`MAX_LINES`] when the test was written, each with the
-/// length it may not exceed; they are split by issue 18 item 2 and 3.
-/// This list may only shrink too.
-const KNOWN_LONG: &[(&str, usize)] = &[];
-
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
 }
@@ -146,11 +128,7 @@ fn no_import_cycles_and_no_long_files() {
         let name = relative.to_string_lossy().replace('\\', "/");
         let text = std::fs::read_to_string(file).expect("read a source file");
         let lines = code_lines(&text);
-        let allowed = KNOWN_LONG
-            .iter()
-            .find(|(known, _)| *known == name)
-            .map_or(MAX_LINES, |(_, max)| *max);
-        if lines.len() > allowed {
+        if lines.len() > MAX_LINES {
             long.push(format!("{name}: {} lines", lines.len()));
         }
         if name == "lib.rs" || name == "main.rs" {
@@ -170,12 +148,9 @@ fn no_import_cycles_and_no_long_files() {
         );
     }
     let found = cycles(&graph);
-    let known: BTreeSet<String> = KNOWN_CYCLES.iter().map(|c| c.to_string()).collect();
-    let new: Vec<&String> = found.difference(&known).collect();
-    let gone: Vec<&String> = known.difference(&found).collect();
     assert!(
-        new.is_empty() && gone.is_empty(),
-        "import cycles between host modules: new {new:#?}; listed in KNOWN_CYCLES but gone (delete them) {gone:#?}"
+        found.is_empty(),
+        "import cycles between host modules (a module that imports one that imports it back): {found:#?}"
     );
     assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:#?}");
 }

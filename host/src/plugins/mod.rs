@@ -215,12 +215,32 @@ pub struct PluginReport {
     pub pid: Option<u32>,
     /// The plugin's latest reprojection, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reprojection: Option<crate::reproject::ReprojectionStatus>,
+    pub reprojection: Option<ReprojectionStatus>,
     /// When that build went live, milliseconds since the Unix epoch.
     pub loaded_at: Option<u64>,
     /// What happened to this file, oldest first: the last
     /// [`HISTORY_LEN`] loads, refusals, supersessions and timeouts.
     pub history: VecDeque<BuildEvent>,
+}
+
+/// Where a reprojection stands, as `GET /plugins` shows it (the
+/// reprojector in [`crate::reproject`] fills it in).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReprojectionStatus {
+    /// `running`, `swapping`, `done` or `failed`.
+    pub state: &'static str,
+    /// Log records replayed so far.
+    pub records_replayed: u64,
+    /// Log records to replay (the log's length when it started).
+    pub records_total: u64,
+    /// Events projected so far.
+    pub events: u64,
+    /// Events projected per second, so far.
+    pub events_per_second: f64,
+    /// Entities changed by the swap (when done).
+    pub changed: Option<u64>,
+    /// Why it failed.
+    pub error: Option<String>,
 }
 
 /// Entries of [`PluginReport::history`] kept per file.

@@ -1,5 +1,8 @@
-//! Connection hygiene: what keeps idle, stuck, greedy or misbehaving
-//! peers from holding the host's connections and descriptors.
+//! Accepting connections: the first stop of every request, and what keeps
+//! idle, stuck or greedy peers from holding the host's connections and
+//! descriptors. From here a request goes one way: to the route table
+//! ([`crate::server::handle`]), which hands WebSocket upgrades to
+//! [`crate::ws`]. Nothing here knows a route or a frame.
 //!
 //! - **Timeouts before a request is read.** Every TCP connection is served
 //!   by hyper with a timer and `header_read_timeout` =
@@ -7,10 +10,10 @@
 //!   connection waits for a request head: right after accept (a peer that
 //!   sends nothing), while a head arrives byte by byte (slowloris), and
 //!   again after each response on a keep-alive connection. So the same
-//!   value is the idle keep-alive timeout. A WebSocket upgrade that does not
-//!   complete within the same time is dropped ([`finish_upgrade`]).
+//!   value is the idle keep-alive timeout.
 //! - **Per-IP cap.** Open TCP connections are counted per peer IP at
-//!   accept ([`IpLimiter`]); a WebSocket keeps its count until it closes. A
+//!   accept ([`IpLimiter`]); the slot travels with the request as a
+//!   [`ConnectionGuard`], so a WebSocket keeps its count until it closes. A
 //!   connection over `config.max_connections_per_ip` is answered HTTP 429
 //!   `ip-connection-limit-exceeded` (same JSON shape and `X-Error-Code`
 //!   header as `connection-limit-exceeded`) and closed; at most
@@ -18,13 +21,6 @@
 //!   at once without a word.
 //! - **Rate-limited accept errors** ([`AcceptErrors`]): at most one log line
 //!   per second, with the number of failures not logged.
-//! - **Close codes** ([`close_for_read_error`]): a client breaking the
-//!   protocol is closed with 1002 or 1007 and a reason saying what was
-//!   wrong; an oversized message with 1009 `message-too-large:`.
-//! - **Lingering close** ([`close_and_linger`]): after the server's close
-//!   frame is written, the socket is read (and the input discarded) until
-//!   the client's close frame, end of input or [`LINGER`], so the close
-//!   frame is not lost to a TCP reset caused by unread input.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -34,28 +30,91 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{Sink, Stream, StreamExt};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, StatusCode};
-use hyper_tungstenite::tungstenite::{self, error::ProtocolError, Message};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
-use tokio::task::{JoinError, JoinHandle};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::outbox::{Outbox, Outgoing};
-use crate::server::HttpResponse;
-use crate::{Config, Shared};
-
-/// How long a closed connection is read (and discarded) while waiting for
-/// the client's close frame.
-pub const LINGER: Duration = Duration::from_secs(2);
+use crate::engine::Command;
+use crate::http::{ConnectionGuard, HttpResponse, PeerAddr};
+use crate::Shared;
 
 /// Over-the-per-IP-cap connections answered with a 429 at the same time;
 /// beyond that they are closed without an answer.
 pub const MAX_REFUSING: usize = 64;
+
+/// Serves HTTP and WebSocket connections on `listener` until `shutdown`
+/// completes, then shuts down in order: stop accepting (the listener is
+/// closed, so new connections are refused), let writers flush what is
+/// queued followed by close 1001 `server-shutdown:` for up to
+/// `config.shutdown_grace`, then drop what is still queued so the close goes
+/// out next, and wait a last moment for the writers.
+///
+/// Each accepted connection is served by [`serve_tcp`] (header
+/// timeout, per-IP cap). A failed accept (typically EMFILE) backs off for
+/// 100 ms and is logged at most once per second.
+pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    if let Some(timeout) = shared.config.idle_timeout {
+        // One sweeper for all connections: no per-connection timer.
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(timeout / 3);
+            loop {
+                ticker.tick().await;
+                shared.engine.send(Command::SweepIdle { timeout });
+            }
+        });
+    }
+    let ips = IpLimiter::new(shared.config.max_connections_per_ip);
+    let accept_errors = AcceptErrors::default();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(err) => {
+                // Typically EMFILE: back off instead of spinning.
+                accept_errors.failed(&err);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        accept_errors.succeeded();
+        tokio::spawn(serve_tcp(stream, peer, shared.clone(), ips.clone()));
+    }
+    drop(listener);
+    let reason = "server-shutdown: the server is restarting; reconnect";
+    tracing::info!(
+        clients = shared.open_connections.load(Ordering::Acquire),
+        grace_s = shared.config.shutdown_grace.as_secs_f64(),
+        "stopped accepting; flushing clients"
+    );
+    shared.engine.send(Command::CloseAll {
+        code: 1001,
+        reason: reason.into(),
+        discard_queued: false,
+    });
+    if !shared.wait_for_clients(shared.config.shutdown_grace).await {
+        let left = shared.open_connections.load(Ordering::Acquire);
+        tracing::warn!(
+            left,
+            "grace period over; closing clients that are still behind"
+        );
+        shared.engine.send(Command::CloseAll {
+            code: 1001,
+            reason: reason.into(),
+            discard_queued: true,
+        });
+        shared.wait_for_clients(Duration::from_secs(1)).await;
+    }
+    // Requests still arriving now find no log and answer 503; the file is
+    // closed cleanly so the next start needs no recovery.
+    shared.engine.close_log().await;
+}
 
 /// Serves one accepted TCP connection (HTTP, possibly upgraded to a
 /// WebSocket) with the header timeout and the per-IP cap applied.
@@ -75,7 +134,9 @@ pub async fn serve_tcp(
             let slot = slot.map(Arc::new);
             let service = service_fn(move |mut request: Request<Incoming>| {
                 if let Some(slot) = &slot {
-                    request.extensions_mut().insert(slot.clone());
+                    request
+                        .extensions_mut()
+                        .insert(ConnectionGuard::new(slot.clone()));
                 }
                 request.extensions_mut().insert(PeerAddr(peer));
                 crate::server::handle(request, shared.clone())
@@ -112,42 +173,11 @@ pub async fn serve_tcp(
 }
 
 fn ip_limit_response(limit: usize) -> HttpResponse {
-    crate::server::coded_error(
+    crate::http::coded_error(
         StatusCode::TOO_MANY_REQUESTS,
         "ip-connection-limit-exceeded",
         &format!("this server accepts at most {limit} connections from one address"),
     )
-}
-
-/// The client address of a request (set by [`serve_tcp`]).
-#[derive(Debug, Clone, Copy)]
-pub struct PeerAddr(pub SocketAddr);
-
-/// Takes the per-IP slot [`serve_tcp`] attached to an upgrade request, so
-/// the WebSocket task can hold it for the connection's lifetime.
-pub fn take_ip_slot(request: &mut Request<Incoming>) -> Option<Arc<IpSlot>> {
-    request.extensions_mut().remove::<Arc<IpSlot>>()
-}
-
-/// Awaits a WebSocket upgrade, giving up after `config.header_timeout`.
-pub async fn finish_upgrade<F, T, E>(upgrade: F, config: &Config) -> Option<T>
-where
-    F: Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let result = match config.header_timeout {
-        Some(limit) => match tokio::time::timeout(limit, upgrade).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::debug!("websocket upgrade timed out");
-                return None;
-            }
-        },
-        None => upgrade.await,
-    };
-    result
-        .map_err(|err| tracing::debug!(%err, "websocket handshake failed"))
-        .ok()
 }
 
 /// Open TCP connections per peer IP.
@@ -290,176 +320,9 @@ impl AcceptErrors {
     }
 }
 
-/// The close code and reason for a read error the client caused, or `None`
-/// when the connection is simply gone (reset, EOF, I/O error).
-pub fn close_for_read_error(err: &tungstenite::Error) -> Option<(u16, String)> {
-    let (code, reason) = match err {
-        tungstenite::Error::Capacity(err) => (1009, format!("message-too-large: {err}")),
-        tungstenite::Error::Utf8(_) => (
-            1007,
-            "invalid-utf8: a text message is not valid UTF-8".to_owned(),
-        ),
-        tungstenite::Error::Protocol(
-            ProtocolError::ResetWithoutClosingHandshake
-            | ProtocolError::ReceivedAfterClosing
-            | ProtocolError::SendAfterClosing,
-        ) => return None,
-        tungstenite::Error::Protocol(err) => (1002, format!("protocol-error: {err}")),
-        _ => return None,
-    };
-    Some((code, truncate_reason(reason)))
-}
-
-/// Close reasons are limited to 123 bytes of UTF-8.
-fn truncate_reason(mut reason: String) -> String {
-    if reason.len() > 123 {
-        let mut end = 123;
-        while !reason.is_char_boundary(end) {
-            end -= 1;
-        }
-        reason.truncate(end);
-    }
-    reason
-}
-
-/// Reads and discards the raw bytes under a WebSocket, for when the
-/// WebSocket layer can no longer parse them.
-pub trait RawDrain {
-    /// Reads and discards until end of input, an error or `until`.
-    fn drain_raw(&mut self, until: tokio::time::Instant) -> impl Future<Output = ()> + Send;
-}
-
-impl<T> RawDrain for hyper_tungstenite::WebSocketStream<T>
-where
-    T: AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    async fn drain_raw(&mut self, until: tokio::time::Instant) {
-        let io = self.get_mut();
-        let mut buffer = vec![0u8; 16 << 10];
-        while let Ok(Ok(read)) = tokio::time::timeout_at(until, io.read(&mut buffer)).await {
-            if read == 0 {
-                break;
-            }
-        }
-    }
-}
-
-/// Why a connection's reader loop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    /// The client closed (close frame or end of input).
-    ByPeer,
-    /// Reading failed; the WebSocket layer can no longer be trusted.
-    ReadError,
-    /// The writer finished (the server closed, or writing failed).
-    Writer,
-}
-
-/// What the writer task returns: its sink back, and how writing went.
-pub type WriterOutput<K> = (K, Result<(), tungstenite::Error>);
-
-/// Runs [`crate::connection::write_loop`] and hands the sink back, so the
-/// socket can be reunited for [`close_and_linger`].
-pub async fn write_returning_sink<K>(mut sink: K, outbox: Arc<Outbox>) -> WriterOutput<K>
-where
-    K: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    let result = crate::connection::write_loop(&mut sink, outbox).await;
-    (sink, result)
-}
-
-/// Ends a connection: makes sure a close frame is written (1000 unless one
-/// is queued already; the writer gets 5 s), then lingers: reads and discards
-/// the client's input until its close frame, end of input or [`LINGER`].
-pub async fn close_and_linger<S>(
-    stream: SplitStream<S>,
-    mut writer: JoinHandle<WriterOutput<SplitSink<S, Message>>>,
-    finished: Option<Result<WriterOutput<SplitSink<S, Message>>, JoinError>>,
-    outbox: &Outbox,
-    ended: Ended,
-) where
-    S: Stream<Item = Result<Message, tungstenite::Error>>
-        + Sink<Message, Error = tungstenite::Error>
-        + RawDrain
-        + Unpin,
-{
-    let finished = match finished {
-        Some(finished) => finished,
-        None => {
-            outbox.push_reply(Outgoing::Close {
-                code: 1000,
-                reason: String::new(),
-            });
-            match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
-                Ok(finished) => finished,
-                Err(_) => {
-                    writer.abort();
-                    return;
-                }
-            }
-        }
-    };
-    let Ok((sink, Ok(()))) = finished else {
-        return; // writing failed: the socket is gone
-    };
-    if ended == Ended::ByPeer {
-        return;
-    }
-    linger(stream, sink, ended).await;
-}
-
-async fn linger<S>(mut stream: SplitStream<S>, sink: SplitSink<S, Message>, ended: Ended)
-where
-    S: Stream<Item = Result<Message, tungstenite::Error>>
-        + Sink<Message, Error = tungstenite::Error>
-        + RawDrain
-        + Unpin,
-{
-    let until = tokio::time::Instant::now() + LINGER;
-    if ended != Ended::ReadError {
-        loop {
-            match tokio::time::timeout_at(until, stream.next()).await {
-                Err(_) | Ok(None) | Ok(Some(Ok(Message::Close(_)))) => return,
-                Ok(Some(Ok(_))) => {} // discarded
-                Ok(Some(Err(
-                    tungstenite::Error::ConnectionClosed
-                    | tungstenite::Error::AlreadyClosed
-                    | tungstenite::Error::Io(_),
-                ))) => return,
-                Ok(Some(Err(_))) => break, // unparseable: drain raw bytes
-            }
-        }
-    }
-    if let Ok(mut socket) = stream.reunite(sink) {
-        socket.drain_raw(until).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn protocol_errors_map_to_1002_and_utf8_to_1007() {
-        let (code, reason) = close_for_read_error(&tungstenite::Error::Protocol(
-            ProtocolError::NonZeroReservedBits,
-        ))
-        .unwrap();
-        assert_eq!(code, 1002);
-        assert!(reason.starts_with("protocol-error: "), "{reason}");
-        let (code, _) = close_for_read_error(&tungstenite::Error::Utf8("x".into())).unwrap();
-        assert_eq!(code, 1007);
-        assert!(close_for_read_error(&tungstenite::Error::Protocol(
-            ProtocolError::ResetWithoutClosingHandshake
-        ))
-        .is_none());
-        assert!(close_for_read_error(&tungstenite::Error::ConnectionClosed).is_none());
-    }
-
-    #[test]
-    fn reasons_fit_a_close_frame() {
-        assert_eq!(truncate_reason("é".repeat(100)).len(), 122);
-    }
 
     #[test]
     fn the_rate_limited_log_counts_what_it_holds_back() {

@@ -16,10 +16,12 @@
 //!
 //! A read error the client caused closes it with a specific code and reason
 //! (1009 `message-too-large:`, 1002 `protocol-error:`, 1007 `invalid-utf8:`;
-//! see [`crate::hygiene::close_for_read_error`]). When the server closes, the
+//! see [`close::close_for_read_error`]). When the server closes, the
 //! writer hands its sink back and the socket lingers: input is read and
 //! discarded until the client's close frame, end of input or 2 s, so the
-//! close frame is not lost to a reset ([`crate::hygiene::close_and_linger`]).
+//! close frame is not lost to a reset ([`close::close_and_linger`]).
+
+pub mod close;
 
 use std::sync::Arc;
 
@@ -47,12 +49,12 @@ pub async fn serve<S>(
 ) where
     S: Stream<Item = Result<Message, tungstenite::Error>>
         + Sink<Message, Error = tungstenite::Error>
-        + crate::hygiene::RawDrain
+        + close::RawDrain
         + Unpin
         + Send
         + 'static,
 {
-    use crate::hygiene::Ended;
+    use close::Ended;
     let (sink, mut stream) = socket.split();
     let outbox = Arc::new(Outbox::new(conn, shared.config.outbox_bytes));
     shared.engine.send(Command::Connect {
@@ -64,7 +66,7 @@ pub async fn serve<S>(
         f64::from(shared.config.subscribe_burst),
     );
     metrics::gauge!("vista_connections").increment(1.0);
-    let mut writer = tokio::spawn(crate::hygiene::write_returning_sink(sink, outbox.clone()));
+    let mut writer = tokio::spawn(close::write_returning_sink(sink, outbox.clone()));
     let mut writer_finished = None;
     let ended;
     loop {
@@ -84,7 +86,7 @@ pub async fn serve<S>(
                 Some(Ok(_)) => {} // ping/pong: answered by tungstenite
                 Some(Err(err)) => {
                     tracing::debug!(conn, %err, "websocket read error");
-                    if let Some((code, reason)) = crate::hygiene::close_for_read_error(&err) {
+                    if let Some((code, reason)) = close::close_for_read_error(&err) {
                         outbox.push_reply(Outgoing::Close { code, reason });
                     }
                     ended = Ended::ReadError;
@@ -112,7 +114,7 @@ pub async fn serve<S>(
     }
     shared.engine.send(Command::Disconnect { conn });
     metrics::gauge!("vista_connections").decrement(1.0);
-    crate::hygiene::close_and_linger(stream, writer, writer_finished, &outbox, ended).await;
+    close::close_and_linger(stream, writer, writer_finished, &outbox, ended).await;
 }
 
 /// When a token with this `exp` (seconds since the epoch) runs out.

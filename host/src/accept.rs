@@ -45,7 +45,8 @@ use crate::Shared;
 pub const MAX_REFUSING: usize = 64;
 
 /// Serves HTTP and WebSocket connections on `listener` until `shutdown`
-/// completes, then shuts down in order: stop accepting (the listener is
+/// completes, then shuts down in order: signal every task
+/// ([`crate::shutdown`]), stop accepting (the listener is
 /// closed, so new connections are refused), let writers flush what is
 /// queued followed by close 1001 `server-shutdown:` for up to
 /// `config.shutdown_grace`, then drop what is still queued so the close goes
@@ -62,8 +63,10 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(timeout / 3);
             loop {
-                ticker.tick().await;
-                shared.engine.send(Command::SweepIdle { timeout });
+                tokio::select! {
+                    _ = ticker.tick() => shared.engine.send(Command::SweepIdle { timeout }),
+                    () = shared.shutdown.stopped() => break,
+                }
             }
         });
     }
@@ -87,6 +90,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         tokio::spawn(serve_tcp(stream, peer, shared.clone(), ips.clone()));
     }
     drop(listener);
+    shared.shutdown.signal();
     let reason = "server-shutdown: the server is restarting; reconnect";
     tracing::info!(
         clients = shared.open_connections.load(Ordering::Acquire),
@@ -98,7 +102,11 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         reason: reason.into(),
         discard_queued: false,
     });
-    if !shared.wait_for_clients(shared.config.shutdown_grace).await {
+    if !shared
+        .shutdown
+        .clients_done(shared.config.shutdown_grace)
+        .await
+    {
         let left = shared.open_connections.load(Ordering::Acquire);
         tracing::warn!(
             left,
@@ -109,7 +117,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             reason: reason.into(),
             discard_queued: true,
         });
-        shared.wait_for_clients(Duration::from_secs(1)).await;
+        shared.shutdown.clients_done(Duration::from_secs(1)).await;
     }
     // Requests still arriving now find no log and answer 503; the file is
     // closed cleanly so the next start needs no recovery.

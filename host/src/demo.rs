@@ -28,6 +28,15 @@ const SYMBOLS: [&str; 8] = ["SOL", "USDC", "BONK", "JUP", "WIF", "PYTH", "RAY", 
 
 /// Feeds demo events every `interval` until the process ends.
 pub async fn run(shared: Arc<Shared>, interval: Duration) {
+    let stop = shared.shutdown.token();
+    tokio::select! {
+        () = feed(shared, interval) => {}
+        () = stop.cancelled() => {}
+    }
+}
+
+/// The feed's loop; it never ends by itself.
+async fn feed(shared: Arc<Shared>, interval: Duration) {
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut open: Vec<String> = Vec::new();
     let mut next_token = 0u64;

@@ -88,6 +88,7 @@ pub(crate) mod projector;
 pub(crate) mod protocol;
 pub(crate) mod reproject;
 pub(crate) mod server;
+pub(crate) mod shutdown;
 pub mod supervise;
 pub(crate) mod vocab;
 pub(crate) mod watcher;
@@ -103,7 +104,7 @@ pub use watcher::{watch as watch_plugins, PluginWatcher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -179,6 +180,8 @@ pub struct Shared {
     pub auth: auth::Auth,
     /// Ingest requests being read or processed.
     ingest_permits: tokio::sync::Semaphore,
+    /// The stop signal, and the connections and requests it waits for.
+    pub(crate) shutdown: shutdown::Shutdown,
     /// Cluster mode: the shared log.
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
     /// A single durable host: whether its event log can be written (not
@@ -195,6 +198,7 @@ impl Shared {
     /// restored, and the shared log is consumed after it in the background
     /// (`/readyz` answers 503 until caught up).
     pub async fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, StartError> {
+        let shutdown = shutdown::Shutdown::default();
         let mut engine = Engine::new(
             config.cache_dir.clone(),
             config.max_subscriptions_per_connection,
@@ -244,9 +248,15 @@ impl Shared {
         let (engine, _thread) = engine::spawn(engine);
         let cluster = match (&config.cluster, cluster_status, requests) {
             (Some(cluster_config), Some(status), Some(requests)) => Some(
-                cluster::Cluster::start(cluster_config.clone(), status, requests, engine.clone())
-                    .await
-                    .map_err(StartError::Cluster)?,
+                cluster::Cluster::start(
+                    cluster_config.clone(),
+                    status,
+                    requests,
+                    engine.clone(),
+                    shutdown.token(),
+                )
+                .await
+                .map_err(StartError::Cluster)?,
             ),
             _ => None,
         };
@@ -258,6 +268,7 @@ impl Shared {
             next_conn: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
             ingest_permits: tokio::sync::Semaphore::new(config.max_concurrent_ingests.max(1)),
+            shutdown,
             auth,
             config,
         }))
@@ -325,24 +336,4 @@ fn metrics_handle() -> PrometheusHandle {
             handle
         })
         .clone()
-}
-
-impl Shared {
-    /// Waits until every WebSocket connection and ingest request has ended,
-    /// or `limit` passes; returns whether they all ended.
-    async fn wait_for_clients(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let idle = || {
-            self.open_connections.load(Ordering::Acquire) == 0
-                && self.ingest_permits.available_permits()
-                    == self.config.max_concurrent_ingests.max(1)
-        };
-        while !idle() {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
-    }
 }

@@ -188,7 +188,7 @@ pub async fn handle(
         }
         (&Method::POST, p) if p.starts_with("/ingest/") => {
             let stream = p.trim_start_matches("/ingest/").to_owned();
-            ingest(request, &stream, &shared).await
+            shared.shutdown.track(ingest(request, &stream, &shared)).await
         }
         (
             _,
@@ -319,14 +319,16 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
     match hyper_tungstenite::upgrade(request, Some(config)) {
         Ok((response, websocket)) => {
             let conn = shared.next_conn_id();
-            tokio::spawn(async move {
+            let host = shared.clone();
+            let connection = async move {
                 if let Some(socket) =
                     crate::ws::close::finish_upgrade(websocket, &shared.config).await
                 {
                     crate::ws::serve(socket, conn, shared, claims).await;
                 }
                 drop((slot, ip_slot));
-            });
+            };
+            tokio::spawn(host.shutdown.track(connection));
             response
         }
         Err(err) => error_response(

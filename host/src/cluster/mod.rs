@@ -155,12 +155,13 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Connects (in the background: an unreachable NATS is retried
     /// forever) and starts consuming after the record the engine applied
-    /// last, and publishing offered build markers.
+    /// last, and publishing offered build markers; both stop at `stop`.
     pub async fn start(
         config: ClusterConfig,
         status: Arc<ClusterStatus>,
         requests: mpsc::UnboundedReceiver<ToCluster>,
         engine: EngineHandle,
+        stop: tokio_util::sync::CancellationToken,
     ) -> Result<Arc<Cluster>, String> {
         let client = async_nats::ConnectOptions::new()
             .name("vista")
@@ -197,8 +198,22 @@ impl Cluster {
             host_id,
             next_request: AtomicU64::new(1),
         });
-        tokio::spawn(cluster.clone().consume(engine));
-        tokio::spawn(cluster.clone().serve_engine(requests));
+        // Both run until the host's shutdown signal.
+        let stop_consuming = stop.clone();
+        let consume = cluster.clone().consume(engine);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = consume => {}
+                () = stop_consuming.cancelled() => {}
+            }
+        });
+        let serve = cluster.clone().serve_engine(requests);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = serve => {}
+                () = stop.cancelled() => {}
+            }
+        });
         Ok(cluster)
     }
 

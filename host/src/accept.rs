@@ -157,7 +157,7 @@ pub async fn serve_tcp(
             }
         }
         Err(limit) => {
-            metrics::counter!("vista_ip_connections_refused_total").increment(1);
+            crate::metrics::get().ip_connections_refused.inc();
             ips.refused_log.note(|suppressed| {
                 tracing::warn!(
                     ip = %peer.ip(),
@@ -313,7 +313,7 @@ impl Default for AcceptErrors {
 impl AcceptErrors {
     /// Records a failed accept, logging it if a line is due.
     pub fn failed(&self, err: &std::io::Error) {
-        metrics::counter!("vista_accept_errors_total").increment(1);
+        crate::metrics::get().accept_errors.inc();
         self.0.note(
             |suppressed| tracing::error!(%err, suppressed, "accept failed; retrying in 100ms"),
         );

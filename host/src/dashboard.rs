@@ -112,61 +112,27 @@ pub(crate) async fn views(shared: &Shared) -> HttpResponse {
     )
 }
 
-/// Counters the figures are read from, as the Prometheus recorder names
-/// them, and the JSON name of each.
-const COUNTERS: &[(&str, &str)] = &[
-    ("events", "vista_events_ingested_total"),
-    ("frames", "vista_frames_sent_total"),
-    ("bytes", "vista_bytes_sent_total"),
-    ("conflated", "vista_frames_conflated_total"),
-    (
-        "slowConsumerCloses",
-        "vista_slow_consumer_disconnects_total",
-    ),
-];
-
 /// `GET /admin/figures`: open WebSocket connections and cumulative totals,
 /// with the time they were read (`at`, Unix milliseconds).
 pub(crate) fn figures(shared: &Shared) -> HttpResponse {
-    let text = shared.metrics.render();
-    let mut body = json!({
+    let metrics = crate::metrics::get();
+    let body = json!({
         "at": crate::plugins::unix_millis(),
         "connections": shared
             .open_connections
             .load(std::sync::atomic::Ordering::Relaxed),
+        "events": metrics.events_ingested.get(),
+        "frames": metrics.frames_sent.get(),
+        "bytes": metrics.bytes_sent.get(),
+        "conflated": metrics.frames_conflated.get(),
+        "slowConsumerCloses": metrics.slow_consumer_disconnects.get(),
     });
-    for (name, metric) in COUNTERS {
-        body[*name] = json!(counter_total(&text, metric));
-    }
     json_response(StatusCode::OK, &body)
-}
-
-/// The sum of `name` over its label sets in Prometheus text (0 if absent).
-fn counter_total(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn counters_are_summed_over_labels_and_not_confused_with_longer_names() {
-        let text = "# TYPE vista_frames_sent_total counter\n\
-                    vista_frames_sent_total 12\n\
-                    vista_frames_sent_total_other 99\n\
-                    vista_bytes_sent_total{kind=\"a\"} 3\n\
-                    vista_bytes_sent_total{kind=\"b\"} 4\n";
-        assert_eq!(counter_total(text, "vista_frames_sent_total"), 12);
-        assert_eq!(counter_total(text, "vista_bytes_sent_total"), 7);
-        assert_eq!(counter_total(text, "vista_events_ingested_total"), 0);
-    }
 
     #[test]
     fn every_asset_is_served_with_its_type_and_unknown_files_are_404() {

@@ -61,7 +61,7 @@ impl DeadLetters {
             "dead letter: {}",
             letter.error
         );
-        metrics::counter!("vista_dead_letters_total").increment(1);
+        crate::metrics::get().dead_letters.inc();
         let list = self.by_plugin.entry(letter.plugin.clone()).or_default();
         if list.len() == PER_PLUGIN {
             list.pop_front();

@@ -82,6 +82,7 @@ pub(crate) mod demo;
 pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod ingest;
+pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod plugins;
 pub(crate) mod projector;
@@ -105,8 +106,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::engine::{Engine, EngineHandle};
 
@@ -171,8 +170,6 @@ pub struct Shared {
     pub engine: EngineHandle,
     /// The host's settings.
     pub config: Config,
-    /// Renders `/metrics`.
-    pub metrics: PrometheusHandle,
     next_conn: AtomicU64,
     /// Open WebSocket connections, checked against `config.max_connections`.
     open_connections: AtomicUsize,
@@ -264,7 +261,6 @@ impl Shared {
             log: single_log,
             cluster,
             engine,
-            metrics: metrics_handle(),
             next_conn: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
             ingest_permits: tokio::sync::Semaphore::new(config.max_concurrent_ingests.max(1)),
@@ -321,19 +317,4 @@ impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Installs the process-wide Prometheus recorder once.
-fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            // Another recorder may already be installed (embedding); then
-            // `/metrics` shows an empty page rather than failing.
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }

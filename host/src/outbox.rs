@@ -266,7 +266,7 @@ impl Outbox {
                 queued = queue.queued_bytes,
                 "slow consumer: replies past the outbox bound; closing the connection"
             );
-            metrics::counter!("vista_slow_consumer_disconnects_total").increment(1);
+            crate::metrics::get().slow_consumer_disconnects.inc();
             queue.closing = true;
             queue.items.push_back(Outgoing::Close {
                 code: 1008,
@@ -300,7 +300,7 @@ impl Outbox {
                 .queued_bytes
                 .saturating_sub(job.snapshot.estimated_bytes());
         }
-        metrics::counter!("vista_snapshots_cancelled_total").increment(1);
+        crate::metrics::get().snapshots_cancelled.inc();
         true
     }
 
@@ -418,9 +418,13 @@ impl Deliveries {
                 Err(PushError::Closed) => {}
             });
         }
-        metrics::counter!("vista_frames_queued_total").increment(self.queued);
-        metrics::counter!("vista_frames_conflated_total").increment(self.conflated);
-        metrics::counter!("vista_slow_consumer_disconnects_total").increment(self.slow_consumers);
+        crate::metrics::get().frames_queued.inc_by(self.queued);
+        crate::metrics::get()
+            .frames_conflated
+            .inc_by(self.conflated);
+        crate::metrics::get()
+            .slow_consumer_disconnects
+            .inc_by(self.slow_consumers);
     }
 }
 

@@ -9,7 +9,7 @@
 //! | `POST /ingest/{stream}` | NDJSON or a JSON array of event objects; all or nothing |
 //! | `POST /auth/token` | a subscriber token for `Authorization: Bearer <publishable key>` |
 //! | `POST /plugins/{name}/reproject` | rebuild the plugin's entities from the event log (202; progress in `GET /plugins`) |
-//! | `GET /metrics` | Prometheus text |
+//! | `GET /metrics` | every metric of [`crate::metrics`], OpenMetrics text |
 //! | `GET /`, `GET /dashboard/{file}` | the dashboard page ([`crate::dashboard`]) |
 //! | `GET /admin/views`, `GET /admin/figures` | what the dashboard polls |
 //! | `GET /admin/dead-letters[?format=ndjson]` | events the plugins refused or crashed on ([`crate::dead_letters`]) |
@@ -79,7 +79,7 @@ pub async fn handle(
         || (path.starts_with("/plugins/") && path.ends_with("/reproject"));
     if admin_route {
         if let Err(err) = shared.auth.admin(bearer(&request)) {
-            metrics::counter!("vista_auth_refused_total").increment(1);
+            crate::metrics::get().auth_refused.inc();
             return Ok(coded_error(
                 StatusCode::UNAUTHORIZED,
                 err.code(),
@@ -169,8 +169,8 @@ pub async fn handle(
         }
         (&Method::GET, "/admin/figures") => crate::dashboard::figures(&shared),
         (&Method::GET, "/metrics") => Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
-            .body(Full::new(Bytes::from(shared.metrics.render())))
+            .header(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)
+            .body(Full::new(Bytes::from(crate::metrics::get().render())))
             .expect("static response parts are valid"),
         (&Method::POST, "/auth/token") => match shared.auth.exchange(bearer(&request)) {
             Ok((token, expires_at)) => json_response(
@@ -178,7 +178,7 @@ pub async fn handle(
                 &json!({"token": token, "expiresAt": expires_at}),
             ),
             Err(err) => {
-                metrics::counter!("vista_auth_refused_total").increment(1);
+                crate::metrics::get().auth_refused.inc();
                 coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string())
             }
         },
@@ -225,7 +225,7 @@ pub async fn handle(
 
 /// 429 `rate-limit-exceeded` with `Retry-After`.
 fn rate_limited(retry_after: std::time::Duration, what: &str) -> HttpResponse {
-    metrics::counter!("vista_rate_limited_total").increment(1);
+    crate::metrics::get().rate_limited.inc();
     let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     let mut response = coded_error(
         StatusCode::TOO_MANY_REQUESTS,
@@ -262,7 +262,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         }
     }
     let Some(slot) = shared.reserve_connection() else {
-        metrics::counter!("vista_connections_refused_total").increment(1);
+        crate::metrics::get().connections_refused.inc();
         tracing::warn!(
             limit = shared.config.max_connections,
             "connection refused: limit reached"
@@ -288,7 +288,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok());
     if !shared.auth.origin_allowed(origin) {
-        metrics::counter!("vista_auth_refused_total").increment(1);
+        crate::metrics::get().auth_refused.inc();
         return coded_error(
             StatusCode::FORBIDDEN,
             "origin-not-allowed",
@@ -300,7 +300,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         .get(header::HOST)
         .and_then(|v| v.to_str().ok());
     if !shared.auth.host_allowed(host) {
-        metrics::counter!("vista_auth_refused_total").increment(1);
+        crate::metrics::get().auth_refused.inc();
         return coded_error(
             StatusCode::FORBIDDEN,
             "host-not-allowed",
@@ -311,7 +311,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
     let claims = match shared.auth.subscriber_or_admin(token.as_deref()) {
         Ok(claims) => claims,
         Err(err) => {
-            metrics::counter!("vista_auth_refused_total").increment(1);
+            crate::metrics::get().auth_refused.inc();
             return coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
         }
     };
@@ -371,11 +371,11 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     match shared.auth.ingest(bearer(&request), stream) {
         Ok(()) => {}
         Err(crate::auth::IngestDenied::Unauthenticated(err)) => {
-            metrics::counter!("vista_auth_refused_total").increment(1);
+            crate::metrics::get().auth_refused.inc();
             return coded_error(StatusCode::UNAUTHORIZED, err.code(), &err.to_string());
         }
         Err(crate::auth::IngestDenied::Forbidden) => {
-            metrics::counter!("vista_auth_refused_total").increment(1);
+            crate::metrics::get().auth_refused.inc();
             return coded_error(
                 StatusCode::FORBIDDEN,
                 "forbidden",

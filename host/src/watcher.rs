@@ -126,12 +126,14 @@ fn apply(shared: &Shared, path: &Path, action: Action) {
             let loaded = plugins::load(path, &shared.config.cache_dir);
             let outcome = shared.engine.load_blocking(path, loaded);
             let elapsed = started.elapsed();
-            metrics::histogram!("vista_plugin_reload_seconds").record(elapsed.as_secs_f64());
+            crate::metrics::get()
+                .plugin_reload_seconds
+                .observe(elapsed.as_secs_f64());
             if outcome.is_ok() {
-                metrics::counter!("vista_plugin_reloads_total").increment(1);
+                crate::metrics::get().plugin_reloads.inc();
                 tracing::info!(file = %path.display(), ms = elapsed.as_secs_f64() * 1e3, "plugin build live");
             } else {
-                metrics::counter!("vista_plugin_reload_failures_total").increment(1);
+                crate::metrics::get().plugin_reload_failures.inc();
             }
         }
         Action::Unload if !path.exists() => shared.engine.send(Command::Unload {

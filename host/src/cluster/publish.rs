@@ -96,7 +96,7 @@ impl Cluster {
             Ok(ack) => ack,
             Err(err) => {
                 engine.send(Command::ClusterForget { request });
-                metrics::counter!("vista_cluster_publish_failed_total").increment(1);
+                crate::metrics::get().cluster_publish_failed.inc();
                 return Err(IngestError::LogUnavailable(err.to_string()));
             }
         };

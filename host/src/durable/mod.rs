@@ -482,10 +482,18 @@ impl EventLog {
 /// `/metrics` gauges of what the log holds.
 pub fn publish_gauges(log: &EventLog) {
     if let Ok(stats) = log.stats() {
-        metrics::gauge!("vista_log_retained_records").set(stats.records as f64);
-        metrics::gauge!("vista_log_first_record").set(stats.first_rec as f64);
-        metrics::gauge!("vista_log_last_record").set(stats.last_rec as f64);
-        metrics::gauge!("vista_log_disk_bytes").set(stats.disk_bytes as f64);
+        crate::metrics::get()
+            .log_retained_records
+            .set(stats.records as i64);
+        crate::metrics::get()
+            .log_first_record
+            .set(stats.first_rec as i64);
+        crate::metrics::get()
+            .log_last_record
+            .set(stats.last_rec as i64);
+        crate::metrics::get()
+            .log_disk_bytes
+            .set(stats.disk_bytes as i64);
     }
 }
 

@@ -173,16 +173,19 @@ fn write_loop(
             let started = Instant::now();
             match log.append(&records, fsync) {
                 Ok(()) => {
-                    metrics::histogram!("vista_log_commit_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    metrics::counter!("vista_log_records_total").increment(records.len() as u64);
+                    crate::metrics::get()
+                        .log_commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    crate::metrics::get()
+                        .log_records
+                        .inc_by(records.len() as u64);
                     unsynced = !fsync;
                     report(WriterReport::Durable(
                         records.last().expect("non-empty").rec,
                     ));
                 }
                 Err(reason) => {
-                    metrics::counter!("vista_log_write_failures_total").increment(1);
+                    crate::metrics::get().log_write_failures.inc();
                     tracing::error!(%reason, records = records.len(), "cannot write the event log; the requests are refused with 503 until it can");
                     log.set_fault(Some(reason.clone()));
                     next_reopen = Instant::now() + backoff;

@@ -441,7 +441,7 @@ impl Engine {
             }
             Err(IngestError::ShuttingDown) => return,
             Err(err) => {
-                metrics::counter!("vista_cluster_refused_total").increment(1);
+                crate::metrics::get().cluster_refused.inc();
                 tracing::info!(position = seq, %err, "cluster record refused (identically on every host)");
                 0
             }
@@ -450,7 +450,9 @@ impl Engine {
             let _ = reply.send(outcome);
         }
         let _ = self.side().link.applied.send(seq);
-        metrics::gauge!("vista_cluster_applied_position").set(seq as f64);
+        crate::metrics::get()
+            .cluster_applied_position
+            .set(seq as i64);
         self.cluster_checkpoint(seq, events, false);
     }
 

@@ -342,7 +342,7 @@ pub(super) fn timed_out(
     pending: &[vista_plugin_api::Mutation],
     must_agree: bool,
 ) {
-    metrics::counter!("vista_projector_timeouts_total").increment(1);
+    crate::metrics::get().projector_timeouts.inc();
     let Some(plugin) = plugins.get_mut(name) else {
         return;
     };
@@ -380,7 +380,7 @@ pub(super) fn crashed(
     what: String,
     must_agree: bool,
 ) {
-    metrics::counter!("vista_projector_crashes_total").increment(1);
+    crate::metrics::get().projector_crashes.inc();
     let Some(plugin) = plugins.get_mut(name) else {
         return;
     };

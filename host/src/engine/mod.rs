@@ -202,7 +202,7 @@ impl Engine {
                 pipeline.projected(projected, &mut env);
             }
             Command::Log(WriterReport::Checkpointed(rec)) => {
-                metrics::counter!("vista_checkpoints_total").increment(1);
+                crate::metrics::get().checkpoints.inc();
                 tracing::debug!(rec, "checkpoint durable");
             }
             Command::Log(report) => {

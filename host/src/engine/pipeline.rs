@@ -554,7 +554,9 @@ impl Pipeline {
             self.committing.push_front(commit);
             return;
         }
-        metrics::counter!("vista_events_ingested_total").increment(commit.events as u64);
+        crate::metrics::get()
+            .events_ingested
+            .inc_by(commit.events as u64);
         let _ = commit.reply.send(Ok(Ingested {
             accepted: commit.events,
             seq,

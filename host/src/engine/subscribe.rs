@@ -90,7 +90,7 @@ impl Engine {
                 pinged += 1;
             }
         }
-        metrics::counter!("vista_idle_disconnects_total").increment(closed as u64);
+        crate::metrics::get().idle_disconnects.inc_by(closed as u64);
         (pinged, closed)
     }
 

@@ -233,7 +233,9 @@ impl Views {
             return;
         };
         self.filtered.retain(|(v, _), _| **v != *id);
-        metrics::gauge!("vista_filtered_views").set(self.filtered.len() as f64);
+        crate::metrics::get()
+            .filtered_views
+            .set(self.filtered.len() as i64);
         if let Some(ids) = self.by_entity.get_mut(&view.source) {
             ids.retain(|v| **v != *id);
         }
@@ -549,7 +551,9 @@ impl Views {
             let view = parent.filtered(filters.clone(), store);
             self.filtered
                 .insert(key.clone(), Filtered { view, refs: 0 });
-            metrics::gauge!("vista_filtered_views").set(self.filtered.len() as f64);
+            crate::metrics::get()
+                .filtered_views
+                .set(self.filtered.len() as i64);
         }
         Ok(key)
     }
@@ -570,7 +574,9 @@ impl Views {
                     filtered.refs -= 1;
                     if filtered.refs == 0 {
                         self.filtered.remove(&key);
-                        metrics::gauge!("vista_filtered_views").set(self.filtered.len() as f64);
+                        crate::metrics::get()
+                            .filtered_views
+                            .set(self.filtered.len() as i64);
                     }
                 }
             }

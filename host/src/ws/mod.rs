@@ -65,7 +65,7 @@ pub async fn serve<S>(
         f64::from(shared.config.subscribe_rate),
         f64::from(shared.config.subscribe_burst),
     );
-    metrics::gauge!("vista_connections").increment(1.0);
+    crate::metrics::get().connections.inc();
     let mut writer = tokio::spawn(close::write_returning_sink(sink, outbox.clone()));
     let mut writer_finished = None;
     let ended;
@@ -99,7 +99,7 @@ pub async fn serve<S>(
                 break;
             }
             () = tokio::time::sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {
-                metrics::counter!("vista_token_expired_disconnects_total").increment(1);
+                crate::metrics::get().token_expired_disconnects.inc();
                 outbox.push_reply(Outgoing::Frame(socket_issue(
                     "token-expired",
                     "the token expired and no refresh_auth replaced it",
@@ -113,7 +113,7 @@ pub async fn serve<S>(
         }
     }
     shared.engine.send(Command::Disconnect { conn });
-    metrics::gauge!("vista_connections").decrement(1.0);
+    crate::metrics::get().connections.dec();
     close::close_and_linger(stream, writer, writer_finished, &outbox, ended).await;
 }
 
@@ -148,7 +148,7 @@ fn handle_text(
                 .as_ref()
                 .is_some_and(|c| !c.allows_view(&request.view, request.key.as_deref())) =>
         {
-            metrics::counter!("vista_subscribes_forbidden_total").increment(1);
+            crate::metrics::get().subscribes_forbidden.inc();
             reply_issue(
                 outbox,
                 "forbidden",
@@ -165,7 +165,7 @@ fn handle_text(
         }
         Ok(ClientMessage::Subscribe(request)) => {
             if limiter.take().is_err() {
-                metrics::counter!("vista_subscribes_rate_limited_total").increment(1);
+                crate::metrics::get().subscribes_rate_limited.inc();
                 reply_issue(
                     outbox,
                     "rate-limit-exceeded",
@@ -189,7 +189,7 @@ fn handle_text(
             } else {
                 match shared.auth.subscriber(token.as_deref()) {
                     Ok(Some(fresh)) => {
-                        metrics::counter!("vista_auth_refreshes_total").increment(1);
+                        crate::metrics::get().auth_refreshes.inc();
                         let expires_at = fresh.exp;
                         *claims = Some(fresh);
                         serde_json::json!({"success": true, "expiresAt": expires_at})
@@ -268,7 +268,7 @@ where
             }
         }
         sink.flush().await?;
-        metrics::counter!("vista_frames_sent_total").increment(frames);
-        metrics::counter!("vista_bytes_sent_total").increment(bytes);
+        crate::metrics::get().frames_sent.inc_by(frames);
+        crate::metrics::get().bytes_sent.inc_by(bytes);
     }
 }

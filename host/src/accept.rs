@@ -36,6 +36,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::codes::{CloseReason, HttpCode};
 use crate::engine::Command;
 use crate::http::{ConnectionGuard, HttpResponse, PeerAddr};
 use crate::Shared;
@@ -91,15 +92,16 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     }
     drop(listener);
     shared.shutdown.signal();
-    let reason = "server-shutdown: the server is restarting; reconnect";
+    let why = CloseReason::ServerShutdown;
+    let reason = why.with("the server is restarting; reconnect");
     tracing::info!(
         clients = shared.open_connections.load(Ordering::Acquire),
         grace_s = shared.config.shutdown_grace.as_secs_f64(),
         "stopped accepting; flushing clients"
     );
     shared.engine.send(Command::CloseAll {
-        code: 1001,
-        reason: reason.into(),
+        code: why.code(),
+        reason: reason.clone(),
         discard_queued: false,
     });
     if !shared
@@ -113,8 +115,8 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             "grace period over; closing clients that are still behind"
         );
         shared.engine.send(Command::CloseAll {
-            code: 1001,
-            reason: reason.into(),
+            code: why.code(),
+            reason,
             discard_queued: true,
         });
         shared.shutdown.clients_done(Duration::from_secs(1)).await;
@@ -183,7 +185,7 @@ pub async fn serve_tcp(
 fn ip_limit_response(limit: usize) -> HttpResponse {
     crate::http::coded_error(
         StatusCode::TOO_MANY_REQUESTS,
-        "ip-connection-limit-exceeded",
+        HttpCode::IpConnectionLimitExceeded,
         &format!("this server accepts at most {limit} connections from one address"),
     )
 }

@@ -90,11 +90,12 @@ pub enum AuthError {
 
 impl AuthError {
     /// The kebab-case code (`auth-required`, `token-invalid`, `token-expired`).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::codes::HttpCode {
+        use crate::codes::HttpCode;
         match self {
-            AuthError::Required => "auth-required",
-            AuthError::Invalid(_) => "token-invalid",
-            AuthError::Expired => "token-expired",
+            AuthError::Required => HttpCode::AuthRequired,
+            AuthError::Invalid(_) => HttpCode::TokenInvalid,
+            AuthError::Expired => HttpCode::TokenExpired,
         }
     }
 }

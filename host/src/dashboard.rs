@@ -29,7 +29,8 @@ use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde_json::json;
 
-use crate::http::{json_response, HttpResponse};
+use crate::codes::HttpCode;
+use crate::http::{error_response, json_response, HttpResponse};
 use crate::Shared;
 
 /// The page's files: URL path, content type, contents.
@@ -87,9 +88,11 @@ pub(crate) fn is_asset(path: &str) -> bool {
 pub(crate) fn asset(path: &str) -> HttpResponse {
     let path = if path == "/index.html" { "/" } else { path };
     let Some((_, content_type, body)) = ASSETS.iter().find(|(p, _, _)| *p == path) else {
-        return json_response(
+        return error_response(
             StatusCode::NOT_FOUND,
-            &json!({"error": "not-found", "message": format!("no dashboard file {path}")}),
+            HttpCode::NotFound,
+            &format!("no dashboard file {path}"),
+            json!({}),
         );
     };
     Response::builder()

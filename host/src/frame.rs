@@ -15,6 +15,8 @@ use flate2::{write::GzEncoder, Compression};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
+use crate::codes::IssueCode;
+
 pub use crate::vocab::{Mode, Op};
 
 /// Frames at least this long are sent gzipped.
@@ -374,7 +376,7 @@ impl EntityUpdate {
 }
 
 /// A socket issue: a text frame the TypeScript client recognises by shape.
-pub fn socket_issue(code: &str, message: &str, fatal: bool) -> Frame {
+pub fn socket_issue(code: IssueCode, message: &str, fatal: bool) -> Frame {
     #[derive(serde::Serialize)]
     struct Issue<'a> {
         #[serde(rename = "type")]
@@ -387,9 +389,9 @@ pub fn socket_issue(code: &str, message: &str, fatal: bool) -> Frame {
     }
     Frame::text(&Issue {
         kind: "error",
-        error: code,
+        error: code.as_str(),
         message,
-        code,
+        code: code.as_str(),
         retryable: false,
         fatal,
     })

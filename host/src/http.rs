@@ -11,6 +11,8 @@ use http_body_util::Full;
 use hyper::{header, Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::codes::HttpCode;
+
 /// HTTP response with a fully buffered body.
 pub type HttpResponse = Response<Full<Bytes>>;
 
@@ -24,11 +26,11 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
 
 pub(crate) fn error_response(
     status: StatusCode,
-    code: &str,
+    code: HttpCode,
     message: &str,
     extra: Value,
 ) -> HttpResponse {
-    let mut body = json!({"error": code, "message": message});
+    let mut body = json!({"error": code.as_str(), "message": message});
     if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
         body.extend(extra);
     }
@@ -37,7 +39,7 @@ pub(crate) fn error_response(
 
 /// An error response with the code also in `X-Error-Code` (what the
 /// published clients read on a refused handshake).
-pub(crate) fn coded_error(status: StatusCode, code: &'static str, message: &str) -> HttpResponse {
+pub(crate) fn coded_error(status: StatusCode, code: HttpCode, message: &str) -> HttpResponse {
     // Limits (429, 503) pass; a refusal of who you are does not.
     let retryable = matches!(
         status,
@@ -47,11 +49,12 @@ pub(crate) fn coded_error(status: StatusCode, code: &'static str, message: &str)
         status,
         code,
         message,
-        json!({"code": code, "retryable": retryable}),
+        json!({"code": code.as_str(), "retryable": retryable}),
     );
-    response
-        .headers_mut()
-        .insert("x-error-code", header::HeaderValue::from_static(code));
+    response.headers_mut().insert(
+        "x-error-code",
+        header::HeaderValue::from_static(code.as_str()),
+    );
     response
 }
 

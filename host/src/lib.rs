@@ -76,6 +76,7 @@ pub mod typegen;
 pub mod views;
 
 pub(crate) mod accept;
+pub(crate) mod codes;
 pub(crate) mod dashboard;
 pub mod dead_letters;
 pub(crate) mod demo;

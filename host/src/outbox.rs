@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use crate::codes::{CloseReason, NORMAL_CLOSE};
 use crate::frame::{EntityUpdate, Frame, Snapshot};
 use crate::vocab::ConnId;
 
@@ -70,6 +71,24 @@ pub enum Outgoing {
         /// `"<kebab-code>: <text>"`.
         reason: String,
     },
+}
+
+impl Outgoing {
+    /// A close for `why`: its code, and the reason `"<why>: <detail>"`.
+    pub fn close(why: CloseReason, detail: impl std::fmt::Display) -> Self {
+        Outgoing::Close {
+            code: why.code(),
+            reason: why.with(detail),
+        }
+    }
+
+    /// A normal close (1000, no reason).
+    pub fn normal_close() -> Self {
+        Outgoing::Close {
+            code: NORMAL_CLOSE,
+            reason: String::new(),
+        }
+    }
 }
 
 /// What happened to a live frame.
@@ -232,13 +251,13 @@ impl Outbox {
                 }
                 None => {
                     queue.closing = true;
-                    queue.items.push_back(Outgoing::Close {
-                        code: 1008,
-                        reason: format!(
-                            "slow-consumer: more than {} bytes of append-view frames queued",
+                    queue.items.push_back(Outgoing::close(
+                        CloseReason::SlowConsumer,
+                        format_args!(
+                            "more than {} bytes of append-view frames queued",
                             self.max_live_bytes
                         ),
-                    });
+                    ));
                     Err(PushError::SlowConsumer)
                 }
             }
@@ -268,13 +287,13 @@ impl Outbox {
             );
             crate::metrics::get().slow_consumer_disconnects.inc();
             queue.closing = true;
-            queue.items.push_back(Outgoing::Close {
-                code: 1008,
-                reason: format!(
-                    "slow-consumer: more than {} bytes of replies and snapshots queued",
+            queue.items.push_back(Outgoing::close(
+                CloseReason::SlowConsumer,
+                format_args!(
+                    "more than {} bytes of replies and snapshots queued",
                     self.max_live_bytes
                 ),
-            });
+            ));
         } else {
             if let Outgoing::Close { .. } = item {
                 queue.closing = true;

@@ -7,6 +7,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::codes::IssueCode;
 use crate::filters::Filters;
 use crate::vocab::SubscribeRequest;
 
@@ -36,14 +37,14 @@ pub enum ClientMessage {
 #[error("{message}")]
 pub struct InvalidMessage {
     /// The socket issue code: `invalid-message`, or `invalid-filter`.
-    pub code: &'static str,
+    pub code: IssueCode,
     /// What was wrong.
     pub message: String,
 }
 
 fn invalid(message: impl Into<String>) -> InvalidMessage {
     InvalidMessage {
-        code: "invalid-message",
+        code: IssueCode::InvalidMessage,
         message: message.into(),
     }
 }
@@ -132,7 +133,7 @@ fn parse_subscribe(fields: &Map<String, Value>) -> Result<SubscribeRequest, Inva
         after,
         snapshot_limit: count_field(fields, "snapshotLimit")?,
         filters: Filters::parse(fields.get("filters")).map_err(|err| InvalidMessage {
-            code: "invalid-filter",
+            code: IssueCode::InvalidFilter,
             message: err.to_string(),
         })?,
     })
@@ -207,7 +208,7 @@ mod tests {
         let bad =
             parse_client_message(r#"{"type":"subscribe","view":"A/list","filters":{"a":[1]}}"#)
                 .unwrap_err();
-        assert_eq!(bad.code, "invalid-filter");
+        assert_eq!(bad.code, IssueCode::InvalidFilter);
     }
 
     #[test]

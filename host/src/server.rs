@@ -33,6 +33,7 @@ use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use serde_json::json;
 
+use crate::codes::HttpCode;
 use crate::engine::IngestError;
 use crate::http::{coded_error, error_response, json_response, HttpResponse};
 use crate::ingest::IngestBody;
@@ -48,14 +49,19 @@ async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
         ),
         Err(err) => {
             let (status, code) = match &err {
-                ReprojectError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "unknown-plugin"),
-                ReprojectError::InMemory => (StatusCode::CONFLICT, "no-event-log"),
-                ReprojectError::LogIncomplete(_) => (StatusCode::CONFLICT, "log-incomplete"),
-                ReprojectError::AlreadyRunning(_) => (StatusCode::CONFLICT, "reprojection-running"),
-                ReprojectError::Stuck(_) => (StatusCode::CONFLICT, "plugin-stuck"),
-                ReprojectError::Failed(_) => {
-                    (StatusCode::INTERNAL_SERVER_ERROR, "reprojection-failed")
+                ReprojectError::UnknownPlugin(_) => {
+                    (StatusCode::NOT_FOUND, HttpCode::UnknownPlugin)
                 }
+                ReprojectError::InMemory => (StatusCode::CONFLICT, HttpCode::NoEventLog),
+                ReprojectError::LogIncomplete(_) => (StatusCode::CONFLICT, HttpCode::LogIncomplete),
+                ReprojectError::AlreadyRunning(_) => {
+                    (StatusCode::CONFLICT, HttpCode::ReprojectionRunning)
+                }
+                ReprojectError::Stuck(_) => (StatusCode::CONFLICT, HttpCode::PluginStuck),
+                ReprojectError::Failed(_) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    HttpCode::ReprojectionFailed,
+                ),
             };
             error_response(status, code, &err.to_string(), json!({"plugin": name}))
         }
@@ -92,7 +98,7 @@ pub async fn handle(
         (&Method::GET, "/healthz" | "/readyz") if crate::supervise::failure().is_some() => {
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "host-failed",
+                HttpCode::HostFailed,
                 crate::supervise::failure().unwrap_or_default(),
                 json!({"status": "failed"}),
             )
@@ -115,7 +121,7 @@ pub async fn handle(
             None => match shared.log.as_ref().and_then(|log| log.fault()) {
                 Some(reason) => error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "storage-unavailable",
+                    HttpCode::StorageUnavailable,
                     &format!("the event log cannot be written ({reason}); reopened with backoff, ingest resumes by itself"),
                     json!({"status": "storage-unavailable"}),
                 ),
@@ -203,19 +209,19 @@ pub async fn handle(
             | "/admin/dead-letters",
         ) => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
+            HttpCode::MethodNotAllowed,
             "use GET",
             json!({}),
         ),
         (_, p) if p.starts_with("/ingest/") => error_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
+            HttpCode::MethodNotAllowed,
             "use POST",
             json!({}),
         ),
         _ => error_response(
             StatusCode::NOT_FOUND,
-            "not-found",
+            HttpCode::NotFound,
             &format!("no route {path}"),
             json!({}),
         ),
@@ -229,7 +235,7 @@ fn rate_limited(retry_after: std::time::Duration, what: &str) -> HttpResponse {
     let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
     let mut response = coded_error(
         StatusCode::TOO_MANY_REQUESTS,
-        "rate-limit-exceeded",
+        HttpCode::RateLimitExceeded,
         &format!("too many {what}; retry in {seconds} s"),
     );
     response
@@ -269,7 +275,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         );
         return coded_error(
             StatusCode::SERVICE_UNAVAILABLE,
-            "connection-limit-exceeded",
+            HttpCode::ConnectionLimitExceeded,
             &format!(
                 "this server accepts at most {} connections",
                 shared.config.max_connections
@@ -291,7 +297,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         crate::metrics::get().auth_refused.inc();
         return coded_error(
             StatusCode::FORBIDDEN,
-            "origin-not-allowed",
+            HttpCode::OriginNotAllowed,
             &format!("WebSockets from origin {origin:?} are not allowed here"),
         );
     }
@@ -303,7 +309,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         crate::metrics::get().auth_refused.inc();
         return coded_error(
             StatusCode::FORBIDDEN,
-            "host-not-allowed",
+            HttpCode::HostNotAllowed,
             &format!("this server does not answer to Host {host:?}"),
         );
     }
@@ -333,7 +339,7 @@ fn upgrade(request: &mut Request<Incoming>, shared: Arc<Shared>) -> HttpResponse
         }
         Err(err) => error_response(
             StatusCode::BAD_REQUEST,
-            "bad-upgrade",
+            HttpCode::BadUpgrade,
             &err.to_string(),
             json!({}),
         ),
@@ -378,7 +384,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             crate::metrics::get().auth_refused.inc();
             return coded_error(
                 StatusCode::FORBIDDEN,
-                "forbidden",
+                HttpCode::Forbidden,
                 &format!("these credentials may not ingest into {stream:?}"),
             );
         }
@@ -387,7 +393,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     let Ok(_permit) = shared.ingest_permits.acquire().await else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting-down",
+            HttpCode::ShuttingDown,
             "the server is shutting down",
             json!({}),
         );
@@ -396,7 +402,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     let too_large = || {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
+            HttpCode::BodyTooLarge,
             &format!("ingest bodies are limited to {limit} bytes"),
             json!({"limit": limit}),
         )
@@ -418,7 +424,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             Err(_) => {
                 return error_response(
                     StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
+                    HttpCode::BodyTimeout,
                     &format!("the body was not received within {} s", limit.as_secs()),
                     json!({}),
                 )
@@ -432,7 +438,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
         Err(err) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
-                "body-read-failed",
+                HttpCode::BodyReadFailed,
                 &err.to_string(),
                 json!({}),
             )
@@ -452,7 +458,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
         Err(malformed) => {
             return error_response(
                 StatusCode::BAD_REQUEST,
-                "malformed-event",
+                HttpCode::MalformedEvent,
                 &format!("line {}: {}", malformed.position, malformed.message),
                 json!({"line": malformed.position}),
             )
@@ -462,7 +468,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     if events.is_empty() {
         return error_response(
             StatusCode::BAD_REQUEST,
-            "empty-body",
+            HttpCode::EmptyBody,
             "no events in the body",
             json!({}),
         );
@@ -474,7 +480,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
         ),
         Err(err @ IngestError::UnknownStream(_)) => error_response(
             StatusCode::NOT_FOUND,
-            "unknown-stream",
+            HttpCode::UnknownStream,
             &err.to_string(),
             json!({"stream": stream}),
         ),
@@ -486,7 +492,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             tracing::warn!(%plugin, stream, position, "projector error: {message}");
             error_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "projector-error",
+                HttpCode::ProjectorError,
                 &format!("plugin {plugin:?} failed on event {position}: {message}"),
                 json!({"plugin": plugin, "line": position}),
             )
@@ -497,7 +503,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             };
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "projector-timeout",
+                HttpCode::ProjectorTimeout,
                 &err.to_string(),
                 json!({"plugin": plugin, "timeout_ms": timeout_ms}),
             )
@@ -509,7 +515,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             crash,
         }) => error_response(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "projector-crashed",
+            HttpCode::ProjectorCrashed,
             &format!("plugin {plugin:?} crashed on event {position}: {message}; nothing of the request was applied, the projector was restarted"),
             json!({
                 "plugin": plugin,
@@ -524,7 +530,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             };
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "plugin-crashed",
+                HttpCode::PluginCrashed,
                 &err.to_string(),
                 json!({"plugin": plugin}),
             )
@@ -535,32 +541,32 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             };
             error_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "plugin-stuck",
+                HttpCode::PluginStuck,
                 &err.to_string(),
                 json!({"plugin": plugin}),
             )
         }
         Err(err @ IngestError::StorageUnavailable(_)) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "storage-unavailable",
+            HttpCode::StorageUnavailable,
             &err.to_string(),
             json!({"retryable": true}),
         ),
         Err(err @ IngestError::ShuttingDown) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting-down",
+            HttpCode::ShuttingDown,
             &err.to_string(),
             json!({}),
         ),
         Err(err @ IngestError::HostPaused(_)) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "host-paused",
+            HttpCode::HostPaused,
             &err.to_string(),
             json!({"retryable": true}),
         ),
         Err(err @ IngestError::LogUnavailable(_)) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            "log-unavailable",
+            HttpCode::LogUnavailable,
             &err.to_string(),
             json!({"retryable": true}),
         ),
@@ -570,7 +576,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             };
             error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body-too-large",
+                HttpCode::BodyTooLarge,
                 &err.to_string(),
                 json!({"limit": max_payload}),
             )

@@ -82,6 +82,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use vista_plugin_api::Mutation;
 
+use crate::codes::HttpCode;
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::{LogRecord, WriterJob, WriterReport};
 use crate::ingest::IngestBody;
@@ -431,10 +432,13 @@ impl Env for Stage<'_> {
         failure: &ProjectFailure,
     ) {
         let code = match failure.crash {
-            Some(_) => "projector-crashed",
-            None if failure.message.starts_with(pipeline::TIMEOUT_MESSAGE) => "projector-timeout",
-            None => "projector-error",
-        };
+            Some(_) => HttpCode::ProjectorCrashed,
+            None if failure.message.starts_with(pipeline::TIMEOUT_MESSAGE) => {
+                HttpCode::ProjectorTimeout
+            }
+            None => HttpCode::ProjectorError,
+        }
+        .as_str();
         self.dead_letters.keep(DeadLetter {
             plugin: plugin.to_owned(),
             fingerprint: self

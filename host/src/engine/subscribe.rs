@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use super::Engine;
+use crate::codes::{CloseReason, IssueCode};
 use crate::frame::socket_issue;
 use crate::outbox::{Outbox, Outgoing, SnapshotJob};
 use crate::views::{Notice, Removed, SubscribeError};
@@ -32,7 +33,7 @@ impl Engine {
             && self.views.subscription_count(conn) >= self.max_subscriptions
         {
             outbox.push_reply(Outgoing::Frame(socket_issue(
-                "subscription-limit-exceeded",
+                IssueCode::SubscriptionLimitExceeded,
                 &format!(
                     "at most {} subscriptions per connection",
                     self.max_subscriptions
@@ -46,7 +47,7 @@ impl Engine {
             Ok(start) => start.send(conn, &mut |_, notice| tell(&outbox, notice)),
             Err(SubscribeError::InvalidFilter(message)) => {
                 outbox.push_reply(Outgoing::Frame(socket_issue(
-                    "invalid-filter",
+                    IssueCode::InvalidFilter,
                     &message,
                     false,
                 )));
@@ -54,7 +55,7 @@ impl Engine {
             Err(SubscribeError::ViewNotFound) => {
                 tracing::debug!(conn, view = %request.view, "subscribe to unknown view (pending)");
                 outbox.push_reply(Outgoing::Frame(socket_issue(
-                    "view-not-found",
+                    IssueCode::ViewNotFound,
                     &format!(
                         "no view named {:?}; the subscription starts if a plugin provides it",
                         request.view
@@ -80,10 +81,10 @@ impl Engine {
             let silent = outbox.silent_for();
             if silent > timeout {
                 tracing::info!(conn, silent_s = silent.as_secs(), "closing a silent client");
-                outbox.push_reply(Outgoing::Close {
-                    code: 1001,
-                    reason: format!("idle-timeout: nothing received for {} s", silent.as_secs()),
-                });
+                outbox.push_reply(Outgoing::close(
+                    CloseReason::IdleTimeout,
+                    format_args!("nothing received for {} s", silent.as_secs()),
+                ));
                 closed += 1;
             } else if silent > timeout / 3 {
                 outbox.push_reply(Outgoing::Ping);

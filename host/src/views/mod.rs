@@ -41,6 +41,7 @@ pub use summary::ViewSummary;
 pub use view::View;
 use view::{FrameCache, Slot, Subscribers};
 
+use crate::codes::IssueCode;
 use crate::filters::Filters;
 use crate::frame::{socket_issue, Frame, Snapshot, SnapshotEntry, Subscribed};
 use crate::store::{Change, Store};
@@ -218,7 +219,7 @@ impl Views {
                 Ok(start) => start.send(conn, notify),
                 Err(SubscribeError::InvalidFilter(message)) => notify(
                     conn,
-                    Notice::Frame(socket_issue("invalid-filter", &message, false)),
+                    Notice::Frame(socket_issue(IssueCode::InvalidFilter, &message, false)),
                 ),
                 Err(SubscribeError::ViewNotFound) => {}
             }
@@ -240,7 +241,7 @@ impl Views {
             ids.retain(|v| **v != *id);
         }
         let issue = socket_issue(
-            "view-removed",
+            IssueCode::ViewRemoved,
             &format!("view {id:?} was removed by a plugin reload; the subscription stays pending"),
             false,
         );

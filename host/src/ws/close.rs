@@ -22,6 +22,7 @@ use hyper_tungstenite::tungstenite::{self, error::ProtocolError, Message};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::codes::CloseReason;
 use crate::outbox::{Outbox, Outgoing};
 use crate::Config;
 
@@ -54,20 +55,20 @@ where
 /// when the connection is simply gone (reset, EOF, I/O error).
 pub fn close_for_read_error(err: &tungstenite::Error) -> Option<(u16, String)> {
     let (code, reason) = match err {
-        tungstenite::Error::Capacity(err) => (1009, format!("message-too-large: {err}")),
+        tungstenite::Error::Capacity(err) => (CloseReason::MessageTooLarge, err.to_string()),
         tungstenite::Error::Utf8(_) => (
-            1007,
-            "invalid-utf8: a text message is not valid UTF-8".to_owned(),
+            CloseReason::InvalidUtf8,
+            "a text message is not valid UTF-8".to_owned(),
         ),
         tungstenite::Error::Protocol(
             ProtocolError::ResetWithoutClosingHandshake
             | ProtocolError::ReceivedAfterClosing
             | ProtocolError::SendAfterClosing,
         ) => return None,
-        tungstenite::Error::Protocol(err) => (1002, format!("protocol-error: {err}")),
+        tungstenite::Error::Protocol(err) => (CloseReason::ProtocolError, err.to_string()),
         _ => return None,
     };
-    Some((code, truncate_reason(reason)))
+    Some((code.code(), truncate_reason(code.with(reason))))
 }
 
 /// Close reasons are limited to 123 bytes of UTF-8.
@@ -146,10 +147,7 @@ pub async fn close_and_linger<S>(
     let finished = match finished {
         Some(finished) => finished,
         None => {
-            outbox.push_reply(Outgoing::Close {
-                code: 1000,
-                reason: String::new(),
-            });
+            outbox.push_reply(Outgoing::normal_close());
             match tokio::time::timeout(Duration::from_secs(5), &mut writer).await {
                 Ok(finished) => finished,
                 Err(_) => {

@@ -33,6 +33,7 @@ use hyper_tungstenite::tungstenite::{
 };
 
 use crate::auth::TokenBucket;
+use crate::codes::{CloseReason, IssueCode};
 use crate::engine::Command;
 use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing};
@@ -77,7 +78,7 @@ pub async fn serve<S>(
                 Some(Ok(Message::Text(text))) => handle_text(&shared, conn, &outbox, &mut limiter, &mut claims, text.as_str()),
                 Some(Ok(Message::Binary(bytes))) => match std::str::from_utf8(&bytes) {
                     Ok(text) => handle_text(&shared, conn, &outbox, &mut limiter, &mut claims, text),
-                    Err(_) => reply_issue(&outbox, "invalid-message", "binary message is not UTF-8 JSON"),
+                    Err(_) => reply_issue(&outbox, IssueCode::InvalidMessage, "binary message is not UTF-8 JSON"),
                 },
                 Some(Ok(Message::Close(_))) | None => {
                     ended = Ended::ByPeer;
@@ -100,15 +101,14 @@ pub async fn serve<S>(
             }
             () = tokio::time::sleep_until(expires.unwrap_or_else(far_future)), if expires.is_some() => {
                 crate::metrics::get().token_expired_disconnects.inc();
-                outbox.push_reply(Outgoing::Frame(socket_issue(
-                    "token-expired",
+                outbox.push_reply(Outgoing::Frame(socket_issue(IssueCode::TokenExpired,
                     "the token expired and no refresh_auth replaced it",
                     true,
                 )));
-                outbox.push_reply(Outgoing::Close {
-                    code: 1008,
-                    reason: "token-expired: the token expired; reconnect with a new one".into(),
-                });
+                outbox.push_reply(Outgoing::close(
+                    CloseReason::TokenExpired,
+                    "the token expired; reconnect with a new one",
+                ));
             }
         }
     }
@@ -130,7 +130,7 @@ fn far_future() -> tokio::time::Instant {
     tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
-fn reply_issue(outbox: &Outbox, code: &str, message: &str) {
+fn reply_issue(outbox: &Outbox, code: IssueCode, message: &str) {
     outbox.push_reply(Outgoing::Frame(socket_issue(code, message, false)));
 }
 
@@ -151,7 +151,7 @@ fn handle_text(
             crate::metrics::get().subscribes_forbidden.inc();
             reply_issue(
                 outbox,
-                "forbidden",
+                IssueCode::Forbidden,
                 &format!(
                     "the token does not allow {:?}{}",
                     request.view,
@@ -168,7 +168,7 @@ fn handle_text(
                 crate::metrics::get().subscribes_rate_limited.inc();
                 reply_issue(
                     outbox,
-                    "rate-limit-exceeded",
+                    IssueCode::RateLimitExceeded,
                     &format!(
                         "at most {} subscribes per second (bursts of {}); {:?} was not subscribed",
                         shared.config.subscribe_rate, shared.config.subscribe_burst, request.view
@@ -195,7 +195,7 @@ fn handle_text(
                         serde_json::json!({"success": true, "expiresAt": expires_at})
                     }
                     Ok(None) => serde_json::json!({"success": true}),
-                    Err(err) => serde_json::json!({"success": false, "error": err.code()}),
+                    Err(err) => serde_json::json!({"success": false, "error": err.code().as_str()}),
                 }
             };
             outbox.push_reply(Outgoing::Frame(Frame::text(&answer)));

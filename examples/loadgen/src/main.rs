@@ -87,7 +87,8 @@ struct Common {
     #[arg(long)]
     plugin: Option<PathBuf>,
     /// `vista serve --isolation`: `process` (projectors in child processes,
-    /// whose CPU counts as the host's) or `thread`.
+    /// whose CPU counts as the host's), `thread`, or `default` (the flag
+    /// not passed: for a host built before it existed).
     #[arg(long, default_value = "process")]
     isolation: String,
 }
@@ -269,8 +270,10 @@ impl Server {
                     data_dir = Some(data);
                 }
                 args.extend(extra_args.iter().map(Into::into));
-                args.push("--isolation".into());
-                args.push(common.isolation.clone().into());
+                if common.isolation != "default" {
+                    args.push("--isolation".into());
+                    args.push(common.isolation.clone().into());
+                }
                 if common.auth {
                     for arg in [
                         "--jwt-secret",

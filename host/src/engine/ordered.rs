@@ -1,6 +1,6 @@
-//! Applying the records of a log that orders them ([`super::log::Log::
-//! orders_requests`]; cluster mode's JetStream stream, whose async side is
-//! `crate::cluster`): records ([`super::link::LogEntry`]) are applied one at
+//! Applying the records of a log that orders them
+//! ([`super::log::Log::orders_requests`]; cluster mode's JetStream stream,
+//! whose async side is `crate::cluster`): records ([`super::link::LogEntry`]) are applied one at
 //! a time, in the log's order, each to completion before the next starts,
 //! so every host reaches the same state with the same `_seq`s whatever its
 //! timing.

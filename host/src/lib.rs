@@ -34,7 +34,8 @@
 //! - [`ingest`]: splitting an ingest body into events.
 //! - [`durable`]: the event log (redb), its writer thread and checkpoints.
 //! - [`cluster`]: scale-out: several hosts sharing a NATS JetStream stream
-//!   as their log (publishing, consuming in order, build markers).
+//!   as their log (publishing, consuming in order, build markers), and that
+//!   stream as the engine's log (`JetStreamLog`).
 //! - [`reproject`]: rebuilding a plugin's entities from the log through a
 //!   new build, in the background, then swapping.
 //! - [`plugins`]: loading `.so` files through the ABI-stable contract, each
@@ -180,11 +181,9 @@ pub struct Shared {
     ingest_permits: tokio::sync::Semaphore,
     /// The stop signal, and the connections and requests it waits for.
     pub(crate) shutdown: shutdown::Shutdown,
-    /// Cluster mode: the shared log.
-    pub(crate) cluster: Option<Arc<cluster::Cluster>>,
-    /// A single durable host: whether its event log can be written (not
-    /// the log itself: the engine closes it at shutdown).
-    pub(crate) log: Option<Arc<durable::LogHealth>>,
+    /// The log as the HTTP side sees it: where an ingest goes, `/readyz`,
+    /// `/status` (the engine holds the log itself).
+    pub(crate) log: Arc<dyn engine::log::Front>,
 }
 
 impl Shared {
@@ -202,37 +201,40 @@ impl Shared {
             config.max_subscriptions_per_connection,
             config.projector_timeout,
         );
-        let mut requests = None;
-        let mut cluster_status = None;
-        let mut single_log = None;
-        if config.cluster.is_some() {
-            let (link, status, requests_rx) = cluster::channels(0);
-            cluster_status = Some(status);
-            requests = Some(requests_rx);
-            engine.enable_cluster(link);
+        // The log the engine holds, and its front for the HTTP side. A
+        // shared log is installed before the plugins load (their builds are
+        // staged until its markers); a local one by recovery, after them.
+        let mut cluster = None;
+        let mut front = engine::log::EngineFront { health: None };
+        if let Some(cluster_config) = &config.cluster {
+            let log = match &config.data_dir {
+                Some(dir) => {
+                    let log = durable::EventLog::open(dir)?;
+                    log.claim_mode(&format!("cluster:{}", cluster_config.stream))?;
+                    Some(Arc::new(log))
+                }
+                None => None,
+            };
+            let (link, status, requests) = cluster::channels(0);
+            let persistence = cluster::ClusterPersistence {
+                log,
+                checkpoint_every_events: config.checkpoint_every_events,
+                checkpoint_every: config.checkpoint_every,
+            };
+            let log = cluster::JetStreamLog::new(link, persistence, engine.log_reports());
+            engine.use_log(Box::new(log));
+            cluster = Some((cluster_config.clone(), status, requests));
         }
         engine.load_plugin_dir(&config.plugins_dir);
-        match (&config.data_dir, &config.cluster) {
-            (data_dir, Some(_)) => {
-                let log = match (data_dir, &config.cluster) {
-                    (Some(dir), Some(cluster)) => {
-                        let log = durable::EventLog::open(dir)?;
-                        log.claim_mode(&format!("cluster:{}", cluster.stream))?;
-                        Some(Arc::new(log))
-                    }
-                    _ => None,
-                };
-                engine.recover_cluster(engine::ClusterPersistence {
-                    log,
-                    checkpoint_every_events: config.checkpoint_every_events,
-                    checkpoint_every: config.checkpoint_every,
-                })?;
+        match (&config.data_dir, &cluster) {
+            (_, Some(_)) => {
+                engine.recover_ordered()?;
             }
             (Some(dir), None) => {
                 let log = durable::EventLog::open(dir)?;
                 log.claim_mode("single")?;
                 let log = Arc::new(log);
-                single_log = Some(log.health());
+                front.health = Some(log.health());
                 engine.recover(engine::Persistence {
                     log,
                     fsync: config.fsync,
@@ -244,23 +246,20 @@ impl Shared {
             (None, None) => engine.start_seq_from_clock(),
         }
         let (engine, _thread) = engine::spawn(engine);
-        let cluster = match (&config.cluster, cluster_status, requests) {
-            (Some(cluster_config), Some(status), Some(requests)) => Some(
-                cluster::Cluster::start(
-                    cluster_config.clone(),
-                    status,
-                    requests,
-                    engine.clone(),
-                    shutdown.token(),
-                )
-                .await
-                .map_err(StartError::Cluster)?,
-            ),
-            _ => None,
+        let log: Arc<dyn engine::log::Front> = match cluster {
+            Some((cluster_config, status, requests)) => cluster::Cluster::start(
+                cluster_config,
+                status,
+                requests,
+                engine.clone(),
+                shutdown.token(),
+            )
+            .await
+            .map_err(StartError::Cluster)?,
+            None => Arc::new(front),
         };
         Ok(Arc::new(Self {
-            log: single_log,
-            cluster,
+            log,
             engine,
             next_conn: AtomicU64::new(1),
             open_connections: AtomicUsize::new(0),
@@ -271,17 +270,15 @@ impl Shared {
         }))
     }
 
-    /// Applies an ingest request: through the shared log in cluster mode
-    /// (answered once this host applied it), else on this host.
+    /// Applies an ingest request: published first when the log orders
+    /// requests (answered once this host applied it), else through the
+    /// engine.
     pub async fn ingest(
         &self,
         stream: &str,
         body: Arc<ingest::IngestBody>,
     ) -> Result<engine::Ingested, engine::IngestError> {
-        match &self.cluster {
-            Some(cluster) => cluster.ingest(&self.engine, stream, &body).await,
-            None => self.engine.ingest(stream, body).await,
-        }
+        self.log.ingest(&self.engine, stream, body).await
     }
 
     fn next_conn_id(&self) -> u64 {

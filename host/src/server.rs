@@ -104,48 +104,21 @@ pub async fn handle(
             )
         }
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
-        // The port opens only once the log has been replayed, so a host
-        // that answers is ready.
-        (&Method::GET, "/readyz") => match &shared.cluster {
-            // A cluster member opens its port at once and is ready once it
-            // caught up with the shared log.
-            Some(cluster) => {
-                let readiness = cluster.readiness();
-                let status = if readiness.ready {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                json_response(status, &json!(readiness))
-            }
-            None => match shared.log.as_ref().and_then(|log| log.fault()) {
-                Some(reason) => error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    HttpCode::StorageUnavailable,
-                    &format!("the event log cannot be written ({reason}); reopened with backoff, ingest resumes by itself"),
-                    json!({"status": "storage-unavailable"}),
-                ),
-                None => json_response(StatusCode::OK, &json!({"status": "ready"})),
-            },
-        },
-        (&Method::GET, "/status") => match &shared.cluster {
-            Some(cluster) => json_response(
-                StatusCode::OK,
-                &json!({"storage": "cluster", "cluster": cluster.status()}),
-            ),
-            None => {
-                let log = shared.engine.log_status().await;
-                let fault = shared.log.as_ref().and_then(|log| log.fault());
-                json_response(
-                    StatusCode::OK,
-                    &json!({
-                        "storage": if shared.log.is_some() { "durable" } else { "in-memory" },
-                        "log": log,
-                        "storage_fault": fault,
-                    }),
-                )
-            }
-        },
+        // Asked of the log: a single host opens its port only once its log
+        // has been replayed (ready unless the log cannot be written); a
+        // cluster member at once, ready once it caught up.
+        (&Method::GET, "/readyz") => {
+            let readiness = shared.log.readiness();
+            let status = if readiness.ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_response(status, &readiness.body)
+        }
+        (&Method::GET, "/status") => {
+            json_response(StatusCode::OK, &shared.log.status(&shared.engine).await)
+        }
         (&Method::GET, "/plugins") => {
             let reports = shared.engine.reports().await;
             json_response(
@@ -194,7 +167,10 @@ pub async fn handle(
         }
         (&Method::POST, p) if p.starts_with("/ingest/") => {
             let stream = p.trim_start_matches("/ingest/").to_owned();
-            shared.shutdown.track(ingest(request, &stream, &shared)).await
+            shared
+                .shutdown
+                .track(ingest(request, &stream, &shared))
+                .await
         }
         (
             _,

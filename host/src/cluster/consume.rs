@@ -143,7 +143,7 @@ impl Cluster {
                 }
                 let entry = decode(&self.config.stream, seq, &message);
                 handed = seq;
-                engine.send(Command::ClusterRecord(entry));
+                engine.send(Command::Record(entry));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -4,9 +4,10 @@
 //! Projectors are deterministic, so hosts that apply the same records in the
 //! same order hold the same state. The JetStream stream is that order: no
 //! host owns the data, any host takes ingest, and every host consumes the
-//! whole stream. This module is the async side of it; the engine's side
-//! (applying records one at a time, switching builds at markers) is
-//! [`crate::engine`]'s `cluster` module.
+//! whole stream. This module is the async side of it and the engine's
+//! [`JetStreamLog`]; applying records one at a time and switching builds at
+//! markers, which a log of any kind that orders records needs, is
+//! [`crate::engine`]'s `ordered` module.
 //!
 //! The stream (default `VISTA`, subjects `VISTA.>`) holds two kinds of
 //! record:
@@ -44,11 +45,18 @@
 //! own pace.
 //!
 //! This module holds what a member is (its connection, its status and
-//! readiness) and the record format both halves share; reading the stream
-//! is in `consume`, writing to it (ingest requests, markers) in `publish`.
+//! readiness, its face to the HTTP side as the log's [`Front`]) and the
+//! record format both halves share; reading the stream is in `consume`,
+//! writing to it (ingest requests, markers) in `publish`, and the stream as
+//! the engine holds it ([`JetStreamLog`], a [`crate::engine::log::Log`]) in
+//! `log`.
 
 mod consume;
+mod log;
 mod publish;
+
+pub use log::ClusterPersistence;
+pub(crate) use log::JetStreamLog;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -58,8 +66,10 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use tokio::sync::{mpsc, watch};
 
-use crate::engine::link::{EngineLink, EngineState, ToCluster};
-use crate::engine::EngineHandle;
+use crate::engine::log::{BoxFuture, Front};
+use crate::engine::{EngineHandle, IngestError, Ingested};
+use crate::ingest::IngestBody;
+use log::{EngineLink, EngineState, ToCluster};
 
 /// Records handed to the engine and not yet applied before the consumer
 /// stops reading.
@@ -310,6 +320,35 @@ impl Cluster {
                 }
             }
         }
+    }
+}
+
+impl Front for Cluster {
+    /// Published first; answered once this host applied it.
+    fn ingest<'a>(
+        &'a self,
+        engine: &'a EngineHandle,
+        stream: &'a str,
+        body: Arc<IngestBody>,
+    ) -> BoxFuture<'a, Result<Ingested, IngestError>> {
+        Box::pin(async move { Cluster::ingest(self, engine, stream, &body).await })
+    }
+
+    /// A cluster member opens its port at once and is ready once it caught
+    /// up with the shared log.
+    fn readiness(&self) -> crate::engine::log::Readiness {
+        let readiness = Cluster::readiness(self);
+        crate::engine::log::Readiness {
+            ready: readiness.ready,
+            body: serde_json::json!(readiness),
+        }
+    }
+
+    fn status<'a>(&'a self, _engine: &'a EngineHandle) -> BoxFuture<'a, serde_json::Value> {
+        Box::pin(std::future::ready(serde_json::json!({
+            "storage": "cluster",
+            "cluster": Cluster::status(self),
+        })))
     }
 }
 

@@ -17,8 +17,9 @@ use async_nats::header::HeaderMap;
 use async_nats::jetstream::stream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::log::ToCluster;
 use super::{subject_token, warn_now, BuildMarker, Cluster, APPLY_WAIT};
-use crate::engine::link::{Offer, ToCluster};
+use crate::engine::log::Offer;
 use crate::engine::{Command, EngineHandle, IngestError, Ingested};
 use crate::ingest::IngestBody;
 use crate::reproject::Fed;
@@ -77,7 +78,7 @@ impl Cluster {
             self.next_request.fetch_add(1, Ordering::Relaxed)
         );
         let (reply, applied) = oneshot::channel();
-        engine.send(Command::ClusterWait {
+        engine.send(Command::Wait {
             request: request.clone(),
             reply,
         });
@@ -95,7 +96,7 @@ impl Cluster {
         let ack = match acked.await {
             Ok(ack) => ack,
             Err(err) => {
-                engine.send(Command::ClusterForget { request });
+                engine.send(Command::Forget { request });
                 crate::metrics::get().cluster_publish_failed.inc();
                 return Err(IngestError::LogUnavailable(err.to_string()));
             }
@@ -104,7 +105,7 @@ impl Cluster {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(IngestError::ShuttingDown),
             Err(_) => {
-                engine.send(Command::ClusterForget { request });
+                engine.send(Command::Forget { request });
                 Err(IngestError::NotAppliedYet {
                     stream_seq: ack.sequence,
                 })

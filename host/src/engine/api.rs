@@ -196,23 +196,26 @@ pub enum Command {
     },
     /// A reprojector thread reports.
     Reprojector(ReprojectReport),
-    /// Cluster mode: the next record of the shared log.
-    ClusterRecord(super::link::LogEntry),
-    /// Cluster mode: an ingest of this host waits for its record.
-    ClusterWait {
-        /// The id in the record's `Vista-Request` header.
+    /// A log that orders records (cluster mode): its next record, in its
+    /// order.
+    Record(super::link::LogEntry),
+    /// A log that orders records: an ingest of this host waits for its
+    /// record.
+    Wait {
+        /// The id its record carries (cluster mode: the `Vista-Request`
+        /// header).
         request: String,
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Ingested, IngestError>>,
     },
-    /// Cluster mode: an ingest stopped waiting.
-    ClusterForget {
+    /// A log that orders records: an ingest stopped waiting.
+    Forget {
         /// Its id.
         request: String,
     },
-    /// Close the event log cleanly (shutdown): everything queued is
-    /// written, then the database file is closed, so the next start needs
-    /// no recovery.
+    /// Close the log cleanly (shutdown): everything queued is written,
+    /// then the database file is closed, so the next start needs no
+    /// recovery.
     CloseLog {
         /// Answered once closed.
         reply: oneshot::Sender<()>,

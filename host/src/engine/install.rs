@@ -90,9 +90,14 @@ impl Engine {
     ) -> Result<String, InstallError> {
         let result = loaded
             .map_err(|e| InstallError::Load(one_line(&e.to_string())))
-            .and_then(|lib| match self.cluster {
-                Some(_) => self.stage(lib),
-                None => self.install(lib),
+            .and_then(|lib| {
+                // A log that orders records also orders build switches: the
+                // build runs from its marker there, on every host at once.
+                if self.log.orders_requests() {
+                    self.stage(lib)
+                } else {
+                    self.install(lib)
+                }
             });
         match &result {
             Ok(name) => tracing::info!(file = %file.display(), plugin = %name, "plugin loaded"),
@@ -203,8 +208,9 @@ impl Engine {
         );
         // Requests that waited for the stuck build can run now.
         self.pump_deferred();
-        // In cluster mode the build marker starts it, at one position.
-        if manifest.reproject && previous.is_some() && self.cluster.is_none() {
+        // A log that orders records starts it at the build marker instead,
+        // at one position.
+        if manifest.reproject && previous.is_some() && !self.log.orders_requests() {
             match self.start_reprojection(&name) {
                 Ok(()) => {}
                 Err(err) => {
@@ -219,7 +225,7 @@ impl Engine {
     /// projector stops, its views go (subscribers get `view-removed` and
     /// stay pending), its entity state stays for a later build to serve.
     pub fn unload_file(&mut self, file: &Path) {
-        if self.cluster.is_some() {
+        if self.log.orders_requests() {
             // Hosts must not stop projecting at different moments.
             self.unstage_file(file);
             return;
@@ -420,6 +426,15 @@ pub(super) fn consumers(plugins: &BTreeMap<String, LoadedPlugin>, stream: &str) 
 }
 
 /// Collapses a multi-line error (abi_stable's are) into one log-friendly line.
+/// The builds running, as (plugin, fingerprint), for a checkpoint of a log
+/// that orders records (a restart runs them from its position).
+pub(super) fn builds(plugins: &BTreeMap<String, LoadedPlugin>) -> Vec<(String, String)> {
+    plugins
+        .iter()
+        .map(|(name, p)| (name.clone(), p.lib.fingerprint.clone()))
+        .collect()
+}
+
 fn one_line(text: &str) -> String {
     text.replace('\0', "")
         .split_whitespace()

@@ -23,7 +23,7 @@
 //! 2. *commit*: when every projector answered, their mutations are applied
 //!    to the store in event order (then plugin name order), views are
 //!    maintained and frames delivered; then the HTTP request is answered.
-//!    With a data directory, the request's [`LogRecord`] (its body and the
+//!    With a data directory, the request's [`crate::durable::LogRecord`] (its body and the
 //!    `_seq` range reserved for its mutations) goes to the log writer
 //!    first, and the request is applied only once the record is durable:
 //!    nothing a client sees or is told is ever undone by a crash. Requests
@@ -53,25 +53,32 @@
 //!   projecting, awaiting the log, committing), as a state machine.
 //! - [`install`]: plugin builds: install, swap, unload, reports.
 //! - [`subscribe`]: connections, subscriptions, notices, the idle sweep.
-//! - [`recover`]: the event log: recovery at start, logging, checkpoints.
+//! - [`log`]: the [`log::Log`] the engine holds (in memory, this host's
+//!   event log, or a shared log such as cluster mode's JetStream stream,
+//!   implemented in [`crate::cluster`]), and why its interface has the
+//!   shape it has: who orders the records, and when one is applied.
+//! - [`recover`]: recovery at start from a log the engine orders (replay),
+//!   and closing the log at shutdown.
+//! - `ordered`: applying the records of a log that orders them, one at a
+//!   time, with plugin builds switched and reprojections run at their
+//!   markers; [`link`] is what it receives (the records) and what the
+//!   async side of such a log is told.
 //! - `reprojection`: rebuilding a plugin's entities from the log.
-//! - `cluster` and [`link`]: cluster mode's engine side, and what it says
-//!   to the async side ([`crate::cluster`]).
 //! - here: the [`Engine`] state, its command dispatch and its loop, and the
 //!   [`pipeline::Env`] the pipeline sees the rest of the engine through.
 
 mod api;
-mod cluster;
 mod install;
 pub(crate) mod link;
+pub(crate) mod log;
+mod ordered;
 mod pipeline;
 mod recover;
 mod reprojection;
 mod subscribe;
 
 pub use api::{spawn, Command, EngineHandle, IngestError, Ingested, InstallError, ReprojectError};
-pub use cluster::ClusterPersistence;
-pub use recover::Persistence;
+pub use log::Persistence;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -84,7 +91,7 @@ use vista_plugin_api::Mutation;
 
 use crate::codes::HttpCode;
 use crate::dead_letters::{DeadLetter, DeadLetters};
-use crate::durable::{LogRecord, WriterJob, WriterReport};
+use crate::durable::WriterReport;
 use crate::ingest::IngestBody;
 use crate::outbox::{Deliveries, Outbox};
 use crate::plugins::PluginReport;
@@ -93,8 +100,8 @@ use crate::store::Store;
 use crate::views::{Removed, Views};
 use crate::vocab::ConnId;
 use install::LoadedPlugin;
+use log::Log;
 use pipeline::{Env, Pipeline, Waiting};
-use recover::Storage;
 use reprojection::Reprojection;
 
 /// The state of the whole server, owned by the engine thread.
@@ -112,15 +119,16 @@ pub struct Engine {
     max_subscriptions: usize,
     /// Ingest requests from arrival to answer.
     pipeline: Pipeline,
-    storage: Storage,
+    /// Where requests go before they are applied, and what orders them.
+    log: Box<dyn Log>,
     /// Set while the log is replayed at start: nothing is logged again.
     replaying: bool,
     /// Reprojections by plugin (the latest of each).
     reprojections: BTreeMap<String, Reprojection>,
     /// Events the plugins refused, crashed or timed out on.
     dead_letters: DeadLetters,
-    /// Cluster mode: the shared log's records and the staged builds.
-    cluster: Option<cluster::ClusterSide>,
+    /// The records of a log that orders them, and the staged builds.
+    ordered: ordered::Ordered,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
 }
@@ -138,27 +146,38 @@ impl Engine {
             cache_dir,
             max_subscriptions,
             pipeline: Pipeline::new(projector_timeout),
-            storage: Storage::InMemory,
+            log: Box::new(log::InMemory),
             replaying: false,
             reprojections: BTreeMap::new(),
             dead_letters: DeadLetters::default(),
-            cluster: None,
+            ordered: ordered::Ordered::default(),
             commands,
             queue: Some(queue),
         }
     }
 
-    /// Cluster mode: records come from the shared log, plugin builds wait
-    /// for their markers ([`crate::cluster`]).
-    pub(crate) fn enable_cluster(&mut self, link: link::EngineLink) {
-        self.cluster = Some(cluster::ClusterSide::new(link));
+    /// Makes `log` the engine's log before anything is loaded. A log that
+    /// orders requests (cluster mode) hands its records over as
+    /// [`Command::Record`], and plugin builds wait for their markers in it.
+    /// A log the engine orders is installed by [`Engine::recover`] instead.
+    pub(crate) fn use_log(&mut self, log: Box<dyn Log>) {
+        self.log = log;
+    }
+
+    /// Where a log writer thread reports (as [`Command::Log`]).
+    pub(crate) fn log_reports(&self) -> impl Fn(WriterReport) + Send + 'static {
+        let commands = self.commands.clone();
+        move |report| {
+            let _ = commands.send(Command::Log(report));
+        }
     }
 
     /// One turn of the engine loop, the same at start (replaying the log)
     /// and while serving: apply the next chunk of the oldest commit and
     /// handle what arrived meanwhile, or else wait for a command (until the
     /// next projector deadline, at most `idle`); then check deadlines and
-    /// the cluster's records. False once every sender is gone.
+    /// the records of a log that orders them. False once every sender is
+    /// gone.
     fn turn(&mut self, commands: &mpsc::Receiver<Command>, idle: Duration) -> bool {
         if self.pipeline.can_commit() {
             self.commit_step();
@@ -176,15 +195,15 @@ impl Engine {
             }
         }
         self.check_deadlines();
-        self.cluster_pump();
+        self.ordered_pump();
         true
     }
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::ClusterRecord(entry) => self.cluster_record(entry),
-            Command::ClusterWait { request, reply } => self.cluster_wait(request, reply),
-            Command::ClusterForget { request } => self.cluster_forget(&request),
+            Command::Record(entry) => self.ordered.queue.push_back(entry),
+            Command::Wait { request, reply } => self.log.wait(request, reply),
+            Command::Forget { request } => self.log.forget(&request),
             Command::Ingest {
                 stream,
                 body,
@@ -290,9 +309,8 @@ impl Engine {
             store: &self.store,
             views: &mut self.views,
             conns: &self.conns,
-            storage: &mut self.storage,
+            log: self.log.as_mut(),
             replaying: self.replaying,
-            clustered: self.cluster.is_some(),
             reprojections: &mut self.reprojections,
         };
         (&mut self.pipeline, stage)
@@ -341,15 +359,14 @@ impl Engine {
 struct Stage<'a> {
     plugins: &'a mut BTreeMap<String, LoadedPlugin>,
     dead_letters: &'a mut DeadLetters,
-    /// Cluster mode: the stream position of the record being applied.
+    /// A log that orders records: the position of the record being applied.
     applying_position: Option<u64>,
     reports: &'a mut BTreeMap<PathBuf, PluginReport>,
     store: &'a SharedStore,
     views: &'a mut Views,
     conns: &'a HashMap<ConnId, Arc<Outbox>>,
-    storage: &'a mut Storage,
+    log: &'a mut dyn Log,
     replaying: bool,
-    clustered: bool,
     reprojections: &'a mut BTreeMap<String, Reprojection>,
 }
 
@@ -408,7 +425,7 @@ impl Env for Stage<'_> {
     }
 
     fn timed_out(&mut self, plugin: &str, timeout_ms: u64, pending: &[Mutation]) {
-        let must_agree = self.clustered || self.replaying;
+        let must_agree = self.log.must_agree() || self.replaying;
         install::timed_out(
             self.plugins,
             self.reports,
@@ -420,7 +437,7 @@ impl Env for Stage<'_> {
     }
 
     fn crashed(&mut self, plugin: &str, what: String) {
-        let must_agree = self.clustered || self.replaying;
+        let must_agree = self.log.must_agree() || self.replaying;
         install::crashed(self.plugins, self.reports, plugin, what, must_agree);
     }
 
@@ -458,40 +475,14 @@ impl Env for Stage<'_> {
     }
 
     fn admit(&self, mutations: u64, plugins: &[String]) -> Result<(), IngestError> {
-        if matches!(self.storage, Storage::Closed) {
-            return Err(IngestError::ShuttingDown);
-        }
-        if self.clustered && mutations >= 1 << link::SEQ_SHIFT {
-            return Err(IngestError::Projector {
-                plugin: plugins.join(","),
-                position: 0,
-                message: format!(
-                    "the request produced {mutations} mutations; in cluster mode a request may produce fewer than {}",
-                    1u64 << link::SEQ_SHIFT
-                ),
-            });
-        }
-        Ok(())
+        self.log.admit(mutations, plugins)
     }
 
     fn log(&mut self, stream: &str, first_seq: u64, mutations: u64, body: Bytes) -> Option<u64> {
-        let Storage::Logged(durable) = &mut self.storage else {
-            return None;
-        };
         if self.replaying {
             return None;
         }
-        let rec = durable.next_rec;
-        durable.next_rec += 1;
-        durable.writer.submit(WriterJob::Append(LogRecord {
-            rec,
-            stream: stream.to_owned(),
-            first_seq,
-            mutations,
-            body,
-            logged_at_ms: crate::durable::now_ms(),
-        }));
-        Some(rec)
+        self.log.append(stream, first_seq, mutations, body)
     }
 
     fn apply(
@@ -517,10 +508,8 @@ impl Env for Stage<'_> {
     }
 
     fn committed(&mut self, rec: u64, events: u64) {
-        if let Storage::Logged(durable) = &mut self.storage {
-            if !self.replaying {
-                durable.maybe_checkpoint(self.store, rec, events);
-            }
+        if !self.replaying {
+            self.log.committed(rec, events, self.store);
         }
     }
 

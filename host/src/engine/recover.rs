@@ -1,6 +1,8 @@
-//! The engine's side of the event log (a data directory): recovery at
-//! start, logging each request before it is applied, checkpoints, and
-//! closing the log at shutdown.
+//! Recovery at start from a log the engine orders (this host's event log,
+//! [`super::log::Local`]), the clock-started `_seq` of an in-memory host,
+//! and closing whatever log the engine holds at shutdown. (A log that
+//! orders records recovers in `super::ordered`: it replays nothing, the
+//! log hands the records over again.)
 //!
 //! Recovery loads the latest checkpoint, then replays the records after it
 //! through the loaded plugins, one request at a time, through the same
@@ -17,75 +19,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::api::Command;
+use super::log::{Local, Log, Persistence};
 use super::pipeline::Waiting;
 use super::Engine;
-use crate::durable::{Checkpoint, EventLog, FsyncPolicy, LogStats, LogWriter, WriterJob};
+use crate::durable::LogStats;
 use crate::ingest::IngestBody;
-use crate::projector::SharedStore;
-
-/// The engine's side of the event log.
-pub(super) struct Durable {
-    pub(super) log: Arc<EventLog>,
-    pub(super) writer: LogWriter,
-    pub(super) next_rec: u64,
-    checkpoint_every_events: u64,
-    checkpoint_every: Duration,
-    events_since_checkpoint: u64,
-    last_checkpoint: Instant,
-}
-
-/// Where accepted requests go before they are applied.
-pub(super) enum Storage {
-    /// Nowhere: applied at once (`--in-memory`).
-    InMemory,
-    /// The event log: applied once durable.
-    Logged(Durable),
-    /// The log was closed at shutdown: requests are refused, never applied
-    /// unlogged.
-    Closed,
-}
-
-/// How the engine keeps its state across restarts.
-pub struct Persistence {
-    /// The open log.
-    pub log: Arc<EventLog>,
-    /// When it is fsynced.
-    pub fsync: FsyncPolicy,
-    /// Checkpoint after this many events...
-    pub checkpoint_every_events: u64,
-    /// ...or this long, whichever comes first.
-    pub checkpoint_every: Duration,
-    /// How much of the log is kept.
-    pub retention: crate::durable::Retention,
-}
-
-impl Durable {
-    /// Takes a checkpoint every N events or M seconds: the store's entities
-    /// (`Arc` clones, cheap) go to the writer thread, which serializes them.
-    pub(super) fn maybe_checkpoint(&mut self, store: &SharedStore, rec: u64, events: u64) {
-        if rec == 0 {
-            return;
-        }
-        self.events_since_checkpoint += events;
-        if self.events_since_checkpoint < self.checkpoint_every_events
-            && self.last_checkpoint.elapsed() < self.checkpoint_every
-        {
-            return;
-        }
-        self.events_since_checkpoint = 0;
-        self.last_checkpoint = Instant::now();
-        let store = store.read().unwrap_or_else(|e| e.into_inner());
-        let checkpoint = Checkpoint {
-            rec,
-            last_seq: store.version(),
-            entities: store.entities(),
-            builds: Vec::new(),
-            hidden: store.hidden_states(),
-        };
-        drop(store);
-        self.writer.submit(WriterJob::Checkpoint(checkpoint));
-    }
-}
 
 impl Engine {
     /// Starts a fresh in-memory store's `_seq` from the clock (microseconds
@@ -107,7 +45,7 @@ impl Engine {
     /// after it, replayed through the loaded plugins) and makes the engine
     /// log every request from now on. Progress is logged for long replays.
     pub fn recover(&mut self, persistence: Persistence) -> Result<(), crate::durable::DataError> {
-        let log = persistence.log.clone();
+        let log = Local::open(&persistence);
         let started = Instant::now();
         let mut after = 0;
         if let Some(checkpoint) = log.load_checkpoint()? {
@@ -185,12 +123,7 @@ impl Engine {
         }
         self.queue = Some(queue);
         self.replaying = false;
-        let stats = log
-            .stats()
-            .map_err(|reason| crate::durable::DataError::Storage {
-                path: log.path().to_owned(),
-                reason,
-            })?;
+        let stats = log.disk_stats()?;
         let applied = self
             .store
             .read()
@@ -215,49 +148,24 @@ impl Engine {
             "state recovered"
         );
         let commands = self.commands.clone();
-        crate::durable::publish_gauges(&log);
-        let writer = LogWriter::spawn(
-            log.clone(),
-            persistence.fsync,
-            persistence.retention,
-            move |report| {
-                let _ = commands.send(Command::Log(report));
-            },
-        );
-        self.storage = Storage::Logged(Durable {
-            log,
-            writer,
-            next_rec: stats.last_rec + 1,
-            checkpoint_every_events: persistence.checkpoint_every_events,
-            checkpoint_every: persistence.checkpoint_every,
-            events_since_checkpoint: events as u64,
-            last_checkpoint: Instant::now(),
-        });
+        let log = log.start(persistence, events as u64, move |report| {
+            let _ = commands.send(Command::Log(report));
+        })?;
+        self.log = Box::new(log);
         Ok(())
     }
 
-    /// Closes the event log cleanly (shutdown): everything queued is
-    /// written, then the file is closed; requests are refused from now on.
+    /// Closes the log cleanly (shutdown): everything queued is written,
+    /// then the file is closed; what is refused from now on is the log's
+    /// business ([`Log::admit`]).
     pub(super) fn close_log(&mut self) {
-        if self.cluster.is_some() {
-            self.close_cluster();
-        }
-        if matches!(self.storage, Storage::Logged(_)) {
-            let Storage::Logged(durable) = std::mem::replace(&mut self.storage, Storage::Closed)
-            else {
-                unreachable!("matched above")
-            };
-            durable.writer.close();
-            drop(durable.log);
-            tracing::info!("event log closed");
-        }
+        let plugins = &self.plugins;
+        self.log
+            .close(&self.store, &|| super::install::builds(plugins));
     }
 
     /// What `GET /status` shows about the log.
     pub(super) fn log_status(&self) -> Option<LogStats> {
-        match &self.storage {
-            Storage::Logged(durable) => durable.log.stats().ok(),
-            _ => None,
-        }
+        self.log.stats()
     }
 }

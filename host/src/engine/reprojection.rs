@@ -1,9 +1,9 @@
 //! Reprojection as the engine runs it on a single host: starting a
 //! [`Reprojector`] over the event log, holding the plugin for its final
 //! pass once it caught up, and swapping the rebuilt entities in as one
-//! logged commit (see [`crate::reproject`] for the whole procedure). In
-//! cluster mode the same swap runs at a marker's position instead
-//! (`super::cluster`).
+//! logged commit (see [`crate::reproject`] for the whole procedure). With a
+//! log that orders records (cluster mode) the same swap runs at a marker's
+//! position instead (`super::ordered`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,8 +11,8 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 use vista_plugin_api::{Hidden, Mutation};
 
+use super::log::History;
 use super::pipeline::{Pipeline, REPROJECTION_TICKET};
-use super::recover::Storage;
 use super::{Command, Engine, ReprojectError};
 use crate::plugins::BuildEventKind;
 use crate::reproject::{ReprojectReport, Reprojector};
@@ -38,16 +38,10 @@ impl Engine {
         if plugin.stuck {
             return Err(ReprojectError::Stuck(name.to_owned()));
         }
-        if self.cluster.is_some() {
-            self.request_cluster_reprojection(name);
-            return Ok(());
-        }
-        let durable = match &self.storage {
-            Storage::Logged(durable) => durable,
-            Storage::InMemory => return Err(ReprojectError::InMemory),
-            Storage::Closed => {
-                return Err(ReprojectError::Failed("the server is shutting down".into()))
-            }
+        let log = match self.log.reproject(name)? {
+            History::Records(log) => log,
+            // Every host starts when it reaches the marker.
+            History::AtMarker => return Ok(()),
         };
         if self
             .reprojections
@@ -56,20 +50,16 @@ impl Engine {
         {
             return Err(ReprojectError::AlreadyRunning(name.to_owned()));
         }
-        let stats = durable.log.stats().map_err(ReprojectError::Failed)?;
+        let stats = log.stats().map_err(ReprojectError::Failed)?;
         if stats.first_rec > 1 {
             return Err(ReprojectError::LogIncomplete(stats.first_rec - 1));
         }
         let commands = self.commands.clone();
-        let reprojector = Reprojector::spawn(
-            plugin.lib.clone(),
-            durable.log.clone(),
-            stats.last_rec,
-            move |report| {
+        let reprojector =
+            Reprojector::spawn(plugin.lib.clone(), log, stats.last_rec, move |report| {
                 let _ = commands.send(Command::Reprojector(report));
-            },
-        )
-        .map_err(|e| ReprojectError::Failed(e.to_string()))?;
+            })
+            .map_err(|e| ReprojectError::Failed(e.to_string()))?;
         tracing::info!(
             plugin = name,
             records = stats.last_rec,
@@ -90,7 +80,7 @@ impl Engine {
 
     /// A reprojector thread reports.
     pub(super) fn reprojected(&mut self, report: ReprojectReport) {
-        let Some(report) = self.cluster_reprojected(report) else {
+        let Some(report) = self.marked_reprojected(report) else {
             return;
         };
         match report {

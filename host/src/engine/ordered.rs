@@ -1,49 +1,48 @@
-//! The engine's side of cluster mode (the async side is `crate::cluster`;
-//! what they say to each other is [`super::link`]): records of the
-//! shared log are applied one at a time, in stream order, each to
-//! completion before the next starts, so every host reaches the same state
-//! with the same `_seq`s whatever its timing.
+//! Applying the records of a log that orders them
+//! ([`super::log::Log::orders_requests`]; cluster mode's JetStream stream,
+//! whose async side is `crate::cluster`): records ([`super::link::LogEntry`]) are applied one at
+//! a time, in the log's order, each to completion before the next starts,
+//! so every host reaches the same state with the same `_seq`s whatever its
+//! timing.
 //!
 //! Plugin builds found in the plugins directory are *staged*, not run: a
 //! build runs from the position of its marker in the log, on every host at
 //! once. A marker naming a build this host lacks pauses consumption (the
 //! host reports itself not ready) until the file appears.
 //!
-//! Local checkpoints (the store, the stream position and the builds running
-//! there) go to the data directory's redb file, so a restarting host reads
-//! only the records it missed.
+//! This is the engine's half because it acts on the engine's plugins,
+//! pipeline and reprojections; what is specific to the log (waiters,
+//! the applied position, checkpoints, markers published) is behind
+//! [`super::log::Log`], implemented next to the log's async side.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::link::{EngineLink, EntryKind, LogEntry, Offer, ToCluster, SEQ_SHIFT};
+use super::link::{EntryKind, LogEntry, SEQ_SHIFT};
+use super::log::Offer;
 use super::pipeline::Waiting;
 use super::{Engine, IngestError, Ingested, InstallError};
-use crate::durable::{Checkpoint, EventLog, FsyncPolicy, LogWriter, Retention, WriterJob};
 use crate::ingest::IngestBody;
 use crate::plugins::{PluginLibrary, PluginReport, PluginState};
 use crate::reproject::{Fed, ReprojectReport, Reprojector};
 
-/// The cluster state the engine keeps.
-pub(crate) struct ClusterSide {
-    link: EngineLink,
-    /// Records received and not applied yet, in stream order.
-    queue: VecDeque<LogEntry>,
+/// What the engine keeps of a log that orders records (all empty for one
+/// the engine orders).
+#[derive(Default)]
+pub(super) struct Ordered {
+    /// Records received and not applied yet, in the log's order.
+    pub(super) queue: VecDeque<LogEntry>,
     /// The record being applied.
     current: Option<Applying>,
-    /// Ingests received by this host, waiting for their record to apply.
-    waiters: HashMap<String, oneshot::Sender<Result<Ingested, IngestError>>>,
     /// Builds mapped but not (yet) switched to by a marker.
     staged: Vec<PluginLibrary>,
     /// Why consumption stopped, if it did.
     pause: Option<Pause>,
     /// A reprojection (plugin, marker position) consumption waits for.
     reprojecting: Option<(String, u64)>,
-    checkpoints: Option<Checkpoints>,
     /// The state was recovered: builds mapped from now on were dropped in
     /// while running.
     started: bool,
@@ -90,52 +89,10 @@ impl std::fmt::Display for Pause {
     }
 }
 
-/// Local checkpoints of a cluster member.
-struct Checkpoints {
-    writer: LogWriter,
-    every_events: u64,
-    every: Duration,
-    events_since: u64,
-    last: Instant,
-    /// Stream position of the last checkpoint taken.
-    taken_at: u64,
-}
-
-impl ClusterSide {
-    pub(crate) fn new(link: EngineLink) -> Self {
-        Self {
-            link,
-            queue: VecDeque::new(),
-            current: None,
-            waiters: HashMap::new(),
-            staged: Vec::new(),
-            pause: None,
-            reprojecting: None,
-            checkpoints: None,
-            started: false,
-        }
-    }
-}
-
-/// Where a cluster member keeps its checkpoints.
-pub struct ClusterPersistence {
-    /// The data directory's database (`None`: `--in-memory`, every start
-    /// reads the whole stream).
-    pub log: Option<Arc<EventLog>>,
-    /// Checkpoint after this many events...
-    pub checkpoint_every_events: u64,
-    /// ...or this long, whichever comes first.
-    pub checkpoint_every: Duration,
-}
-
 impl Engine {
-    fn side(&mut self) -> &mut ClusterSide {
-        self.cluster.as_mut().expect("cluster mode")
-    }
-
-    /// Cluster mode: a mapped build waits for its marker. It is offered to
-    /// the cluster (which publishes a marker unless the log runs it
-    /// already), and resumes consumption if the log waits for it.
+    /// A mapped build waits for its marker. It is offered to the log
+    /// (which publishes a marker unless it runs that build already), and
+    /// resumes consumption if the log waits for it.
     pub(super) fn stage(&mut self, lib: PluginLibrary) -> Result<String, InstallError> {
         let name = lib.manifest.name.clone();
         let running = self
@@ -163,18 +120,14 @@ impl Engine {
             ..PluginReport::of_build(&lib, state)
         };
         self.reports.insert(lib.file.clone(), report);
-        let side = self.side();
-        side.link
-            .known_streams
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(lib.manifest.streams.iter().cloned());
-        let _ = side.link.requests.send(ToCluster::Offer(Offer {
+        self.log.offer(Offer {
             plugin: name.clone(),
             fingerprint: lib.fingerprint.clone(),
             version: lib.manifest.version.clone(),
-            at_start: !side.started,
-        }));
+            streams: lib.manifest.streams.clone(),
+            at_start: !self.ordered.started,
+        });
+        let side = &mut self.ordered;
         if !running {
             side.staged.retain(|s| s.fingerprint != lib.fingerprint);
             tracing::info!(plugin = %name, fingerprint = %lib.fingerprint, "build staged; it runs from its marker in the log");
@@ -185,19 +138,19 @@ impl Engine {
             Some(Pause::MissingBuild { plugin, .. }) if *plugin == name
         );
         if waited_for {
-            self.side().pause = None;
+            self.ordered.pause = None;
             self.reports.retain(|_, r| r.state != PluginState::Missing);
             self.publish_engine_state();
         }
         Ok(name)
     }
 
-    /// Cluster mode: a plugin file was deleted. Builds staged from it are
+    /// A plugin file was deleted. Builds staged from it are
     /// dropped; a build running from it keeps running (its code stays
     /// mapped) until a marker replaces it, since hosts that stopped
     /// projecting at different moments would diverge.
     pub(super) fn unstage_file(&mut self, file: &std::path::Path) {
-        self.side().staged.retain(|s| s.file != file);
+        self.ordered.staged.retain(|s| s.file != file);
         let running = self.plugins.values().any(|p| p.lib.file == file);
         if running {
             tracing::warn!(file = %file.display(), "plugin file deleted; in cluster mode its running build stays until a build marker replaces it");
@@ -207,43 +160,22 @@ impl Engine {
         self.publish_engine_state();
     }
 
-    /// Takes a record the consumer read.
-    pub(super) fn cluster_record(&mut self, entry: LogEntry) {
-        self.side().queue.push_back(entry);
-    }
-
-    /// An ingest of this host waits for its record.
-    pub(super) fn cluster_wait(
-        &mut self,
-        request: String,
-        reply: oneshot::Sender<Result<Ingested, IngestError>>,
-    ) {
-        self.side().waiters.insert(request, reply);
-    }
-
-    /// The ingest gave up (not published, or tired of waiting).
-    pub(super) fn cluster_forget(&mut self, request: &str) {
-        self.side().waiters.remove(request);
-    }
-
     /// Finishes the record being applied if its outcome is in, then applies
     /// queued records until one has to wait (a projector thread, or a
-    /// missing build). Called after every command the engine handles.
-    pub(super) fn cluster_pump(&mut self) {
-        if self.cluster.is_none() {
-            return;
-        }
+    /// missing build). Called after every command the engine handles
+    /// (with a log the engine orders, nothing is ever queued here).
+    pub(super) fn ordered_pump(&mut self) {
         loop {
-            if let Some(applying) = &mut self.side().current {
+            if let Some(applying) = &mut self.ordered.current {
                 match applying.answer.try_recv() {
                     Ok(outcome) => {
-                        let applying = self.side().current.take().expect("checked");
-                        self.cluster_applied(applying.seq, applying.request, outcome);
+                        let applying = self.ordered.current.take().expect("checked");
+                        self.record_applied(applying.seq, applying.request, outcome);
                     }
                     Err(oneshot::error::TryRecvError::Empty) => return,
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        let applying = self.side().current.take().expect("checked");
-                        self.cluster_applied(
+                        let applying = self.ordered.current.take().expect("checked");
+                        self.record_applied(
                             applying.seq,
                             applying.request,
                             Err(IngestError::ShuttingDown),
@@ -251,10 +183,10 @@ impl Engine {
                     }
                 }
             }
-            if self.side().pause.is_some() || self.side().reprojecting.is_some() {
+            if self.ordered.pause.is_some() || self.ordered.reprojecting.is_some() {
                 return;
             }
-            let Some(entry) = self.side().queue.pop_front() else {
+            let Some(entry) = self.ordered.queue.pop_front() else {
                 return;
             };
             let seq = entry.seq;
@@ -269,7 +201,7 @@ impl Engine {
                         Err(err) => {
                             // Only a foreign publisher writes this: every
                             // host refuses it the same way.
-                            self.cluster_applied(
+                            self.record_applied(
                                 seq,
                                 request,
                                 Err(IngestError::Projector {
@@ -284,7 +216,7 @@ impl Engine {
                     // `_seq`s of this record start at `seq << SEQ_SHIFT`.
                     self.pipeline.last_reserved_seq = (seq << SEQ_SHIFT) - 1;
                     let (reply, answer) = oneshot::channel();
-                    self.side().current = Some(Applying {
+                    self.ordered.current = Some(Applying {
                         seq,
                         request,
                         answer,
@@ -303,7 +235,7 @@ impl Engine {
                 } => {
                     let before = self.plugins.get(&plugin).map(|p| p.lib.fingerprint.clone());
                     if !self.switch_build(&plugin, &fingerprint, &version, seq) {
-                        self.side().queue.push_front(LogEntry {
+                        self.ordered.queue.push_front(LogEntry {
                             seq,
                             kind: EntryKind::Build {
                                 plugin,
@@ -319,21 +251,21 @@ impl Engine {
                         && self.plugins.get(&plugin).is_some_and(|p| {
                             p.lib.fingerprint == fingerprint && p.lib.manifest.reproject
                         });
-                    if switched && self.start_cluster_reprojection(&plugin, seq) {
+                    if switched && self.start_marked_reprojection(&plugin, seq) {
                         return;
                     }
-                    self.cluster_applied(seq, None, Ok(Ingested::nothing()));
+                    self.record_applied(seq, None, Ok(Ingested::nothing()));
                 }
                 EntryKind::Reproject { plugin } => {
-                    if self.start_cluster_reprojection(&plugin, seq) {
+                    if self.start_marked_reprojection(&plugin, seq) {
                         // Applied once the rebuilt state is swapped in.
                         return;
                     }
-                    self.cluster_applied(seq, None, Ok(Ingested::nothing()));
+                    self.record_applied(seq, None, Ok(Ingested::nothing()));
                 }
                 EntryKind::Unknown(what) => {
                     tracing::warn!(position = seq, "cluster log record ignored: {what}");
-                    self.cluster_applied(seq, None, Ok(Ingested::nothing()));
+                    self.record_applied(seq, None, Ok(Ingested::nothing()));
                 }
             }
         }
@@ -349,7 +281,7 @@ impl Engine {
         {
             return true;
         }
-        let side = self.side();
+        let side = &mut self.ordered;
         let Some(index) = side
             .staged
             .iter()
@@ -381,7 +313,7 @@ impl Engine {
                     history: Default::default(),
                 },
             );
-            self.side().pause = Some(pause);
+            self.ordered.pause = Some(pause);
             self.publish_engine_state();
             return false;
         };
@@ -410,13 +342,13 @@ impl Engine {
 
     /// The stream position of the record being applied, if any.
     pub(super) fn applying_position(&self) -> Option<u64> {
-        self.cluster.as_ref()?.current.as_ref().map(|a| a.seq)
+        self.ordered.current.as_ref().map(|a| a.seq)
     }
 
     /// A record is done: answers its waiter, advances the applied
     /// position, checkpoints now and then. An outcome that other hosts
     /// might not share (a stuck projector) pauses instead.
-    fn cluster_applied(
+    fn record_applied(
         &mut self,
         seq: u64,
         request: Option<String>,
@@ -432,10 +364,10 @@ impl Engine {
                     position: seq,
                 };
                 tracing::error!(position = seq, "consumption paused: {pause}");
-                self.side().pause = Some(pause);
+                self.ordered.pause = Some(pause);
                 self.publish_engine_state();
-                if let Some(reply) = request.and_then(|r| self.side().waiters.remove(&r)) {
-                    let _ = reply.send(outcome);
+                if let Some(request) = request {
+                    self.log.answer(&request, outcome);
                 }
                 return;
             }
@@ -446,20 +378,19 @@ impl Engine {
                 0
             }
         };
-        if let Some(reply) = request.and_then(|r| self.side().waiters.remove(&r)) {
-            let _ = reply.send(outcome);
+        if let Some(request) = request {
+            self.log.answer(&request, outcome);
         }
-        let _ = self.side().link.applied.send(seq);
-        crate::metrics::get()
-            .cluster_applied_position
-            .set(seq as i64);
-        self.cluster_checkpoint(seq, events, false);
+        let plugins = &self.plugins;
+        self.log.advance(seq, events, &self.store, &|| {
+            super::install::builds(plugins)
+        });
     }
 
     /// Starts rebuilding `plugin` from the stream's records before
     /// `position`; consumption waits until the result is swapped in there.
     /// False when there is nothing to do (no such plugin running).
-    fn start_cluster_reprojection(&mut self, plugin: &str, position: u64) -> bool {
+    fn start_marked_reprojection(&mut self, plugin: &str, position: u64) -> bool {
         let Some(lib) = self.plugins.get(plugin).map(|p| p.lib.clone()) else {
             tracing::warn!(%plugin, position, "reprojection marker for a plugin not running here; nothing to do");
             return false;
@@ -473,7 +404,7 @@ impl Engine {
                 Ok(reprojector) => reprojector,
                 Err(err) => {
                     tracing::error!(%plugin, %err, "cannot start the reprojection thread; pausing");
-                    self.side().pause = Some(Pause::Stuck {
+                    self.ordered.pause = Some(Pause::Stuck {
                         plugin: plugin.to_owned(),
                         position,
                     });
@@ -492,13 +423,8 @@ impl Engine {
                 error: None,
             },
         );
-        let side = self.side();
-        side.reprojecting = Some((plugin.to_owned(), position));
-        let _ = side.link.requests.send(ToCluster::Fetch {
-            upto: position,
-            streams: lib.manifest.streams.clone(),
-            sink,
-        });
+        self.ordered.reprojecting = Some((plugin.to_owned(), position));
+        self.log.fetch(position, lib.manifest.streams.clone(), sink);
         true
     }
 
@@ -506,7 +432,7 @@ impl Engine {
     /// marker's position (or, failed, nothing changes: alike on every
     /// host), then consumption goes on. Hands `report` back if it is not
     /// about a cluster reprojection.
-    pub(super) fn cluster_reprojected(
+    pub(super) fn marked_reprojected(
         &mut self,
         report: ReprojectReport,
     ) -> Option<ReprojectReport> {
@@ -516,7 +442,7 @@ impl Engine {
             }
             ReprojectReport::CaughtUp { .. } => return Some(report),
         };
-        let position = match self.cluster.as_ref().and_then(|c| c.reprojecting.clone()) {
+        let position = match self.ordered.reprojecting.clone() {
             Some((waiting, position)) if waiting == plugin => position,
             _ => return Some(report),
         };
@@ -535,135 +461,60 @@ impl Engine {
             }
             ReprojectReport::CaughtUp { .. } => unreachable!("returned above"),
         }
-        self.side().reprojecting = None;
-        self.cluster_applied(position, None, Ok(Ingested::nothing()));
-        self.cluster_pump();
+        self.ordered.reprojecting = None;
+        self.record_applied(position, None, Ok(Ingested::nothing()));
+        self.ordered_pump();
         None
     }
 
-    /// `POST /plugins/{name}/reproject` in cluster mode: a marker in the
-    /// log, so every host rebuilds at the same position.
-    pub(super) fn request_cluster_reprojection(&mut self, plugin: &str) {
-        let _ = self.side().link.requests.send(ToCluster::Reproject {
-            plugin: plugin.to_owned(),
-        });
-    }
-
-    /// Takes a checkpoint every N events or M seconds (or now, `force`).
-    fn cluster_checkpoint(&mut self, seq: u64, events: u64, force: bool) {
-        let builds: Vec<(String, String)> = self
-            .plugins
-            .iter()
-            .map(|(name, p)| (name.clone(), p.lib.fingerprint.clone()))
-            .collect();
-        let store = self.store.clone();
-        let Some(checkpoints) = self.side().checkpoints.as_mut() else {
-            return;
-        };
-        checkpoints.events_since += events;
-        let due = checkpoints.events_since >= checkpoints.every_events
-            || (checkpoints.last.elapsed() >= checkpoints.every && checkpoints.events_since > 0);
-        if !(due || force) || checkpoints.taken_at == seq {
-            return;
-        }
-        checkpoints.events_since = 0;
-        checkpoints.last = Instant::now();
-        checkpoints.taken_at = seq;
-        let store = store.read().unwrap_or_else(|e| e.into_inner());
-        checkpoints.writer.submit(WriterJob::Checkpoint(Checkpoint {
-            rec: seq,
-            last_seq: store.version(),
-            entities: store.entities(),
-            builds,
-            hidden: store.hidden_states(),
-        }));
-    }
-
-    /// Tells the async side whether this host consumes (for `/readyz`) and
-    /// which plugins still wait for their first marker.
-    fn publish_engine_state(&self) {
-        let Some(side) = &self.cluster else {
-            return;
-        };
-        let unmarked: Vec<String> = side
+    /// Tells the log whether this host consumes (for `/readyz`) and which
+    /// plugins still wait for their first marker.
+    fn publish_engine_state(&mut self) {
+        let unmarked: Vec<String> = self
+            .ordered
             .staged
             .iter()
             .map(|s| s.manifest.name.clone())
             .filter(|name| !self.plugins.contains_key(name))
             .collect();
-        let mut state = side.link.engine.lock().unwrap_or_else(|e| e.into_inner());
-        state.paused = side.pause.as_ref().map(ToString::to_string);
-        state.unmarked = unmarked;
+        let paused = self.ordered.pause.as_ref().map(ToString::to_string);
+        self.log.consuming(paused, unmarked);
     }
 
-    /// Cluster mode start: restores the local checkpoint (with the builds
-    /// it was taken with) and returns the stream position it covers; the
-    /// consumer starts after it.
-    pub fn recover_cluster(
-        &mut self,
-        persistence: ClusterPersistence,
-    ) -> Result<u64, crate::durable::DataError> {
+    /// Start with a log that orders records: restores the log's checkpoint
+    /// (with the builds it was taken with) and returns the position it
+    /// covers; the log is read after it.
+    pub fn recover_ordered(&mut self) -> Result<u64, crate::durable::DataError> {
         let mut position = 0;
-        if let Some(log) = &persistence.log {
-            if let Some(checkpoint) = log.load_checkpoint()? {
-                position = checkpoint.rec;
-                let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-                store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
-                self.views.rebuild_all(&store);
-                drop(store);
-                self.resync_projectors();
-                // The builds the checkpoint ran go first, as markers at its
-                // position (a missing one pauses right there).
-                for (plugin, fingerprint) in checkpoint.builds {
-                    self.side().queue.push_back(LogEntry {
-                        seq: position,
-                        kind: EntryKind::Build {
-                            plugin,
-                            fingerprint,
-                            version: "(from the checkpoint)".into(),
-                        },
-                    });
-                }
-                tracing::info!(
-                    position,
-                    last_seq = checkpoint.last_seq,
-                    "cluster checkpoint loaded; reading the stream after it"
-                );
+        if let Some(checkpoint) = self.log.load_checkpoint()? {
+            position = checkpoint.rec;
+            let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+            store.restore(checkpoint.entities, checkpoint.hidden, checkpoint.last_seq);
+            self.views.rebuild_all(&store);
+            drop(store);
+            self.resync_projectors();
+            // The builds the checkpoint ran go first, as markers at its
+            // position (a missing one pauses right there).
+            for (plugin, fingerprint) in checkpoint.builds {
+                self.ordered.queue.push_back(LogEntry {
+                    seq: position,
+                    kind: EntryKind::Build {
+                        plugin,
+                        fingerprint,
+                        version: "(from the checkpoint)".into(),
+                    },
+                });
             }
-            let commands = self.commands.clone();
-            let writer = LogWriter::spawn(
-                log.clone(),
-                FsyncPolicy::Always,
-                Retention::All,
-                move |report| {
-                    let _ = commands.send(super::Command::Log(report));
-                },
+            tracing::info!(
+                position,
+                last_seq = checkpoint.last_seq,
+                "cluster checkpoint loaded; reading the stream after it"
             );
-            self.side().checkpoints = Some(Checkpoints {
-                writer,
-                every_events: persistence.checkpoint_every_events,
-                every: persistence.checkpoint_every,
-                events_since: 0,
-                last: Instant::now(),
-                taken_at: position,
-            });
         }
-        let side = self.side();
-        side.started = true;
-        let _ = side.link.applied.send(position);
-        self.cluster_pump();
+        self.ordered.started = true;
+        self.log.resume(position);
+        self.ordered_pump();
         self.publish_engine_state();
         Ok(position)
-    }
-
-    /// Shutdown: a last checkpoint at the applied position, so the next
-    /// start reads nothing twice; then the checkpoint writer is closed.
-    pub(super) fn close_cluster(&mut self) {
-        let applied = *self.side().link.applied.borrow();
-        self.cluster_checkpoint(applied, 0, true);
-        if let Some(checkpoints) = self.side().checkpoints.take() {
-            checkpoints.writer.close();
-            tracing::info!(position = applied, "cluster checkpoint written");
-        }
     }
 }

@@ -141,7 +141,7 @@ fn handle_text(
     text: &str,
 ) {
     match parse_client_message(text) {
-        Ok(ClientMessage::Subscribe(request))
+        Ok(ClientMessage::Subscribe(request, _))
             if claims
                 .as_ref()
                 .is_some_and(|c| !c.allows_view(&request.view, request.key.as_deref())) =>
@@ -161,7 +161,7 @@ fn handle_text(
                 ),
             );
         }
-        Ok(ClientMessage::Subscribe(request)) => {
+        Ok(ClientMessage::Subscribe(request, issue)) => {
             if limiter.take().is_err() {
                 metrics::counter!("vista_subscribes_rate_limited_total").increment(1);
                 reply_issue(
@@ -173,6 +173,10 @@ fn handle_text(
                     ),
                 );
                 return;
+            }
+            if let Some(issue) = issue {
+                // A malformed `after`: said first, then served from the start.
+                reply_issue(outbox, issue.code, &issue.message);
             }
             shared.engine.send(Command::Subscribe { conn, request });
         }

@@ -84,6 +84,7 @@ use vista_plugin_api::Mutation;
 
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::{LogRecord, WriterJob, WriterReport};
+use crate::ids::Seq;
 use crate::ingest::IngestBody;
 use crate::outbox::{Deliveries, Outbox};
 use crate::plugins::PluginReport;
@@ -494,7 +495,7 @@ impl Env for Stage<'_> {
         &mut self,
         advance_to: Option<u64>,
         chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
-    ) -> String {
+    ) -> Seq {
         let mut deliveries = Deliveries::new(chunk.len());
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         if let Some(seq) = advance_to {

@@ -14,6 +14,7 @@ use vista_plugin_api::{Hidden, Mutation};
 use super::pipeline::{Pipeline, REPROJECTION_TICKET};
 use super::recover::Storage;
 use super::{Command, Engine, ReprojectError};
+use crate::ids::Seq;
 use crate::plugins::BuildEventKind;
 use crate::reproject::{ReprojectReport, Reprojector};
 use crate::store::Store;
@@ -123,7 +124,7 @@ impl Engine {
         let without_seq = |value: &serde_json::Value| {
             let mut value = value.clone();
             if let Some(fields) = value.as_object_mut() {
-                fields.remove("_seq");
+                fields.remove(Seq::FIELD);
             }
             value
         };

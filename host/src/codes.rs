@@ -131,6 +131,9 @@ codes! {
         TokenExpired = "token-expired",
         /// Subscribes over `--subscribe-rate`.
         RateLimitExceeded = "rate-limit-exceeded",
+        /// A subscribe's `after` is not a `_seq` (the subscribe is still
+        /// made, from the start).
+        InvalidCursor = "invalid-cursor",
     }
 }
 

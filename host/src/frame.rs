@@ -16,6 +16,7 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::codes::IssueCode;
+use crate::ids::Seq;
 
 pub use crate::vocab::{Mode, Op};
 
@@ -284,7 +285,7 @@ pub struct EntityUpdate {
     /// Append paths of a patch.
     pub append: Vec<String>,
     /// `_seq` of the change.
-    pub seq: Option<String>,
+    pub seq: Option<Seq>,
 }
 
 impl EntityUpdate {
@@ -299,7 +300,7 @@ impl EntityUpdate {
             data: Option<SafeJson<'a>>,
             append: &'a [String],
             #[serde(skip_serializing_if = "Option::is_none")]
-            seq: Option<&'a str>,
+            seq: Option<Seq>,
         }
         let mut frame = Frame::data(&Entity {
             op: self.op,
@@ -308,7 +309,7 @@ impl EntityUpdate {
             key: &self.key,
             data: self.data.as_deref().map(SafeJson),
             append: &self.append,
-            seq: self.seq.as_deref(),
+            seq: self.seq,
         });
         frame.update = Some(Arc::new(self));
         frame
@@ -365,7 +366,7 @@ impl EntityUpdate {
                 let mut data = Arc::unwrap_or_clone(earlier);
                 vista_plugin_api::merge_patch(&mut data, patch, &later.append);
                 self.data = Some(Arc::new(data));
-                self.seq = later.seq.clone();
+                self.seq = later.seq;
             }
         }
     }
@@ -450,7 +451,7 @@ mod tests {
             key: "k".into(),
             data: Some(Arc::new(data)),
             append: append.iter().map(|s| s.to_string()).collect(),
-            seq: Some("1".into()),
+            seq: Some(Seq(1)),
         }
     }
 

@@ -42,6 +42,8 @@
 //!   checked first in a child process (`vista plugin check`), whose answer
 //!   is all the host learns of a build it runs in projector processes.
 //! - [`store`]: entities and `_seq` stamping.
+//! - [`ids`]: the identifiers with a wire form (`_seq`, view ids, modes,
+//!   plugin names), each formatted and parsed there only.
 //! - [`views`]: base and derived views, windows, and the frames a change produces.
 //! - [`filters`]: per-subscription `filters` (dot path -> value), parsed and
 //!   made into the key filtered views are shared by.
@@ -56,7 +58,7 @@
 //!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
 //! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`,
-//! `filters`, `store`, `views`, `frame`, `scaffold` and `typegen` are public
+//! `filters`, `ids`, `store`, `views`, `frame`, `scaffold` and `typegen` are public
 //! for the binary's subcommands, the view benchmark and the model tests;
 //! everything else is `pub(crate)`.
 //!
@@ -70,6 +72,7 @@ pub mod cluster;
 pub mod durable;
 pub mod filters;
 pub mod frame;
+pub mod ids;
 pub mod redact;
 pub mod scaffold;
 pub mod store;

@@ -3,19 +3,24 @@
 //!
 //! Anything malformed is an [`InvalidMessage`] whose text goes back to the
 //! client in an `invalid-message` socket issue (`invalid-filter` for a bad
-//! `filters` map); the connection stays open.
+//! `filters` map); the connection stays open. A malformed `after` cursor
+//! alone does not refuse the subscribe: it comes with an `invalid-cursor`
+//! issue to send first, and the subscription starts from a full snapshot.
 
 use serde_json::{Map, Value};
 
 use crate::codes::IssueCode;
 use crate::filters::Filters;
+use crate::ids::Seq;
 use crate::vocab::SubscribeRequest;
 
 /// One message from a client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClientMessage {
-    /// Start (or restart) a subscription.
-    Subscribe(SubscribeRequest),
+    /// Start (or restart) a subscription, with a non-fatal issue to report
+    /// first (`invalid-cursor`: the `after` given was malformed, and the
+    /// request has none).
+    Subscribe(SubscribeRequest, Option<InvalidMessage>),
     /// Stop the subscription to (view, key).
     Unsubscribe {
         /// View id.
@@ -36,7 +41,8 @@ pub enum ClientMessage {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct InvalidMessage {
-    /// The socket issue code: `invalid-message`, or `invalid-filter`.
+    /// The socket issue code: `invalid-message`, `invalid-filter` or
+    /// (a subscribe still made) `invalid-cursor`.
     pub code: IssueCode,
     /// What was wrong.
     pub message: String,
@@ -64,7 +70,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage, InvalidMessage>
         (None, None) => return Err(invalid("message has no \"type\"")),
     };
     match kind {
-        "subscribe" => parse_subscribe(&fields).map(ClientMessage::Subscribe),
+        "subscribe" => {
+            let (request, issue) = parse_subscribe(&fields)?;
+            Ok(ClientMessage::Subscribe(request, issue))
+        }
         "unsubscribe" => Ok(ClientMessage::Unsubscribe {
             view: view_field(&fields)?,
             key: key_field(&fields)?,
@@ -112,19 +121,35 @@ fn count_field(fields: &Map<String, Value>, name: &str) -> Result<Option<usize>,
     }
 }
 
-fn parse_subscribe(fields: &Map<String, Value>) -> Result<SubscribeRequest, InvalidMessage> {
+/// The request, and the `invalid-cursor` issue of a malformed `after`.
+fn parse_subscribe(
+    fields: &Map<String, Value>,
+) -> Result<(SubscribeRequest, Option<InvalidMessage>), InvalidMessage> {
     let with_snapshot = match fields.get("withSnapshot") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(invalid("\"withSnapshot\" must be a boolean")),
     };
     let after = match fields.get("after") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => n.as_u64().map(crate::store::format_seq),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s.parse::<Seq>().map(Some).map_err(|e| e.to_string()),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .map(|n| Some(Seq(n)))
+            .ok_or_else(|| format!("{n} is not a sequence number (a non-negative integer)")),
         Some(_) => return Err(invalid("\"after\" must be a sequence string")),
     };
-    Ok(SubscribeRequest {
+    let (after, issue) = match after {
+        Ok(after) => (after, None),
+        Err(why) => (
+            None,
+            Some(InvalidMessage {
+                code: IssueCode::InvalidCursor,
+                message: format!("\"after\": {why}; the subscription starts from a full snapshot"),
+            }),
+        ),
+    };
+    let request = SubscribeRequest {
         view: view_field(fields)?,
         key: key_field(fields)?,
         take: count_field(fields, "take")?,
@@ -136,7 +161,8 @@ fn parse_subscribe(fields: &Map<String, Value>) -> Result<SubscribeRequest, Inva
             code: IssueCode::InvalidFilter,
             message: err.to_string(),
         })?,
-    })
+    };
+    Ok((request, issue))
 }
 
 #[cfg(test)]
@@ -148,7 +174,7 @@ mod tests {
         let sdk =
             parse_client_message(r#"{"type":"subscribe","view":"Token/list","take":5,"skip":1}"#)
                 .unwrap();
-        let ClientMessage::Subscribe(sdk) = sdk else {
+        let ClientMessage::Subscribe(sdk, None) = sdk else {
             panic!()
         };
         assert_eq!(
@@ -156,14 +182,14 @@ mod tests {
             ("Token/list", None, Some(5), Some(1))
         );
         let legacy = parse_client_message(r#"{"view":"Token/state","key":"m1"}"#).unwrap();
-        let ClientMessage::Subscribe(legacy) = legacy else {
+        let ClientMessage::Subscribe(legacy, None) = legacy else {
             panic!()
         };
         assert_eq!(legacy.key.as_deref(), Some("m1"));
         let star = parse_client_message(r#"{"view":"Token/list","key":"*"}"#).unwrap();
         assert!(matches!(
             star,
-            ClientMessage::Subscribe(SubscribeRequest { key: None, .. })
+            ClientMessage::Subscribe(SubscribeRequest { key: None, .. }, None)
         ));
     }
 
@@ -213,7 +239,7 @@ mod tests {
 
     #[test]
     fn filters_are_parsed_from_the_subscribe() {
-        let ClientMessage::Subscribe(request) = parse_client_message(
+        let ClientMessage::Subscribe(request, None) = parse_client_message(
             r#"{"type":"subscribe","view":"Token/list","filters":{"symbol":"SOL"}}"#,
         )
         .unwrap() else {
@@ -221,5 +247,31 @@ mod tests {
         };
         let filters = request.filters.unwrap();
         assert!(filters.matches(&serde_json::json!({"symbol": "SOL"})));
+    }
+
+    #[test]
+    fn after_is_a_cursor_and_a_malformed_one_is_reported_not_refused() {
+        let after = |value: &str| {
+            let text = format!(r#"{{"type":"subscribe","view":"Token/list","after":{value}}}"#);
+            match parse_client_message(&text).unwrap() {
+                ClientMessage::Subscribe(request, issue) => (request.after, issue),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(after(r#""0000000000000042""#), (Some(Seq(42)), None));
+        assert_eq!(after(r#""42""#), (Some(Seq(42)), None));
+        assert_eq!(after("42"), (Some(Seq(42)), None));
+        assert_eq!(after("null"), (None, None));
+        for malformed in [r#""""#, r#""latest""#, r#""-1""#, "-1", "4.2"] {
+            let (cursor, issue) = after(malformed);
+            assert_eq!(cursor, None, "{malformed}");
+            let issue = issue.expect(malformed);
+            assert_eq!(issue.code, IssueCode::InvalidCursor);
+            assert!(issue.message.contains("full snapshot"), "{}", issue.message);
+        }
+        // Not a string or a number at all: the message is not understood.
+        let err = parse_client_message(r#"{"type":"subscribe","view":"A/list","after":true}"#)
+            .unwrap_err();
+        assert_eq!(err.code, IssueCode::InvalidMessage);
     }
 }

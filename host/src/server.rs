@@ -36,6 +36,7 @@ use serde_json::json;
 use crate::codes::HttpCode;
 use crate::engine::IngestError;
 use crate::http::{coded_error, error_response, json_response, HttpResponse};
+use crate::ids::Seq;
 use crate::ingest::IngestBody;
 use crate::Shared;
 
@@ -452,7 +453,8 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     match shared.ingest(stream, Arc::new(events)).await {
         Ok(done) => json_response(
             StatusCode::OK,
-            &json!({"accepted": done.accepted, "seq": done.seq}),
+            // No `_seq` (a request that applied nothing) stays `""` on the wire.
+            &json!({"accepted": done.accepted, "seq": done.seq.map_or_else(String::new, Seq::text)}),
         ),
         Err(err @ IngestError::UnknownStream(_)) => error_response(
             StatusCode::NOT_FOUND,

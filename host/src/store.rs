@@ -2,10 +2,8 @@
 //!
 //! Entities live here, not in plugins: a plugin can be swapped or removed
 //! and its entities stay. Every applied mutation gets the next sequence
-//! number, written into the entity as `_seq`: a zero-padded 16-digit decimal
-//! string, so it sorts the same as text (how the TypeScript client compares
-//! it) and as a number (16 digits cover every integer JavaScript represents
-//! exactly).
+//! number ([`Seq`]), written into the entity as `_seq` in its wire form (a
+//! zero-padded 16-digit decimal string, see `crate::ids`).
 //!
 //! Entity values are `Arc`s: a snapshot holds the values it captured while
 //! later mutations copy-on-write, so snapshots are encoded off the engine
@@ -26,25 +24,11 @@ use vista_plugin_api::aggregate::{remove_at, set_in, value_at};
 use vista_plugin_api::mutation::value_at_mut;
 use vista_plugin_api::{apply_patch, Aggregate, Applied, Hidden, Mutation, MutationKind};
 
+use crate::ids::Seq;
 use crate::vocab::FastMap;
 
 /// Tombstones kept (all entity types together) before the oldest go.
 pub const MAX_TOMBSTONES: usize = 1_000_000;
-
-/// Formats a sequence number as its fixed-width `_seq` text.
-pub fn format_seq(seq: u64) -> String {
-    // Once per mutation: digits by hand instead of `format!`.
-    let mut digits = [b'0'; 16];
-    let mut rest = seq;
-    for digit in digits.iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
-    if rest > 0 {
-        return seq.to_string(); // beyond 16 digits: never in practice
-    }
-    String::from_utf8(digits.to_vec()).expect("ASCII digits")
-}
 
 /// All entities of all types, by type then key.
 #[derive(Default)]
@@ -86,7 +70,7 @@ pub struct Change {
     /// Capped append paths whose arrays were trimmed by this patch.
     pub trimmed: Vec<String>,
     /// The `_seq` assigned to this mutation.
-    pub seq: String,
+    pub seq: Seq,
 }
 
 impl Change {
@@ -236,9 +220,9 @@ impl Store {
         self.last_seq = last_seq;
     }
 
-    /// The `_seq` text of the last applied mutation.
-    pub fn last_seq(&self) -> String {
-        format_seq(self.last_seq)
+    /// The `_seq` of the last applied mutation.
+    pub fn last_seq(&self) -> Seq {
+        Seq(self.last_seq)
     }
 
     /// Applies a validated mutation (patch data is an object), stamping
@@ -246,7 +230,7 @@ impl Store {
     /// and reports `existed: false, new: None`.
     pub fn apply(&mut self, mutation: Mutation) -> Change {
         self.last_seq += 1;
-        let seq = format_seq(self.last_seq);
+        let seq = Seq(self.last_seq);
         let Mutation { entity, key, kind } = mutation;
         let (data, append, caps, aggregates, replace) = match kind {
             MutationKind::Patch {
@@ -305,7 +289,7 @@ impl Store {
             .entry(key.clone())
             .or_insert_with(|| Arc::new(Value::Object(Map::new())));
         let applied = if let Some(rebuilt) = replace {
-            data.insert("_seq".into(), Value::String(seq.clone()));
+            data.insert(Seq::FIELD.into(), Value::String(seq.text()));
             *Arc::make_mut(slot) = Value::Object(data.clone());
             let states = self.hidden.entry(entity.clone()).or_default();
             if rebuilt.is_empty() {
@@ -315,7 +299,7 @@ impl Store {
             }
             Applied::default()
         } else {
-            data.insert("_seq".into(), Value::String(seq.clone()));
+            data.insert(Seq::FIELD.into(), Value::String(seq.text()));
             let uses_hidden = aggregates.values().any(|a| *a == Aggregate::UniqueCount);
             let applied = if uses_hidden {
                 let hidden = self
@@ -389,22 +373,6 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn seq_text_sorts_like_numbers() {
-        let mut seqs: Vec<String> = [9u64, 10, 100, 2].iter().map(|s| format_seq(*s)).collect();
-        seqs.sort();
-        assert_eq!(
-            seqs,
-            vec![
-                format_seq(2),
-                format_seq(9),
-                format_seq(10),
-                format_seq(100)
-            ]
-        );
-        assert_eq!(format_seq(12).len(), 16);
-    }
-
-    #[test]
     fn snapshots_keep_their_values_after_later_patches() {
         let mut store = Store::new();
         store.apply(Mutation::patch("T", "k", json!({"v": 1})));
@@ -412,7 +380,7 @@ mod tests {
         let change = store.apply(Mutation::patch("T", "k", json!({"v": 2})));
         assert_eq!(captured["v"], 1);
         assert_eq!(change.new.unwrap()["v"], 2);
-        assert_eq!(change.patch.unwrap()["_seq"], format_seq(2));
+        assert_eq!(change.patch.unwrap()["_seq"], Seq(2).text());
     }
 
     #[test]

@@ -44,6 +44,8 @@ use std::path::Path;
 use serde_json::{Map, Value};
 use vista_plugin_api::Manifest;
 
+use crate::ids::{Mode, ViewId};
+
 /// What to generate.
 #[derive(Debug, Clone, Default)]
 pub struct TsOptions {
@@ -206,14 +208,10 @@ pub fn typescript(manifest: &Manifest, options: &TsOptions) -> String {
             .push((key.to_owned(), id.to_owned(), mode, entity));
     };
     for (i, entity) in manifest.entities.iter().enumerate() {
-        for (suffix, mode) in [("list", "list"), ("state", "state"), ("append", "list")] {
-            group(
-                &entity.name,
-                suffix,
-                &format!("{}/{suffix}", entity.name),
-                mode,
-                i,
-            );
+        for (id, mode) in ViewId::bases(&entity.name) {
+            // The client knows list and state views; append streams as a list.
+            let client_mode = if mode == Mode::State { "state" } else { "list" };
+            group(&entity.name, mode.as_str(), &id, client_mode, i);
         }
     }
     for view in &manifest.views {

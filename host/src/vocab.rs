@@ -1,6 +1,7 @@
 //! The words every part of the host shares: who a client is
 //! ([`ConnId`]), what it asked for ([`SubscribeRequest`]), how a view
-//! streams ([`Mode`]) and what a frame does ([`Op`]). A module of its own so
+//! streams ([`Mode`], re-exported from `crate::ids`, which formats view
+//! ids) and what a frame does ([`Op`]). A module of its own so
 //! that views, outboxes, frames and the protocol parser can all use them
 //! without importing each other.
 
@@ -26,25 +27,18 @@ pub struct SubscribeRequest {
     pub skip: Option<usize>,
     /// `false` to skip the snapshot.
     pub with_snapshot: bool,
-    /// Only snapshot entities whose `_seq` is greater than this.
-    pub after: Option<String>,
+    /// Only snapshot entities whose `_seq` is greater than this (a
+    /// malformed `after` was reported to the client and is `None` here).
+    pub after: Option<crate::ids::Seq>,
     /// At most this many snapshot entities.
     pub snapshot_limit: Option<usize>,
     /// Only entities matching these (list views); `None`: all.
     pub filters: Option<crate::filters::Filters>,
 }
 
-/// Streaming mode of a view, as named on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Many entities, snapshot then changes.
-    List,
-    /// One entity by key.
-    State,
-    /// New events only, no snapshot.
-    Append,
-}
+/// Streaming mode of a view (with the other identifiers in `crate::ids`,
+/// being the `{mode}` of a base view's id).
+pub use crate::ids::Mode;
 
 /// Kinds of entity frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]

@@ -174,7 +174,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut views = Views::new();
     let mut subscribers = Vec::new();
     for def in views_under_test() {
-        views.add_derived(def.clone(), "test", &store, &mut |_, _| {});
+        views.add_derived(def.clone(), &"test".into(), &store, &mut |_, _| {});
         for (skip, take) in WINDOWS {
             let conn = subscribers.len() as ConnId;
             let request = SubscribeRequest {

@@ -32,7 +32,7 @@ fn a_redefined_view_keeps_filtered_subscribers_inside_their_filter() {
         ));
     }
     let top = |n| view("P/top").from("P").sort_desc("score").take(n);
-    views.add_derived(top(2), "test", &store, &mut |_, _| {});
+    views.add_derived(top(2), &"test".into(), &store, &mut |_, _| {});
     let filters = Filters::parse(Some(&json!({"team": "red"}))).unwrap();
     let request = SubscribeRequest {
         view: "P/top".into(),

@@ -508,6 +508,38 @@ async fn unknown_views_and_malformed_messages_get_socket_issues_and_keep_the_con
 }
 
 #[tokio::test]
+async fn a_malformed_after_cursor_is_reported_and_the_subscription_starts_from_the_beginning() {
+    let host = Host::with_tokens().await;
+    host.ingest_ok("tokens", &[created("a", 1), created("b", 1)])
+        .await;
+    host.ingest_ok("tokens", &[created("c", 1)]).await;
+    let mut client = host.client().await;
+    for (view, after) in [
+        ("Token/list", json!("not-a-cursor")),
+        ("Token/state", json!("")),
+        ("Token/list", json!(-1)),
+    ] {
+        client
+            .send(json!({"type": "subscribe", "view": view, "after": after}))
+            .await;
+        // First the issue, naming the cursor; the subscribe is still made.
+        let issue = expect_issue(&mut client, "invalid-cursor").await;
+        let message = issue["message"].as_str().unwrap();
+        assert!(message.contains("after"), "{message}");
+        let subscribed = client.recv_json().await;
+        assert_eq!(subscribed["op"], "subscribed", "{subscribed}");
+        assert_eq!(subscribed["view"], view);
+        // A full snapshot, as without a cursor.
+        let mut keys = client.snapshot_keys().await;
+        keys.sort();
+        assert_eq!(keys, ["a", "b", "c"], "{view} after {after}");
+    }
+    // And it is live.
+    host.ingest_ok("tokens", &[supply("a", 1)]).await;
+    assert_eq!(client.recv_json().await["op"], "patch");
+}
+
+#[tokio::test]
 async fn binary_client_frames_are_accepted_as_json_or_refused_clearly() {
     let host = Host::with_tokens().await;
     host.ingest_ok("tokens", &[created("a", 1)]).await;

@@ -4,6 +4,8 @@
 
 use serde_json::Value;
 
+use crate::ids::Seq;
+
 /// (columns, rows) to draw in: `COLUMNS`/`LINES`, else the terminal's size,
 /// else 120 columns and no row limit when standard output is not a terminal.
 pub fn terminal_size(terminal: bool) -> (usize, Option<usize>) {
@@ -80,7 +82,7 @@ impl Table {
         let columns: Vec<String> = match columns {
             Some(chosen) => chosen.to_vec(),
             None => {
-                let mut names = vec!["_seq".to_owned()];
+                let mut names = vec![Seq::FIELD.to_owned()];
                 for (_, entity) in &rows {
                     for name in entity.as_object().into_iter().flatten().map(|(k, _)| k) {
                         if !names.contains(name) {
@@ -107,14 +109,15 @@ impl Table {
         for (key, entity) in &rows {
             grid.push(
                 std::iter::once((*key).clone())
-                    .chain(columns.iter().map(|c| match (c.as_str(), entity.get(c)) {
-                        // `_seq` is zero-padded for text order; its digits
-                        // are what a reader compares.
-                        ("_seq", Some(Value::String(seq))) => {
-                            let digits = seq.trim_start_matches('0');
-                            if digits.is_empty() { "0" } else { digits }.to_owned()
+                    .chain(columns.iter().map(|c| {
+                        match (c.as_str(), entity.get(c)) {
+                            // `_seq` is zero-padded for text order; its number
+                            // is what a reader compares.
+                            (Seq::FIELD, Some(Value::String(seq))) => seq
+                                .parse::<Seq>()
+                                .map_or_else(|_| cell(entity.get(c)), |seq| seq.0.to_string()),
+                            (_, value) => cell(value),
                         }
-                        (_, value) => cell(value),
                     }))
                     .collect(),
             );

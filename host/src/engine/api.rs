@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use super::Engine;
 use crate::durable::{LogStats, WriterReport};
+use crate::ids::Seq;
 use crate::ingest::IngestBody;
 use crate::outbox::Outbox;
 use crate::plugins::{LoadError, PluginLibrary, PluginReport};
@@ -26,8 +27,9 @@ use crate::vocab::{ConnId, SubscribeRequest};
 pub struct Ingested {
     /// Events accepted.
     pub accepted: usize,
-    /// `_seq` of the last mutation applied (the current one if none were).
-    pub seq: String,
+    /// `_seq` of the last mutation applied (the current one if none were);
+    /// `None` for a record that applies nothing (a build marker).
+    pub seq: Option<Seq>,
 }
 
 impl Ingested {
@@ -35,7 +37,7 @@ impl Ingested {
     pub(super) fn nothing() -> Self {
         Ingested {
             accepted: 0,
-            seq: String::new(),
+            seq: None,
         }
     }
 }

@@ -25,6 +25,7 @@ use vista_plugin_api::Manifest;
 
 use super::api::{Command, InstallError};
 use super::Engine;
+use crate::ids::{PluginName, ViewId};
 use crate::plugins::{
     self, view_ids, BuildEventKind, LoadError, PluginLibrary, PluginReport, PluginState,
 };
@@ -147,10 +148,10 @@ impl Engine {
             }
         }
         for id in view_ids(&manifest) {
-            if let Some(existing) = self.views.get(&id).filter(|v| v.plugin != name) {
+            if let Some(existing) = self.views.get(&id).filter(|v| *v.plugin != *name) {
                 return Err(InstallError::ViewTaken {
-                    view: id,
-                    owner: existing.plugin.clone(),
+                    view: id.to_string(),
+                    owner: existing.plugin.to_string(),
                 });
             }
         }
@@ -268,14 +269,14 @@ impl Engine {
         };
         let (old_entities, new_entities) = (entities(old), entities(new));
         let (old_views, new_views) = (derived(old), derived(new));
-        let plugin = new.or(old).map(|m| m.name.clone()).unwrap_or_default();
+        let plugin = PluginName::from(new.or(old).map_or("", |m| &m.name));
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
         for id in old_views.keys().filter(|id| !new_views.contains_key(*id)) {
             self.views.remove_view(id, notify);
         }
         for entity in old_entities.iter().filter(|e| !new_entities.contains(e)) {
-            for mode in ["list", "state", "append"] {
-                self.views.remove_view(&format!("{entity}/{mode}"), notify);
+            for (id, _) in ViewId::bases(entity) {
+                self.views.remove_view(&id, notify);
             }
         }
         for (id, def) in new_views

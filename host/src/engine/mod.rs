@@ -92,6 +92,7 @@ use vista_plugin_api::Mutation;
 use crate::codes::HttpCode;
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::WriterReport;
+use crate::ids::Seq;
 use crate::ingest::IngestBody;
 use crate::outbox::{Deliveries, Outbox};
 use crate::plugins::PluginReport;
@@ -489,7 +490,7 @@ impl Env for Stage<'_> {
         &mut self,
         advance_to: Option<u64>,
         chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
-    ) -> String {
+    ) -> Seq {
         let mut deliveries = Deliveries::new(chunk.len());
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         if let Some(seq) = advance_to {

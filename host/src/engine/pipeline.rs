@@ -34,6 +34,7 @@ use vista_plugin_api::Mutation;
 
 use super::api::{IngestError, Ingested};
 use crate::durable::WriterReport;
+use crate::ids::Seq;
 use crate::ingest::IngestBody;
 use crate::projector::{ProjectFailure, ProjectJob, Projected, Projection};
 
@@ -96,7 +97,7 @@ pub(super) trait Env {
         &mut self,
         advance_to: Option<u64>,
         chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
-    ) -> String;
+    ) -> Seq;
     /// A request (log record `rec`, 0 if none) was applied.
     fn committed(&mut self, rec: u64, events: u64);
     /// Runs before waiting requests are dispatched (a reprojection waiting
@@ -559,7 +560,7 @@ impl Pipeline {
             .inc_by(commit.events as u64);
         let _ = commit.reply.send(Ok(Ingested {
             accepted: commit.events,
-            seq,
+            seq: Some(seq),
         }));
         env.committed(commit.rec, commit.events as u64);
         self.pump_deferred(env);
@@ -744,9 +745,9 @@ mod tests {
             &mut self,
             _advance_to: Option<u64>,
             chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
-        ) -> String {
+        ) -> Seq {
             self.applied.extend(chunk.map(|m| m.key));
-            self.applied.len().to_string()
+            Seq(self.applied.len() as u64)
         }
         fn committed(&mut self, _rec: u64, _events: u64) {}
         fn before_dispatch(&mut self, _pipeline: &mut Pipeline) {}

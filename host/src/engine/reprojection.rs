@@ -14,6 +14,7 @@ use vista_plugin_api::{Hidden, Mutation};
 use super::log::History;
 use super::pipeline::{Pipeline, REPROJECTION_TICKET};
 use super::{Command, Engine, ReprojectError};
+use crate::ids::Seq;
 use crate::plugins::BuildEventKind;
 use crate::reproject::{ReprojectReport, Reprojector};
 use crate::store::Store;
@@ -113,7 +114,7 @@ impl Engine {
         let without_seq = |value: &serde_json::Value| {
             let mut value = value.clone();
             if let Some(fields) = value.as_object_mut() {
-                fields.remove("_seq");
+                fields.remove(Seq::FIELD);
             }
             value
         };

@@ -45,6 +45,8 @@ use serde::{Deserialize, Serialize};
 use vista_plugin_api::ffi::{state_reader_ref, PluginModuleRef, StateReader};
 use vista_plugin_api::{Manifest, Mutation, CONTRACT_VERSION, OLDEST_CONTRACT_VERSION};
 
+use crate::ids::ViewId;
+
 /// Why a plugin file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -297,7 +299,7 @@ impl PluginReport {
             version: Some(manifest.version.clone()),
             file: lib.file.display().to_string(),
             entities: manifest.entities.iter().map(|e| e.name.clone()).collect(),
-            views: view_ids(manifest).collect(),
+            views: view_ids(manifest).map(|id| id.to_string()).collect(),
             streams: manifest.streams.clone(),
             state,
             last_error: None,
@@ -675,12 +677,12 @@ impl<F: Fn(&str, &str) -> Option<String>> StateReader for FnStateReader<F> {
 
 /// Every view id a manifest serves: base views of its entities, then its
 /// derived views.
-pub(crate) fn view_ids(manifest: &Manifest) -> impl Iterator<Item = String> + '_ {
+pub(crate) fn view_ids(manifest: &Manifest) -> impl Iterator<Item = ViewId> + '_ {
     manifest
         .entities
         .iter()
-        .flat_map(|e| ["list", "state", "append"].map(|m| format!("{}/{m}", e.name)))
-        .chain(manifest.views.iter().map(|v| v.id.clone()))
+        .flat_map(|e| ViewId::bases(&e.name).map(|(id, _)| id))
+        .chain(manifest.views.iter().map(|v| ViewId::derived(&v.id)))
 }
 
 #[cfg(test)]

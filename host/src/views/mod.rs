@@ -44,8 +44,8 @@ use view::{FrameCache, Slot, Subscribers};
 use crate::codes::IssueCode;
 use crate::filters::Filters;
 use crate::frame::{socket_issue, Frame, Snapshot, SnapshotEntry, Subscribed};
+use crate::ids::{Mode, PluginName, Seq, ViewId};
 use crate::store::{Change, Store};
-use crate::vocab::Mode;
 pub use crate::vocab::{ConnId, SubscribeRequest};
 
 /// What the connection must send to start a subscription.
@@ -53,7 +53,7 @@ pub struct SubscriptionStart {
     /// The encoded `subscribed` frame.
     pub subscribed: Frame,
     /// View id and mode, for the snapshot frames.
-    pub view: Arc<str>,
+    pub view: ViewId,
     /// Mode of the view.
     pub mode: Mode,
     /// The snapshot to send, in view order; `None` for append views or when
@@ -79,7 +79,7 @@ pub enum Removed {
 }
 
 /// A subscription's identity on its connection: (view id, key or all keys).
-type SubscriptionId = (Arc<str>, Option<String>);
+type SubscriptionId = (ViewId, Option<String>);
 
 /// An active subscription: where it sits in its view, and the request that
 /// made it (kept so the subscription can be re-placed when the view's
@@ -93,7 +93,7 @@ struct Registered {
 }
 
 /// A filtered sub-view: (view id, canonical filters).
-type FilterKey = (Arc<str>, String);
+type FilterKey = (ViewId, String);
 
 /// A filtered sub-view and how many subscriptions use it.
 struct Filtered {
@@ -115,9 +115,9 @@ pub enum SubscribeError {
 /// Every view and every subscription.
 #[derive(Default)]
 pub struct Views {
-    views: HashMap<Arc<str>, View>,
+    views: HashMap<ViewId, View>,
     /// View ids drawing from each entity type.
-    by_entity: HashMap<String, Vec<Arc<str>>>,
+    by_entity: HashMap<String, Vec<ViewId>>,
     /// Each connection's active subscriptions.
     conn_subs: HashMap<ConnId, HashMap<SubscriptionId, Registered>>,
     /// Subscriptions to views that do not exist (yet, or any more), by
@@ -128,7 +128,7 @@ pub struct Views {
     /// The last whole-view snapshot of each view and the store version it
     /// was taken at: subscribers arriving before anything changes share it
     /// (and its encoding). Weak, so it lives only as long as a writer needs it.
-    snapshot_cache: HashMap<Arc<str>, (u64, Weak<Snapshot>)>,
+    snapshot_cache: HashMap<ViewId, (u64, Weak<Snapshot>)>,
     next_generation: u64,
 }
 
@@ -164,24 +164,26 @@ impl Views {
     pub fn add_base_views(
         &mut self,
         entity: &str,
-        plugin: &str,
+        plugin: &PluginName,
         store: &Store,
         notify: Notify<'_>,
     ) {
-        for (suffix, mode) in [
-            ("list", Mode::List),
-            ("state", Mode::State),
-            ("append", Mode::Append),
-        ] {
-            let view = View::new(&format!("{entity}/{suffix}"), entity, mode, plugin, None);
+        for (id, mode) in ViewId::bases(entity) {
+            let view = View::new(id, entity, mode, plugin, None);
             self.insert(view, store, notify);
         }
     }
 
     /// Adds a derived (list) view, starting pending subscriptions to it.
-    pub fn add_derived(&mut self, def: ViewDef, plugin: &str, store: &Store, notify: Notify<'_>) {
+    pub fn add_derived(
+        &mut self,
+        def: ViewDef,
+        plugin: &PluginName,
+        store: &Store,
+        notify: Notify<'_>,
+    ) {
         let view = View::new(
-            &def.id.clone(),
+            ViewId::derived(&def.id),
             &def.source.clone(),
             Mode::List,
             plugin,
@@ -312,7 +314,7 @@ impl Views {
             mode: view.mode,
             sort: view.wire_sort(),
         });
-        let mut frames = FrameCache::new(view.id.clone(), view.mode);
+        let mut frames = FrameCache::new(view.id.shared(), view.mode);
         for (conn, sub_id, before) in held {
             let registered = self
                 .conn_subs
@@ -420,18 +422,16 @@ impl Views {
         // than the known deletes, or a window, gets a full snapshot.
         let resume = request
             .after
-            .as_deref()
-            .and_then(|after| after.parse::<u64>().ok())
-            .filter(|after| store.can_resume_from(*after) && !matches!(slot, Slot::Window(_)));
+            .filter(|after| store.can_resume_from(after.0) && !matches!(slot, Slot::Window(_)));
         let mut resume_deletes = Vec::new();
         if let (Some(after), true) = (resume, view.mode != Mode::Append) {
-            let mut frames = FrameCache::new(view.id.clone(), view.mode);
+            let mut frames = FrameCache::new(view.id.shared(), view.mode);
             let wanted = |key: &String| match &slot {
                 Slot::Key(k) => k == key,
                 _ => true,
             };
             for key in store
-                .deleted_after(&view.source, after)
+                .deleted_after(&view.source, after.0)
                 .filter(|k| wanted(k))
             {
                 resume_deletes.push(frames.delete(key));
@@ -439,7 +439,7 @@ impl Views {
             if view.mode == Mode::List {
                 // Changed since the cursor but no longer in the view.
                 for (key, entity) in store.table(&view.source) {
-                    if wanted(key) && seq_of(entity) > after && !view.index.contains(key) {
+                    if wanted(key) && Seq::of(entity) > Some(after) && !view.index.contains(key) {
                         resume_deletes.push(frames.delete(key));
                     }
                 }
@@ -467,12 +467,12 @@ impl Views {
                         data,
                     })
                 })
-                .filter(|e| resume.is_none_or(|after| seq_of(&e.data) > after));
+                .filter(|e| resume.is_none_or(|after| Seq::of(&e.data) > Some(after)));
             let entries = match request.snapshot_limit {
                 Some(limit) => entries.take(limit).collect(),
                 None => entries.collect(),
             };
-            let snapshot = Arc::new(Snapshot::new(view_id.clone(), view.mode, entries));
+            let snapshot = Arc::new(Snapshot::new(view_id.shared(), view.mode, entries));
             if shareable {
                 self.snapshot_cache.insert(
                     view_id.clone(),
@@ -532,7 +532,7 @@ impl Views {
     /// The filtered sub-view of `view_id` for `filters`, made if missing.
     fn filtered_key(
         &mut self,
-        view_id: &Arc<str>,
+        view_id: &ViewId,
         filters: &Filters,
         store: &Store,
     ) -> Result<FilterKey, SubscribeError> {
@@ -561,7 +561,7 @@ impl Views {
 
     /// Takes a subscription out of the view (or filtered sub-view, dropped
     /// with its last subscription) it sits in.
-    fn leave(&mut self, conn: ConnId, view_id: Arc<str>, registered: Registered) {
+    fn leave(&mut self, conn: ConnId, view_id: ViewId, registered: Registered) {
         match registered.filter {
             None => {
                 if let Some(view) = self.views.get_mut(&view_id) {
@@ -643,12 +643,4 @@ impl SubscriptionStart {
             );
         }
     }
-}
-
-/// An entity's `_seq` as a number (0 if it has none).
-fn seq_of(entity: &serde_json::Value) -> u64 {
-    entity["_seq"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
 }

@@ -7,15 +7,15 @@ use serde::Serialize;
 use vista_plugin_api::view::{Filter, SortSpec};
 
 use super::Views;
-use crate::vocab::Mode;
+use crate::ids::{Mode, PluginName, ViewId};
 
 /// One view as `GET /admin/views` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ViewSummary {
     /// View id, e.g. `Token/list`.
-    pub id: String,
+    pub id: ViewId,
     /// Plugin providing it.
-    pub plugin: String,
+    pub plugin: PluginName,
     /// Entity type it draws from.
     pub source: String,
     /// `list`, `state` or `append`.
@@ -46,13 +46,13 @@ impl Views {
         // the same entities.
         let type_count = |source: &str| {
             views
-                .get(&format!("{source}/list"))
+                .get(&ViewId::base(source, Mode::List))
                 .map_or(0, |v| v.member_count())
         };
         let mut summaries: Vec<ViewSummary> = views
             .iter()
             .map(|view| ViewSummary {
-                id: view.id.to_string(),
+                id: view.id.clone(),
                 plugin: view.plugin.clone(),
                 source: view.source.clone(),
                 mode: view.mode,

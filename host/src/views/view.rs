@@ -10,6 +10,7 @@ use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
 use super::index::{OrderedIndex, Window};
 use crate::filters::Filters;
 use crate::frame::{EntityUpdate, Frame, WireSort};
+use crate::ids::{PluginName, Seq, ViewId};
 use crate::store::{Change, Store};
 use crate::vocab::{ConnId, FastMap, Mode, Op, SubscribeRequest};
 
@@ -38,13 +39,13 @@ pub(crate) struct Subscribers {
 /// One view: its definition, index and subscribers.
 pub struct View {
     /// View id, e.g. `Token/list`.
-    pub id: Arc<str>,
+    pub id: ViewId,
     /// Source entity type.
     pub source: String,
     /// Streaming mode.
     pub mode: Mode,
     /// Name of the plugin providing the view.
-    pub plugin: String,
+    pub plugin: PluginName,
     /// The definition (filter/sort/limit) for derived views; `None` for base views.
     pub def: Option<ViewDef>,
     /// A subscription filter narrowing this copy of a list view (a
@@ -59,24 +60,24 @@ pub struct View {
 
 impl View {
     pub(crate) fn new(
-        id: &str,
+        id: ViewId,
         source: &str,
         mode: Mode,
-        plugin: &str,
+        plugin: &PluginName,
         def: Option<ViewDef>,
     ) -> Self {
         let sort = def.as_ref().map_or_else(
             || SortSpec {
-                field: "_seq".into(),
+                field: Seq::FIELD.into(),
                 order: Order::Desc,
             },
             ViewDef::effective_sort,
         );
         Self {
-            id: id.into(),
+            id,
             source: source.to_owned(),
             mode,
-            plugin: plugin.to_owned(),
+            plugin: plugin.clone(),
             def,
             filters: None,
             sort,
@@ -90,7 +91,7 @@ impl View {
     /// definition, sort and limit (applied after the filter).
     pub(crate) fn filtered(&self, filters: Filters, store: &Store) -> View {
         let mut view = View::new(
-            &self.id,
+            self.id.clone(),
             &self.source,
             self.mode,
             &self.plugin,
@@ -285,7 +286,7 @@ impl View {
             if !direct_subscribers {
                 return;
             }
-            let mut frames = FrameCache::new(self.id.clone(), self.mode);
+            let mut frames = FrameCache::new(self.id.shared(), self.mode);
             let frame = match (&change.patch, change.existed) {
                 (Some(_), _) => frames.change(key, change),
                 (None, true) => frames.delete(key),
@@ -312,7 +313,7 @@ impl View {
         if !direct_subscribers && self.subs.windows.is_empty() {
             return; // index maintained; nobody to tell
         }
-        let mut frames = FrameCache::new(self.id.clone(), self.mode);
+        let mut frames = FrameCache::new(self.id.shared(), self.mode);
         // What a client holding every member sees for this change.
         if direct_subscribers {
             let direct = if !now_in {
@@ -395,7 +396,7 @@ impl FrameCache {
         key: &str,
         data: Option<Arc<Value>>,
         append: Vec<String>,
-        seq: Option<String>,
+        seq: Option<Seq>,
     ) -> Frame {
         EntityUpdate {
             view: self.view.clone(),
@@ -424,9 +425,7 @@ impl FrameCache {
             return frame.clone();
         }
         let entity = store.get(source, key).cloned();
-        let seq = entity
-            .as_ref()
-            .and_then(|e| e["_seq"].as_str().map(str::to_owned));
+        let seq = entity.as_deref().and_then(Seq::of);
         let frame = self.update(Op::Upsert, key, entity, Vec::new(), seq);
         self.frames
             .insert((Op::Upsert, key.to_owned()), frame.clone());
@@ -439,7 +438,7 @@ impl FrameCache {
             return frame.clone();
         }
         let (patch, append) = change.wire_patch();
-        let frame = self.update(Op::Patch, key, patch, append, Some(change.seq.clone()));
+        let frame = self.update(Op::Patch, key, patch, append, Some(change.seq));
         self.frames
             .insert((Op::Patch, key.to_owned()), frame.clone());
         frame

@@ -143,7 +143,7 @@ fn handle_text(
     text: &str,
 ) {
     match parse_client_message(text) {
-        Ok(ClientMessage::Subscribe(request))
+        Ok(ClientMessage::Subscribe(request, _))
             if claims
                 .as_ref()
                 .is_some_and(|c| !c.allows_view(&request.view, request.key.as_deref())) =>
@@ -163,7 +163,7 @@ fn handle_text(
                 ),
             );
         }
-        Ok(ClientMessage::Subscribe(request)) => {
+        Ok(ClientMessage::Subscribe(request, issue)) => {
             if limiter.take().is_err() {
                 crate::metrics::get().subscribes_rate_limited.inc();
                 reply_issue(
@@ -175,6 +175,10 @@ fn handle_text(
                     ),
                 );
                 return;
+            }
+            if let Some(issue) = issue {
+                // A malformed `after`: said first, then served from the start.
+                reply_issue(outbox, issue.code, &issue.message);
             }
             shared.engine.send(Command::Subscribe { conn, request });
         }

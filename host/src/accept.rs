@@ -39,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::codes::{CloseReason, HttpCode};
 use crate::engine::Command;
 use crate::http::{ConnectionGuard, HttpResponse, PeerAddr};
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Over-the-per-IP-cap connections answered with a 429 at the same time;
 /// beyond that they are closed without an answer.
@@ -95,7 +95,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
     let why = CloseReason::ServerShutdown;
     let reason = why.with("the server is restarting; reconnect");
     tracing::info!(
-        clients = shared.open_connections.load(Ordering::Acquire),
+        clients = shared.open_connections(),
         grace_s = shared.config.shutdown_grace.as_secs_f64(),
         "stopped accepting; flushing clients"
     );
@@ -109,7 +109,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
         .clients_done(shared.config.shutdown_grace)
         .await
     {
-        let left = shared.open_connections.load(Ordering::Acquire);
+        let left = shared.open_connections();
         tracing::warn!(
             left,
             "grace period over; closing clients that are still behind"

@@ -31,7 +31,7 @@ use serde_json::json;
 
 use crate::codes::HttpCode;
 use crate::http::{error_response, json_response, HttpResponse};
-use crate::Shared;
+use crate::shared::Shared;
 
 /// The page's files: URL path, content type, contents.
 const ASSETS: &[(&str, &str, &str)] = &[
@@ -121,9 +121,7 @@ pub(crate) fn figures(shared: &Shared) -> HttpResponse {
     let metrics = crate::metrics::get();
     let body = json!({
         "at": crate::plugins::unix_millis(),
-        "connections": shared
-            .open_connections
-            .load(std::sync::atomic::Ordering::Relaxed),
+        "connections": shared.open_connections(),
         "events": metrics.events_ingested.get(),
         "frames": metrics.frames_sent.get(),
         "bytes": metrics.bytes_sent.get(),

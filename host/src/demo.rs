@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::ingest::IngestBody;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// A tiny deterministic xorshift generator; the demo needs variety, not
 /// statistical quality, so it does not warrant a dependency.

@@ -56,6 +56,12 @@
 //!   interfaces from the manifest's schemas, the stack definition, zod).
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
 //!
+//! - [`shared`]: what every task shares, and `Shared::new`, which picks the
+//!   log and starts the engine; [`config`]: the host's settings.
+//! - [`codes`]: every HTTP error code, socket issue and close reason.
+//! - [`metrics`]: every metric, declared once, handles held.
+//! - [`shutdown`]: the one stop signal and the work it waits for.
+//!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
 //! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`,
 //! `filters`, `ids`, `store`, `views`, `frame`, `scaffold` and `typegen` are public
@@ -81,6 +87,7 @@ pub mod views;
 
 pub(crate) mod accept;
 pub(crate) mod codes;
+pub(crate) mod config;
 pub(crate) mod dashboard;
 pub mod dead_letters;
 pub(crate) mod demo;
@@ -94,6 +101,7 @@ pub(crate) mod projector;
 pub(crate) mod protocol;
 pub(crate) mod reproject;
 pub(crate) mod server;
+pub(crate) mod shared;
 pub(crate) mod shutdown;
 pub mod supervise;
 pub(crate) mod vocab;
@@ -101,221 +109,10 @@ pub(crate) mod watcher;
 pub(crate) mod ws;
 
 pub use accept::run;
+pub use config::Config;
 pub use demo::run as run_demo_feed;
 pub use plugins::{check_answer, set_checker, CheckAnswer};
 pub use plugins::{set_process_isolation, ProcessSettings};
 pub use projector::child::run as run_projector_process;
+pub use shared::{ConnectionSlot, Shared, StartError};
 pub use watcher::{watch as watch_plugins, PluginWatcher};
-
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use crate::engine::{Engine, EngineHandle};
-
-/// Settings of a running host.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Directory scanned for plugin files.
-    pub plugins_dir: PathBuf,
-    /// Private directory plugin files are copied to before being mapped.
-    pub cache_dir: PathBuf,
-    /// Largest accepted ingest body, in bytes (larger: 413).
-    pub max_body_bytes: usize,
-    /// Bound on a client's queued live frames, in bytes.
-    pub outbox_bytes: usize,
-    /// Largest accepted client message, in bytes.
-    pub max_message_bytes: usize,
-    /// Subscriptions one connection may hold.
-    pub max_subscriptions_per_connection: usize,
-    /// Open WebSocket connections allowed; more are refused with 503.
-    pub max_connections: usize,
-    /// Clients silent (no message, no pong) for longer are closed; quiet
-    /// ones are pinged first. `None` disables the check.
-    pub idle_timeout: Option<Duration>,
-    /// A projector making no progress for this long is declared stuck.
-    pub projector_timeout: Duration,
-    /// Subscribes per second one connection may make, on average.
-    pub subscribe_rate: u32,
-    /// Subscribes one connection may make at once.
-    pub subscribe_burst: u32,
-    /// On shutdown, how long writers may flush before clients are closed.
-    pub shutdown_grace: Duration,
-    /// Ingest requests read and processed at once; more wait their turn.
-    pub max_concurrent_ingests: usize,
-    /// Where the event log lives; `None` keeps everything in memory.
-    pub data_dir: Option<PathBuf>,
-    /// When the log is fsynced.
-    pub fsync: durable::FsyncPolicy,
-    /// Checkpoint the store after this many events...
-    pub checkpoint_every_events: u64,
-    /// ...or this long, whichever comes first.
-    pub checkpoint_every: Duration,
-    /// How much of the log is kept once checkpointed.
-    pub retention: durable::Retention,
-    /// Time a connection gets to send a complete request head, counted from
-    /// accept and, on a keep-alive connection, from the previous response
-    /// (so it is also the idle keep-alive timeout); also the time a
-    /// WebSocket upgrade gets to complete. `None` disables.
-    pub header_timeout: Option<Duration>,
-    /// Time an ingest request gets to deliver its whole body (408 after).
-    pub body_timeout: Option<Duration>,
-    /// Open TCP connections allowed from one IP address (0: unlimited);
-    /// more are answered 429 `ip-connection-limit-exceeded`.
-    pub max_connections_per_ip: usize,
-    /// Share a NATS JetStream stream with other hosts instead of keeping an
-    /// event log of its own (`data_dir` then keeps only checkpoints).
-    pub cluster: Option<cluster::ClusterConfig>,
-}
-
-/// State shared by every task of a running host.
-pub struct Shared {
-    /// Commands to the engine thread.
-    pub engine: EngineHandle,
-    /// The host's settings.
-    pub config: Config,
-    next_conn: AtomicU64,
-    /// Open WebSocket connections, checked against `config.max_connections`.
-    open_connections: AtomicUsize,
-    /// Who may connect, ingest and administer.
-    pub auth: auth::Auth,
-    /// Ingest requests being read or processed.
-    ingest_permits: tokio::sync::Semaphore,
-    /// The stop signal, and the connections and requests it waits for.
-    pub(crate) shutdown: shutdown::Shutdown,
-    /// The log as the HTTP side sees it: where an ingest goes, `/readyz`,
-    /// `/status` (the engine holds the log itself).
-    pub(crate) log: Arc<dyn engine::log::Front>,
-}
-
-impl Shared {
-    /// Builds the engine, loads every plugin in `config.plugins_dir`,
-    /// restores the state kept in `config.data_dir` (checkpoint, then the
-    /// log replayed through the plugins) and starts the engine thread.
-    ///
-    /// In cluster mode the builds are staged, the local checkpoint is
-    /// restored, and the shared log is consumed after it in the background
-    /// (`/readyz` answers 503 until caught up).
-    pub async fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, StartError> {
-        let shutdown = shutdown::Shutdown::default();
-        let mut engine = Engine::new(
-            config.cache_dir.clone(),
-            config.max_subscriptions_per_connection,
-            config.projector_timeout,
-        );
-        // The log the engine holds, and its front for the HTTP side. A
-        // shared log is installed before the plugins load (their builds are
-        // staged until its markers); a local one by recovery, after them.
-        let mut cluster = None;
-        let mut front = engine::log::EngineFront { health: None };
-        if let Some(cluster_config) = &config.cluster {
-            let log = match &config.data_dir {
-                Some(dir) => {
-                    let log = durable::EventLog::open(dir)?;
-                    log.claim_mode(&format!("cluster:{}", cluster_config.stream))?;
-                    Some(Arc::new(log))
-                }
-                None => None,
-            };
-            let (link, status, requests) = cluster::channels(0);
-            let persistence = cluster::ClusterPersistence {
-                log,
-                checkpoint_every_events: config.checkpoint_every_events,
-                checkpoint_every: config.checkpoint_every,
-            };
-            let log = cluster::JetStreamLog::new(link, persistence, engine.log_reports());
-            engine.use_log(Box::new(log));
-            cluster = Some((cluster_config.clone(), status, requests));
-        }
-        engine.load_plugin_dir(&config.plugins_dir);
-        match (&config.data_dir, &cluster) {
-            (_, Some(_)) => {
-                engine.recover_ordered()?;
-            }
-            (Some(dir), None) => {
-                let log = durable::EventLog::open(dir)?;
-                log.claim_mode("single")?;
-                let log = Arc::new(log);
-                front.health = Some(log.health());
-                engine.recover(engine::Persistence {
-                    log,
-                    fsync: config.fsync,
-                    checkpoint_every_events: config.checkpoint_every_events,
-                    checkpoint_every: config.checkpoint_every,
-                    retention: config.retention,
-                })?;
-            }
-            (None, None) => engine.start_seq_from_clock(),
-        }
-        let (engine, _thread) = engine::spawn(engine);
-        let log: Arc<dyn engine::log::Front> = match cluster {
-            Some((cluster_config, status, requests)) => cluster::Cluster::start(
-                cluster_config,
-                status,
-                requests,
-                engine.clone(),
-                shutdown.token(),
-            )
-            .await
-            .map_err(StartError::Cluster)?,
-            None => Arc::new(front),
-        };
-        Ok(Arc::new(Self {
-            log,
-            engine,
-            next_conn: AtomicU64::new(1),
-            open_connections: AtomicUsize::new(0),
-            ingest_permits: tokio::sync::Semaphore::new(config.max_concurrent_ingests.max(1)),
-            shutdown,
-            auth,
-            config,
-        }))
-    }
-
-    /// Applies an ingest request: published first when the log orders
-    /// requests (answered once this host applied it), else through the
-    /// engine.
-    pub async fn ingest(
-        &self,
-        stream: &str,
-        body: Arc<ingest::IngestBody>,
-    ) -> Result<engine::Ingested, engine::IngestError> {
-        self.log.ingest(&self.engine, stream, body).await
-    }
-
-    fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Reserves a connection slot; `None` when the limit is reached. The
-    /// slot is released when the returned guard drops.
-    fn reserve_connection(self: &Arc<Self>) -> Option<ConnectionSlot> {
-        let open = self.open_connections.fetch_add(1, Ordering::AcqRel);
-        if open >= self.config.max_connections {
-            self.open_connections.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(ConnectionSlot(self.clone()))
-    }
-}
-
-/// Why a host cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The data directory cannot be used.
-    #[error(transparent)]
-    Data(#[from] durable::DataError),
-    /// The cluster's NATS URL cannot be used.
-    #[error("{0}")]
-    Cluster(String),
-}
-
-/// One of `config.max_connections` slots, held for a connection's lifetime.
-pub struct ConnectionSlot(Arc<Shared>);
-
-impl Drop for ConnectionSlot {
-    fn drop(&mut self) {
-        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
-    }
-}

@@ -38,7 +38,7 @@ use crate::engine::IngestError;
 use crate::http::{coded_error, error_response, json_response, HttpResponse};
 use crate::ids::Seq;
 use crate::ingest::IngestBody;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// `POST /plugins/{name}/reproject`: 202 once started; progress in `GET /plugins`.
 async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
@@ -367,7 +367,7 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
         }
     }
     // Bounds the memory of bodies being read and processed at once.
-    let Ok(_permit) = shared.ingest_permits.acquire().await else {
+    let Some(_permit) = shared.ingest_permit().await else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             HttpCode::ShuttingDown,

@@ -23,7 +23,7 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult, DebouncedEvent};
 
 use crate::engine::Command;
 use crate::plugins;
-use crate::Shared;
+use crate::shared::Shared;
 
 /// Keeps the watch alive; dropping it stops watching.
 pub struct PluginWatcher {

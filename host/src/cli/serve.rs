@@ -3,7 +3,7 @@
 //!
 //! They live in the library rather than in the `vista` binary so that
 //! `main.rs` keeps to its subcommands and their dispatch, and so the
-//! options sit next to the settings they fill in ([`crate::Config`],
+//! options sit next to the settings they fill in ([`crate::config::Config`],
 //! [`crate::auth::Auth`], [`crate::durable::FsyncPolicy`]); the
 //! configuration file ([`super::config`]) takes its keys from them.
 

@@ -23,8 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::codes::CloseReason;
+use crate::config::Config;
 use crate::outbox::{Outbox, Outgoing};
-use crate::Config;
 
 /// How long a closed connection is read (and discarded) while waiting for
 /// the client's close frame.

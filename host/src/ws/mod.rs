@@ -38,8 +38,8 @@ use crate::engine::Command;
 use crate::frame::{socket_issue, Frame};
 use crate::outbox::{Outbox, Outgoing};
 use crate::protocol::{parse_client_message, ClientMessage};
+use crate::shared::Shared;
 use crate::vocab::ConnId;
-use crate::Shared;
 
 /// Serves one upgraded WebSocket until either side closes it.
 pub async fn serve<S>(

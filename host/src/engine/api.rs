@@ -22,6 +22,13 @@ use crate::projector::Projected;
 use crate::reproject::ReprojectReport;
 use crate::vocab::{ConnId, SubscribeRequest};
 
+/// Crashes of one build within [`CRASH_WINDOW`] that retire it (a
+/// promise of the [`IngestError::PluginCrashed`] refusal; counted in
+/// [`super::install`]).
+pub const CRASHES_TO_GIVE_UP: usize = 3;
+/// See [`CRASHES_TO_GIVE_UP`].
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+
 /// Result of a successful ingest.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Ingested {
@@ -80,8 +87,8 @@ pub enum IngestError {
         crash: crate::projector::Crash,
     },
     /// A plugin consuming the stream crashed too often (see
-    /// [`super::install::CRASHES_TO_GIVE_UP`]).
-    #[error("plugin {plugin:?} crashed {} times within {} s; load a new build of it", super::install::CRASHES_TO_GIVE_UP, super::install::CRASH_WINDOW.as_secs())]
+    /// [`CRASHES_TO_GIVE_UP`]).
+    #[error("plugin {plugin:?} crashed {} times within {} s; load a new build of it", CRASHES_TO_GIVE_UP, CRASH_WINDOW.as_secs())]
     PluginCrashed {
         /// Plugin name.
         plugin: String,

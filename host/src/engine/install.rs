@@ -18,12 +18,12 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use vista_plugin_api::view::ViewDef;
 use vista_plugin_api::Manifest;
 
-use super::api::{Command, InstallError};
+use super::api::{Command, InstallError, CRASHES_TO_GIVE_UP, CRASH_WINDOW};
 use super::Engine;
 use crate::ids::{PluginName, ViewId};
 use crate::plugins::{
@@ -33,11 +33,6 @@ use crate::projector::{self, AfterStuck, Projector};
 use crate::reproject::ReprojectionStatus;
 use crate::views::Notice;
 use crate::vocab::ConnId;
-
-/// Crashes of one build within [`CRASH_WINDOW`] that retire it.
-pub const CRASHES_TO_GIVE_UP: usize = 3;
-/// See [`CRASHES_TO_GIVE_UP`].
-pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
 
 /// A loaded plugin build and its projector.
 pub(super) struct LoadedPlugin {

@@ -331,8 +331,10 @@ async fn a_subscribe_storm_is_rate_limited_and_costs_others_nothing() {
          other client's ingest p99 {p99:?} over {} requests",
         latencies.len()
     );
+    // Not a performance figure (BENCHMARKS.md has those): a bound that
+    // only a storm holding the engine up can break, not a busy machine.
     assert!(
-        p99 < Duration::from_millis(20),
+        p99 < Duration::from_millis(250),
         "another client's ingest p99 {p99:?} during the storm"
     );
     assert!(host.metric("vista_subscribes_rate_limited_total").await > 9_000.0);

@@ -30,6 +30,7 @@ use crate::durable::{
 use crate::engine::link::SEQ_SHIFT;
 use crate::engine::log::{History, Log, Offer, Reply};
 use crate::engine::{IngestError, Ingested, ReprojectError};
+use crate::ids::PluginName;
 use crate::projector::SharedStore;
 use crate::reproject::Fed;
 
@@ -167,7 +168,7 @@ impl Log for JetStreamLog {
 
     /// A record's `_seq`s start at its stream position shifted by
     /// [`SEQ_SHIFT`], so a request must fit in that range.
-    fn admit(&self, mutations: u64, plugins: &[String]) -> Result<(), IngestError> {
+    fn admit(&self, mutations: u64, plugins: &[PluginName]) -> Result<(), IngestError> {
         if mutations >= 1 << SEQ_SHIFT {
             return Err(IngestError::Projector {
                 plugin: plugins.join(","),

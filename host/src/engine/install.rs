@@ -156,7 +156,7 @@ impl Engine {
             let _ = commands.send(Command::Projected(done));
         })
         .map_err(|e| InstallError::Thread(e.to_string()))?;
-        let previous = self.plugins.remove(&name);
+        let previous = self.plugins.remove(name.as_str());
         let mut notes: Vec<(ConnId, Notice)> = Vec::new();
         self.apply_manifest_change(
             previous.as_ref().map(|p| &p.lib.manifest),
@@ -192,7 +192,7 @@ impl Engine {
         }
         self.reports.insert(lib.file.clone(), report);
         self.plugins.insert(
-            name.clone(),
+            name.clone().into(),
             LoadedPlugin {
                 lib,
                 worker,
@@ -235,7 +235,7 @@ impl Engine {
         else {
             return;
         };
-        let plugin = self.plugins.remove(&name).expect("found above");
+        let plugin = self.plugins.remove(name.as_str()).expect("found above");
         let mut notes: Vec<(ConnId, Notice)> = Vec::new();
         self.apply_manifest_change(Some(&plugin.lib.manifest), None, &mut |conn, item| {
             notes.push((conn, item))
@@ -298,13 +298,13 @@ impl Engine {
             .cloned()
             .map(|mut report| {
                 let current = report.name.as_ref().and_then(|name| {
-                    let plugin = self.plugins.get(name)?;
+                    let plugin = self.plugins.get(name.as_str())?;
                     (plugin.lib.file.display().to_string() == report.file).then_some(name)
                 });
                 report.pid = current
-                    .and_then(|name| self.plugins.get(name))
+                    .and_then(|name| self.plugins.get(name.as_str()))
                     .and_then(|p| p.worker.pid());
-                if let Some(r) = current.and_then(|name| self.reprojections.get(name)) {
+                if let Some(r) = current.and_then(|name| self.reprojections.get(name.as_str())) {
                     let records = r
                         .reprojector
                         .progress
@@ -337,7 +337,7 @@ impl Engine {
 /// is abandoned and the build marked stuck, its streams answering 503 until
 /// a new build loads.
 pub(super) fn timed_out(
-    plugins: &mut BTreeMap<String, LoadedPlugin>,
+    plugins: &mut BTreeMap<PluginName, LoadedPlugin>,
     reports: &mut BTreeMap<PathBuf, PluginReport>,
     name: &str,
     timeout_ms: u64,
@@ -376,7 +376,7 @@ pub(super) fn timed_out(
 /// every host must answer every record alike, so timing must not decide,
 /// and no build retires.
 pub(super) fn crashed(
-    plugins: &mut BTreeMap<String, LoadedPlugin>,
+    plugins: &mut BTreeMap<PluginName, LoadedPlugin>,
     reports: &mut BTreeMap<PathBuf, PluginReport>,
     name: &str,
     what: String,
@@ -413,21 +413,24 @@ pub(super) fn crashed(
 }
 
 /// Loaded plugins consuming `stream`, in name order.
-pub(super) fn consumers(plugins: &BTreeMap<String, LoadedPlugin>, stream: &str) -> Vec<String> {
+pub(super) fn consumers(
+    plugins: &BTreeMap<PluginName, LoadedPlugin>,
+    stream: &str,
+) -> Vec<PluginName> {
     plugins
-        .values()
-        .filter(|p| p.lib.manifest.streams.iter().any(|s| s == stream))
-        .map(|p| p.lib.manifest.name.clone())
+        .iter()
+        .filter(|(_, p)| p.lib.manifest.streams.iter().any(|s| s == stream))
+        .map(|(name, _)| name.clone())
         .collect()
 }
 
 /// Collapses a multi-line error (abi_stable's are) into one log-friendly line.
 /// The builds running, as (plugin, fingerprint), for a checkpoint of a log
 /// that orders records (a restart runs them from its position).
-pub(super) fn builds(plugins: &BTreeMap<String, LoadedPlugin>) -> Vec<(String, String)> {
+pub(super) fn builds(plugins: &BTreeMap<PluginName, LoadedPlugin>) -> Vec<(String, String)> {
     plugins
         .iter()
-        .map(|(name, p)| (name.clone(), p.lib.fingerprint.clone()))
+        .map(|(name, p)| (name.to_string(), p.lib.fingerprint.clone()))
         .collect()
 }
 

@@ -92,7 +92,7 @@ use vista_plugin_api::Mutation;
 use crate::codes::HttpCode;
 use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::WriterReport;
-use crate::ids::Seq;
+use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
 use crate::outbox::{Deliveries, Outbox};
 use crate::plugins::PluginReport;
@@ -110,7 +110,7 @@ pub struct Engine {
     store: SharedStore,
     views: Views,
     /// Loaded plugins by name.
-    plugins: BTreeMap<String, LoadedPlugin>,
+    plugins: BTreeMap<PluginName, LoadedPlugin>,
     /// What `GET /plugins` shows, by plugin file.
     reports: BTreeMap<PathBuf, PluginReport>,
     /// Outboxes of open connections.
@@ -125,7 +125,7 @@ pub struct Engine {
     /// Set while the log is replayed at start: nothing is logged again.
     replaying: bool,
     /// Reprojections by plugin (the latest of each).
-    reprojections: BTreeMap<String, Reprojection>,
+    reprojections: BTreeMap<PluginName, Reprojection>,
     /// Events the plugins refused, crashed or timed out on.
     dead_letters: DeadLetters,
     /// The records of a log that orders them, and the staged builds.
@@ -346,7 +346,7 @@ impl Engine {
     fn submit_commit(
         &mut self,
         mutations: Vec<Mutation>,
-        plugins: Vec<String>,
+        plugins: Vec<PluginName>,
         stream: &str,
         reply: oneshot::Sender<Result<Ingested, IngestError>>,
     ) {
@@ -358,7 +358,7 @@ impl Engine {
 /// The engine's fields the pipeline reaches through [`Env`]: the plugins'
 /// projectors, the log, the store and views, the connections.
 struct Stage<'a> {
-    plugins: &'a mut BTreeMap<String, LoadedPlugin>,
+    plugins: &'a mut BTreeMap<PluginName, LoadedPlugin>,
     dead_letters: &'a mut DeadLetters,
     /// A log that orders records: the position of the record being applied.
     applying_position: Option<u64>,
@@ -368,11 +368,11 @@ struct Stage<'a> {
     conns: &'a HashMap<ConnId, Arc<Outbox>>,
     log: &'a mut dyn Log,
     replaying: bool,
-    reprojections: &'a mut BTreeMap<String, Reprojection>,
+    reprojections: &'a mut BTreeMap<PluginName, Reprojection>,
 }
 
 impl Env for Stage<'_> {
-    fn consumers(&self, stream: &str) -> Vec<String> {
+    fn consumers(&self, stream: &str) -> Vec<PluginName> {
         install::consumers(self.plugins, stream)
     }
 
@@ -475,7 +475,7 @@ impl Env for Stage<'_> {
         });
     }
 
-    fn admit(&self, mutations: u64, plugins: &[String]) -> Result<(), IngestError> {
+    fn admit(&self, mutations: u64, plugins: &[PluginName]) -> Result<(), IngestError> {
         self.log.admit(mutations, plugins)
     }
 

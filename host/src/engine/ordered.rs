@@ -97,7 +97,7 @@ impl Engine {
         let name = lib.manifest.name.clone();
         let running = self
             .plugins
-            .get(&name)
+            .get(name.as_str())
             .is_some_and(|p| p.lib.fingerprint == lib.fingerprint);
         let previous = self.reports.remove(&lib.file);
         let history = previous
@@ -233,7 +233,10 @@ impl Engine {
                     fingerprint,
                     version,
                 } => {
-                    let before = self.plugins.get(&plugin).map(|p| p.lib.fingerprint.clone());
+                    let before = self
+                        .plugins
+                        .get(plugin.as_str())
+                        .map(|p| p.lib.fingerprint.clone());
                     if !self.switch_build(&plugin, &fingerprint, &version, seq) {
                         self.ordered.queue.push_front(LogEntry {
                             seq,
@@ -248,7 +251,7 @@ impl Engine {
                     // A new build that asks for reprojection rebuilds here.
                     let switched = before.is_some()
                         && before.as_deref() != Some(fingerprint.as_str())
-                        && self.plugins.get(&plugin).is_some_and(|p| {
+                        && self.plugins.get(plugin.as_str()).is_some_and(|p| {
                             p.lib.fingerprint == fingerprint && p.lib.manifest.reproject
                         });
                     if switched && self.start_marked_reprojection(&plugin, seq) {
@@ -414,7 +417,7 @@ impl Engine {
             };
         tracing::info!(%plugin, position, "reprojection from the shared log started; consumption waits for it");
         self.reprojections.insert(
-            plugin.to_owned(),
+            plugin.into(),
             super::Reprojection {
                 reprojector,
                 wants_final: false,
@@ -454,7 +457,7 @@ impl Engine {
             }
             ReprojectReport::Failed { plugin, reason } => {
                 tracing::error!(%plugin, %reason, position, "cluster reprojection failed; the state is unchanged");
-                if let Some(r) = self.reprojections.get_mut(&plugin) {
+                if let Some(r) = self.reprojections.get_mut(plugin.as_str()) {
                     r.state = "failed";
                     r.error = Some(reason);
                 }
@@ -475,7 +478,7 @@ impl Engine {
             .staged
             .iter()
             .map(|s| s.manifest.name.clone())
-            .filter(|name| !self.plugins.contains_key(name))
+            .filter(|name| !self.plugins.contains_key(name.as_str()))
             .collect();
         let paused = self.ordered.pause.as_ref().map(ToString::to_string);
         self.log.consuming(paused, unmarked);

@@ -34,7 +34,7 @@ use vista_plugin_api::Mutation;
 
 use super::api::{IngestError, Ingested};
 use crate::durable::WriterReport;
-use crate::ids::Seq;
+use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
 use crate::projector::{ProjectFailure, ProjectJob, Projected, Projection};
 
@@ -51,7 +51,7 @@ pub(super) const REPROJECTION_TICKET: u64 = u64::MAX;
 /// What the pipeline needs from the rest of the engine.
 pub(super) trait Env {
     /// Loaded plugins consuming `stream`, in name order.
-    fn consumers(&self, stream: &str) -> Vec<String>;
+    fn consumers(&self, stream: &str) -> Vec<PluginName>;
     /// Why `plugin` serves nothing until a new build loads (it timed out on
     /// a thread, or crashed too often), if it does not.
     fn refusal(&self, plugin: &str) -> Option<IngestError>;
@@ -87,7 +87,7 @@ pub(super) trait Env {
         failure: &ProjectFailure,
     );
     /// Whether a request of `mutations` may be committed at all.
-    fn admit(&self, mutations: u64, plugins: &[String]) -> Result<(), IngestError>;
+    fn admit(&self, mutations: u64, plugins: &[PluginName]) -> Result<(), IngestError>;
     /// Logs a request first (`Some(record number)`: applied once durable),
     /// or not at all (`None`: applied at once).
     fn log(&mut self, stream: &str, first_seq: u64, mutations: u64, body: Bytes) -> Option<u64>;
@@ -130,7 +130,7 @@ struct InFlight {
 }
 
 struct Part {
-    plugin: String,
+    plugin: PluginName,
     outcome: Option<Projection>,
     /// The worker's counter when the request was submitted.
     first_progress: u64,
@@ -143,7 +143,7 @@ struct Part {
 pub(super) struct Commit {
     /// Mutations in commit order, still to apply.
     mutations: std::vec::IntoIter<Mutation>,
-    pub(super) plugins: Vec<String>,
+    pub(super) plugins: Vec<PluginName>,
     events: usize,
     /// `_seq` reserved for the first mutation.
     first_seq: u64,
@@ -159,7 +159,7 @@ pub(super) struct Pipeline {
     projector_timeout: Duration,
     in_flight: HashMap<u64, InFlight>,
     /// Plugins projecting a request, and which.
-    pub(super) busy: HashMap<String, u64>,
+    pub(super) busy: HashMap<PluginName, u64>,
     deferred: VecDeque<Waiting>,
     /// Requests being committed, one after another, chunk by chunk.
     pub(super) committing: VecDeque<Commit>,
@@ -196,7 +196,7 @@ impl Pipeline {
         self.awaiting_log
             .iter()
             .chain(self.committing.iter())
-            .any(|c| c.plugins.iter().any(|p| p == plugin))
+            .any(|c| c.plugins.iter().any(|p| p.as_str() == plugin))
     }
 
     /// Starts projecting a request, or queues it behind a busy plugin.
@@ -223,7 +223,7 @@ impl Pipeline {
             && !self
                 .committing
                 .iter()
-                .any(|c| c.plugins.iter().any(|p| p == plugin))
+                .any(|c| c.plugins.iter().any(|p| p.as_str() == plugin))
     }
 
     /// Whether the oldest commit may apply its next chunk: it started
@@ -237,7 +237,7 @@ impl Pipeline {
 
     /// The logged, not yet applied mutations of requests involving any of
     /// `plugins`, in log order.
-    fn pending_for(&self, plugins: &[String]) -> Vec<Mutation> {
+    fn pending_for(&self, plugins: &[PluginName]) -> Vec<Mutation> {
         self.awaiting_log
             .iter()
             .filter(|c| c.plugins.iter().any(|p| plugins.contains(p)))
@@ -246,7 +246,7 @@ impl Pipeline {
     }
 
     /// Hands a request to its consumers' projectors.
-    fn dispatch(&mut self, request: Waiting, consumers: Vec<String>, env: &mut dyn Env) {
+    fn dispatch(&mut self, request: Waiting, consumers: Vec<PluginName>, env: &mut dyn Env) {
         let Waiting {
             stream,
             body,
@@ -324,7 +324,7 @@ impl Pipeline {
             if let Some(part) = request
                 .parts
                 .iter_mut()
-                .find(|p| p.plugin == projected.plugin && p.outcome.is_none())
+                .find(|p| p.plugin.as_str() == projected.plugin && p.outcome.is_none())
             {
                 part.outcome = Some(projected.outcome);
             }
@@ -390,13 +390,13 @@ impl Pipeline {
             env.dead_letter(&request.stream, &request.body, &part.plugin, failure);
             let error = match failure.crash {
                 Some(crash) => IngestError::ProjectorCrashed {
-                    plugin: part.plugin.clone(),
+                    plugin: part.plugin.to_string(),
                     position: failure.position,
                     message: failure.message.clone(),
                     crash,
                 },
                 None => IngestError::Projector {
-                    plugin: part.plugin.clone(),
+                    plugin: part.plugin.to_string(),
                     position: failure.position,
                     message: failure.message.clone(),
                 },
@@ -404,7 +404,7 @@ impl Pipeline {
             let _ = request.reply.send(Err(error));
             return;
         }
-        let plugins: Vec<String> = request.parts.iter().map(|p| p.plugin.clone()).collect();
+        let plugins: Vec<PluginName> = request.parts.iter().map(|p| p.plugin.clone()).collect();
         let outcomes: Vec<Vec<Vec<Mutation>>> = request
             .parts
             .into_iter()
@@ -442,7 +442,7 @@ impl Pipeline {
     pub(super) fn submit_commit(
         &mut self,
         mutations: Vec<Mutation>,
-        plugins: Vec<String>,
+        plugins: Vec<PluginName>,
         events: usize,
         stream: &str,
         body: Bytes,
@@ -497,7 +497,7 @@ impl Pipeline {
                 // Later requests of the same plugins projected over the
                 // failed ones: they fail too, and so do projections running.
                 let first_failed = recs.iter().min().copied().unwrap_or(u64::MAX);
-                let mut doomed_plugins: HashSet<String> = HashSet::new();
+                let mut doomed_plugins: HashSet<PluginName> = HashSet::new();
                 for commit in &self.awaiting_log {
                     let depends = recs.contains(&commit.rec)
                         || (commit.rec > first_failed
@@ -580,7 +580,7 @@ impl Pipeline {
         if self.deferred.is_empty() {
             return;
         }
-        let mut claimed: HashSet<String> = HashSet::new();
+        let mut claimed: HashSet<PluginName> = HashSet::new();
         let mut still_waiting = VecDeque::new();
         while let Some(request) = self.deferred.pop_front() {
             let consumers = env.consumers(&request.stream);
@@ -615,7 +615,7 @@ impl Pipeline {
     pub(super) fn check_deadlines(&mut self, env: &mut dyn Env) {
         let now = Instant::now();
         // (ticket, plugin, the line it is stuck on)
-        let mut expired: Vec<(u64, String, usize)> = Vec::new();
+        let mut expired: Vec<(u64, PluginName, usize)> = Vec::new();
         for (ticket, request) in &mut self.in_flight {
             for part in request.parts.iter_mut().filter(|p| p.outcome.is_none()) {
                 let Some(progress) = env.progress(&part.plugin) else {
@@ -646,7 +646,7 @@ impl Pipeline {
                     ProjectFailure::error(line, format!("{TIMEOUT_MESSAGE} {timeout_ms} ms"));
                 env.dead_letter(&request.stream, &request.body, &name, &failure);
                 let _ = request.reply.send(Err(IngestError::ProjectorTimeout {
-                    plugin: name,
+                    plugin: name.to_string(),
                     timeout_ms,
                 }));
             }
@@ -696,8 +696,11 @@ mod tests {
     }
 
     impl Env for Fake {
-        fn consumers(&self, stream: &str) -> Vec<String> {
-            self.streams.get(stream).cloned().unwrap_or_default()
+        fn consumers(&self, stream: &str) -> Vec<PluginName> {
+            self.streams
+                .get(stream)
+                .map(|plugins| plugins.iter().map(|p| p.as_str().into()).collect())
+                .unwrap_or_default()
         }
         fn refusal(&self, plugin: &str) -> Option<IngestError> {
             self.stuck
@@ -731,7 +734,7 @@ mod tests {
             self.dead_letters
                 .push((plugin.to_owned(), failure.position));
         }
-        fn admit(&self, _mutations: u64, _plugins: &[String]) -> Result<(), IngestError> {
+        fn admit(&self, _mutations: u64, _plugins: &[PluginName]) -> Result<(), IngestError> {
             Ok(())
         }
         fn log(&mut self, _: &str, _: u64, _: u64, _: Bytes) -> Option<u64> {

@@ -14,7 +14,7 @@ use vista_plugin_api::{Hidden, Mutation};
 use super::log::History;
 use super::pipeline::{Pipeline, REPROJECTION_TICKET};
 use super::{Command, Engine, ReprojectError};
-use crate::ids::Seq;
+use crate::ids::{PluginName, Seq};
 use crate::plugins::BuildEventKind;
 use crate::reproject::{ReprojectReport, Reprojector};
 use crate::store::Store;
@@ -67,7 +67,7 @@ impl Engine {
             "reprojection started"
         );
         self.reprojections.insert(
-            name.to_owned(),
+            name.into(),
             Reprojection {
                 reprojector,
                 wants_final: false,
@@ -86,7 +86,7 @@ impl Engine {
         };
         match report {
             ReprojectReport::CaughtUp { plugin } => {
-                if let Some(r) = self.reprojections.get_mut(&plugin) {
+                if let Some(r) = self.reprojections.get_mut(plugin.as_str()) {
                     r.wants_final = true;
                 }
                 start_final_passes(&mut self.reprojections, &mut self.pipeline);
@@ -94,7 +94,7 @@ impl Engine {
             ReprojectReport::Failed { plugin, reason } => {
                 tracing::error!(%plugin, %reason, "reprojection failed; the live state is unchanged");
                 self.pipeline.release(&plugin, REPROJECTION_TICKET);
-                if let Some(r) = self.reprojections.get_mut(&plugin) {
+                if let Some(r) = self.reprojections.get_mut(plugin.as_str()) {
                     r.state = "failed";
                     r.error = Some(reason);
                 }
@@ -184,7 +184,7 @@ impl Engine {
         // record of no stream (replay skips it: the rebuilt state is what
         // the current build's replay produces anyway).
         let (reply, _) = oneshot::channel();
-        self.submit_commit(mutations, vec![plugin.to_owned()], "", reply);
+        self.submit_commit(mutations, vec![plugin.into()], "", reply);
         // New requests may project again, over the swap's mutations.
         // A projector process reloads its mirror before its next request.
         if let Some(loaded) = self.plugins.get_mut(plugin) {
@@ -198,15 +198,17 @@ impl Engine {
 /// Holds every plugin whose reprojector caught up, once it has nothing in
 /// flight, and lets the reprojector replay the last records.
 pub(super) fn start_final_passes(
-    reprojections: &mut BTreeMap<String, Reprojection>,
+    reprojections: &mut BTreeMap<PluginName, Reprojection>,
     pipeline: &mut Pipeline,
 ) {
-    let ready: Vec<String> = reprojections
+    let ready: Vec<PluginName> = reprojections
         .iter()
         .filter(|(name, r)| {
             // Every record of the plugin must be in the log file and
             // applied before the last replay pass.
-            r.wants_final && !pipeline.busy.contains_key(*name) && !pipeline.holds_commits_of(name)
+            r.wants_final
+                && !pipeline.busy.contains_key(name.as_str())
+                && !pipeline.holds_commits_of(name)
         })
         .map(|(name, _)| name.clone())
         .collect();

@@ -18,6 +18,7 @@ use crate::durable::{
     WriterReport,
 };
 use crate::engine::api::{IngestError, ReprojectError};
+use crate::ids::PluginName;
 use crate::projector::SharedStore;
 
 /// How the engine keeps its state across restarts.
@@ -103,7 +104,7 @@ impl Local {
 }
 
 impl Log for Local {
-    fn admit(&self, _mutations: u64, _plugins: &[String]) -> Result<(), IngestError> {
+    fn admit(&self, _mutations: u64, _plugins: &[PluginName]) -> Result<(), IngestError> {
         match self.writer {
             Some(_) => Ok(()),
             None => Err(IngestError::ShuttingDown),

@@ -56,6 +56,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::api::{EngineHandle, IngestError, Ingested, ReprojectError};
 use crate::durable::{Checkpoint, DataError, EventLog, LogRecord, LogStats};
+use crate::ids::PluginName;
 use crate::ingest::IngestBody;
 use crate::projector::SharedStore;
 use crate::reproject::Fed;
@@ -97,7 +98,7 @@ pub(crate) trait Log: Send {
 
     /// Whether a request of `mutations` mutations may be committed now
     /// (the log is closed, or its records cannot carry that many).
-    fn admit(&self, mutations: u64, plugins: &[String]) -> Result<(), IngestError>;
+    fn admit(&self, mutations: u64, plugins: &[PluginName]) -> Result<(), IngestError>;
 
     // --- The engine orders the records (project, append, apply).
 
@@ -205,7 +206,7 @@ pub(crate) struct Offer {
 pub(crate) struct InMemory;
 
 impl Log for InMemory {
-    fn admit(&self, _mutations: u64, _plugins: &[String]) -> Result<(), IngestError> {
+    fn admit(&self, _mutations: u64, _plugins: &[PluginName]) -> Result<(), IngestError> {
         Ok(())
     }
 

@@ -482,18 +482,11 @@ impl EventLog {
 /// `/metrics` gauges of what the log holds.
 pub fn publish_gauges(log: &EventLog) {
     if let Ok(stats) = log.stats() {
-        crate::metrics::get()
-            .log_retained_records
-            .set(stats.records as i64);
-        crate::metrics::get()
-            .log_first_record
-            .set(stats.first_rec as i64);
-        crate::metrics::get()
-            .log_last_record
-            .set(stats.last_rec as i64);
-        crate::metrics::get()
-            .log_disk_bytes
-            .set(stats.disk_bytes as i64);
+        let metrics = crate::metrics::get();
+        metrics.log_retained_records.set(stats.records as i64);
+        metrics.log_first_record.set(stats.first_rec as i64);
+        metrics.log_last_record.set(stats.last_rec as i64);
+        metrics.log_disk_bytes.set(stats.disk_bytes as i64);
     }
 }
 

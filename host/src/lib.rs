@@ -55,6 +55,8 @@
 //! - [`typegen`]: `vista plugin types`: a TypeScript module (entity
 //!   interfaces from the manifest's schemas, the stack definition, zod).
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
+//! - [`sources`]: live views over PostgreSQL (logical replication) and NATS
+//!   JetStream streams (`--source`), each position logged with the events.
 //!
 //! The crate is a facade: [`Config`], [`Shared`], [`run`] and a few
 //! re-exports serve the `vista` binary; `auth`, `cluster`, `durable`,
@@ -95,6 +97,7 @@ pub(crate) mod protocol;
 pub(crate) mod reproject;
 pub(crate) mod server;
 pub(crate) mod shutdown;
+pub mod sources;
 pub mod supervise;
 pub(crate) mod vocab;
 pub(crate) mod watcher;
@@ -167,6 +170,8 @@ pub struct Config {
     /// Share a NATS JetStream stream with other hosts instead of keeping an
     /// event log of its own (`data_dir` then keeps only checkpoints).
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Change streams turned into ingest requests (`--source NAME=URL`).
+    pub sources: Vec<sources::SourceSpec>,
 }
 
 /// State shared by every task of a running host.
@@ -187,6 +192,8 @@ pub struct Shared {
     /// The log as the HTTP side sees it: where an ingest goes, `/readyz`,
     /// `/status` (the engine holds the log itself).
     pub(crate) log: Arc<dyn engine::log::Front>,
+    /// The sources' states, for `GET /sources`.
+    pub(crate) sources: sources::Registry,
 }
 
 impl Shared {
@@ -199,6 +206,12 @@ impl Shared {
     /// (`/readyz` answers 503 until caught up).
     pub async fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, StartError> {
         let shutdown = shutdown::Shutdown::default();
+        if config.cluster.is_some() && !config.sources.is_empty() {
+            return Err(StartError::Cluster(
+                "--source is not supported with --cluster yet (a source must run on one host at a time); run sources on a single host with --data".into(),
+            ));
+        }
+        let mut positions = std::collections::BTreeMap::new();
         let mut engine = Engine::new(
             config.cache_dir.clone(),
             config.max_subscriptions_per_connection,
@@ -237,6 +250,9 @@ impl Shared {
                 let log = durable::EventLog::open(dir)?;
                 log.claim_mode("single")?;
                 let log = Arc::new(log);
+                for mark in log.source_positions()? {
+                    positions.insert(mark.source, mark.position);
+                }
                 front.health = Some(log.health());
                 engine.recover(engine::Persistence {
                     log,
@@ -261,7 +277,15 @@ impl Shared {
             .map_err(StartError::Cluster)?,
             None => Arc::new(front),
         };
+        let sources = sources::start(
+            &config.sources,
+            &engine,
+            positions,
+            config.data_dir.is_some(),
+            shutdown.token(),
+        );
         Ok(Arc::new(Self {
+            sources,
             log,
             engine,
             next_conn: AtomicU64::new(1),

@@ -84,12 +84,21 @@ impl Nats {
             max_ack_pending: (READ_AHEAD * 4) as i64,
             ..Default::default()
         };
-        let consumer: consumer::PullConsumer = if self.durable {
-            stream.get_or_create_consumer(&self.consumer, config).await
-        } else {
-            stream.create_consumer(config).await
+        if self.durable {
+            // Messages the consumer delivered before a restart and no one
+            // acked would come back only after the ack wait, behind newer
+            // ones: the consumer is made afresh at the logged position
+            // instead, so delivery is in stream order from there.
+            match stream.delete_consumer(&self.consumer).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("not found") => {}
+                Err(e) => return Err(format!("consumer {:?}: {e}", self.consumer)),
+            }
         }
-        .map_err(|e| format!("consumer {:?} on {:?}: {e}", self.consumer, self.stream))?;
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| format!("consumer {:?} on {:?}: {e}", self.consumer, self.stream))?;
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(READ_AHEAD)
@@ -102,7 +111,10 @@ impl Nats {
         let mut unacked: VecDeque<(u64, jetstream::Message)> = VecDeque::new();
         let mut last_submitted = after;
         loop {
-            let next = tokio::time::timeout(Duration::from_millis(200), messages.next()).await;
+            // Answers are collected between messages: soon while some are
+            // awaited, so acks and the reported position keep up.
+            let wait = if ctx.in_flight() > 0 { 20 } else { 500 };
+            let next = tokio::time::timeout(Duration::from_millis(wait), messages.next()).await;
             let message = match next {
                 Ok(Some(message)) => Some(message.map_err(|e| format!("consumer: {e}"))?),
                 Ok(None) => return Err("the consumer ended".into()),

@@ -341,7 +341,7 @@ impl Postgres {
         loop {
             let event = tokio::select! {
                 event = stream.recv() => Some(event.map_err(|e| format!("replication stream: {e}"))?),
-                _ = tokio::time::sleep(Duration::from_millis(500)) => None,
+                _ = tokio::time::sleep(Duration::from_millis(if ctx.in_flight() > 0 { 20 } else { 500 })) => None,
             };
             let mut answered = ctx.settle_ready()?;
             match event {

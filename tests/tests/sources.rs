@@ -93,6 +93,13 @@ fn open(table: &BTreeMap<String, Row>) -> BTreeMap<String, Row> {
 /// background (reconnecting is the caller's business).
 struct Mirror {
     state: Arc<Mutex<BTreeMap<String, Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Mirror {
@@ -106,14 +113,14 @@ impl Mirror {
             apply_frame(&mut state.lock().unwrap(), &frame);
         }
         let held = state.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while let Some(received) = client.recv_within(Duration::from_secs(600)).await {
                 if let Received::Json { value, .. } = received {
                     apply_frame(&mut held.lock().unwrap(), &value);
                 }
             }
         });
-        Mirror { state }
+        Mirror { state, task }
     }
 
     fn rows(&self) -> BTreeMap<String, Row> {
@@ -229,7 +236,24 @@ async fn a_table_of_100000_rows_and_its_live_changes_become_views_exactly_as_the
     let open_view = Mirror::start(&host, "Order/open").await;
 
     // Transactions while the snapshot is read and applied: each lands
-    // either in the snapshot or after it, never both, never neither.
+    // either in the snapshot or after it, never both, never neither. They
+    // start once the slot exists (its exported snapshot taken), so the
+    // row's version counts exactly the changes the view must have applied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .query("SELECT 1 FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no replication slot:\n{}",
+            host.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let snapshot_started = Instant::now();
     let mut rng = Lcg(7);
     for i in 0..60 {
         mixed_transaction(&mut client, &mut rng, 200_000 + i, 100_000)
@@ -254,7 +278,11 @@ async fn a_table_of_100000_rows_and_its_live_changes_become_views_exactly_as_the
         (list_view.rows(), table(&client).await)
     })
     .await;
-    eprintln!("converged {:?} after the last change", started.elapsed());
+    eprintln!(
+        "converged {:?} after the last change, {:?} after the slot was created",
+        started.elapsed(),
+        snapshot_started.elapsed()
+    );
     until_equal("Order/open (live client, derived)", CONVERGE, || async {
         (open_view.rows(), open(&table(&client).await))
     })

@@ -533,3 +533,99 @@ async fn a_nats_stream_through_a_vista_crash_applies_every_message_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// BENCHMARKS.md, "PostgreSQL source": row changes per second from
+/// PostgreSQL to a subscribed client, and commit-to-frame latency. Run
+/// alone: `cargo test -p vista-tests --test sources -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn bench_postgres_to_a_subscribed_client() {
+    let _serial = SERIAL.lock().await;
+    let pg = PgServer::start();
+    let client = pg.client().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO orders (id, customer, status, amount)
+             SELECT g, 'c', 'open', 1 FROM generate_series(1, 1000) g",
+        )
+        .await
+        .unwrap();
+    let source = source_arg(&pg);
+    let host = Host::start(orders(), &["--source", &source]).await;
+    let mut ws = host.client().await;
+    ws.subscribe(json!({"type": "subscribe", "view": "Order/list"}))
+        .await;
+    let snapshot = ws.snapshot_frames().await;
+    let mut seen: usize = snapshot
+        .iter()
+        .map(|f| f["data"].as_array().map_or(0, Vec::len))
+        .sum();
+    while seen < 1000 {
+        if let Received::Json { .. } = ws.recv().await {
+            seen += 1;
+        }
+    }
+
+    // Latency: one single-row transaction at a time, commit to frame.
+    let mut latencies = Vec::new();
+    for i in 0..100 {
+        let started = Instant::now();
+        client
+            .execute(
+                "UPDATE orders SET amount = amount + 1, version = version + 1 WHERE id = $1::int8::int",
+                &[&(1 + i as i64)],
+            )
+            .await
+            .unwrap();
+        loop {
+            if let Received::Json { value, .. } = ws.recv().await {
+                if value["key"] == (1 + i).to_string() {
+                    break;
+                }
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    eprintln!(
+        "commit-to-frame latency over 100 single-row transactions: p50 {:?}, p99 {:?}, max {:?}",
+        latencies[50], latencies[98], latencies[99]
+    );
+
+    // Throughput: 20 writers of single-row transactions; the client counts
+    // frames until it has one per change.
+    const CHANGES: usize = 20_000;
+    let started = Instant::now();
+    let mut writers = Vec::new();
+    for w in 0..20 {
+        let client = pg.client().await;
+        writers.push(tokio::spawn(async move {
+            for i in 0..CHANGES / 20 {
+                let id = 1 + ((w * 50 + i) % 1000) as i64;
+                client
+                    .execute(
+                        "UPDATE orders SET amount = amount + 1, version = version + 1 WHERE id = $1::int8::int",
+                        &[&id],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut frames = 0;
+    while frames < CHANGES {
+        if let Received::Json { .. } = ws.recv().await {
+            frames += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    eprintln!(
+        "{CHANGES} single-row transactions from 20 writers: {:?} to the client's last frame, {:.0} changes/s",
+        elapsed,
+        CHANGES as f64 / elapsed.as_secs_f64()
+    );
+}

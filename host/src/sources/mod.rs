@@ -87,8 +87,16 @@ impl std::str::FromStr for SourceSpec {
         let (name, url) = text
             .split_once('=')
             .ok_or_else(|| format!("{text:?}: expected NAME=URL (postgres://... or nats://...)"))?;
-        crate::cli::serve::parse_stream_name(name)
-            .map_err(|e| format!("source name {name:?}: {e}"))?;
+        // The name is an ingest stream's (as in `/ingest/NAME`).
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "source name {name:?}: letters, digits, '-' and '_' (it names the ingest stream)"
+            ));
+        }
         let scheme = url.split("://").next().unwrap_or("");
         if !matches!(scheme, "postgres" | "postgresql" | "nats") {
             return Err(format!(
@@ -431,4 +439,24 @@ impl Ctx {
 /// `GET /sources`.
 pub(crate) fn status(registry: &Registry) -> Value {
     json!({ "sources": registry.list() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs_name_a_stream_and_a_known_scheme() {
+        let spec: SourceSpec = "orders=postgres://u@h:5432/db?publication=vista"
+            .parse()
+            .unwrap();
+        assert_eq!(spec.name, "orders");
+        assert!(spec.url.starts_with("postgres://"));
+        assert!("trades=nats://127.0.0.1:4222?stream=T"
+            .parse::<SourceSpec>()
+            .is_ok());
+        assert!("orders".parse::<SourceSpec>().is_err());
+        assert!("a b=nats://x".parse::<SourceSpec>().is_err());
+        assert!("orders=mysql://x".parse::<SourceSpec>().is_err());
+    }
 }

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::{cluster, durable};
+use crate::{cluster, durable, sources};
 
 /// Settings of a running host.
 #[derive(Debug, Clone)]
@@ -63,4 +63,6 @@ pub struct Config {
     /// Share a NATS JetStream stream with other hosts instead of keeping an
     /// event log of its own (`data_dir` then keeps only checkpoints).
     pub cluster: Option<cluster::ClusterConfig>,
+    /// Change streams turned into ingest requests (`--source NAME=URL`).
+    pub sources: Vec<sources::SourceSpec>,
 }

@@ -10,11 +10,16 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::durable::SourceMark;
+
 /// The events of one request.
 pub struct IngestBody {
     text: Bytes,
     /// (1-based line or item number, byte range of the event's JSON object).
     events: Vec<(usize, Range<usize>)>,
+    /// Set when a source produced the request: where the source stands once
+    /// it is applied, logged with it ([`crate::sources`]).
+    source: Option<SourceMark>,
 }
 
 /// Why a body was refused, with the 1-based line (or item) it failed at.
@@ -76,7 +81,11 @@ impl IngestBody {
                 events.push((index + 1, range_of(raw)));
             }
         }
-        Ok(IngestBody { text: body, events })
+        Ok(IngestBody {
+            text: body,
+            events,
+            source: None,
+        })
     }
 
     /// A body of already-serialized events (the demo feed).
@@ -91,7 +100,20 @@ impl IngestBody {
         IngestBody {
             text: Bytes::from(text),
             events: ranges,
+            source: None,
         }
+    }
+
+    /// The same body, produced by a source that stands at `mark` once it is
+    /// applied.
+    pub fn with_source(mut self, mark: SourceMark) -> IngestBody {
+        self.source = Some(mark);
+        self
+    }
+
+    /// The source position the request carries, if a source produced it.
+    pub fn source(&self) -> Option<&SourceMark> {
+        self.source.as_ref()
     }
 
     /// The body as received.

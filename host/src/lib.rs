@@ -55,7 +55,8 @@
 //! - [`typegen`]: `vista plugin types`: a TypeScript module (entity
 //!   interfaces from the manifest's schemas, the stack definition, zod).
 //! - [`demo`]: the demo feed behind `vista serve --demo-feed`.
-//!
+//! - [`sources`]: live views over PostgreSQL (logical replication) and NATS
+//!   JetStream streams (`--source`), each position logged with the events.
 //! - [`shared`]: what every task shares, and `Shared::new`, which picks the
 //!   log and starts the engine; [`config`]: the host's settings.
 //! - [`codes`]: every HTTP error code, socket issue and close reason.
@@ -103,6 +104,7 @@ pub(crate) mod reproject;
 pub(crate) mod server;
 pub(crate) mod shared;
 pub(crate) mod shutdown;
+pub mod sources;
 pub mod supervise;
 pub(crate) mod vocab;
 pub(crate) mod watcher;

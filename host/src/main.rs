@@ -463,6 +463,7 @@ async fn run() -> anyhow::Result<()> {
             stream: args.cluster_stream,
             replicas: args.cluster_replicas,
         }),
+        sources: args.sources,
     };
     // A write past a file-size limit must fail with EFBIG (answered 503),
     // not kill the process with SIGXFSZ.

@@ -73,6 +73,10 @@ table! {
     plugin_reloads: Counter = "vista_plugin_reloads", "Plugin builds that went live from the plugins directory.";
     plugin_reload_failures: Counter = "vista_plugin_reload_failures", "Plugin files that failed to load.";
     plugin_reload_seconds: Histogram = "vista_plugin_reload_seconds", "Time from a plugin file changing to its build being live (or refused).";
+    // Sources (`--source`).
+    source_changes: Counter = "vista_source_changes", "Changes (events) sources applied.";
+    source_refused: Counter = "vista_source_refused", "Source requests or messages refused (a plugin's dead letter, or not a JSON object); the source went on.";
+    source_errors: Counter = "vista_source_errors", "Source sessions that failed (a lost connection, a log that cannot be written); each is retried with backoff.";
     // Cluster mode.
     cluster_refused: Counter = "vista_cluster_refused", "Shared-log records the projectors refused (identically on every host).";
     cluster_publish_failed: Counter = "vista_cluster_publish_failed", "Publishes to the shared log that failed.";

@@ -81,8 +81,10 @@ pub async fn handle(
         return Ok(upgrade(&mut request, shared));
     }
     let path = request.uri().path().to_owned();
-    let admin_route = matches!(path.as_str(), "/plugins" | "/metrics" | "/status")
-        || path.starts_with("/admin/")
+    let admin_route = matches!(
+        path.as_str(),
+        "/plugins" | "/metrics" | "/status" | "/sources"
+    ) || path.starts_with("/admin/")
         || (path.starts_with("/plugins/") && path.ends_with("/reproject"));
     if admin_route {
         if let Err(err) = shared.auth.admin(bearer(&request)) {
@@ -119,6 +121,9 @@ pub async fn handle(
         }
         (&Method::GET, "/status") => {
             json_response(StatusCode::OK, &shared.log.status(&shared.engine).await)
+        }
+        (&Method::GET, "/sources") => {
+            json_response(StatusCode::OK, &crate::sources::status(&shared.sources))
         }
         (&Method::GET, "/plugins") => {
             let reports = shared.engine.reports().await;
@@ -178,6 +183,7 @@ pub async fn handle(
             "/healthz"
             | "/readyz"
             | "/status"
+            | "/sources"
             | "/plugins"
             | "/metrics"
             | "/"

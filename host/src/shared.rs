@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineHandle};
-use crate::{auth, cluster, durable, engine, ingest, shutdown};
+use crate::{auth, cluster, durable, engine, ingest, shutdown, sources};
 
 /// State shared by every task of a running host.
 pub struct Shared {
@@ -28,6 +28,8 @@ pub struct Shared {
     /// The log as the HTTP side sees it: where an ingest goes, `/readyz`,
     /// `/status` (the engine holds the log itself).
     pub(crate) log: Arc<dyn engine::log::Front>,
+    /// The sources' states, for `GET /sources`.
+    pub(crate) sources: sources::Registry,
 }
 
 impl Shared {
@@ -40,6 +42,12 @@ impl Shared {
     /// (`/readyz` answers 503 until caught up).
     pub async fn new(config: Config, auth: auth::Auth) -> Result<Arc<Self>, StartError> {
         let shutdown = shutdown::Shutdown::default();
+        if config.cluster.is_some() && !config.sources.is_empty() {
+            return Err(StartError::Cluster(
+                "--source is not supported with --cluster yet (a source must run on one host at a time); run sources on a single host with --data".into(),
+            ));
+        }
+        let mut positions = std::collections::BTreeMap::new();
         let mut engine = Engine::new(
             config.cache_dir.clone(),
             config.max_subscriptions_per_connection,
@@ -78,6 +86,9 @@ impl Shared {
                 let log = durable::EventLog::open(dir)?;
                 log.claim_mode("single")?;
                 let log = Arc::new(log);
+                for mark in log.source_positions()? {
+                    positions.insert(mark.source, mark.position);
+                }
                 front.health = Some(log.health());
                 engine.recover(engine::Persistence {
                     log,
@@ -102,7 +113,15 @@ impl Shared {
             .map_err(StartError::Cluster)?,
             None => Arc::new(front),
         };
+        let sources = sources::start(
+            &config.sources,
+            &engine,
+            positions,
+            config.data_dir.is_some(),
+            shutdown.token(),
+        );
         Ok(Arc::new(Self {
+            sources,
             log,
             engine,
             next_conn: AtomicU64::new(1),

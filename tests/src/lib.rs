@@ -8,6 +8,8 @@
 
 pub mod soak;
 
+pub mod postgres;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -51,6 +53,7 @@ pub fn ensure_built() {
             "vista-host",
             "vista-tokens",
             "vista-games",
+            "vista-orders",
             "vista-fixture-bad-contract",
             "vista-fixture-foreign-cdylib",
             "vista-fixture-token-owner-clash",

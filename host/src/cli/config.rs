@@ -61,6 +61,19 @@ pub fn apply_config_file(
             toml::Value::String(s) => Ok(s.clone()),
             toml::Value::Integer(i) => Ok(i.to_string()),
             toml::Value::Boolean(b) => Ok(b.to_string()),
+            // `[[source]]`: `name` and `url`, as `--source NAME=URL`.
+            toml::Value::Table(t) if key == "source" => {
+                match (
+                    t.get("name").and_then(|v| v.as_str()),
+                    t.get("url").and_then(|v| v.as_str()),
+                ) {
+                    (Some(name), Some(url)) => Ok(format!("{name}={url}")),
+                    _ => Err(anyhow::anyhow!(
+                        "{}: each [[source]] needs a name and a url",
+                        file.display()
+                    )),
+                }
+            }
             other => Err(anyhow::anyhow!(
                 "{}: {key:?} must be a string, number or boolean, not {}",
                 file.display(),

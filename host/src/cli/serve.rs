@@ -110,6 +110,13 @@ pub struct ServeArgs {
     /// is then stored on a majority of them.
     #[arg(long, env = "VISTA_CLUSTER_REPLICAS", default_value_t = 1)]
     pub cluster_replicas: usize,
+    /// Feed the ingest stream NAME from a change stream: `NAME=postgres://USER@HOST:PORT/DB?publication=P`
+    /// (logical replication: an initial snapshot, then every committed
+    /// transaction as one request) or `NAME=nats://HOST:PORT?stream=S` (a
+    /// JetStream stream, one message per event). Repeatable; in a
+    /// configuration file, `[[source]]` tables with `name` and `url`.
+    #[arg(long = "source", env = "VISTA_SOURCES", value_delimiter = ' ')]
+    pub sources: Vec<crate::sources::SourceSpec>,
     /// Keep everything in memory: a restart starts empty (`_seq` still never
     /// goes backwards: it starts from the clock).
     #[arg(long, env = "VISTA_IN_MEMORY")]

@@ -225,6 +225,7 @@ impl Cluster {
                         mutations: 0,
                         body,
                         logged_at_ms: 0,
+                        source: None,
                     };
                     sink.send(Fed::Record(record))
                         .await

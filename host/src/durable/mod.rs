@@ -49,6 +49,10 @@ pub const FORMAT_VERSION: u32 = 1;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const CHECKPOINT: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoint");
+/// Each source's position ([`SourceMark`]): written in the same transaction
+/// as the record that carried it, so it is durable exactly when the events
+/// it stands for are (see [`crate::sources`]).
+const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 
 /// redb's page cache for the log.
 const LOG_CACHE_BYTES: usize = 16 << 20;
@@ -126,6 +130,21 @@ pub struct LogRecord {
     /// When it was logged, in milliseconds since the Unix epoch (for
     /// `--retain age:`).
     pub logged_at_ms: u64,
+    /// The source position the request brings its source to, if a source
+    /// produced it: stored beside the log in the same transaction (not in
+    /// the record's bytes, so the record format is unchanged).
+    pub source: Option<SourceMark>,
+}
+
+/// Where a source (a database's change stream, a broker's stream) stands
+/// once a request it produced is applied: its name and a position in the
+/// source's own terms (a PostgreSQL LSN, a JetStream sequence).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceMark {
+    /// The source's name (`--source NAME=URL`).
+    pub source: String,
+    /// Its position, opaque to the log.
+    pub position: String,
 }
 
 const RECORD_TAG: u8 = 1;
@@ -179,6 +198,7 @@ impl LogRecord {
             mutations,
             body,
             logged_at_ms,
+            source: None,
         })
     }
 }
@@ -407,12 +427,42 @@ impl EventLog {
         });
         {
             let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            let mut sources = txn.open_table(SOURCES).map_err(|e| e.to_string())?;
             for record in records {
                 log.insert(record.rec, record.encode().as_slice())
                     .map_err(|e| e.to_string())?;
+                if let Some(mark) = &record.source {
+                    sources
+                        .insert(mark.source.as_str(), mark.position.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                }
             }
         }
         txn.commit().map_err(|e| e.to_string())
+    }
+
+    /// Every source's last durable position (see [`SourceMark`]).
+    pub fn source_positions(&self) -> Result<Vec<SourceMark>, DataError> {
+        let err = storage(&self.path);
+        let txn = self
+            .db()
+            .map_err(&err)?
+            .begin_read()
+            .map_err(|e| err(e.to_string()))?;
+        let table = match txn.open_table(SOURCES) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(err(e.to_string())),
+        };
+        let mut marks = Vec::new();
+        for entry in table.iter().map_err(|e| err(e.to_string()))? {
+            let (key, value) = entry.map_err(|e| err(e.to_string()))?;
+            marks.push(SourceMark {
+                source: key.value().to_owned(),
+                position: String::from_utf8_lossy(value.value()).into_owned(),
+            });
+        }
+        Ok(marks)
     }
 
     /// Makes every earlier commit durable (the `--fsync every` timer).
@@ -505,7 +555,28 @@ mod tests {
             mutations: 3,
             body: Bytes::from(format!("{{\"n\":{rec}}}\n")),
             logged_at_ms: 1_700_000_000_000 + rec,
+            source: None,
         }
+    }
+
+    #[test]
+    fn a_source_position_is_stored_with_its_record() {
+        let dir = tempfile_dir();
+        let mark = |position: &str| SourceMark {
+            source: "orders".into(),
+            position: position.into(),
+        };
+        {
+            let log = EventLog::open(&dir).unwrap();
+            assert!(log.source_positions().unwrap().is_empty());
+            let mut first = record(1);
+            first.source = Some(mark("lsn:1"));
+            let mut second = record(2);
+            second.source = Some(mark("lsn:2"));
+            log.append(&[first, second, record(3)], true).unwrap();
+        }
+        let log = EventLog::open(&dir).unwrap();
+        assert_eq!(log.source_positions().unwrap(), vec![mark("lsn:2")]);
     }
 
     #[test]

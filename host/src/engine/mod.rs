@@ -351,7 +351,16 @@ impl Engine {
         reply: oneshot::Sender<Result<Ingested, IngestError>>,
     ) {
         let (pipeline, mut env) = self.split();
-        pipeline.submit_commit(mutations, plugins, 0, stream, Bytes::new(), reply, &mut env);
+        pipeline.submit_commit(
+            mutations,
+            plugins,
+            0,
+            stream,
+            Bytes::new(),
+            None,
+            reply,
+            &mut env,
+        );
     }
 }
 
@@ -479,11 +488,18 @@ impl Env for Stage<'_> {
         self.log.admit(mutations, plugins)
     }
 
-    fn log(&mut self, stream: &str, first_seq: u64, mutations: u64, body: Bytes) -> Option<u64> {
+    fn log(
+        &mut self,
+        stream: &str,
+        first_seq: u64,
+        mutations: u64,
+        body: Bytes,
+        source: Option<crate::durable::SourceMark>,
+    ) -> Option<u64> {
         if self.replaying {
             return None;
         }
-        self.log.append(stream, first_seq, mutations, body)
+        self.log.append(stream, first_seq, mutations, body, source)
     }
 
     fn apply(

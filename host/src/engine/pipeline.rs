@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 use vista_plugin_api::Mutation;
 
 use super::api::{IngestError, Ingested};
-use crate::durable::WriterReport;
+use crate::durable::{SourceMark, WriterReport};
 use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
 use crate::projector::{ProjectFailure, ProjectJob, Projected, Projection};
@@ -90,7 +90,14 @@ pub(super) trait Env {
     fn admit(&self, mutations: u64, plugins: &[PluginName]) -> Result<(), IngestError>;
     /// Logs a request first (`Some(record number)`: applied once durable),
     /// or not at all (`None`: applied at once).
-    fn log(&mut self, stream: &str, first_seq: u64, mutations: u64, body: Bytes) -> Option<u64>;
+    fn log(
+        &mut self,
+        stream: &str,
+        first_seq: u64,
+        mutations: u64,
+        body: Bytes,
+        source: Option<SourceMark>,
+    ) -> Option<u64>;
     /// Applies a chunk (after advancing `_seq` to `advance_to`, if set) and
     /// delivers its frames; returns the `_seq` of the last mutation.
     fn apply(
@@ -429,6 +436,7 @@ impl Pipeline {
             request.body.len(),
             &request.stream,
             request.body.raw().clone(),
+            request.body.source().cloned(),
             request.reply,
             env,
         );
@@ -446,6 +454,7 @@ impl Pipeline {
         events: usize,
         stream: &str,
         body: Bytes,
+        source: Option<SourceMark>,
         reply: oneshot::Sender<Result<Ingested, IngestError>>,
         env: &mut dyn Env,
     ) {
@@ -465,7 +474,7 @@ impl Pipeline {
             rec: 0,
             reply,
         };
-        match env.log(stream, first_seq, count, body) {
+        match env.log(stream, first_seq, count, body, source) {
             Some(rec) => {
                 commit.rec = rec;
                 self.awaiting_log.push_back(commit);
@@ -737,7 +746,7 @@ mod tests {
         fn admit(&self, _mutations: u64, _plugins: &[PluginName]) -> Result<(), IngestError> {
             Ok(())
         }
-        fn log(&mut self, _: &str, _: u64, _: u64, _: Bytes) -> Option<u64> {
+        fn log(&mut self, _: &str, _: u64, _: u64, _: Bytes, _: Option<SourceMark>) -> Option<u64> {
             if !self.logging {
                 return None;
             }

@@ -14,8 +14,8 @@ use bytes::Bytes;
 
 use super::{History, Log};
 use crate::durable::{
-    Checkpoint, DataError, EventLog, FsyncPolicy, LogRecord, LogStats, LogWriter, WriterJob,
-    WriterReport,
+    Checkpoint, DataError, EventLog, FsyncPolicy, LogRecord, LogStats, LogWriter, SourceMark,
+    WriterJob, WriterReport,
 };
 use crate::engine::api::{IngestError, ReprojectError};
 use crate::ids::PluginName;
@@ -111,7 +111,14 @@ impl Log for Local {
         }
     }
 
-    fn append(&mut self, stream: &str, first_seq: u64, mutations: u64, body: Bytes) -> Option<u64> {
+    fn append(
+        &mut self,
+        stream: &str,
+        first_seq: u64,
+        mutations: u64,
+        body: Bytes,
+        source: Option<SourceMark>,
+    ) -> Option<u64> {
         let writer = self.writer.as_ref()?;
         let rec = self.next_rec;
         self.next_rec += 1;
@@ -122,6 +129,7 @@ impl Log for Local {
             mutations,
             body,
             logged_at_ms: crate::durable::now_ms(),
+            source,
         }));
         Some(rec)
     }

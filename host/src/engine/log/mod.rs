@@ -55,7 +55,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::api::{EngineHandle, IngestError, Ingested, ReprojectError};
-use crate::durable::{Checkpoint, DataError, EventLog, LogRecord, LogStats};
+use crate::durable::{Checkpoint, DataError, EventLog, LogRecord, LogStats, SourceMark};
 use crate::ids::PluginName;
 use crate::ingest::IngestBody;
 use crate::projector::SharedStore;
@@ -103,13 +103,16 @@ pub(crate) trait Log: Send {
     // --- The engine orders the records (project, append, apply).
 
     /// Appends a projected request's record: `Some(record number)`, applied
-    /// once the log reports it durable; `None`, applied at once.
+    /// once the log reports it durable; `None`, applied at once. `source`:
+    /// where the source that produced it stands once it is applied, kept
+    /// with the record (a log that keeps nothing drops it).
     fn append(
         &mut self,
         _stream: &str,
         _first_seq: u64,
         _mutations: u64,
         _body: Bytes,
+        _source: Option<SourceMark>,
     ) -> Option<u64> {
         None
     }

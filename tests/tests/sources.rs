@@ -15,7 +15,10 @@
 //! - PostgreSQL restarted mid-stream: `/sources` reports the outage, the
 //!   source reconnects, nothing is lost;
 //! - a NATS JetStream stream through a Vista `kill -9` and restart: every
-//!   message applied once.
+//!   message applied once;
+//! - the published TypeScript client (`tests/ts-client/orders.mjs`) ends
+//!   with exactly the table in `Order/list` and `Order/open` after
+//!   multi-statement transactions, the derived view's deletes included.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use vista_tests::postgres::PgServer;
-use vista_tests::{apply_frame, view_of, Host, NatsServer, PluginFile, Received};
+use vista_tests::{apply_frame, view_of, Host, NatsServer, NodeScript, PluginFile, Received};
 
 /// One test at a time: each starts a database or broker and a host.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -537,6 +540,48 @@ async fn a_nats_stream_through_a_vista_crash_applies_every_message_once() {
 /// BENCHMARKS.md, "PostgreSQL source": row changes per second from
 /// PostgreSQL to a subscribed client, and commit-to-frame latency. Run
 /// alone: `cargo test -p vista-tests --test sources -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_typescript_client_sees_the_table_through_a_postgres_source() {
+    let _serial = SERIAL.lock().await;
+    let pg = PgServer::start();
+    let mut client = pg.client().await;
+    client.batch_execute(SCHEMA).await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO orders (id, customer, status, amount)
+             SELECT g, 'c', (ARRAY['open','paid'])[1 + g % 2], g FROM generate_series(1, 200) g",
+        )
+        .await
+        .unwrap();
+    let source = source_arg(&pg);
+    let host = Host::start(orders(), &["--source", &source]).await;
+    until_equal("Order/list after the snapshot", CONVERGE, || async {
+        (
+            rows(&view_of(&host, "Order/list").await),
+            table(&client).await,
+        )
+    })
+    .await;
+    let node = NodeScript::start("orders.mjs", &host, &[]);
+    // Inserts, updates (some leaving `open`, some entering it) and deletes,
+    // several statements per transaction, while the client watches.
+    let mut rng = Lcg(11);
+    for i in 0..40 {
+        mixed_transaction(&mut client, &mut rng, 1000 + i, 200)
+            .await
+            .expect("a transaction");
+    }
+    let expected = table(&client).await;
+    let wanted = json!({"list": expected, "open": open(&expected)});
+    assert!(
+        wanted["open"].as_object().unwrap().len() < expected.len(),
+        "some orders are not open, so the derived view had to drop them"
+    );
+    let summary = node.finish(&wanted.to_string());
+    assert_eq!(summary["ok"], true, "{summary}");
+    assert_eq!(summary["list"], expected.len(), "{summary}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a benchmark: run by hand"]
 async fn bench_postgres_to_a_subscribed_client() {

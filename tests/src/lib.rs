@@ -39,6 +39,16 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// The cargo profile the host and plugins under test are built with:
+/// `debug`, or `release` with `VISTA_TEST_PROFILE=release` (for the
+/// benchmarks among the tests, e.g. `sources`'s ignored `bench`).
+fn profile() -> &'static str {
+    match std::env::var("VISTA_TEST_PROFILE").as_deref() {
+        Ok("release") => "release",
+        _ => "debug",
+    }
+}
+
 /// Builds the host and every plugin and fixture crate once per test process
 /// (a no-op when `cargo test --workspace` already built them).
 pub fn ensure_built() {
@@ -49,6 +59,9 @@ pub fn ensure_built() {
         command
             .current_dir(workspace_root())
             .args(["build", "--quiet"]);
+        if profile() == "release" {
+            command.arg("--release");
+        }
         for package in [
             "vista-host",
             "vista-tokens",
@@ -77,14 +90,14 @@ pub fn ensure_built() {
 /// Path of the built `vista` binary.
 pub fn vista_binary() -> PathBuf {
     ensure_built();
-    target_dir().join("debug").join("vista")
+    target_dir().join(profile()).join("vista")
 }
 
 /// Path of a built plugin library by crate name, e.g. `vista_tokens`.
 pub fn plugin_artifact(crate_name: &str) -> PathBuf {
     ensure_built();
     let path = target_dir()
-        .join("debug")
+        .join(profile())
         .join(format!("lib{crate_name}.so"));
     assert!(path.exists(), "{} was not built", path.display());
     path

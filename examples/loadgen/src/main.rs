@@ -12,6 +12,7 @@
 //! target/release/loadgen ingest   --events 20000
 //! target/release/loadgen durable  --batch 100
 //! target/release/loadgen cluster  --clients 15000 --hosts 3
+//! target/release/loadgen reference --reference PATH   # issue 20; see reference.rs
 //! ```
 //!
 //! `ingest` measures the host alone: the cost per event of requests of 10

@@ -123,7 +123,7 @@ fn incremental(entities: usize, subscribers: usize, mutations: &[Mutation]) -> O
     let mut views = Views::new();
     let defs = view_defs();
     for def in &defs {
-        views.add_derived(def.clone(), "bench", &store, &mut |_, _| {});
+        views.add_derived(def.clone(), &"bench".into(), &store, &mut |_, _| {});
     }
     for conn in 0..subscribers {
         let def = &defs[conn % defs.len()];

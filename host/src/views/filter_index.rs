@@ -133,11 +133,8 @@ impl FilterIndex {
             None => return,
         };
         match holders.get_mut(entity_key) {
-            Some(keys) if holds => {
-                if !keys.contains(key) {
-                    keys.push(key.clone());
-                }
-            }
+            Some(keys) if holds && !keys.contains(key) => keys.push(key.clone()),
+            Some(_) if holds => {}
             Some(keys) => {
                 keys.retain(|k| k != key);
                 if keys.is_empty() {

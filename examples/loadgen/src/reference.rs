@@ -24,6 +24,8 @@
 //! - `ingest`: one subscriber, one request in flight, batch 100 and 1,000:
 //!   events/s accepted, with ticks and (vista only) the tokens plugin's
 //!   `token_created` events.
+//! - `memory` (not run unless asked): host and projector-child RSS per
+//!   entity with `--entities` tokens held in memory.
 //!
 //! Vista runs `--in-memory` and durable (`--fsync always`, the default).
 
@@ -62,7 +64,7 @@ pub struct ReferenceArgs {
     /// `vista serve --isolation`.
     #[arg(long, default_value = "process")]
     isolation: String,
-    /// Which parts to run, comma-separated: fanout, latency, ingest.
+    /// Which parts to run, comma-separated: fanout, latency, ingest, memory.
     #[arg(long, default_value = "fanout,latency,ingest")]
     parts: String,
     /// Which targets, comma-separated: memory, durable, reference.
@@ -92,6 +94,9 @@ pub struct ReferenceArgs {
     /// Ingest: request sizes, comma-separated.
     #[arg(long, default_value = "100,1000")]
     ingest_batches: String,
+    /// Memory: `token_created` entities (distinct mints) to hold.
+    #[arg(long, default_value_t = 1_000_000)]
+    entities: usize,
     /// Loopback source addresses to spread clients over.
     #[arg(long, default_value_t = 50)]
     source_addrs: usize,
@@ -458,6 +463,78 @@ async fn ingest_run(
     }))
 }
 
+/// Resident memory of the children of `pid` (projector processes), KiB.
+fn children_rss_kib(pid: u32) -> u64 {
+    let mut sum = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(child) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1);
+        if ppid == Some(pid.to_string().as_str()) {
+            sum += rss_kib(child.parse().unwrap_or(0));
+        }
+    }
+    sum
+}
+
+/// Memory per entity: vista in memory holding `--entities` tokens (one
+/// `token_created` each, distinct mints), no subscriber; RSS of the host
+/// and of its projector children before and after, per entity.
+async fn memory_run(args: &ReferenceArgs) -> anyhow::Result<Value> {
+    let server = start(args, Kind::Memory, Events::Tokens)?;
+    let http = reqwest::Client::new();
+    // One small request first, so the plugin's projector is running.
+    post(
+        &http,
+        &server.addr,
+        "tokens",
+        token_events(0, 1, usize::MAX, false),
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (host0, children0) = (rss_kib(server.pid()), children_rss_kib(server.pid()));
+    let mut from = 1;
+    while from <= args.entities {
+        let count = 10_000.min(args.entities + 1 - from);
+        post(
+            &http,
+            &server.addr,
+            "tokens",
+            token_events(from, count, usize::MAX, false),
+        )
+        .await?;
+        from += count;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (host1, children1) = (rss_kib(server.pid()), children_rss_kib(server.pid()));
+    let per =
+        |before: u64, after: u64| (after as f64 - before as f64) * 1024.0 / args.entities as f64;
+    let report = json!({
+        "entities": args.entities,
+        "host_rss_kib_before": host0, "host_rss_kib_after": host1,
+        "children_rss_kib_before": children0, "children_rss_kib_after": children1,
+        "host_bytes_per_entity": per(host0, host1),
+        "children_bytes_per_entity": per(children0, children1),
+    });
+    eprintln!(
+        "  memory vista_memory: {} token entities: host {:.0} B/entity, projector children {:.0} B/entity",
+        args.entities, report["host_bytes_per_entity"].as_f64().unwrap_or(0.0),
+        report["children_bytes_per_entity"].as_f64().unwrap_or(0.0)
+    );
+    Ok(report)
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
@@ -496,6 +573,12 @@ pub async fn run(args: &ReferenceArgs) -> anyhow::Result<Value> {
         .map(|b| b.trim().parse())
         .collect::<Result<_, _>>()?;
     let (mut fanout, mut latency, mut ingest) = (Vec::new(), Vec::new(), Vec::new());
+    let mut memory = Vec::new();
+    if parts.contains(&"memory") {
+        for _ in 0..args.reps {
+            memory.push(memory_run(args).await?);
+        }
+    }
     for rep in 0..args.reps {
         let mut order = kinds.clone();
         if rep % 2 == 1 {
@@ -616,6 +699,6 @@ pub async fn run(args: &ReferenceArgs) -> anyhow::Result<Value> {
         "medians": medians,
         "ratios_to_reference": ratios,
         "goals": goals,
-        "runs": {"fanout": fanout, "latency": latency, "ingest": ingest},
+        "runs": {"fanout": fanout, "latency": latency, "ingest": ingest, "memory": memory},
     }))
 }

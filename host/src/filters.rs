@@ -93,19 +93,44 @@ impl Filters {
     /// Whether `entity` passes every entry.
     pub fn matches(&self, entity: &Value) -> bool {
         self.entries.iter().all(|(path, expected)| {
-            let field = path
-                .iter()
-                .try_fold(entity, |value, step| value.as_object()?.get(step));
-            field.is_some_and(|field| field_matches(field, expected))
+            field_at(entity, path).is_some_and(|field| field_matches(field, expected))
         })
+    }
+
+    /// The first string entry, as (path, text): an entity passes these
+    /// filters only if [`string_form`] of its field at the path is the
+    /// text. What `views` indexes filtered sub-views by.
+    pub fn index_entry(&self) -> Option<(&[String], &str)> {
+        self.entries
+            .iter()
+            .find_map(|(path, expected)| match expected {
+                Expected::Text(text) => Some((path.as_slice(), text.as_str())),
+                _ => None,
+            })
+    }
+}
+
+/// The field at a dot path (split into its steps).
+pub fn field_at<'v>(entity: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter()
+        .try_fold(entity, |value, step| value.as_object()?.get(step))
+}
+
+/// The string form a string filter compares a field with: a string as is,
+/// a number as JSON writes it, a boolean as `true`/`false`; nothing for
+/// anything else (never matched by a string filter).
+pub fn string_form(field: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    match field {
+        Value::String(s) => Some(s.as_str().into()),
+        Value::Number(n) => Some(n.to_string().into()),
+        Value::Bool(b) => Some(if *b { "true" } else { "false" }.into()),
+        _ => None,
     }
 }
 
 fn field_matches(field: &Value, expected: &Expected) -> bool {
     match (expected, field) {
-        (Expected::Text(text), Value::String(s)) => s == text,
-        (Expected::Text(text), Value::Number(n)) => n.to_string() == *text,
-        (Expected::Text(text), Value::Bool(b)) => text == if *b { "true" } else { "false" },
+        (Expected::Text(text), field) => string_form(field).is_some_and(|form| form == *text),
         (Expected::Number(want), Value::Number(n)) => n.as_f64() == Some(*want),
         (Expected::Number(want), Value::String(s)) => {
             let digits = s.strip_prefix('-').unwrap_or(s);

@@ -16,6 +16,16 @@ use vista_host::cli::config::{apply_config_file, check_config, config_file_argum
 use vista_host::cli::serve::{authentication, Isolation, LogFormat, ServeArgs};
 use vista_host::{Config, Shared};
 
+/// mimalloc instead of glibc malloc: the host allocates and frees small
+/// objects (JSON values, frames, queue entries) on many threads at once,
+/// where glibc's arenas and locking cost the most (issue 20's profile put
+/// the allocator at 28% of ingest); see BENCHMARKS.md, "Performance against
+/// the reference broadcaster". Plugins keep their own allocator: only
+/// `abi_stable` strings, which free through their own vtable, cross the
+/// boundary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `vista --version`: the crate's version and the commit it was built
 /// from (`unknown` outside a git checkout; see build.rs).
 const VERSION: &str = concat!(

@@ -12,6 +12,7 @@
 //! target/release/loadgen ingest   --events 20000
 //! target/release/loadgen durable  --batch 100
 //! target/release/loadgen cluster  --clients 15000 --hosts 3
+//! target/release/loadgen reference --reference PATH   # issue 20; see reference.rs
 //! ```
 //!
 //! `ingest` measures the host alone: the cost per event of requests of 10
@@ -39,6 +40,7 @@
 
 mod baseline;
 mod cluster;
+mod reference;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -186,6 +188,14 @@ enum Scenario {
         #[arg(long)]
         expect: u64,
     },
+    /// Issue 20's workload (1,000 `Tick/list` subscribers, 10 events per
+    /// request back to back; latency at 2,000 events/s; ingest at batch 100
+    /// and 1,000) against vista in memory, vista durable and the reference
+    /// broadcaster (`--reference` / `VISTA_REFERENCE`), alternated.
+    Reference {
+        #[command(flatten)]
+        args: reference::ReferenceArgs,
+    },
     /// (internal) Run the baseline broadcaster.
     BaselineServer {
         /// Address to listen on.
@@ -248,7 +258,13 @@ impl Server {
                     .unwrap_or_else(|| bin_dir.join("libvista_tokens.so"));
                 let plugins = dir.path().join("plugins");
                 std::fs::create_dir_all(&plugins)?;
-                std::fs::copy(&plugin, plugins.join("tokens.so"))
+                // `libvista_ticks.so` is installed as `ticks.so`, and so on.
+                let stem = plugin
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("tokens");
+                let name = stem.trim_start_matches("lib").trim_start_matches("vista_");
+                std::fs::copy(&plugin, plugins.join(format!("{name}.so")))
                     .with_context(|| format!("copy {}", plugin.display()))?;
                 let mut args: Vec<std::ffi::OsString> = vec![
                     "serve".into(),
@@ -551,10 +567,16 @@ async fn subscribe_head_only(ws: &mut Socket, view: &str) -> anyhow::Result<usiz
     anyhow::bail!("connection closed during the snapshot")
 }
 
-/// Extracts the send time carried in `"symbol":"T<micros>"`.
+/// Extracts the send time carried in `"symbol":"T<micros>"` (token
+/// events) or `"t":<micros>` (the `reference` scenario's ticks).
 fn sent_micros(frame: &[u8]) -> Option<u64> {
-    const NEEDLE: &[u8] = br#""symbol":"T"#;
-    let at = frame.windows(NEEDLE.len()).position(|w| w == NEEDLE)? + NEEDLE.len();
+    let find = |needle: &[u8]| {
+        frame
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .map(|at| at + needle.len())
+    };
+    let at = find(br#""symbol":"T"#).or_else(|| find(br#""t":"#))?;
     let digits = frame[at..]
         .iter()
         .take_while(|b| b.is_ascii_digit())
@@ -1492,6 +1514,7 @@ fn main() -> anyhow::Result<()> {
                 "result": cluster::run(&common, hosts, events, latency_requests, throughput_events, posters).await?,
             }),
             Scenario::Clients { common, addr, expect } => return cluster::clients_child(&addr, expect, &common).await,
+            Scenario::Reference { args } => json!({"scenario": "reference", "result": reference::run(&args).await?}),
             Scenario::Idle { common, hold } => json!({"scenario": "idle", "result": idle(&common, hold).await?}),
             Scenario::Snapshot { common, entities } => json!({"scenario": "snapshot", "result": snapshot(&common, entities).await?}),
             Scenario::Ingest { common, events } => json!({"scenario": "ingest", "result": ingest_scaling(&common, events).await?}),

@@ -38,6 +38,63 @@ struct Args {
     /// Subscribers, spread over the windows below.
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
+    /// Instead: per-event cost with this many subscriptions with distinct
+    /// equality filters (comma separated counts), see [`filter_bench`].
+    #[arg(long, value_delimiter = ',')]
+    filters: Vec<usize>,
+}
+
+/// Issue 20's filter goal: `count` subscriptions to `Holding/all`, each
+/// with its own `{"owner": "u<i>"}` filter, over 1,000 holdings; every
+/// mutation moves a random holding to a random owner among the filtered
+/// ones (it leaves one subscriber's filter and enters another's). Returns
+/// µs per mutation and frames per mutation.
+fn filter_bench(count: usize, mutations: usize) -> (f64, f64) {
+    let mut store = Store::new();
+    let mut views = Views::new();
+    let holdings = 1_000u64;
+    for i in 0..holdings {
+        store.apply(Mutation::patch(
+            "Holding",
+            format!("h{i}"),
+            json!({"owner": format!("u{}", i % count as u64), "amount": i}),
+        ));
+    }
+    let all = view("Holding/all").from("Holding").sort_desc("amount");
+    views.add_derived(all, &"bench".into(), &store, &mut |_, _| {});
+    for i in 0..count {
+        let request = SubscribeRequest {
+            view: "Holding/all".into(),
+            with_snapshot: false,
+            filters: vista_host::filters::Filters::parse(Some(&json!({"owner": format!("u{i}")})))
+                .expect("valid filters"),
+            ..SubscribeRequest::default()
+        };
+        views
+            .subscribe(i as u64, &request, &store)
+            .expect("subscribe");
+    }
+    let mut rng = Rng(7);
+    let batch: Vec<Mutation> = (0..mutations)
+        .map(|i| {
+            Mutation::patch(
+                "Holding",
+                format!("h{}", rng.below(holdings)),
+                json!({"owner": format!("u{}", rng.below(count as u64)), "amount": holdings + i as u64}),
+            )
+        })
+        .collect();
+    let mut frames = 0usize;
+    let started = Instant::now();
+    for mutation in batch {
+        let change = store.apply(mutation);
+        views.apply(&change, &store, &mut |_, _| frames += 1);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    (
+        seconds * 1e6 / mutations as f64,
+        frames as f64 / mutations as f64,
+    )
 }
 
 /// xorshift64: deterministic input without a dependency.
@@ -229,6 +286,16 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
 
 fn main() {
     let args = Args::parse();
+    if !args.filters.is_empty() {
+        println!("| distinct filters | mutations | µs/mutation | frames/mutation |");
+        println!("|---:|---:|---:|---:|");
+        for &count in &args.filters {
+            let mutations = args.mutations;
+            let (us, frames) = filter_bench(count, mutations);
+            println!("| {count} | {mutations} | {us:.2} | {frames:.2} |");
+        }
+        return;
+    }
     println!("| entities | maintainer | mutations | mutations/s | µs/mutation | frames/mutation |");
     println!("|---:|---|---:|---:|---:|---:|");
     for &entities in &args.entities {

@@ -64,22 +64,36 @@ pub struct OrderedIndex {
 
 impl OrderedIndex {
     pub(crate) fn remove(&mut self, key: &str, desc: bool) {
-        if let Some(value) = self.values.remove(key) {
-            self.order.remove(&OrderKey {
-                value,
-                desc,
-                key: key.to_owned(),
-            });
+        if let Some((key, value)) = self.values.remove_entry(key) {
+            self.order.remove(&OrderKey { value, desc, key });
         }
     }
 
+    /// Puts `key` at `value`'s position. Moving a member reuses its two
+    /// key strings (the map's and the set's) instead of allocating them
+    /// again: every update of a list view's member moves it (a `_seq` sort
+    /// changes on every write), so this runs once per change per view.
     pub(crate) fn insert(&mut self, key: &str, value: SortValue, desc: bool) {
-        self.remove(key, desc);
-        self.values.insert(key.to_owned(), value.clone());
+        let (map_key, order_key) = match self.values.remove_entry(key) {
+            Some((map_key, old)) => {
+                let probe = OrderKey {
+                    value: old,
+                    desc,
+                    key: map_key,
+                };
+                let order_key = self
+                    .order
+                    .take(&probe)
+                    .map_or_else(|| key.to_owned(), |stored| stored.key);
+                (probe.key, order_key)
+            }
+            None => (key.to_owned(), key.to_owned()),
+        };
+        self.values.insert(map_key, value.clone());
         self.order.insert(OrderKey {
             value,
             desc,
-            key: key.to_owned(),
+            key: order_key,
         });
     }
 
@@ -102,5 +116,50 @@ impl OrderedIndex {
             .skip(window.start)
             .take(take)
             .map(|k| &k.key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> SortValue {
+        SortValue::Text(s.to_owned())
+    }
+
+    #[test]
+    fn updates_move_members_and_keep_the_two_sides_in_step() {
+        let mut index = OrderedIndex::default();
+        index.insert("a", text("1"), true);
+        index.insert("b", text("2"), true);
+        index.insert("c", text("3"), true);
+        assert_eq!(
+            index.window(Window {
+                start: 0,
+                end: None
+            }),
+            ["c", "b", "a"]
+        );
+        index.insert("a", text("4"), true); // moved to the front
+        index.insert("b", text("2"), true); // unchanged value
+        assert_eq!(
+            index.window(Window {
+                start: 0,
+                end: None
+            }),
+            ["a", "c", "b"]
+        );
+        index.remove("c", true);
+        index.remove("missing", true);
+        assert_eq!(
+            index.window(Window {
+                start: 0,
+                end: None
+            }),
+            ["a", "b"]
+        );
+        assert_eq!((index.order.len(), index.values.len()), (2, 2));
+        assert_eq!(index.values["a"], text("4"));
+        assert!(index.contains("b") && !index.contains("c"));
     }
 }

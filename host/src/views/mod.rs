@@ -27,6 +27,7 @@
 //! view machine again: its snapshot holds only matching entities, and an
 //! entity that starts or stops matching gets `upsert`/`delete`.
 
+mod filter_index;
 mod index;
 mod summary;
 mod view;
@@ -125,6 +126,8 @@ pub struct Views {
     pending: HashMap<ConnId, HashMap<(String, Option<String>), SubscribeRequest>>,
     /// Filtered sub-views by (view id, canonical filters).
     filtered: HashMap<FilterKey, Filtered>,
+    /// Which filtered sub-views a change can concern.
+    filter_index: filter_index::FilterIndex,
     /// The last whole-view snapshot of each view and the store version it
     /// was taken at: subscribers arriving before anything changes share it
     /// (and its encoding). Weak, so it lives only as long as a writer needs it.
@@ -235,7 +238,16 @@ impl Views {
         let Some(view) = self.views.remove(id) else {
             return;
         };
-        self.filtered.retain(|(v, _), _| **v != *id);
+        let gone: Vec<FilterKey> = self
+            .filtered
+            .keys()
+            .filter(|(v, _)| **v == *id)
+            .cloned()
+            .collect();
+        for key in gone {
+            let filtered = self.filtered.remove(&key).expect("listed above");
+            self.filter_index.remove(&key, &filtered.view);
+        }
         crate::metrics::get()
             .filtered_views
             .set(self.filtered.len() as i64);
@@ -303,8 +315,10 @@ impl Views {
             view.subs = Subscribers::default();
         };
         redefine(view);
-        for (_, filtered) in self.filtered.iter_mut().filter(|((v, _), _)| **v == *id) {
+        for (key, filtered) in self.filtered.iter_mut().filter(|((v, _), _)| **v == *id) {
+            self.filter_index.remove(key, &filtered.view);
             redefine(&mut filtered.view);
+            self.filter_index.add(key, &filtered.view);
         }
         let view = &self.views[id];
         let sort_changed = view.wire_sort() != old_sort;
@@ -359,8 +373,10 @@ impl Views {
         for view in self.views.values_mut() {
             view.rebuild_index(store);
         }
-        for filtered in self.filtered.values_mut() {
+        for (key, filtered) in self.filtered.iter_mut() {
+            self.filter_index.remove(key, &filtered.view);
             filtered.view.rebuild_index(store);
+            self.filter_index.add(key, &filtered.view);
         }
     }
 
@@ -550,6 +566,7 @@ impl Views {
         let key = (view_id.clone(), filters.canonical().to_owned());
         if !self.filtered.contains_key(&key) {
             let view = parent.filtered(filters.clone(), store);
+            self.filter_index.add(&key, &view);
             self.filtered
                 .insert(key.clone(), Filtered { view, refs: 0 });
             crate::metrics::get()
@@ -574,7 +591,8 @@ impl Views {
                     filtered.view.remove(conn, &registered.slot);
                     filtered.refs -= 1;
                     if filtered.refs == 0 {
-                        self.filtered.remove(&key);
+                        let filtered = self.filtered.remove(&key).expect("looked up above");
+                        self.filter_index.remove(&key, &filtered.view);
                         crate::metrics::get()
                             .filtered_views
                             .set(self.filtered.len() as i64);
@@ -618,9 +636,15 @@ impl Views {
                 view.apply(change, store, deliver);
             }
         }
-        for filtered in self.filtered.values_mut() {
-            if filtered.view.source == change.entity {
+        let concerned =
+            self.filter_index
+                .candidates(&change.entity, &change.key, change.new.as_deref());
+        for key in concerned {
+            if let Some(filtered) = self.filtered.get_mut(&key) {
                 filtered.view.apply(change, store, deliver);
+                let holds = filtered.view.index.contains(&change.key);
+                self.filter_index
+                    .held(&change.entity, &change.key, &key, holds);
             }
         }
     }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use redb::Durability;
 
-use super::{open_database, publish_gauges, Checkpoint, EventLog, LogRecord, Retention, META};
+use super::{open_database, publish_gauges, Checkpoint, EventLog, LogRecord, Retention, LOG, META};
 
 /// When the log is fsynced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +103,10 @@ fn write_loop(
     let mut unsynced = false;
     let mut backoff = REOPEN_FIRST_BACKOFF;
     let mut next_reopen = Instant::now();
+    // The first record reported failed since the log faulted: a commit
+    // that returned an error may still have reached the disk, and the
+    // engine refused it (503), so it must not come back at the next start.
+    let mut failed_from: Option<u64> = None;
     loop {
         let faulted = log.fault().is_some();
         let wait = match (policy, unsynced) {
@@ -117,11 +121,15 @@ fn write_loop(
         };
         if faulted && Instant::now() >= next_reopen {
             // A storage fault heals by itself once the disk takes writes.
-            match log.reopen() {
-                Ok(()) => {
-                    tracing::info!(file = %log.path().display(), "the event log is writable again; ingest resumes");
+            match log.reopen().and_then(|()| match failed_from {
+                Some(rec) => log.remove_from(rec),
+                None => Ok(0),
+            }) {
+                Ok(removed) => {
+                    tracing::info!(file = %log.path().display(), removed, "the event log is writable again; ingest resumes");
                     log.set_fault(None);
                     backoff = REOPEN_FIRST_BACKOFF;
+                    failed_from = None;
                 }
                 Err(reason) => {
                     tracing::warn!(%reason, retry_in_ms = backoff.as_millis() as u64, "the event log still cannot be written");
@@ -189,6 +197,8 @@ fn write_loop(
                     tracing::error!(%reason, records = records.len(), "cannot write the event log; the requests are refused with 503 until it can");
                     log.set_fault(Some(reason.clone()));
                     next_reopen = Instant::now() + backoff;
+                    let first = records.first().expect("non-empty").rec;
+                    failed_from = Some(failed_from.map_or(first, |f| f.min(first)));
                     report(WriterReport::Failed {
                         recs: records.iter().map(|r| r.rec).collect(),
                         reason,
@@ -273,5 +283,53 @@ impl EventLog {
             txn.commit().map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Removes the records from `rec` on (all of them refused: see
+    /// `failed_from` in the write loop); returns how many there were.
+    fn remove_from(&self, rec: u64) -> Result<u64, String> {
+        let db = self.db()?;
+        let mut txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(Durability::Immediate);
+        let mut removed = 0;
+        {
+            let mut log = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            log.retain_in(rec.., |_, _| {
+                removed += 1;
+                false
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_a_failed_commit_left_behind_are_removed() {
+        let dir = std::env::temp_dir().join(format!("vista-remove-from-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = |rec: u64| LogRecord {
+            rec,
+            first_seq: rec * 10,
+            stream: "s".into(),
+            mutations: 1,
+            body: bytes::Bytes::from_static(b"{}\n"),
+            logged_at_ms: 0,
+            source: None,
+        };
+        {
+            let log = EventLog::open(&dir).unwrap();
+            log.append(&[record(1), record(2), record(3)], true)
+                .unwrap();
+            assert_eq!(log.remove_from(2).unwrap(), 2);
+        }
+        let log = EventLog::open(&dir).unwrap();
+        assert_eq!(log.records_after(0).unwrap(), vec![record(1)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -121,11 +121,7 @@ impl EventLog {
     /// The latest checkpoint, if any.
     pub fn load_checkpoint(&self) -> Result<Option<Checkpoint>, DataError> {
         let err = storage(&self.path);
-        let txn = self
-            .db()
-            .map_err(&err)?
-            .begin_read()
-            .map_err(|e| err(e.to_string()))?;
+        let txn = self.read_txn()?;
         let table = txn.open_table(CHECKPOINT).map_err(|e| err(e.to_string()))?;
         let Some(value) = table.get("latest").map_err(|e| err(e.to_string()))? else {
             return Ok(None);

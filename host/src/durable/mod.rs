@@ -295,6 +295,15 @@ impl EventLog {
         Ok(log)
     }
 
+    /// A read transaction, failures named with the log's path.
+    fn read_txn(&self) -> Result<redb::ReadTransaction, DataError> {
+        let err = storage(&self.path);
+        self.db()
+            .map_err(&err)?
+            .begin_read()
+            .map_err(|e| err(e.to_string()))
+    }
+
     fn db(&self) -> Result<Db<'_>, String> {
         let guard = self.db.read().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
@@ -444,11 +453,7 @@ impl EventLog {
     /// Every source's last durable position (see [`SourceMark`]).
     pub fn source_positions(&self) -> Result<Vec<SourceMark>, DataError> {
         let err = storage(&self.path);
-        let txn = self
-            .db()
-            .map_err(&err)?
-            .begin_read()
-            .map_err(|e| err(e.to_string()))?;
+        let txn = self.read_txn()?;
         let table = match txn.open_table(SOURCES) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -476,11 +481,7 @@ impl EventLog {
     /// Records after `rec`, in order.
     pub fn records_after(&self, rec: u64) -> Result<Vec<LogRecord>, DataError> {
         let err = storage(&self.path);
-        let txn = self
-            .db()
-            .map_err(&err)?
-            .begin_read()
-            .map_err(|e| err(e.to_string()))?;
+        let txn = self.read_txn()?;
         let log = txn.open_table(LOG).map_err(|e| err(e.to_string()))?;
         let mut records = Vec::new();
         for entry in log.range(rec + 1..).map_err(|e| err(e.to_string()))? {

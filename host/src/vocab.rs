@@ -14,6 +14,9 @@ pub type ConnId = u64;
 /// faster than std's SipHash.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// The hash set of the same hot paths, with the same hasher.
+pub type FastSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// A subscription request, as parsed from either message form.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SubscribeRequest {

@@ -334,6 +334,47 @@ async fn three_crashes_within_a_minute_mark_the_build_crashed_until_a_new_build_
     projector_pid(&host, "crashy.so").await;
 }
 
+/// A large request's mutations reach the host in parts while the child
+/// projects the rest. A crash or an error after parts were sent still
+/// costs the whole request; a request that succeeds is applied whole and
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_after_mutations_were_sent_ahead_still_refuses_the_whole_request() {
+    let _serial = SERIAL.lock().await;
+    let host = Host::start(crashy(), &ISOLATED).await;
+    // 2,000 notes are about 100 KiB of mutations: a dozen parts.
+    let notes = |prefix: &str| -> Vec<Value> {
+        (0..2000)
+            .map(|i| note(&format!("{prefix}-{i:04}")))
+            .collect()
+    };
+
+    let mut crashing = notes("crashed");
+    crashing.push(json!({"type": "abort"}));
+    let (status, reply) = host.ingest("crash", ndjson(&crashing)).await;
+    assert_crashed(status, &reply, 2001, &["SIGABRT"]);
+
+    let mut refused = notes("refused");
+    refused.push(json!({"type": "no-such-type"}));
+    let (status, reply) = host.ingest("crash", ndjson(&refused)).await;
+    assert_eq!(status, 422, "{reply}");
+    assert_eq!(reply["error"], "projector-error", "{reply}");
+    assert_eq!(reply["line"], 2001, "{reply}");
+    assert!(
+        crash_keys(&host).await.is_empty(),
+        "part of a refused request was applied"
+    );
+
+    let applied = notes("applied");
+    let (status, reply) = host.ingest("crash", ndjson(&applied)).await;
+    assert_eq!(status, 200, "{reply}");
+    let expected: Vec<String> = applied
+        .iter()
+        .map(|n| n["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(crash_keys(&host).await, expected);
+}
+
 /// user+system ticks of every live descendant of `pid`.
 fn descendant_ticks(pid: u32) -> BTreeMap<u32, u64> {
     descendants(pid)

@@ -31,7 +31,7 @@ use vista_plugin_api::{apply_mutation, Hidden, Mutation};
 use super::overlay::{project_request, Base};
 use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
 use crate::ingest::IngestBody;
-use crate::vocab::FastMap;
+use crate::vocab::{FastMap, FastSet};
 
 /// Runs the projector process until the host closes stdin; the exit code
 /// is 0 then, 2 if the file is no usable plugin, 3 on a protocol error.
@@ -108,15 +108,21 @@ pub fn run(file: &Path) -> i32 {
                 stream,
                 settle,
             } => {
+                // The previous request's undo, dropped once this one is
+                // answered (freeing it is not the host's wait).
+                let mut settled_undo = None;
                 if let Some((projected, undo)) = unsettled.take() {
                     // Refused (or never settled): put back what it replaced.
                     if settle != Some((projected, true)) {
                         mirror.undo(undo);
+                    } else {
+                        settled_undo = Some(undo);
                     }
                 }
                 // Each event's mutations as the plugin wrote them: sent on
-                // as they are rather than serialized again.
-                let texts = std::cell::RefCell::new(Vec::new());
+                // as they are rather than serialized again, a part at a
+                // time once PART_BYTES of them are waiting.
+                let texts = std::cell::RefCell::new(Unsent::default());
                 let outcome = match IngestBody::parse(blob.into()) {
                     Err(malformed) => Err((malformed.position, malformed.message)),
                     Ok(body) => {
@@ -131,7 +137,17 @@ pub fn run(file: &Path) -> i32 {
                                 let (mutations, text) = crate::plugins::project_with_text(
                                     &module, stream, json, reader,
                                 )?;
-                                texts.borrow_mut().push(text);
+                                let mut unsent = texts.borrow_mut();
+                                unsent.push(text);
+                                if unsent.bytes >= PART_BYTES {
+                                    let mut host = base.host.borrow_mut();
+                                    let part = unsent.take();
+                                    if write_texts(&mut *host.1, TextFrame::Part, ticket, &part)
+                                        .is_err()
+                                    {
+                                        std::process::exit(3); // the host is gone
+                                    }
+                                }
                                 Ok(mutations)
                             },
                             &base,
@@ -144,7 +160,12 @@ pub fn run(file: &Path) -> i32 {
                     }
                 };
                 let written = match &outcome {
-                    Ok(_) => write_done(&mut output, ticket, &texts.into_inner()),
+                    Ok(_) => write_texts(
+                        &mut output,
+                        TextFrame::Done,
+                        ticket,
+                        &texts.into_inner().take(),
+                    ),
                     Err(failure) => write_frame(
                         &mut output,
                         &FromChild::Done {
@@ -159,6 +180,7 @@ pub fn run(file: &Path) -> i32 {
                 }
                 // Folded now, while the host commits, rather than when the
                 // next request comes: the answer went first.
+                drop(settled_undo);
                 if let Ok(produced) = outcome {
                     unsettled = Some((ticket, mirror.apply_all(produced.iter().flatten())));
                 }
@@ -168,24 +190,66 @@ pub fn run(file: &Path) -> i32 {
     }
 }
 
-/// Writes a successful [`FromChild::Done`] whose mutations are the plugin's
-/// own output texts, one JSON array per event (valid JSON: each was parsed).
-fn write_done(
+/// How much of a request's mutation text the child holds before it sends
+/// it ahead as a [`FromChild::Part`]: large enough that a part's write and
+/// the host's wake-up are small against parsing it, small enough that the
+/// host's parse runs beside the projection of the rest.
+const PART_BYTES: usize = 8 * 1024;
+
+/// Mutation texts projected and not sent yet.
+#[derive(Default)]
+struct Unsent {
+    texts: Vec<String>,
+    bytes: usize,
+}
+
+impl Unsent {
+    fn push(&mut self, text: String) {
+        self.bytes += text.len();
+        self.texts.push(text);
+    }
+
+    fn take(&mut self) -> Vec<String> {
+        self.bytes = 0;
+        std::mem::take(&mut self.texts)
+    }
+}
+
+/// Which frame [`write_texts`] writes.
+#[derive(Clone, Copy)]
+enum TextFrame {
+    Part,
+    Done,
+}
+
+/// Writes a [`FromChild::Part`] or a successful [`FromChild::Done`] whose
+/// mutations are the plugin's own output texts, one JSON array per event
+/// (valid JSON: each was parsed), rather than serializing them again.
+fn write_texts(
     output: &mut impl std::io::Write,
+    kind: TextFrame,
     ticket: u64,
     texts: &[String],
 ) -> std::io::Result<()> {
+    let (opening, closing) = match kind {
+        TextFrame::Part => (
+            format!("{{\"Part\":{{\"ticket\":{ticket},\"mutations\":["),
+            "]}}",
+        ),
+        TextFrame::Done => (
+            format!("{{\"Done\":{{\"ticket\":{ticket},\"outcome\":{{\"Ok\":["),
+            "]}}}",
+        ),
+    };
     let mut header = Vec::with_capacity(texts.iter().map(String::len).sum::<usize>() + 64);
-    header.extend_from_slice(
-        format!("{{\"Done\":{{\"ticket\":{ticket},\"outcome\":{{\"Ok\":[").as_bytes(),
-    );
+    header.extend_from_slice(opening.as_bytes());
     for (index, text) in texts.iter().enumerate() {
         if index > 0 {
             header.push(b',');
         }
         header.extend_from_slice(text.as_bytes());
     }
-    header.extend_from_slice(b"]}}}");
+    header.extend_from_slice(closing.as_bytes());
     super::wire::write_raw_frame(output, &header, b"")
 }
 
@@ -210,7 +274,7 @@ impl Mirror {
     /// Applies a request's mutations, returning how to undo them.
     fn apply_all<'m>(&mut self, mutations: impl Iterator<Item = &'m Mutation>) -> Undo {
         let mut undo: Undo = Vec::new();
-        let mut saved: HashSet<(&str, &str)> = HashSet::new();
+        let mut saved: FastSet<(&str, &str)> = FastSet::default();
         for mutation in mutations {
             if saved.insert((&mutation.entity, &mutation.key)) {
                 let before = self.get(&mutation.entity, &mutation.key).cloned();
@@ -233,7 +297,14 @@ impl Mirror {
     }
 
     fn apply(&mut self, mutation: &Mutation) {
-        let table = self.by_type.entry(mutation.entity.clone()).or_default();
+        if !self.by_type.contains_key(&mutation.entity) {
+            self.by_type
+                .insert(mutation.entity.clone(), FastMap::default());
+        }
+        let table = self
+            .by_type
+            .get_mut(&mutation.entity)
+            .expect("inserted above");
         let (mut value, mut hidden) = match table.remove(&mutation.key) {
             Some((value, hidden)) => (
                 Some(Arc::unwrap_or_clone(value)),
@@ -304,9 +375,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_done_frame_of_plugin_texts_reads_back_as_the_mutations() {
+    fn a_part_and_a_done_frame_of_plugin_texts_read_back_as_the_mutations() {
         let produced = vec![
-            vec![Mutation::patch("T", "a", serde_json::json!({"n": 1}))],
+            vec![Mutation::patch(
+                "T",
+                "a",
+                serde_json::json!({"n": "q\"uote"}),
+            )],
             vec![],
             vec![
                 Mutation::delete("T", "b"),
@@ -318,12 +393,20 @@ mod tests {
             .map(|event| serde_json::to_string(event).unwrap())
             .collect();
         let mut pipe = Vec::new();
-        write_done(&mut pipe, 9, &texts).unwrap();
-        let (message, _) = read_frame::<FromChild>(&mut &pipe[..]).unwrap().unwrap();
-        match message {
+        write_texts(&mut pipe, TextFrame::Part, 9, &texts[..2]).unwrap();
+        write_texts(&mut pipe, TextFrame::Done, 9, &texts[2..]).unwrap();
+        let mut input = &pipe[..];
+        match read_frame::<FromChild>(&mut input).unwrap().unwrap().0 {
+            FromChild::Part { ticket, mutations } => {
+                assert_eq!(ticket, 9);
+                assert_eq!(mutations, produced[..2]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match read_frame::<FromChild>(&mut input).unwrap().unwrap().0 {
             FromChild::Done { ticket, outcome } => {
                 assert_eq!(ticket, 9);
-                assert_eq!(outcome.unwrap(), produced);
+                assert_eq!(outcome.unwrap(), produced[2..]);
             }
             other => panic!("{other:?}"),
         }

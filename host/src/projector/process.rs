@@ -373,6 +373,8 @@ impl Reader {
     fn run(self, child: &mut Child, mut stdout: impl Read) {
         let mut hello_pending = true;
         let mut refusal = None;
+        // The parts of the request being projected, read ahead of its Done.
+        let mut parts: Option<(u64, Vec<Vec<Mutation>>)> = None;
         loop {
             match read_frame::<FromChild>(&mut stdout) {
                 Ok(Some((FromChild::Hello { manifest }, _))) if hello_pending => {
@@ -397,7 +399,18 @@ impl Reader {
                         .to_child
                         .send(encode(&ToChild::ReadReply { value }, b""));
                 }
+                Ok(Some((FromChild::Part { ticket, mutations }, _))) => match &mut parts {
+                    Some((current, read)) if *current == ticket => read.extend(mutations),
+                    _ => parts = Some((ticket, mutations)),
+                },
                 Ok(Some((FromChild::Done { ticket, outcome }, _))) => {
+                    let outcome = match (parts.take(), outcome) {
+                        (Some((current, mut read)), Ok(rest)) if current == ticket => {
+                            read.extend(rest);
+                            Ok(read)
+                        }
+                        (_, outcome) => outcome,
+                    };
                     {
                         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                         state.current = None;

@@ -95,7 +95,18 @@ pub enum FromChild {
         /// Key.
         key: String,
     },
-    /// A request is projected.
+    /// The mutations of the next events of a request still projecting,
+    /// sent ahead so that the host reads them while the child projects the
+    /// rest (two cores, not one after the other). They count only once the
+    /// request's [`FromChild::Done`] is `Ok`.
+    Part {
+        /// The request's ticket.
+        ticket: u64,
+        /// The mutations of each event, in order, after those sent before.
+        mutations: Vec<Vec<Mutation>>,
+    },
+    /// A request is projected: the mutations of the events not sent in a
+    /// [`FromChild::Part`] yet.
     Done {
         /// The request's ticket.
         ticket: u64,

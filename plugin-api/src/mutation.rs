@@ -476,28 +476,38 @@ fn merge_object(
         unreachable!("made an object above")
     };
     for (field, value) in patch {
-        let path = if prefix.is_empty() {
-            field.clone()
+        // Fields already present are updated in place: no key allocated
+        // (most patches update an entity's existing fields).
+        let path: std::borrow::Cow<str> = if prefix.is_empty() {
+            field.into()
         } else {
-            format!("{prefix}.{field}")
+            format!("{prefix}.{field}").into()
         };
-        if !skip.is_empty() && skip.contains_key(&path) {
+        if !skip.is_empty() && skip.contains_key(&*path) {
             continue;
         }
         match value {
             Value::Object(inner) => {
-                let slot = target.entry(field.clone()).or_insert(Value::Null);
+                if !target.contains_key(field) {
+                    target.insert(field.clone(), Value::Null);
+                }
+                let slot = target.get_mut(field).expect("inserted above");
                 merge_object(slot, inner, append, skip, &path);
             }
-            Value::Array(items) if append.contains(&path) => match target.get_mut(field) {
-                Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
-                _ => {
+            Value::Array(items) if append.iter().any(|a| **a == *path) => {
+                match target.get_mut(field) {
+                    Some(Value::Array(existing)) => existing.extend(items.iter().cloned()),
+                    _ => {
+                        target.insert(field.clone(), value.clone());
+                    }
+                }
+            }
+            _ => match target.get_mut(field) {
+                Some(slot) => *slot = value.clone(),
+                None => {
                     target.insert(field.clone(), value.clone());
                 }
             },
-            _ => {
-                target.insert(field.clone(), value.clone());
-            }
         }
     }
 }

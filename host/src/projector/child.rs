@@ -26,7 +26,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde_json::Value;
-use vista_plugin_api::{apply_mutation, Hidden, Mutation};
+use vista_plugin_api::{apply_mutation, Hidden, Mutation, MutationKind};
 
 use super::overlay::{project_request, Base};
 use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
@@ -194,7 +194,7 @@ pub fn run(file: &Path) -> i32 {
 /// it ahead as a [`FromChild::Part`]: large enough that a part's write and
 /// the host's wake-up are small against parsing it, small enough that the
 /// host's parse runs beside the projection of the rest.
-const PART_BYTES: usize = 8 * 1024;
+const PART_BYTES: usize = 4 * 1024;
 
 /// Mutation texts projected and not sent yet.
 #[derive(Default)]
@@ -305,13 +305,30 @@ impl Mirror {
             .by_type
             .get_mut(&mutation.entity)
             .expect("inserted above");
-        let (mut value, mut hidden) = match table.remove(&mutation.key) {
-            Some((value, hidden)) => (
-                Some(Arc::unwrap_or_clone(value)),
-                Arc::unwrap_or_clone(hidden),
-            ),
-            None => (None, Hidden::default()),
-        };
+        // Only aggregates, deletes and replacements touch the hidden state.
+        let touches_hidden = !matches!(
+            &mutation.kind,
+            MutationKind::Patch { aggregates, .. } if aggregates.is_empty()
+        );
+        if let Some((value, hidden)) = table.get_mut(&mutation.key) {
+            // In place, unless the undo shares the old value: then a copy.
+            let mut current = Some(std::mem::take(Arc::make_mut(value)));
+            let mut untouched = Hidden::default();
+            let hidden = if touches_hidden {
+                Arc::make_mut(hidden)
+            } else {
+                &mut untouched
+            };
+            apply_mutation(&mut current, hidden, mutation);
+            match current {
+                Some(current) => *Arc::make_mut(value) = current,
+                None => {
+                    table.remove(&mutation.key);
+                }
+            }
+            return;
+        }
+        let (mut value, mut hidden) = (None, Hidden::default());
         apply_mutation(&mut value, &mut hidden, mutation);
         if let Some(value) = value {
             table.insert(mutation.key.clone(), (Arc::new(value), Arc::new(hidden)));

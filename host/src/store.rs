@@ -273,7 +273,12 @@ impl Store {
             Value::Object(map) => map,
             _ => Map::new(),
         };
-        let table = self.tables.entry(entity.clone()).or_default();
+        // Lookups before inserts: the common patch of a live entity copies
+        // neither the type name nor the key.
+        if !self.tables.contains_key(&entity) {
+            self.tables.insert(entity.clone(), FastMap::default());
+        }
+        let table = self.tables.get_mut(&entity).expect("inserted above");
         let existed = table.contains_key(&key);
         // Only a key that does not exist can have a tombstone: the common
         // patch of a live entity skips the lookup (and its key copies).
@@ -285,9 +290,10 @@ impl Store {
                 tombs.remove(&seq);
             }
         }
-        let slot = table
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Value::Object(Map::new())));
+        if !existed {
+            table.insert(key.clone(), Arc::new(Value::Object(Map::new())));
+        }
+        let slot = table.get_mut(&key).expect("inserted above");
         let applied = if let Some(rebuilt) = replace {
             data.insert(Seq::FIELD.into(), Value::String(seq.text()));
             *Arc::make_mut(slot) = Value::Object(data.clone());

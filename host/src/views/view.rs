@@ -286,7 +286,7 @@ impl View {
             if !direct_subscribers {
                 return;
             }
-            let mut frames = FrameCache::new(self.id.shared(), self.mode);
+            let mut frames = FrameCache::single(self.id.shared(), self.mode);
             let frame = match (&change.patch, change.existed) {
                 (Some(_), _) => frames.change(key, change),
                 (None, true) => frames.delete(key),
@@ -313,7 +313,11 @@ impl View {
         if !direct_subscribers && self.subs.windows.is_empty() {
             return; // index maintained; nobody to tell
         }
-        let mut frames = FrameCache::new(self.id.shared(), self.mode);
+        let mut frames = if self.subs.windows.is_empty() {
+            FrameCache::single(self.id.shared(), self.mode)
+        } else {
+            FrameCache::new(self.id.shared(), self.mode)
+        };
         // What a client holding every member sees for this change.
         if direct_subscribers {
             let direct = if !now_in {
@@ -379,6 +383,10 @@ pub(crate) struct FrameCache {
     pub(crate) view: Arc<str>,
     pub(crate) mode: Mode,
     pub(crate) frames: FastMap<(Op, String), Frame>,
+    /// Whether frames are kept for reuse: not when a change needs one
+    /// frame only (no windows), where keeping it would cost two key copies
+    /// and a map for nothing.
+    memo: bool,
 }
 
 impl FrameCache {
@@ -387,7 +395,29 @@ impl FrameCache {
             view,
             mode,
             frames: FastMap::default(),
+            memo: true,
         }
+    }
+
+    /// A cache for a change that needs at most one frame of each kind.
+    pub(crate) fn single(view: Arc<str>, mode: Mode) -> Self {
+        Self {
+            memo: false,
+            ..Self::new(view, mode)
+        }
+    }
+
+    /// The frame of `op` for `key`, encoded by `encode` unless kept.
+    fn memoized(&mut self, op: Op, key: &str, encode: impl FnOnce(&Self) -> Frame) -> Frame {
+        if !self.memo {
+            return encode(self);
+        }
+        if let Some(frame) = self.frames.get(&(op, key.to_owned())) {
+            return frame.clone();
+        }
+        let frame = encode(self);
+        self.frames.insert((op, key.to_owned()), frame.clone());
+        frame
     }
 
     pub(crate) fn update(
@@ -411,36 +441,24 @@ impl FrameCache {
     }
 
     pub(crate) fn delete(&mut self, key: &str) -> Frame {
-        if let Some(frame) = self.frames.get(&(Op::Delete, key.to_owned())) {
-            return frame.clone();
-        }
-        let frame = self.update(Op::Delete, key, None, Vec::new(), None);
-        self.frames
-            .insert((Op::Delete, key.to_owned()), frame.clone());
-        frame
+        self.memoized(Op::Delete, key, |cache| {
+            cache.update(Op::Delete, key, None, Vec::new(), None)
+        })
     }
 
     pub(crate) fn upsert(&mut self, key: &str, store: &Store, source: &str) -> Frame {
-        if let Some(frame) = self.frames.get(&(Op::Upsert, key.to_owned())) {
-            return frame.clone();
-        }
-        let entity = store.get(source, key).cloned();
-        let seq = entity.as_deref().and_then(Seq::of);
-        let frame = self.update(Op::Upsert, key, entity, Vec::new(), seq);
-        self.frames
-            .insert((Op::Upsert, key.to_owned()), frame.clone());
-        frame
+        self.memoized(Op::Upsert, key, |cache| {
+            let entity = store.get(source, key).cloned();
+            let seq = entity.as_deref().and_then(Seq::of);
+            cache.update(Op::Upsert, key, entity, Vec::new(), seq)
+        })
     }
 
     /// The mutation itself as a `patch` (base views).
     pub(crate) fn change(&mut self, key: &str, change: &Change) -> Frame {
-        if let Some(frame) = self.frames.get(&(Op::Patch, key.to_owned())) {
-            return frame.clone();
-        }
-        let (patch, append) = change.wire_patch();
-        let frame = self.update(Op::Patch, key, patch, append, Some(change.seq));
-        self.frames
-            .insert((Op::Patch, key.to_owned()), frame.clone());
-        frame
+        self.memoized(Op::Patch, key, |cache| {
+            let (patch, append) = change.wire_patch();
+            cache.update(Op::Patch, key, patch, append, Some(change.seq))
+        })
     }
 }

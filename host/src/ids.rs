@@ -57,7 +57,10 @@ impl Seq {
 
     /// The wire form, as a `String`.
     pub fn text(self) -> String {
-        self.to_string()
+        let (buf, start) = self.digits();
+        std::str::from_utf8(&buf[start..])
+            .expect("ASCII digits")
+            .to_owned()
     }
 }
 

@@ -13,6 +13,11 @@
 //! before) costs no round trip. A read of another plugin's entity asks the
 //! host ([`FromChild::Read`]).
 //!
+//! A large request's mutations go to the host in parts
+//! ([`FromChild::Part`]) as they are projected, so the host parses them on
+//! the other core meanwhile; they count once the request's
+//! [`FromChild::Done`] says it succeeded.
+//!
 //! The protocol runs on stdin and on a duplicate of stdout; stdout itself
 //! is pointed at stderr first, so a plugin that prints cannot corrupt a
 //! frame.

@@ -96,7 +96,7 @@ use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
 use crate::outbox::{Deliveries, Outbox};
 use crate::plugins::PluginReport;
-use crate::projector::{ProjectFailure, ProjectJob, SharedStore};
+use crate::projector::{ProjectFailure, ProjectJob, Settled, SharedStore};
 use crate::store::Store;
 use crate::views::{Removed, Views};
 use crate::vocab::ConnId;
@@ -420,7 +420,9 @@ impl Env for Stage<'_> {
 
     fn settle(&mut self, plugin: &str, ticket: u64, applied: bool) {
         if let Some(loaded) = self.plugins.get_mut(plugin) {
-            loaded.worker.settle(ticket, applied);
+            if loaded.worker.settle(ticket, applied) == Settled::StartAfresh {
+                loaded.resync = true;
+            }
         }
     }
 

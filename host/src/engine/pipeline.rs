@@ -280,12 +280,16 @@ impl Pipeline {
             Arc::default()
         };
         let mut parts = Vec::with_capacity(consumers.len());
+        // With one consumer, only a failed log write (which resyncs its
+        // projector anyway) or a shutdown refuses what it projected.
+        let undoable = consumers.len() > 1;
         for name in consumers {
             let job = ProjectJob {
                 ticket,
                 stream: stream.clone(),
                 body: body.clone(),
                 pending: pending.clone(),
+                undoable,
             };
             let own_pending = || self.pending_for(std::slice::from_ref(&name));
             let submitted = env.submit(&name, job, &own_pending);
@@ -677,6 +681,10 @@ mod tests {
         streams: BTreeMap<String, Vec<String>>,
         /// (plugin, ticket) handed to projectors, in order.
         submitted: Vec<(String, u64)>,
+        /// Whether each submitted job was undoable, in the same order.
+        undoable: Vec<bool>,
+        /// (plugin, ticket, applied) of every settle.
+        settled: Vec<(String, u64, bool)>,
         progress: HashMap<String, u64>,
         stuck: HashSet<String>,
         /// Log first (records numbered from 1), or apply at once.
@@ -725,12 +733,15 @@ mod tests {
             _pending: &dyn Fn() -> Vec<Mutation>,
         ) -> bool {
             self.submitted.push((plugin.to_owned(), job.ticket));
+            self.undoable.push(job.undoable);
             true
         }
         fn needs_pending(&self, _plugin: &str) -> bool {
             true
         }
-        fn settle(&mut self, _plugin: &str, _ticket: u64, _applied: bool) {}
+        fn settle(&mut self, plugin: &str, ticket: u64, applied: bool) {
+            self.settled.push((plugin.to_owned(), ticket, applied));
+        }
         fn resync(&mut self, _plugin: &str) {}
         fn progress(&self, plugin: &str) -> Option<u64> {
             self.progress.get(plugin).copied()
@@ -826,6 +837,41 @@ mod tests {
         assert!(second.try_recv().unwrap().is_ok());
         assert_eq!(env.applied, ["t1", "s1", "s2"]);
         assert!(pipeline.is_idle());
+    }
+
+    #[test]
+    fn only_a_request_other_plugins_project_too_is_undoable_and_one_failing_refuses_it_for_all() {
+        let mut env = Fake::with(&[("solo", &["a"]), ("shared", &["a", "b"])], false);
+        let mut pipeline = Pipeline::new(Duration::from_secs(60));
+        let mut solo = request(&mut pipeline, &mut env, "solo");
+        assert_eq!(env.undoable, vec![false], "a sole consumer keeps no undo");
+        answer(&mut pipeline, &mut env, "a", 0, "k1");
+        assert!(solo.try_recv().unwrap().is_ok());
+        assert_eq!(
+            env.settled,
+            vec![("a".into(), ticket_of(&env, "a", 0), true)]
+        );
+
+        let mut shared = request(&mut pipeline, &mut env, "shared");
+        assert_eq!(env.undoable, vec![false, true, true]);
+        answer(&mut pipeline, &mut env, "a", 1, "k2");
+        let ticket = ticket_of(&env, "b", 0);
+        pipeline.projected(
+            Projected {
+                ticket,
+                plugin: "b".into(),
+                outcome: Err(ProjectFailure::error(2, "refused".into())),
+            },
+            &mut env,
+        );
+        assert!(shared.try_recv().unwrap().is_err());
+        // `a` projected it without error and must take it back out.
+        assert!(
+            env.settled.contains(&("a".into(), ticket, false)),
+            "{:?}",
+            env.settled
+        );
+        assert_eq!(env.applied, vec!["k1".to_owned()]);
     }
 
     #[test]

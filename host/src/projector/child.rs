@@ -8,8 +8,11 @@
 //! request's mutations right after answering it (most requests are
 //! applied; the host commits meanwhile), keeping what they replaced until
 //! the host says, with the next [`ToChild::Job`], whether the request was
-//! applied; a refused one is taken back out. Only a plugin writes its own entities, so the
-//! mirror is exact, and the common read (a projector reading what it wrote
+//! applied; a refused one is taken back out. A request only this plugin
+//! projects is folded in without an undo (nothing but a failed log write
+//! or a shutdown refuses it then, and the host starts a fresh child for
+//! that instead), so the common request copies no entity. Only a plugin
+//! writes its own entities, so the mirror is exact, and the common read (a projector reading what it wrote
 //! before) costs no round trip. A read of another plugin's entity asks the
 //! host ([`FromChild::Read`]).
 //!
@@ -85,7 +88,7 @@ pub fn run(file: &Path) -> i32 {
     let mut mirror = Mirror::default();
     // The last request projected, folded into the mirror already (most
     // requests are applied), with what it replaced, until the host says.
-    let mut unsettled: Option<(u64, Undo)> = None;
+    let mut unsettled: Option<(u64, Option<Undo>)> = None;
     loop {
         let (message, blob) = match read_frame::<ToChild>(&mut input) {
             Ok(Some(frame)) => frame,
@@ -112,16 +115,24 @@ pub fn run(file: &Path) -> i32 {
                 ticket,
                 stream,
                 settle,
+                undoable,
             } => {
                 // The previous request's undo, dropped once this one is
                 // answered (freeing it is not the host's wait).
                 let mut settled_undo = None;
                 if let Some((projected, undo)) = unsettled.take() {
-                    // Refused (or never settled): put back what it replaced.
-                    if settle != Some((projected, true)) {
-                        mirror.undo(undo);
-                    } else {
-                        settled_undo = Some(undo);
+                    let applied = settle == Some((projected, true));
+                    match undo {
+                        Some(undo) if applied => settled_undo = Some(undo),
+                        // Refused (or never settled): put back what it replaced.
+                        Some(undo) => mirror.undo(undo),
+                        None if applied => {}
+                        None => {
+                            // The host starts a fresh child instead of
+                            // telling this one: reaching here is its bug.
+                            eprintln!("vista projector: request {projected} was refused, and it kept no undo");
+                            return 3;
+                        }
                     }
                 }
                 // Each event's mutations as the plugin wrote them: sent on
@@ -187,7 +198,14 @@ pub fn run(file: &Path) -> i32 {
                 // next request comes: the answer went first.
                 drop(settled_undo);
                 if let Ok(produced) = outcome {
-                    unsettled = Some((ticket, mirror.apply_all(produced.iter().flatten())));
+                    let mutations = produced.iter().flatten();
+                    let undo = if undoable {
+                        Some(mirror.apply_all(mutations))
+                    } else {
+                        mutations.for_each(|mutation| mirror.apply(mutation));
+                        None
+                    };
+                    unsettled = Some((ticket, undo));
                 }
             }
             ToChild::ReadReply { .. } => return 3,

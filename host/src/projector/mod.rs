@@ -51,6 +51,14 @@ pub struct ProjectJob {
     /// (A projector process keeps them in its mirror already, through
     /// [`Projector::settle`], and ignores these.)
     pub pending: Arc<Vec<Mutation>>,
+    /// Whether the request may be refused after this projector succeeds
+    /// because another plugin projecting it fails: a projector process then
+    /// keeps what it needs to take the request back out of its mirror.
+    /// When false (the plugin is the request's only consumer) a refusal
+    /// after success is rare (a failed log write, a shutdown), and
+    /// [`Projector::settle`] asks to be started afresh instead, so the
+    /// common request pays for no undo.
+    pub undoable: bool,
 }
 
 /// The mutations each event produced (index = event index), or why the
@@ -122,6 +130,16 @@ impl Projected {
     }
 }
 
+/// What a projector needs once told a request's fate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Settled {
+    /// Nothing: it is in step with the store.
+    InStep,
+    /// A refused request stays in its state: start it afresh.
+    StartAfresh,
+}
+
 /// What happened to a projector that made no progress for the timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterStuck {
@@ -138,8 +156,11 @@ pub trait Projector: Send {
 
     /// The fate of a projected request: applied (logged and to be applied
     /// in order) or refused. Called once per answered ticket, before the
-    /// next request is submitted.
-    fn settle(&mut self, ticket: u64, applied: bool);
+    /// next request is submitted. Returns [`Settled::StartAfresh`] when the
+    /// projector cannot take a refused request back (it was not
+    /// [`ProjectJob::undoable`]): the engine restarts it, with the pending
+    /// mutations, before its next request.
+    fn settle(&mut self, ticket: u64, applied: bool) -> Settled;
 
     /// Events projected so far: the engine's progress probe.
     fn progress(&self) -> u64;
@@ -209,6 +230,7 @@ impl Blocking {
             stream: stream.into(),
             body: body.clone(),
             pending: Arc::new(Vec::new()),
+            undoable: true,
         };
         let gone = || Err(ProjectFailure::error(0, "the projector is gone".into()));
         if !self.projector.submit(job()) {
@@ -238,6 +260,7 @@ impl Blocking {
 
     /// Whether the last request's mutations were applied to the store.
     pub fn settle(&mut self, applied: bool) {
-        self.projector.settle(self.next_ticket - 1, applied);
+        // Its jobs are undoable: a refusal never needs a fresh start.
+        let _ = self.projector.settle(self.next_ticket - 1, applied);
     }
 }

@@ -29,7 +29,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use vista_plugin_api::Mutation;
 
 use super::wire::{self, encode, read_frame, FromChild, Row, SharedCounter, ToChild};
-use super::{AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, SharedStore};
+use super::{
+    AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, Settled, SharedStore,
+};
 use crate::ingest::IngestBody;
 use crate::plugins::{ChildBuild, Code, PluginLibrary, ProcessSettings};
 
@@ -164,6 +166,8 @@ pub struct ProcessProjector {
     running: Option<Running>,
     /// The fate of the last request, told to the child with the next one.
     settled: Option<(u64, bool)>,
+    /// The last request submitted, and whether the child can take it back.
+    last_job: Option<(u64, bool)>,
 }
 
 impl ProcessProjector {
@@ -179,6 +183,7 @@ impl ProcessProjector {
             done: Arc::new(done),
             running: None,
             settled: None,
+            last_job: None,
         };
         projector.restart(&[])?;
         Ok(projector)
@@ -278,6 +283,7 @@ impl Drop for ProcessProjector {
 impl Projector for ProcessProjector {
     fn submit(&mut self, job: ProjectJob) -> bool {
         let settle = self.settled.take();
+        self.last_job = Some((job.ticket, job.undoable));
         let Some(running) = &self.running else {
             return false;
         };
@@ -295,13 +301,20 @@ impl Projector for ProcessProjector {
                 ticket: job.ticket,
                 stream: job.stream.to_string(),
                 settle,
+                undoable: job.undoable,
             },
             job.body.raw(),
         )
     }
 
-    fn settle(&mut self, ticket: u64, applied: bool) {
+    fn settle(&mut self, ticket: u64, applied: bool) -> Settled {
         self.settled = Some((ticket, applied));
+        if !applied && self.last_job == Some((ticket, false)) {
+            // The child folded it in and kept no undo: a fresh child (the
+            // engine restarts it before the next request) loads the truth.
+            return Settled::StartAfresh;
+        }
+        Settled::InStep
     }
 
     fn needs_pending(&self) -> bool {
@@ -328,6 +341,7 @@ impl Projector for ProcessProjector {
         }
         // The new child's mirror is loaded as the host has it now.
         self.settled = None;
+        self.last_job = None;
         let spawned = spawn(&self.build().copy, &self.build().settings)?;
         self.run(spawned, pending);
         Ok(())

@@ -13,7 +13,7 @@ use std::sync::{mpsc, Arc};
 use vista_plugin_api::Mutation;
 
 use super::overlay::project_request;
-use super::{AfterStuck, ProjectJob, Projected, Projector, SharedStore};
+use super::{AfterStuck, ProjectJob, Projected, Projector, Settled, SharedStore};
 use crate::plugins::PluginLibrary;
 
 /// Handle to one plugin build's projector thread.
@@ -87,7 +87,9 @@ impl Projector for ProjectorWorker {
 
     /// Nothing to do: the thread reads the shared store and the pending
     /// mutations the engine hands it with each job.
-    fn settle(&mut self, _ticket: u64, _applied: bool) {}
+    fn settle(&mut self, _ticket: u64, _applied: bool) -> Settled {
+        Settled::InStep
+    }
 
     fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)

@@ -53,6 +53,10 @@ pub enum ToChild {
         /// into the mirror first; refused, it drops them. Told with the
         /// next request rather than on its own, it costs no wake-up.
         settle: Option<(u64, bool)>,
+        /// Whether the child must be able to take this request back out of
+        /// its mirror ([`crate::projector::ProjectJob::undoable`]); if not,
+        /// a refusal makes the host start a fresh child instead.
+        undoable: bool,
     },
     /// The answer to [`FromChild::Read`].
     ReadReply {
@@ -265,6 +269,7 @@ mod tests {
                 ticket: 7,
                 stream: "s".into(),
                 settle: None,
+                undoable: true,
             },
             b"{\"a\":1}\n",
         )
@@ -275,6 +280,7 @@ mod tests {
                 ticket: 8,
                 stream: "s".into(),
                 settle: Some((7, true)),
+                undoable: false,
             },
             b"",
         )

@@ -76,6 +76,7 @@ pub fn ensure_built() {
             "vista-fixture-spinner",
             "vista-fixture-aggregates",
             "vista-fixture-crashy",
+            "vista-fixture-tally",
         ] {
             command.args(["-p", package]);
         }

@@ -334,6 +334,52 @@ async fn three_crashes_within_a_minute_mark_the_build_crashed_until_a_new_build_
     projector_pid(&host, "crashy.so").await;
 }
 
+/// `tally` counts the notes of `crashy`'s stream from its own state. A
+/// request `crashy` crashes on or refuses must be taken back out of
+/// `tally` too, although `tally` projected it without error: under process
+/// isolation out of its child's mirror (the child keeps an undo for a
+/// request another plugin projects too), on a thread by not applying it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_another_plugin_fails_is_taken_back_out_of_every_plugin() {
+    let _serial = SERIAL.lock().await;
+    for isolation in ["process", "thread"] {
+        let mut args = ISOLATED.to_vec();
+        args.extend(["--isolation", isolation]);
+        let host = Host::start(
+            vec![
+                PluginFile::Built("vista_fixture_crashy", "crashy.so"),
+                PluginFile::Built("vista_fixture_tally", "tally.so"),
+            ],
+            &args,
+        )
+        .await;
+        host.ingest_ok("crash", &[note("a")]).await;
+        // On a thread an abort is the host's own: only a child contains it.
+        if isolation == "process" {
+            let (status, reply) = host
+                .ingest("crash", ndjson(&[note("b"), json!({"type": "abort"})]))
+                .await;
+            assert_crashed(status, &reply, 2, &["SIGABRT"]);
+        }
+        let (status, reply) = host
+            .ingest(
+                "crash",
+                ndjson(&[note("c"), json!({"type": "no-such-type"})]),
+            )
+            .await;
+        assert_eq!(status, 422, "{isolation}: {reply}");
+        assert_eq!(reply["error"], "projector-error", "{isolation}: {reply}");
+        host.ingest_ok("crash", &[note("d"), note("e")]).await;
+
+        assert_eq!(crash_keys(&host).await, vec!["a", "d", "e"], "{isolation}");
+        let tally = view_of(&host, "Tally/list").await;
+        assert_eq!(
+            tally["notes"]["count"], 3,
+            "{isolation}: tally counted the notes of refused requests: {tally:?}"
+        );
+    }
+}
+
 /// A large request's mutations reach the host in parts while the child
 /// projects the rest. A crash or an error after parts were sent still
 /// costs the whole request; a request that succeeds is applied whole and

@@ -13,6 +13,10 @@
 //! - three crashes within a minute: `crashed` in `GET /plugins`, 503
 //!   `plugin-crashed`, until a new build is dropped in;
 //! - a killed spinning projector leaves no CPU behind (from `/proc`);
+//! - a request crashed or refused in one plugin is taken back out of
+//!   another that projected it (`tally`, a second consumer of the stream),
+//!   and a large request's mutations sent ahead in parts count only if it
+//!   succeeds;
 //! - dead letters (`GET /admin/dead-letters`, JSON and NDJSON);
 //! - cluster: a poison record is refused, counted and listed on all three
 //!   hosts, which stay up and equal.

@@ -415,11 +415,27 @@ impl Reader {
                 }
                 Ok(Some((FromChild::Part { ticket, mutations }, _))) => match &mut parts {
                     Some((current, read)) if *current == ticket => read.extend(mutations),
-                    _ => parts = Some((ticket, mutations)),
+                    None => parts = Some((ticket, mutations)),
+                    // A part of another request before this one's Done:
+                    // applying either would lose events.
+                    Some(_) => {
+                        refusal = Some("the projector process broke the protocol".into());
+                        let _ = child.kill();
+                    }
                 },
+                Ok(Some((FromChild::Done { ticket, .. }, _)))
+                    if parts
+                        .as_ref()
+                        .is_some_and(|(current, _)| *current != ticket) =>
+                {
+                    refusal = Some("the projector process broke the protocol".into());
+                    let _ = child.kill();
+                }
                 Ok(Some((FromChild::Done { ticket, outcome }, _))) => {
+                    // Parts count only with a successful Done; a failed
+                    // request drops them.
                     let outcome = match (parts.take(), outcome) {
-                        (Some((current, mut read)), Ok(rest)) if current == ticket => {
+                        (Some((_, mut read)), Ok(rest)) => {
                             read.extend(rest);
                             Ok(read)
                         }

@@ -27,7 +27,8 @@
 //!
 //! The engine pushes the live frames of a commit step through
 //! [`Deliveries`]: gathered per connection, then pushed once per connection
-//! (one lock, one wake-up), and counted once per step.
+//! (one lock, one wake-up), and counted once per step. The writers are
+//! woken only after the request is answered ([`WakeUps`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -218,9 +219,10 @@ impl Outbox {
         outcome
     }
 
-    /// Queues the live frames of one ingest request under a single lock and
-    /// a single wake-up (the fan-out hot path). Calls `outcome` per frame.
-    pub fn push_live_batch<'f>(
+    /// Queues the live frames of one ingest request under a single lock
+    /// (the fan-out hot path), without waking the writer: the caller wakes
+    /// it through [`WakeUps`]. Calls `outcome` per frame.
+    fn queue_live_batch<'f>(
         &self,
         frames: impl IntoIterator<Item = &'f Frame>,
         mut outcome: impl FnMut(Result<Pushed, PushError>),
@@ -229,8 +231,6 @@ impl Outbox {
         for frame in frames {
             outcome(self.push_locked(&mut queue, frame));
         }
-        drop(queue);
-        self.wake.notify_one();
     }
 
     fn push_locked(&self, queue: &mut Queue, frame: &Frame) -> Result<Pushed, PushError> {
@@ -420,14 +420,17 @@ impl Deliveries {
             .push(index);
     }
 
-    /// Pushes everything gathered into the outboxes.
-    pub(crate) fn flush(mut self, conns: &HashMap<ConnId, Arc<Outbox>>) {
+    /// Pushes everything gathered into the outboxes; their writers are
+    /// woken when `wake_ups` is dropped.
+    pub(crate) fn flush(mut self, conns: &HashMap<ConnId, Arc<Outbox>>, wake_ups: &mut WakeUps) {
         let frames = std::mem::take(&mut self.frames);
+        wake_ups.0.reserve(self.pending.len());
         for (conn, indexes) in std::mem::take(&mut self.pending) {
             let Some(outbox) = conns.get(&conn) else {
                 continue;
             };
-            outbox.push_live_batch(indexes.iter().map(|i| &frames[*i as usize]), |outcome| match outcome {
+            wake_ups.0.push(Arc::clone(outbox));
+            outbox.queue_live_batch(indexes.iter().map(|i| &frames[*i as usize]), |outcome| match outcome {
                 Ok(Pushed::Queued) => self.queued += 1,
                 Ok(Pushed::Conflated) => self.conflated += 1,
                 Err(PushError::SlowConsumer) => {
@@ -444,6 +447,28 @@ impl Deliveries {
         crate::metrics::get()
             .slow_consumer_disconnects
             .inc_by(self.slow_consumers);
+    }
+}
+
+/// Writers with frames queued for them, woken when this is dropped.
+///
+/// The engine drops it after it has answered the request whose frames were
+/// queued. Wake-ups from the engine thread reach the runtime in order, so
+/// waking 1,000 writers before answering puts the ingest request's answer
+/// behind all of them: the poster waits for the whole fan-out before it can
+/// send the next request, and each writer flushes one request's frames per
+/// write. Answering first lets the next request be projected while the
+/// writers write, and a writer that runs later finds more frames to send in
+/// one write (fewer send calls per frame, the larger part of fan-out CPU).
+/// Waking on drop means no path can forget to wake.
+#[derive(Default)]
+pub(crate) struct WakeUps(Vec<Arc<Outbox>>);
+
+impl Drop for WakeUps {
+    fn drop(&mut self) {
+        for outbox in self.0.drain(..) {
+            outbox.wake.notify_one();
+        }
     }
 }
 

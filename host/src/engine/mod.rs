@@ -94,7 +94,7 @@ use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::WriterReport;
 use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
-use crate::outbox::{Deliveries, Outbox};
+use crate::outbox::{Deliveries, Outbox, WakeUps};
 use crate::plugins::PluginReport;
 use crate::projector::{ProjectFailure, ProjectJob, Settled, SharedStore};
 use crate::store::Store;
@@ -313,6 +313,7 @@ impl Engine {
             log: self.log.as_mut(),
             replaying: self.replaying,
             reprojections: &mut self.reprojections,
+            wake_ups: WakeUps::default(),
         };
         (&mut self.pipeline, stage)
     }
@@ -378,6 +379,9 @@ struct Stage<'a> {
     log: &'a mut dyn Log,
     replaying: bool,
     reprojections: &'a mut BTreeMap<PluginName, Reprojection>,
+    /// Writers of the frames applied in this stage, woken when it ends:
+    /// after the request is answered (see [`WakeUps`]).
+    wake_ups: WakeUps,
 }
 
 impl Env for Stage<'_> {
@@ -522,7 +526,7 @@ impl Env for Stage<'_> {
         }
         let seq = store.last_seq();
         drop(store);
-        deliveries.flush(self.conns);
+        deliveries.flush(self.conns, &mut self.wake_ups);
         seq
     }
 

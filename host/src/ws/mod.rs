@@ -8,7 +8,9 @@
 //! `rate-limit-exceeded` socket issue and is not registered.
 //!
 //! The writer takes everything queued in one go, feeds it to the socket and
-//! flushes once, so a burst of frames costs one flush. Snapshots are encoded
+//! flushes once, so a burst of frames costs one flush. Writers run on a
+//! runtime of their own ([`writers`]), so a fan-out burst never queues
+//! ahead of ingest answers and client reads. Snapshots are encoded
 //! (JSON and gzip) on a blocking thread in batches of 50 then 100, once per
 //! snapshot however many subscribers share it; async workers never
 //! compress. Both loops are generic over `Sink`/`Stream` of tungstenite
@@ -67,7 +69,7 @@ pub async fn serve<S>(
         f64::from(shared.config.subscribe_burst),
     );
     crate::metrics::get().connections.inc();
-    let mut writer = tokio::spawn(close::write_returning_sink(sink, outbox.clone()));
+    let mut writer = writers().spawn(close::write_returning_sink(sink, outbox.clone()));
     let mut writer_finished = None;
     let ended;
     loop {
@@ -275,4 +277,32 @@ where
         crate::metrics::get().frames_sent.inc_by(frames);
         crate::metrics::get().bytes_sent.inc_by(bytes);
     }
+}
+
+/// The runtime socket writers run on: their own worker threads, apart from
+/// the runtime that reads sockets and serves HTTP.
+///
+/// One ingest request wakes every subscriber's writer at once (1,000 tasks
+/// for 1,000 subscribers). On a shared runtime the request's answer, the
+/// next request's body and every client's subscribe wait in the same run
+/// queues behind that burst, so a poster waits for the whole fan-out before
+/// it can send again, and each writer finds one request's frames per wake:
+/// one `send` per request per client, the largest part of fan-out CPU.
+/// Apart, the other runtime stays responsive: the next request is projected
+/// while the writers write, and a writer that runs later flushes several
+/// requests' frames in one `send`. Measured in BENCHMARKS.md ("Socket
+/// writers on their own runtime"). The runtime lives for the whole process
+/// (a runtime cannot be dropped from async code), and sockets registered
+/// with the main runtime's I/O driver can be written from it.
+fn writers() -> &'static tokio::runtime::Handle {
+    static WRITERS: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    WRITERS
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .thread_name("vista-writer")
+                .enable_all()
+                .build()
+                .expect("the socket writers' runtime starts")
+        })
+        .handle()
 }

@@ -71,6 +71,7 @@ pub async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Futu
             }
         });
     }
+    crate::ws::start_writers(shared.config.writer_threads);
     let ips = IpLimiter::new(shared.config.max_connections_per_ip);
     let accept_errors = AcceptErrors::default();
     loop {

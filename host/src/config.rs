@@ -57,6 +57,9 @@ pub struct Config {
     pub header_timeout: Option<Duration>,
     /// Time an ingest request gets to deliver its whole body (408 after).
     pub body_timeout: Option<Duration>,
+    /// Threads of the socket writers' runtime (see [`crate::ws`]); 0: half
+    /// the cores, at least one.
+    pub writer_threads: usize,
     /// Open TCP connections allowed from one IP address (0: unlimited);
     /// more are answered 429 `ip-connection-limit-exceeded`.
     pub max_connections_per_ip: usize,

@@ -463,6 +463,7 @@ async fn run() -> anyhow::Result<()> {
         body_timeout: (args.body_timeout_secs > 0)
             .then(|| Duration::from_secs(args.body_timeout_secs)),
         max_connections_per_ip: args.max_connections_per_ip,
+        writer_threads: args.writer_threads,
         data_dir: (!args.in_memory).then_some(args.data),
         fsync: args.fsync,
         checkpoint_every_events: args.checkpoint_every_events.max(1),

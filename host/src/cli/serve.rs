@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// `body-timeout`); 0 disables.
     #[arg(long, env = "VISTA_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
+    /// Threads that write to client sockets (fan-out), apart from those
+    /// serving HTTP and reading sockets; 0: half the cores, at least one.
+    #[arg(long, env = "VISTA_WRITER_THREADS", default_value_t = 0)]
+    pub writer_threads: usize,
     /// Open TCP connections allowed from one IP address (more get HTTP 429
     /// `ip-connection-limit-exceeded`); 0 means unlimited.
     #[arg(long, env = "VISTA_MAX_CONNECTIONS_PER_IP", default_value_t = 1_000)]

@@ -279,6 +279,17 @@ where
     }
 }
 
+/// Threads the writers' runtime starts with (see [`start_writers`]).
+static WRITER_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sizes the socket writers' runtime: `threads`, or half the cores (at
+/// least one) for 0. Called once before serving; a runtime already started
+/// keeps its size.
+pub fn start_writers(threads: usize) {
+    WRITER_THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
+    writers();
+}
+
 /// The runtime socket writers run on: their own worker threads, apart from
 /// the runtime that reads sockets and serves HTTP.
 ///
@@ -290,15 +301,29 @@ where
 /// one `send` per request per client, the largest part of fan-out CPU.
 /// Apart, the other runtime stays responsive: the next request is projected
 /// while the writers write, and a writer that runs later flushes several
-/// requests' frames in one `send`. Measured in BENCHMARKS.md ("Socket
-/// writers on their own runtime"). The runtime lives for the whole process
-/// (a runtime cannot be dropped from async code), and sockets registered
-/// with the main runtime's I/O driver can be written from it.
+/// requests' frames in one `send`.
+///
+/// Half the cores by default: writers are most of a fan-out's CPU, but the
+/// engine, the projectors and the HTTP runtime need cores too, and fewer
+/// writer threads than cores also means more frames per `send` (writers
+/// fall a little behind and catch up in bulk) and no socket or reference
+/// count bouncing between cores. On 2 cores one writer thread took the
+/// fan-out from 0.68-0.83 to 0.48 µs of CPU per frame with the same
+/// latency (BENCHMARKS.md, "Socket writers on their own runtime").
+///
+/// The runtime lives for the whole process (a runtime cannot be dropped
+/// from async code), and sockets registered with the main runtime's I/O
+/// driver can be written from it.
 fn writers() -> &'static tokio::runtime::Handle {
     static WRITERS: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
     WRITERS
         .get_or_init(|| {
+            let threads = match WRITER_THREADS.load(std::sync::atomic::Ordering::Relaxed) {
+                0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+                n => n,
+            };
             tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(threads)
                 .thread_name("vista-writer")
                 .enable_all()
                 .build()

@@ -116,7 +116,16 @@ pub async fn serve<S>(
     }
     shared.engine.send(Command::Disconnect { conn });
     crate::metrics::get().connections.dec();
-    close::close_and_linger(stream, writer, writer_finished, &outbox, ended).await;
+    // Boxed: the closing phase's state (timeouts, the writer's result)
+    // would otherwise be part of every open connection's future.
+    Box::pin(close::close_and_linger(
+        stream,
+        writer,
+        writer_finished,
+        &outbox,
+        ended,
+    ))
+    .await;
 }
 
 /// When a token with this `exp` (seconds since the epoch) runs out.

@@ -377,8 +377,9 @@ impl Outbox {
 /// The live frames of one ingest request, gathered per connection and
 /// pushed once per connection at the end of the request: one outbox lock
 /// and one writer wake-up per connection per request instead of per frame
-/// (the outbox lock is shared with that connection's writer thread, so
-/// per-frame locking costs a cache-line transfer per frame). Each distinct
+/// (the outbox lock is shared with that connection's writer task, on
+/// another core, so per-frame locking costs a cache-line transfer per
+/// frame). Each distinct
 /// frame is stored once; connections hold indexes into `frames`. Also counts
 /// what happened to the frames; metrics are updated once per request.
 pub(crate) struct Deliveries {

@@ -413,17 +413,9 @@ impl Reader {
                         .to_child
                         .send(encode(&ToChild::ReadReply { value }, b""));
                 }
-                Ok(Some((FromChild::Part { ticket, mutations }, _))) => match &mut parts {
-                    Some((current, read)) if *current == ticket => read.extend(mutations),
-                    None => parts = Some((ticket, mutations)),
-                    // A part of another request before this one's Done:
-                    // applying either would lose events.
-                    Some(_) => {
-                        refusal = Some("the projector process broke the protocol".into());
-                        let _ = child.kill();
-                    }
-                },
-                Ok(Some((FromChild::Done { ticket, .. }, _)))
+                // A part or an answer of another request before this one's
+                // Done: applying either would lose events.
+                Ok(Some((FromChild::Part { ticket, .. } | FromChild::Done { ticket, .. }, _)))
                     if parts
                         .as_ref()
                         .is_some_and(|(current, _)| *current != ticket) =>
@@ -431,6 +423,10 @@ impl Reader {
                     refusal = Some("the projector process broke the protocol".into());
                     let _ = child.kill();
                 }
+                Ok(Some((FromChild::Part { ticket, mutations }, _))) => match &mut parts {
+                    Some((_, read)) => read.extend(mutations),
+                    None => parts = Some((ticket, mutations)),
+                },
                 Ok(Some((FromChild::Done { ticket, outcome }, _))) => {
                     // Parts count only with a successful Done; a failed
                     // request drops them.

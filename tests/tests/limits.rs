@@ -84,6 +84,27 @@ async fn an_oversized_client_message_closes_that_connection_with_1009() {
 }
 
 #[tokio::test]
+async fn a_client_message_many_times_the_read_buffer_arrives_whole() {
+    // Sockets read in 256-byte chunks; a 5,000-byte key must still make
+    // one subscribe, to that exact key.
+    let host = tokens_host(&[]).await;
+    let mint = "m".repeat(5000);
+    let mut client = host.client().await;
+    client
+        .subscribe(json!({"type": "subscribe", "view": "Token/state", "key": mint}))
+        .await;
+    client.snapshot().await;
+    host.ingest_ok(
+        "tokens",
+        &[json!({"type": "token_created", "mint": mint, "symbol": "M", "decimals": 0, "supply": 7})],
+    )
+    .await;
+    let frame = client.recv_json().await;
+    assert_eq!(frame["key"].as_str().map(str::len), Some(5000));
+    assert_eq!(frame["data"]["supply"], 7);
+}
+
+#[tokio::test]
 async fn subscriptions_over_the_limit_get_a_socket_issue() {
     let host = tokens_host(&["--max-subscriptions", "2"]).await;
     let mut client: WsClient = host.client().await;

@@ -5,13 +5,94 @@
 //! an update can find and move it in O(log n). A window (`skip`/`take`) is
 //! read by walking the set from its start: O(skip + take), independent of
 //! how many entities the view holds.
+//!
+//! Sort values are held as [`SortKey`]s rather than the plugin API's
+//! [`SortValue`]: most list views sort by `_seq` (the default order, and the
+//! one every write moves), whose 16-digit text would otherwise be copied out
+//! of the entity and compared byte by byte on every step of every index
+//! search. As an integer it is neither copied nor `memcmp`ed, and it sorts
+//! exactly as its text does.
 
 use std::cmp::Ordering;
 use std::collections::BTreeSet;
 
+use serde_json::Value;
 use vista_plugin_api::view::SortValue;
 
+use crate::ids::Seq;
 use crate::vocab::FastMap;
+
+/// A member's sort value as the index keeps it: a [`SortValue`], except
+/// that a text of exactly [`Seq::WIDTH`] ASCII digits (every `_seq`) is kept
+/// as its number. Texts of one width compare as their numbers do, so the
+/// order is the [`SortValue`] order either way.
+#[derive(Debug, Clone)]
+pub(crate) enum SortKey {
+    Seq(u64),
+    Value(SortValue),
+}
+
+impl SortKey {
+    /// The sort value at `path` of `entity`.
+    pub(crate) fn of(entity: &Value, path: &str) -> Self {
+        if path == Seq::FIELD {
+            if let Some(n) = entity
+                .get(Seq::FIELD)
+                .and_then(Value::as_str)
+                .and_then(seq_digits)
+            {
+                return SortKey::Seq(n);
+            }
+        }
+        SortKey::from(SortValue::of(entity, path))
+    }
+}
+
+impl From<SortValue> for SortKey {
+    fn from(value: SortValue) -> Self {
+        match value {
+            SortValue::Text(text) => match seq_digits(&text) {
+                Some(n) => SortKey::Seq(n),
+                None => SortKey::Value(SortValue::Text(text)),
+            },
+            other => SortKey::Value(other),
+        }
+    }
+}
+
+/// The number a text of exactly [`Seq::WIDTH`] ASCII digits spells.
+fn seq_digits(text: &str) -> Option<u64> {
+    let digits = text.as_bytes();
+    (digits.len() == Seq::WIDTH && digits.iter().all(u8::is_ascii_digit))
+        .then(|| digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+impl Ord for SortKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (SortKey::Seq(a), SortKey::Seq(b)) => a.cmp(b),
+            (SortKey::Value(a), SortKey::Value(b)) => a.cmp(b),
+            // Rare (a sort field holding `_seq`-like texts and other
+            // values): compared as the texts they are.
+            (SortKey::Seq(a), SortKey::Value(b)) => SortValue::Text(Seq(*a).text()).cmp(b),
+            (SortKey::Value(a), SortKey::Seq(b)) => a.cmp(&SortValue::Text(Seq(*b).text())),
+        }
+    }
+}
+
+impl PartialOrd for SortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for SortKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for SortKey {}
 
 /// A `skip`/`take` window, as a half-open range of view positions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +112,7 @@ impl Window {
 /// Position of an entity in a view: sort value, direction, then key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OrderKey {
-    pub(crate) value: SortValue,
+    pub(crate) value: SortKey,
     pub(crate) desc: bool,
     pub(crate) key: String,
 }
@@ -59,7 +140,7 @@ impl PartialOrd for OrderKey {
 pub struct OrderedIndex {
     pub(crate) order: BTreeSet<OrderKey>,
     /// Each member's current sort value, to find it in `order`.
-    pub(crate) values: FastMap<String, SortValue>,
+    pub(crate) values: FastMap<String, SortKey>,
 }
 
 impl OrderedIndex {
@@ -73,7 +154,7 @@ impl OrderedIndex {
     /// key strings (the map's and the set's) instead of allocating them
     /// again: every update of a list view's member moves it (a `_seq` sort
     /// changes on every write), so this runs once per change per view.
-    pub(crate) fn insert(&mut self, key: &str, value: SortValue, desc: bool) {
+    pub(crate) fn insert(&mut self, key: &str, value: SortKey, desc: bool) {
         let (map_key, order_key) = match self.values.remove_entry(key) {
             Some((map_key, old)) => {
                 let probe = OrderKey {
@@ -123,8 +204,8 @@ impl OrderedIndex {
 mod tests {
     use super::*;
 
-    fn text(s: &str) -> SortValue {
-        SortValue::Text(s.to_owned())
+    fn text(s: &str) -> SortKey {
+        SortKey::from(SortValue::Text(s.to_owned()))
     }
 
     #[test]
@@ -161,5 +242,37 @@ mod tests {
         assert_eq!((index.order.len(), index.values.len()), (2, 2));
         assert_eq!(index.values["a"], text("4"));
         assert!(index.contains("b") && !index.contains("c"));
+    }
+
+    #[test]
+    fn sort_keys_order_exactly_as_the_sort_values_they_stand_for() {
+        let values = [
+            SortValue::Missing,
+            SortValue::Bool(true),
+            SortValue::Number(-1.5),
+            SortValue::Number(7.0),
+            SortValue::Text(String::new()),
+            SortValue::Text("0000000000000042".into()),
+            SortValue::Text("0000000000000100".into()),
+            SortValue::Text("0000000000000099x".into()),
+            SortValue::Text("000000000000010".into()),
+            SortValue::Text("10000000000000000".into()), // 17 digits
+            SortValue::Text("9999999999999999".into()),
+            SortValue::Text("abc".into()),
+        ];
+        assert!(matches!(SortKey::from(values[5].clone()), SortKey::Seq(42)));
+        for a in &values {
+            for b in &values {
+                let keys = (SortKey::from(a.clone()), SortKey::from(b.clone()));
+                assert_eq!(keys.0.cmp(&keys.1), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(keys.0 == keys.1, a == b, "{a:?} vs {b:?}");
+            }
+        }
+        let entity = serde_json::json!({"_seq": "0000000000000007", "n": 3});
+        assert!(matches!(SortKey::of(&entity, "_seq"), SortKey::Seq(7)));
+        assert!(matches!(
+            SortKey::of(&entity, "n"),
+            SortKey::Value(SortValue::Number(n)) if n == 3.0
+        ));
     }
 }

@@ -5,9 +5,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use serde_json::Value;
-use vista_plugin_api::view::{Order, SortSpec, SortValue, ViewDef};
+use vista_plugin_api::view::{Order, SortSpec, ViewDef};
 
-use super::index::{OrderedIndex, Window};
+use super::index::{OrderedIndex, SortKey, Window};
 use crate::filters::Filters;
 use crate::frame::{EntityUpdate, Frame, WireSort};
 use crate::ids::{PluginName, Seq, ViewId};
@@ -149,7 +149,7 @@ impl View {
         let desc = self.desc();
         for (key, entity) in store.table(&self.source) {
             if self.matches(entity) {
-                let value = SortValue::of(entity, &self.sort.field);
+                let value = SortKey::of(entity, &self.sort.field);
                 self.index.insert(key, value, desc);
             }
         }
@@ -304,7 +304,7 @@ impl View {
         let desc = self.desc();
         match &change.new {
             Some(entity) if now_in => {
-                let value = SortValue::of(entity, &self.sort.field);
+                let value = SortKey::of(entity, &self.sort.field);
                 self.index.insert(key, value, desc);
             }
             _ => self.index.remove(key, desc),

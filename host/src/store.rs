@@ -117,6 +117,13 @@ impl Store {
         self.tables.get(entity)?.get(key)
     }
 
+    /// Whether the entity is also held outside the store (a change waiting
+    /// for the views, a snapshot, a frame): writing it would copy it first.
+    pub fn is_shared(&self, entity: &str, key: &str) -> bool {
+        self.get(entity, key)
+            .is_some_and(|e| Arc::strong_count(e) > 1)
+    }
+
     /// The hidden aggregate state of `entity[key]`, if it has any.
     pub fn hidden(&self, entity: &str, key: &str) -> Option<&Arc<Hidden>> {
         self.hidden.get(entity)?.get(key)

@@ -21,8 +21,10 @@
 //!    time: a request for a busy plugin waits in `deferred`, in arrival
 //!    order, so each projection reads the state its predecessors committed.
 //! 2. *commit*: when every projector answered, their mutations are applied
-//!    to the store in event order (then plugin name order), views are
-//!    maintained and frames delivered; then the HTTP request is answered.
+//!    to the store in event order (then plugin name order) and the HTTP
+//!    request is answered; then the last chunk's changes go through the
+//!    views and their frames are delivered ([`behind`]: views catch up
+//!    before any other command is handled or the store is written again).
 //!    With a data directory, the request's [`crate::durable::LogRecord`] (its body and the
 //!    `_seq` range reserved for its mutations) goes to the log writer
 //!    first, and the request is applied only once the record is durable:
@@ -64,10 +66,13 @@
 //!   markers; [`link`] is what it receives (the records) and what the
 //!   async side of such a log is told.
 //! - `reprojection`: rebuilding a plugin's entities from the log.
+//! - `behind`: the last applied chunk's changes, run through the views
+//!   after the answer (why, and what keeps it exact).
 //! - here: the [`Engine`] state, its command dispatch and its loop, and the
 //!   [`pipeline::Env`] the pipeline sees the rest of the engine through.
 
 mod api;
+mod behind;
 mod install;
 pub(crate) mod link;
 pub(crate) mod log;
@@ -94,7 +99,7 @@ use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::WriterReport;
 use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
-use crate::outbox::{Deliveries, Outbox, WakeUps};
+use crate::outbox::{Outbox, WakeUps};
 use crate::plugins::PluginReport;
 use crate::projector::{ProjectFailure, ProjectJob, Settled, SharedStore};
 use crate::store::Store;
@@ -132,6 +137,9 @@ pub struct Engine {
     ordered: ordered::Ordered,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
+    /// The last applied chunk's changes, not yet run through the views
+    /// (only within a turn; see [`behind`]).
+    behind: behind::Behind,
 }
 
 impl Engine {
@@ -154,6 +162,7 @@ impl Engine {
             ordered: ordered::Ordered::default(),
             commands,
             queue: Some(queue),
+            behind: behind::Behind::default(),
         }
     }
 
@@ -195,12 +204,57 @@ impl Engine {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }
         }
+        self.catch_up_views(commands);
         self.check_deadlines();
         self.ordered_pump();
+        self.catch_up_views(commands);
         true
     }
 
+    /// Runs the changes applied in this turn through the views, a slice at
+    /// a time; a command that arrives meanwhile is handled between slices
+    /// (an ingest request goes to its projector while the views catch up;
+    /// anything else catches them up first). See [`behind`].
+    ///
+    /// The writers are woken once, at the end: woken per slice, each would
+    /// write a slice's frames per `send` (more system calls per frame).
+    fn catch_up_views(&mut self, commands: &mpsc::Receiver<Command>) {
+        let mut wake_ups = WakeUps::default();
+        while !self.behind.is_empty() {
+            {
+                let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+                let (views, conns) = (&mut self.views, &self.conns);
+                self.behind
+                    .catch_up(behind::SLICE, views, &store, conns, &mut wake_ups);
+            }
+            if let Ok(command) = commands.try_recv() {
+                self.handle(command);
+            }
+        }
+    }
+
+    /// Runs every waiting change through the views now.
+    fn catch_up_all_views(&mut self) {
+        if self.behind.is_empty() {
+            return;
+        }
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        let mut wake_ups = WakeUps::default();
+        self.behind.catch_up(
+            usize::MAX,
+            &mut self.views,
+            &store,
+            &self.conns,
+            &mut wake_ups,
+        );
+    }
+
     fn handle(&mut self, command: Command) {
+        // Only an ingest request may pass views that are behind the store:
+        // it reads no view (see [`behind`]).
+        if !matches!(command, Command::Ingest { .. }) {
+            self.catch_up_all_views();
+        }
         match command {
             Command::Record(entry) => self.ordered.queue.push_back(entry),
             Command::Wait { request, reply } => self.log.wait(request, reply),
@@ -314,6 +368,7 @@ impl Engine {
             replaying: self.replaying,
             reprojections: &mut self.reprojections,
             wake_ups: WakeUps::default(),
+            behind: &mut self.behind,
         };
         (&mut self.pipeline, stage)
     }
@@ -382,6 +437,7 @@ struct Stage<'a> {
     /// Writers of the frames applied in this stage, woken when it ends:
     /// after the request is answered (see [`WakeUps`]).
     wake_ups: WakeUps,
+    behind: &'a mut behind::Behind,
 }
 
 impl Env for Stage<'_> {
@@ -513,21 +569,30 @@ impl Env for Stage<'_> {
         advance_to: Option<u64>,
         chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
     ) -> Seq {
-        let mut deliveries = Deliveries::new(chunk.len());
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
+        // The views follow the store in order: a chunk's changes reach them
+        // after the previous chunk's, and after the answer when it is the
+        // last ([`behind`]).
+        let wake_ups = &mut self.wake_ups;
+        self.behind
+            .catch_up(usize::MAX, self.views, &store, self.conns, wake_ups);
         if let Some(seq) = advance_to {
             store.advance_to(seq);
         }
+        let views_may_lag = !crate::views::windows_exist();
         for mutation in chunk {
+            if !self.behind.is_empty() && store.is_shared(&mutation.entity, &mutation.key) {
+                self.behind
+                    .catch_up(usize::MAX, self.views, &store, self.conns, wake_ups);
+            }
             let change = store.apply(mutation);
-            self.views.apply(&change, &store, &mut |conn, frame| {
-                deliveries.push(conn, frame)
-            });
+            self.behind.push(change);
+            if !views_may_lag {
+                self.behind
+                    .catch_up(usize::MAX, self.views, &store, self.conns, wake_ups);
+            }
         }
-        let seq = store.last_seq();
-        drop(store);
-        deliveries.flush(self.conns, &mut self.wake_ups);
-        seq
+        store.last_seq()
     }
 
     fn committed(&mut self, rec: u64, events: u64) {

@@ -39,6 +39,7 @@ use vista_plugin_api::view::ViewDef;
 
 pub use index::{OrderedIndex, Window};
 pub use summary::ViewSummary;
+pub(crate) use view::windows_exist;
 pub use view::View;
 use view::{FrameCache, Slot, Subscribers};
 

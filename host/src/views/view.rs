@@ -2,6 +2,7 @@
 //! they see, and the frames one change produces for them.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -19,6 +20,37 @@ pub(crate) struct WindowGroup {
     /// Keys currently in the window, in order: what these clients hold.
     pub(crate) members: Vec<String>,
     pub(crate) conns: HashSet<ConnId>,
+    _live: LiveWindow,
+}
+
+/// Window groups alive in this process (see [`windows_exist`]).
+static LIVE_WINDOWS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts its [`WindowGroup`] among the live ones from creation to drop,
+/// however the group ends (its last subscriber gone, its view replaced or
+/// unloaded).
+struct LiveWindow;
+
+impl LiveWindow {
+    fn new() -> Self {
+        LIVE_WINDOWS.fetch_add(1, Ordering::Relaxed);
+        LiveWindow
+    }
+}
+
+impl Drop for LiveWindow {
+    fn drop(&mut self) {
+        LIVE_WINDOWS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether any view has a `skip`/`take` window subscribed. A window's
+/// change reads entities other than the changed one (members entering it)
+/// from the store, so it must run right after its own mutation, before the
+/// store moves on: the engine lets the views fall behind the store only
+/// while there is none (`engine/behind.rs`).
+pub(crate) fn windows_exist() -> bool {
+    LIVE_WINDOWS.load(Ordering::Relaxed) > 0
 }
 
 /// Where one subscription is registered inside its view.
@@ -242,6 +274,7 @@ impl View {
                     .or_insert_with(|| WindowGroup {
                         members: index.window(*window),
                         conns: HashSet::new(),
+                        _live: LiveWindow::new(),
                     })
                     .conns
                     .insert(conn);

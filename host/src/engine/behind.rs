@@ -1,0 +1,82 @@
+//! Views a step behind the store: the changes of the last applied chunk,
+//! waiting to be run through the views after the request is answered.
+//!
+//! Why: an ingest request's answer waits for its commit, and the next
+//! request of a poster with one request in flight (the common bulk loader)
+//! cannot reach its projector before that answer. Of the engine's work per
+//! mutation, the store write is what makes a request *applied and visible*;
+//! view maintenance and frame encoding (more than half of the engine's time
+//! in a profile of ingest) only tell subscribers already connected. Done
+//! after the answer, in slices, with the next request let through to its
+//! projector between slices, it runs on one core while that projection
+//! runs on the other.
+//!
+//! What keeps this exact: the views are behind only inside the engine's
+//! turn that applied the chunk. Every command but an ingest request
+//! (subscribes, unsubscribes, view reads, plugin loads, projections coming
+//! back to be committed) catches the views up before it is handled, every
+//! apply catches up before it writes the store, and a turn never ends
+//! behind. So a subscription still sees each mutation either in its
+//! snapshot or as a frame, and frames still leave in mutation order. An
+//! ingest request let through only starts a projection: it reads the store
+//! (already written) or the projector's own mirror, never a view.
+//!
+//! Only while no `skip`/`take` window is subscribed
+//! ([`crate::views::windows_exist`]): a window's change reads other
+//! entities (members entering it) from the store, which must not have moved
+//! on yet. With a window subscribed, each change goes through the views
+//! right after its mutation, as before.
+//!
+//! A change holds its entity (`Change::new`); a later mutation of the same
+//! entity while that change waits would deep-copy it (`Arc::make_mut`), so
+//! the apply catches up first when the entity it writes is held elsewhere
+//! ([`crate::store::Store::is_shared`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::outbox::{Deliveries, Outbox, WakeUps};
+use crate::store::{Change, Store};
+use crate::views::Views;
+use crate::vocab::ConnId;
+
+/// Changes run through the views per slice while requests may arrive: about
+/// a tenth of a millisecond of view work, so a request waits little.
+pub(super) const SLICE: usize = 64;
+
+/// Changes applied to the store and not yet to the views, in order.
+#[derive(Default)]
+pub(super) struct Behind(VecDeque<Change>);
+
+impl Behind {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(super) fn push(&mut self, change: Change) {
+        self.0.push_back(change);
+    }
+
+    /// Runs up to `limit` waiting changes through the views and queues
+    /// their frames; the writers are woken when `wake_ups` is dropped.
+    pub(super) fn catch_up(
+        &mut self,
+        limit: usize,
+        views: &mut Views,
+        store: &Store,
+        conns: &HashMap<ConnId, Arc<Outbox>>,
+        wake_ups: &mut WakeUps,
+    ) {
+        let count = limit.min(self.0.len());
+        if count == 0 {
+            return;
+        }
+        let mut deliveries = Deliveries::new(count);
+        for change in self.0.drain(..count) {
+            views.apply(&change, store, &mut |conn, frame| {
+                deliveries.push(conn, frame)
+            });
+        }
+        deliveries.flush(conns, wake_ups);
+    }
+}

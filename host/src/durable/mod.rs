@@ -517,7 +517,14 @@ impl EventLog {
             }
         }
         let checkpoints = txn.open_table(CHECKPOINT).map_err(|e| e.to_string())?;
-        if let Some(value) = checkpoints.get("latest").map_err(|e| e.to_string())? {
+        let header = match checkpoints
+            .get(checkpoint::HEADER)
+            .map_err(|e| e.to_string())?
+        {
+            Some(header) => Some(header),
+            None => checkpoints.get("latest").map_err(|e| e.to_string())?,
+        };
+        if let Some(value) = header {
             let bytes = value.value();
             if bytes.len() >= 16 {
                 stats.checkpoint_rec = u64::from_le_bytes(bytes[..8].try_into().expect("8"));
@@ -664,6 +671,31 @@ mod tests {
             checkpoint.builds.is_empty(),
             "a checkpoint without builds clears them"
         );
+    }
+
+    #[test]
+    fn statistics_read_the_checkpoint_header_with_or_without_its_own_key() {
+        let dir = tempfile_dir();
+        let log = EventLog::open(&dir).unwrap();
+        log.write_checkpoint(&Checkpoint {
+            rec: 7,
+            last_seq: 70,
+            entities: vec![("Token".into(), "a".into(), Arc::new(json!({"supply": 1})))],
+            builds: Vec::new(),
+            hidden: Vec::new(),
+        })
+        .unwrap();
+        let stats = log.stats().unwrap();
+        assert_eq!((stats.checkpoint_rec, stats.last_seq), (7, 70));
+        // A data directory written before the header had its own key.
+        let txn = log.db().unwrap().begin_write().unwrap();
+        {
+            let mut table = txn.open_table(CHECKPOINT).unwrap();
+            assert!(table.remove(checkpoint::HEADER).unwrap().is_some());
+        }
+        txn.commit().unwrap();
+        let stats = log.stats().unwrap();
+        assert_eq!((stats.checkpoint_rec, stats.last_seq), (7, 70));
     }
 
     #[test]

@@ -178,6 +178,29 @@ impl OrderedIndex {
         });
     }
 
+    /// An index of these members (distinct keys), built in one go: sorted
+    /// once and bulk-loaded, several times faster than inserting each (a
+    /// restart rebuilds every list view over the whole store).
+    pub(crate) fn from_members<'a>(
+        members: impl Iterator<Item = (&'a String, SortKey)>,
+        desc: bool,
+    ) -> Self {
+        let mut values = FastMap::default();
+        let mut order = Vec::new();
+        for (key, value) in members {
+            values.insert(key.clone(), value.clone());
+            order.push(OrderKey {
+                value,
+                desc,
+                key: key.clone(),
+            });
+        }
+        Self {
+            order: order.into_iter().collect(),
+            values,
+        }
+    }
+
     pub(crate) fn contains(&self, key: &str) -> bool {
         self.values.contains_key(key)
     }
@@ -274,5 +297,27 @@ mod tests {
             SortKey::of(&entity, "n"),
             SortKey::Value(SortValue::Number(n)) if n == 3.0
         ));
+    }
+
+    #[test]
+    fn an_index_built_in_one_go_equals_one_built_by_inserts() {
+        let keys: Vec<String> = (0..500).map(|i| format!("k{}", (i * 37) % 500)).collect();
+        let value = |i: usize| SortKey::from(SortValue::Number((i % 17) as f64));
+        for desc in [false, true] {
+            let mut inserted = OrderedIndex::default();
+            for (i, key) in keys.iter().enumerate() {
+                inserted.insert(key, value(i), desc);
+            }
+            let built = OrderedIndex::from_members(
+                keys.iter().enumerate().map(|(i, k)| (k, value(i))),
+                desc,
+            );
+            let all = Window {
+                start: 0,
+                end: None,
+            };
+            assert_eq!(built.window(all), inserted.window(all));
+            assert_eq!(built.values, inserted.values);
+        }
     }
 }

@@ -178,13 +178,11 @@ impl View {
         if self.mode != Mode::List {
             return;
         }
-        let desc = self.desc();
-        for (key, entity) in store.table(&self.source) {
-            if self.matches(entity) {
-                let value = SortKey::of(entity, &self.sort.field);
-                self.index.insert(key, value, desc);
-            }
-        }
+        let members = store
+            .table(&self.source)
+            .filter(|(_, entity)| self.matches(entity))
+            .map(|(key, entity)| (key, SortKey::of(entity, &self.sort.field)));
+        self.index = OrderedIndex::from_members(members, self.desc());
     }
 
     /// Where a subscription request sits in this view.

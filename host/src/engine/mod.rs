@@ -221,39 +221,28 @@ impl Engine {
     fn catch_up_views(&mut self, commands: &mpsc::Receiver<Command>) {
         let mut wake_ups = WakeUps::default();
         while !self.behind.is_empty() {
-            {
-                let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-                let (views, conns) = (&mut self.views, &self.conns);
-                self.behind
-                    .catch_up(behind::SLICE, views, &store, conns, &mut wake_ups);
-            }
+            self.run_views(behind::SLICE, &mut wake_ups);
             if let Ok(command) = commands.try_recv() {
                 self.handle(command);
             }
         }
     }
 
-    /// Runs every waiting change through the views now.
-    fn catch_up_all_views(&mut self) {
+    /// Runs up to `limit` waiting changes through the views.
+    fn run_views(&mut self, limit: usize, wake_ups: &mut WakeUps) {
         if self.behind.is_empty() {
             return;
         }
         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-        let mut wake_ups = WakeUps::default();
-        self.behind.catch_up(
-            usize::MAX,
-            &mut self.views,
-            &store,
-            &self.conns,
-            &mut wake_ups,
-        );
+        self.behind
+            .catch_up(limit, &mut self.views, &store, &self.conns, wake_ups);
     }
 
     fn handle(&mut self, command: Command) {
         // Only an ingest request may pass views that are behind the store:
         // it reads no view (see [`behind`]).
         if !matches!(command, Command::Ingest { .. }) {
-            self.catch_up_all_views();
+            self.run_views(usize::MAX, &mut WakeUps::default());
         }
         match command {
             Command::Record(entry) => self.ordered.queue.push_back(entry),

@@ -98,8 +98,11 @@ pub(super) trait Env {
         body: Bytes,
         source: Option<SourceMark>,
     ) -> Option<u64>;
-    /// Applies a chunk (after advancing `_seq` to `advance_to`, if set) and
-    /// delivers its frames; returns the `_seq` of the last mutation.
+    /// Applies a chunk to the store (after advancing `_seq` to
+    /// `advance_to`, if set); returns the `_seq` of the last mutation. Its
+    /// frames follow: the engine runs the chunk through the views before
+    /// it handles anything else but ingest requests, after the answer if
+    /// the chunk was the request's last.
     fn apply(
         &mut self,
         advance_to: Option<u64>,

@@ -1107,10 +1107,22 @@ pub async fn view_once_equal(
     view: &str,
     expected: &std::collections::BTreeMap<String, Value>,
 ) -> std::collections::BTreeMap<String, Value> {
+    view_once(host, view, |seen| seen == expected).await
+}
+
+/// `host`'s `view` once `done` holds for it (or after
+/// [`CLUSTER_CONVERGE`], for the caller's assertion to show the
+/// difference): a host that did not take a request applies it from the
+/// stream a little later.
+pub async fn view_once(
+    host: &Host,
+    view: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, Value>) -> bool,
+) -> std::collections::BTreeMap<String, Value> {
     let deadline = std::time::Instant::now() + CLUSTER_CONVERGE;
     loop {
         let seen = view_of(host, view).await;
-        if seen == *expected || std::time::Instant::now() >= deadline {
+        if done(&seen) || std::time::Instant::now() >= deadline {
             return seen;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

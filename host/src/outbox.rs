@@ -25,10 +25,11 @@
 //!
 //! The writer drains everything queued at once and flushes once per drain.
 //!
-//! The engine pushes the live frames of a commit step through
-//! [`Deliveries`]: gathered per connection, then pushed once per connection
-//! (one lock, one wake-up), and counted once per step. The writers are
-//! woken only after the request is answered ([`WakeUps`]).
+//! The engine pushes the live frames of each slice of changes it runs
+//! through the views via [`Deliveries`]: gathered per connection, then
+//! pushed once per connection (one lock), and counted once per slice. The
+//! writers are woken only after the request is answered and the views have
+//! caught up ([`WakeUps`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -374,14 +375,14 @@ impl Outbox {
     }
 }
 
-/// The live frames of one ingest request, gathered per connection and
-/// pushed once per connection at the end of the request: one outbox lock
-/// and one writer wake-up per connection per request instead of per frame
-/// (the outbox lock is shared with that connection's writer task, on
-/// another core, so per-frame locking costs a cache-line transfer per
-/// frame). Each distinct
-/// frame is stored once; connections hold indexes into `frames`. Also counts
-/// what happened to the frames; metrics are updated once per request.
+/// The live frames of a slice of changes (a request's, or up to 64 of
+/// them), gathered per connection and pushed once per connection: one
+/// outbox lock per connection per slice instead of per frame (the outbox
+/// lock is shared with that connection's writer task, on another core, so
+/// per-frame locking costs a cache-line transfer per frame), and one
+/// wake-up once the views have caught up ([`WakeUps`]). Each distinct frame
+/// is stored once; connections hold indexes into `frames`. Also counts
+/// what happened to the frames; metrics are updated once per slice.
 pub(crate) struct Deliveries {
     frames: Vec<Frame>,
     pending: HashMap<ConnId, Vec<u32>>,

@@ -41,6 +41,18 @@ impl Seq {
         entity[Self::FIELD].as_str()?.parse().ok()
     }
 
+    /// The number `text` spells if it is exactly the wire form: [`WIDTH`]
+    /// ASCII digits. Texts of that one width compare as their numbers do,
+    /// so a sort may hold them as numbers (`views::index::SortKey`).
+    ///
+    /// [`WIDTH`]: Seq::WIDTH
+    pub fn of_wire_text(text: &str) -> Option<Seq> {
+        if text.len() != Self::WIDTH {
+            return None;
+        }
+        text.parse().ok()
+    }
+
     /// The wire form's digits, in a buffer: `buf[start..]`.
     fn digits(self) -> ([u8; 20], usize) {
         // Once per mutation: digits by hand instead of `format!`.

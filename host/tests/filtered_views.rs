@@ -183,3 +183,58 @@ fn every_filtered_subscriber_ends_with_exactly_its_matching_entities() {
         );
     }
 }
+
+/// The engine lets views fall behind the store only while no `skip`/`take`
+/// window is subscribed; the count must follow every way a window group
+/// ends, in base views and filtered sub-views alike.
+#[test]
+fn windows_are_counted_until_their_group_ends_however_it_ends() {
+    let mut store = Store::new();
+    let mut views = Views::new();
+    store.apply(Mutation::patch(
+        "P",
+        "a",
+        json!({"team": "red", "score": 1}),
+    ));
+    views.add_base_views("P", &"test".into(), &store, &mut |_, _| {});
+    views.add_derived(
+        view("P/top").from("P").sort_desc("score").take(5),
+        &"test".into(),
+        &store,
+        &mut |_, _| {},
+    );
+    let window = |view: &str, filters: Option<Value>| SubscribeRequest {
+        view: view.into(),
+        take: Some(2),
+        with_snapshot: true,
+        filters: Filters::parse(filters.as_ref()).unwrap(),
+        ..SubscribeRequest::default()
+    };
+    let whole = SubscribeRequest {
+        view: "P/list".into(),
+        with_snapshot: true,
+        ..SubscribeRequest::default()
+    };
+    views.subscribe(1, &whole, &store).unwrap();
+    assert!(
+        !views.windows_exist(),
+        "a whole-view subscription is no window"
+    );
+
+    views.subscribe(1, &window("P/list", None), &store).unwrap();
+    assert!(views.windows_exist());
+    views.unsubscribe(1, "P/list", None);
+    assert!(!views.windows_exist(), "its last subscriber unsubscribed");
+
+    views
+        .subscribe(2, &window("P/list", Some(json!({"team": "red"}))), &store)
+        .unwrap();
+    assert!(views.windows_exist(), "a window of a filtered sub-view");
+    views.remove_conn(2);
+    assert!(!views.windows_exist(), "its connection closed");
+
+    views.subscribe(3, &window("P/top", None), &store).unwrap();
+    assert!(views.windows_exist());
+    views.remove_view("P/top", &mut |_, _| {});
+    assert!(!views.windows_exist(), "its view removed");
+}

@@ -22,7 +22,7 @@
 //! (already written) or the projector's own mirror, never a view.
 //!
 //! Only while no `skip`/`take` window is subscribed
-//! ([`crate::views::windows_exist`]): a window's change reads other
+//! ([`crate::views::Views::windows_exist`]): a window's change reads other
 //! entities (members entering it) from the store, which must not have moved
 //! on yet. With a window subscribed, each change goes through the views
 //! right after its mutation, as before.

@@ -568,7 +568,7 @@ impl Env for Stage<'_> {
         if let Some(seq) = advance_to {
             store.advance_to(seq);
         }
-        let views_may_lag = !crate::views::windows_exist();
+        let views_may_lag = !self.views.windows_exist();
         for mutation in chunk {
             if !self.behind.is_empty() && store.is_shared(&mutation.entity, &mutation.key) {
                 self.behind

@@ -62,9 +62,7 @@ impl From<SortValue> for SortKey {
 
 /// The number a text of exactly [`Seq::WIDTH`] ASCII digits spells.
 fn seq_digits(text: &str) -> Option<u64> {
-    let digits = text.as_bytes();
-    (digits.len() == Seq::WIDTH && digits.iter().all(u8::is_ascii_digit))
-        .then(|| digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    Seq::of_wire_text(text).map(|seq| seq.0)
 }
 
 impl Ord for SortKey {

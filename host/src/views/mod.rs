@@ -39,7 +39,6 @@ use vista_plugin_api::view::ViewDef;
 
 pub use index::{OrderedIndex, Window};
 pub use summary::ViewSummary;
-pub(crate) use view::windows_exist;
 pub use view::View;
 use view::{FrameCache, Slot, Subscribers};
 
@@ -134,6 +133,7 @@ pub struct Views {
     /// (and its encoding). Weak, so it lives only as long as a writer needs it.
     snapshot_cache: HashMap<ViewId, (u64, Weak<Snapshot>)>,
     next_generation: u64,
+    live_windows: view::LiveWindows,
 }
 
 /// Something to send to one connection because views were added, removed
@@ -347,7 +347,7 @@ impl Views {
                 }
             };
             let slot = view.slot_for(&registered.request);
-            view.add(conn, &slot);
+            view.add(conn, &slot, &self.live_windows);
             let after = view.snapshot_keys(&slot, store);
             registered.slot = slot;
             let kept: HashSet<&str> = after.iter().map(String::as_str).collect();
@@ -427,7 +427,7 @@ impl Views {
             }
         };
         let slot = view.slot_for(request);
-        view.add(conn, &slot);
+        view.add(conn, &slot, &self.live_windows);
         let subscribed = Frame::data(&Subscribed {
             op: "subscribed",
             view: &view.id,
@@ -620,6 +620,16 @@ impl Views {
     pub fn subscription_count(&self, conn: ConnId) -> usize {
         self.conn_subs.get(&conn).map_or(0, HashMap::len)
             + self.pending.get(&conn).map_or(0, HashMap::len)
+    }
+
+    /// Whether any view (or filtered sub-view) has a `skip`/`take` window
+    /// subscribed. A window's change reads entities other than the changed
+    /// one (members entering it) from the store, so it must run right after
+    /// its own mutation, before the store moves on: the engine lets the
+    /// views fall behind the store only while there is none
+    /// (`engine/behind.rs`).
+    pub fn windows_exist(&self) -> bool {
+        self.live_windows.exist()
     }
 
     /// Maintains every view of the changed entity type and delivers frames.

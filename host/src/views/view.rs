@@ -23,34 +23,31 @@ pub(crate) struct WindowGroup {
     _live: LiveWindow,
 }
 
-/// Window groups alive in this process (see [`windows_exist`]).
-static LIVE_WINDOWS: AtomicUsize = AtomicUsize::new(0);
+/// How many window groups the views hold: shared by every group they
+/// create, each counted from creation to drop, however it ends (its last
+/// subscriber gone, its view replaced or unloaded). See
+/// [`super::Views::windows_exist`].
+#[derive(Default)]
+pub(crate) struct LiveWindows(Arc<AtomicUsize>);
 
-/// Counts its [`WindowGroup`] among the live ones from creation to drop,
-/// however the group ends (its last subscriber gone, its view replaced or
-/// unloaded).
-struct LiveWindow;
+impl LiveWindows {
+    pub(crate) fn exist(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
 
-impl LiveWindow {
-    fn new() -> Self {
-        LIVE_WINDOWS.fetch_add(1, Ordering::Relaxed);
-        LiveWindow
+    fn count_one(&self) -> LiveWindow {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        LiveWindow(self.0.clone())
     }
 }
+
+/// One live window group's share of [`LiveWindows`].
+struct LiveWindow(Arc<AtomicUsize>);
 
 impl Drop for LiveWindow {
     fn drop(&mut self) {
-        LIVE_WINDOWS.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Whether any view has a `skip`/`take` window subscribed. A window's
-/// change reads entities other than the changed one (members entering it)
-/// from the store, so it must run right after its own mutation, before the
-/// store moves on: the engine lets the views fall behind the store only
-/// while there is none (`engine/behind.rs`).
-pub(crate) fn windows_exist() -> bool {
-    LIVE_WINDOWS.load(Ordering::Relaxed) > 0
 }
 
 /// Where one subscription is registered inside its view.
@@ -252,7 +249,7 @@ impl View {
         }
     }
 
-    pub(crate) fn add(&mut self, conn: ConnId, slot: &Slot) {
+    pub(crate) fn add(&mut self, conn: ConnId, slot: &Slot, live_windows: &LiveWindows) {
         match slot {
             Slot::All => {
                 self.subs.all.insert(conn);
@@ -272,7 +269,7 @@ impl View {
                     .or_insert_with(|| WindowGroup {
                         members: index.window(*window),
                         conns: HashSet::new(),
-                        _live: LiveWindow::new(),
+                        _live: live_windows.count_one(),
                     })
                     .conns
                     .insert(conn);

@@ -297,6 +297,24 @@ impl Store {
                 tombs.remove(&seq);
             }
         }
+        if !existed && replace.is_none() && caps.is_empty() && aggregates.is_empty() {
+            // A new entity from a plain patch is the patch itself (merging
+            // it into nothing copies every field, appended arrays and nulls
+            // included): stored and sent as one shared value, no copy.
+            data.insert(Seq::FIELD.into(), Value::String(seq.text()));
+            let value = Arc::new(Value::Object(data));
+            table.insert(key.clone(), value.clone());
+            return Change {
+                entity,
+                key,
+                existed,
+                new: Some(value.clone()),
+                patch: Some(value),
+                append,
+                trimmed: Vec::new(),
+                seq,
+            };
+        }
         if !existed {
             table.insert(key.clone(), Arc::new(Value::Object(Map::new())));
         }
@@ -394,6 +412,41 @@ mod tests {
         assert_eq!(captured["v"], 1);
         assert_eq!(change.new.unwrap()["v"], 2);
         assert_eq!(change.patch.unwrap()["_seq"], Seq(2).text());
+    }
+
+    #[test]
+    fn a_new_entity_is_its_patch_and_later_patches_leave_that_patch_alone() {
+        let mut store = Store::new();
+        let created = store.apply(Mutation::patch(
+            "T",
+            "k",
+            json!({"v": 1, "gone": null, "nested": {"a": [1]}}),
+        ));
+        let expected = json!({"v": 1, "gone": null, "nested": {"a": [1]}, "_seq": Seq(1).text()});
+        assert_eq!(**store.get("T", "k").unwrap(), expected);
+        assert_eq!(created.patch.as_deref(), Some(&expected));
+        assert!(!created.existed);
+        // The change still holds the patch when the entity moves on.
+        let updated = store.apply(Mutation::patch(
+            "T",
+            "k",
+            json!({"v": 2, "nested": {"b": 3}}),
+        ));
+        assert_eq!(created.patch.as_deref(), Some(&expected));
+        assert_eq!(created.new.as_deref(), Some(&expected));
+        assert_eq!(updated.new.unwrap()["nested"], json!({"a": [1], "b": 3}));
+        // With an aggregate the entity is computed, not copied.
+        store.apply(Mutation::patch("T", "n", json!({})).aggregate(
+            "hits",
+            Aggregate::Add,
+            Some(json!(5)),
+        ));
+        let counted = store.apply(Mutation::patch("T", "n", json!({})).aggregate(
+            "hits",
+            Aggregate::Add,
+            Some(json!(2)),
+        ));
+        assert_eq!(counted.new.unwrap()["hits"], 7);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Views a step behind the store: the changes of the last applied chunk,
+//! Views a step behind the store: the changes of the last applied request,
 //! waiting to be run through the views after the request is answered.
 //!
 //! Why: an ingest request's answer waits for its commit, and the next
@@ -11,15 +11,23 @@
 //! projector between slices, it runs on one core while that projection
 //! runs on the other.
 //!
-//! What keeps this exact: the views are behind only inside the engine's
-//! turn that applied the chunk. Every command but an ingest request
-//! (subscribes, unsubscribes, view reads, plugin loads, projections coming
-//! back to be committed) catches the views up before it is handled, every
-//! apply catches up before it writes the store, and a turn never ends
-//! behind. So a subscription still sees each mutation either in its
-//! snapshot or as a frame, and frames still leave in mutation order. An
-//! ingest request let through only starts a projection: it reads the store
-//! (already written) or the projector's own mirror, never a view.
+//! A request of several chunks (`COMMIT_CHUNK` mutations each) has them
+//! applied back to back, and its views caught up after the answer too:
+//! the answer of a 1,000-event request no longer waits for the first
+//! chunk's views.
+//!
+//! What keeps this exact: the views are behind only from a request's first
+//! applied chunk until the end of the turn that applied its last: a turn
+//! ends behind only when the next one commits at once, never when it may
+//! wait for a command. Every command but an ingest request (subscribes,
+//! unsubscribes, view reads, plugin loads, projections coming back to be
+//! committed, log records that may install a build) catches the views up
+//! before it is handled, and the changes reach the views in the order they
+//! were applied, each carrying its own entity and patch. So a subscription
+//! still sees each mutation either in its snapshot or as a frame, and
+//! frames still leave in mutation order. An ingest request let through
+//! only starts a projection: it reads the store (already written) or the
+//! projector's own mirror, never a view.
 //!
 //! Only while no `skip`/`take` window is subscribed
 //! ([`crate::views::Views::windows_exist`]): a window's change reads other

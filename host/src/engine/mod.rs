@@ -204,10 +204,21 @@ impl Engine {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }
         }
-        self.catch_up_views(commands);
+        // A request's chunks are applied back to back and its views caught
+        // up after its answer (see [`behind`]): a turn ends behind only
+        // when the next one commits at once.
+        if !self.pipeline.can_commit() {
+            self.catch_up_views(commands);
+        }
         self.check_deadlines();
+        if !self.ordered.queue.is_empty() {
+            // A record may install a build, which rebuilds views.
+            self.catch_up_views(commands);
+        }
         self.ordered_pump();
-        self.catch_up_views(commands);
+        if !self.pipeline.can_commit() {
+            self.catch_up_views(commands);
+        }
         true
     }
 
@@ -559,12 +570,9 @@ impl Env for Stage<'_> {
         chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
     ) -> Seq {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
-        // The views follow the store in order: a chunk's changes reach them
-        // after the previous chunk's, and after the answer when it is the
-        // last ([`behind`]).
+        // The views follow the store in order (the changes wait in a queue)
+        // and catch up after the request's answer ([`behind`]).
         let wake_ups = &mut self.wake_ups;
-        self.behind
-            .catch_up(usize::MAX, self.views, &store, self.conns, wake_ups);
         if let Some(seq) = advance_to {
             store.advance_to(seq);
         }

@@ -23,6 +23,7 @@
 pub mod child;
 pub mod overlay;
 pub mod process;
+mod stdin;
 pub mod thread;
 pub mod wire;
 

@@ -9,8 +9,9 @@
 //! views and every connection; the child keeps only what it needs to
 //! project fast (see [`super::child`] for its mirror).
 //!
-//! Per child the host runs two small threads: a *writer* that owns the
-//! child's stdin (so the engine never blocks on a full pipe) and a
+//! Per child the host runs two small threads: a *writer* for what does not
+//! fit in the child's stdin pipe (the engine writes a job itself while the
+//! pipe has room and never blocks on a full one: [`super::stdin`]) and a
 //! *reader* that owns its stdout and the `Child` itself. The reader answers
 //! the child's reads of other plugins' entities from the shared store, hands
 //! each answer to the engine, and, when the pipe ends, reaps the child and
@@ -20,14 +21,15 @@
 //! ([`Projector::restart`]); a child retired on purpose (stuck, restarted,
 //! unloaded) is reaped silently.
 
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use vista_plugin_api::Mutation;
 
+use super::stdin::{self, InputSender};
 use super::wire::{self, encode, read_frame, FromChild, Row, SharedCounter, ToChild};
 use super::{
     AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, Settled, SharedStore,
@@ -109,7 +111,7 @@ struct ChildState {
 /// One running child.
 struct Running {
     pid: u32,
-    to_child: mpsc::Sender<Vec<u8>>,
+    to_child: InputSender,
     progress: Arc<SharedCounter>,
     state: Arc<Mutex<ChildState>>,
 }
@@ -136,7 +138,7 @@ impl Running {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             state.retired = true;
             if state.current.is_none() {
-                let _ = self.to_child.send(CLOSE_STDIN);
+                self.to_child.close();
             }
         }
         let _ = std::thread::Builder::new()
@@ -147,10 +149,6 @@ impl Running {
             });
     }
 }
-
-/// A frame that tells the writer thread to close the child's stdin (real
-/// frames are never empty).
-const CLOSE_STDIN: Vec<u8> = Vec::new();
 
 /// How long a swapped-out child may take to answer its last request.
 const RETIRE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
@@ -197,7 +195,7 @@ impl ProcessProjector {
     }
 
     /// Starts the threads of a spawned child and sends it its mirror.
-    fn run(&mut self, spawned: Spawned, pending: &[Mutation]) {
+    fn run(&mut self, spawned: Spawned, pending: &[Mutation]) -> std::io::Result<()> {
         let Spawned {
             mut child,
             stdin,
@@ -205,12 +203,16 @@ impl ProcessProjector {
             progress,
         } = spawned;
         let pid = child.id();
-        let (to_child, frames) = mpsc::channel::<Vec<u8>>();
         let state = Arc::new(Mutex::new(ChildState::default()));
         let name = self.lib.manifest.name.clone();
-        let spawned_writer = std::thread::Builder::new()
-            .name(format!("to-projector-{name}"))
-            .spawn(move || write_frames(stdin, frames));
+        let to_child = match stdin::start(stdin, format!("to-projector-{name}")) {
+            Ok(to_child) => to_child,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err);
+            }
+        };
         let reader = Reader {
             plugin: name.clone(),
             store: self.store.clone(),
@@ -222,16 +224,17 @@ impl ProcessProjector {
         let spawned_reader = std::thread::Builder::new()
             .name(format!("from-projector-{name}"))
             .spawn(move || reader.run(&mut child, stdout));
-        if spawned_writer.is_err() || spawned_reader.is_err() {
+        if spawned_reader.is_err() {
             tracing::error!(plugin = %name, "cannot start the threads of a projector process");
         }
-        let _ = to_child.send(self.load_message(pending));
+        to_child.send(&self.load_message(pending));
         self.running = Some(Running {
             pid,
             to_child,
             progress,
             state,
         });
+        Ok(())
     }
 
     /// The plugin's entities as the store has them, plus `pending`.
@@ -268,7 +271,7 @@ impl ProcessProjector {
     fn send(&self, message: &ToChild, blob: &[u8]) -> bool {
         self.running
             .as_ref()
-            .is_some_and(|r| r.to_child.send(encode(message, blob)).is_ok())
+            .is_some_and(|r| r.to_child.send(&encode(message, blob)))
     }
 }
 
@@ -343,8 +346,7 @@ impl Projector for ProcessProjector {
         self.settled = None;
         self.last_job = None;
         let spawned = spawn(&self.build().copy, &self.build().settings)?;
-        self.run(spawned, pending);
-        Ok(())
+        self.run(spawned, pending)
     }
 
     fn pid(&self) -> Option<u32> {
@@ -352,32 +354,11 @@ impl Projector for ProcessProjector {
     }
 }
 
-/// Writes queued frames to a child until the queue or the pipe closes.
-fn write_frames(stdin: ChildStdin, frames: mpsc::Receiver<Vec<u8>>) {
-    let mut stdin = BufWriter::new(stdin);
-    while let Ok(frame) = frames.recv() {
-        if frame.is_empty() || stdin.write_all(&frame).is_err() {
-            let _ = stdin.flush();
-            return; // CLOSE_STDIN, or the child is gone
-        }
-        // Batch what is already queued into one flush.
-        while let Ok(more) = frames.try_recv() {
-            if more.is_empty() || stdin.write_all(&more).is_err() {
-                let _ = stdin.flush();
-                return;
-            }
-        }
-        if stdin.flush().is_err() {
-            return;
-        }
-    }
-}
-
 /// The host side of a child's stdout.
 struct Reader {
     plugin: String,
     store: SharedStore,
-    to_child: mpsc::Sender<Vec<u8>>,
+    to_child: InputSender,
     progress: Arc<SharedCounter>,
     state: Arc<Mutex<ChildState>>,
     done: Done,
@@ -409,9 +390,8 @@ impl Reader {
                             .get(&entity, &key)
                             .map(|v| serde_json::to_string(&**v).expect("JSON serializes"))
                     };
-                    let _ = self
-                        .to_child
-                        .send(encode(&ToChild::ReadReply { value }, b""));
+                    self.to_child
+                        .send(&encode(&ToChild::ReadReply { value }, b""));
                 }
                 // A part or an answer of another request before this one's
                 // Done: applying either would lose events.
@@ -442,7 +422,7 @@ impl Reader {
                         state.current = None;
                         if state.retired {
                             // Its last answer: the child may go.
-                            let _ = self.to_child.send(CLOSE_STDIN);
+                            self.to_child.close();
                         }
                     }
                     (self.done)(Projected {

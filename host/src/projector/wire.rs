@@ -135,7 +135,7 @@ pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::
     out.flush()
 }
 
-/// Encodes one frame (the writer thread sends bytes made elsewhere).
+/// Encodes one frame (sent through [`super::stdin`], by whoever sends it).
 pub fn encode(header: &impl Serialize, blob: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(blob.len() + 64);
     write_frame(&mut frame, header, blob).expect("writing to a Vec cannot fail");

@@ -68,7 +68,8 @@ impl Drop for InputSender {
 }
 
 impl InputSender {
-    /// Sends `frame`; false once the input is closed or the child gone.
+    /// Sends `frame`; false once the input is closed or a write found the
+    /// child gone.
     pub(super) fn send(&self, frame: &[u8]) -> bool {
         self.0.send(frame)
     }
@@ -141,9 +142,11 @@ impl ChildInput {
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => {
-                    // The child is gone: its reader reports why.
+                    // The child is gone: its reader reports why, naming the
+                    // request it was given (as when the writer thread
+                    // finds the pipe broken); later sends fail.
                     state.stdin = None;
-                    return false;
+                    return true;
                 }
             }
         }

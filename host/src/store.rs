@@ -297,11 +297,11 @@ impl Store {
                 tombs.remove(&seq);
             }
         }
+        data.insert(Seq::FIELD.into(), Value::String(seq.text()));
         if !existed && replace.is_none() && caps.is_empty() && aggregates.is_empty() {
             // A new entity from a plain patch is the patch itself (merging
             // it into nothing copies every field, appended arrays and nulls
             // included): stored and sent as one shared value, no copy.
-            data.insert(Seq::FIELD.into(), Value::String(seq.text()));
             let value = Arc::new(Value::Object(data));
             table.insert(key.clone(), value.clone());
             return Change {
@@ -320,7 +320,6 @@ impl Store {
         }
         let slot = table.get_mut(&key).expect("inserted above");
         let applied = if let Some(rebuilt) = replace {
-            data.insert(Seq::FIELD.into(), Value::String(seq.text()));
             *Arc::make_mut(slot) = Value::Object(data.clone());
             let states = self.hidden.entry(entity.clone()).or_default();
             if rebuilt.is_empty() {
@@ -330,7 +329,6 @@ impl Store {
             }
             Applied::default()
         } else {
-            data.insert(Seq::FIELD.into(), Value::String(seq.text()));
             let uses_hidden = aggregates.values().any(|a| *a == Aggregate::UniqueCount);
             let applied = if uses_hidden {
                 let hidden = self

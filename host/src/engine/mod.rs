@@ -22,9 +22,9 @@
 //!    order, so each projection reads the state its predecessors committed.
 //! 2. *commit*: when every projector answered, their mutations are applied
 //!    to the store in event order (then plugin name order) and the HTTP
-//!    request is answered; then the last chunk's changes go through the
-//!    views and their frames are delivered ([`behind`]: views catch up
-//!    before any other command is handled or the store is written again).
+//!    request is answered; then its changes go through the views and their
+//!    frames are delivered ([`behind`]: views catch up before any command
+//!    but an ingest request is handled, and before the engine waits).
 //!    With a data directory, the request's [`crate::durable::LogRecord`] (its body and the
 //!    `_seq` range reserved for its mutations) goes to the log writer
 //!    first, and the request is applied only once the record is durable:
@@ -66,7 +66,7 @@
 //!   markers; [`link`] is what it receives (the records) and what the
 //!   async side of such a log is told.
 //! - `reprojection`: rebuilding a plugin's entities from the log.
-//! - `behind`: the last applied chunk's changes, run through the views
+//! - `behind`: the last applied request's changes, run through the views
 //!   after the answer (why, and what keeps it exact).
 //! - here: the [`Engine`] state, its command dispatch and its loop, and the
 //!   [`pipeline::Env`] the pipeline sees the rest of the engine through.
@@ -137,8 +137,9 @@ pub struct Engine {
     ordered: ordered::Ordered,
     commands: mpsc::Sender<Command>,
     queue: Option<mpsc::Receiver<Command>>,
-    /// The last applied chunk's changes, not yet run through the views
-    /// (only within a turn; see [`behind`]).
+    /// The last applied request's changes, not yet run through the views
+    /// (only until the turn that applied its last chunk ends; see
+    /// [`behind`]).
     behind: behind::Behind,
 }
 
@@ -186,8 +187,8 @@ impl Engine {
     /// and while serving: apply the next chunk of the oldest commit and
     /// handle what arrived meanwhile, or else wait for a command (until the
     /// next projector deadline, at most `idle`); then check deadlines and
-    /// the records of a log that orders them. False once every sender is
-    /// gone.
+    /// the records of a log that orders them, and catch the views up unless
+    /// the next turn commits at once. False once every sender is gone.
     fn turn(&mut self, commands: &mpsc::Receiver<Command>, idle: Duration) -> bool {
         if self.pipeline.can_commit() {
             self.commit_step();
@@ -204,18 +205,15 @@ impl Engine {
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }
         }
-        // A request's chunks are applied back to back and its views caught
-        // up after its answer (see [`behind`]): a turn ends behind only
-        // when the next one commits at once.
-        if !self.pipeline.can_commit() {
-            self.catch_up_views(commands);
-        }
         self.check_deadlines();
         if !self.ordered.queue.is_empty() {
             // A record may install a build, which rebuilds views.
             self.catch_up_views(commands);
         }
         self.ordered_pump();
+        // A request's chunks are applied back to back and its views caught
+        // up after its answer (see [`behind`]): a turn ends behind only
+        // when the next one commits at once.
         if !self.pipeline.can_commit() {
             self.catch_up_views(commands);
         }

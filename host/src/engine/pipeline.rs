@@ -100,9 +100,9 @@ pub(super) trait Env {
     ) -> Option<u64>;
     /// Applies a chunk to the store (after advancing `_seq` to
     /// `advance_to`, if set); returns the `_seq` of the last mutation. Its
-    /// frames follow: the engine runs the chunk through the views before
-    /// it handles anything else but ingest requests, after the answer if
-    /// the chunk was the request's last.
+    /// frames follow: the engine runs the request's changes through the
+    /// views after the answer, or before it handles anything else but an
+    /// ingest request.
     fn apply(
         &mut self,
         advance_to: Option<u64>,

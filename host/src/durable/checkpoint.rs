@@ -16,6 +16,9 @@ use vista_plugin_api::Hidden;
 
 use super::{now_ms, storage, DataError, EventLog, LogRecord, CHECKPOINT, LOG};
 
+/// The key of the checkpoint in its table.
+pub(super) const LATEST: &str = "latest";
+
 /// The key of a checkpoint's header (its record and `_seq`) beside the
 /// checkpoint itself. Checkpoints written before it existed have none: the
 /// header is then read from the checkpoint.
@@ -143,7 +146,7 @@ impl EventLog {
             let mut table = txn.open_table(CHECKPOINT).map_err(|e| e.to_string())?;
             let encoded = checkpoint.encode();
             table
-                .insert("latest", encoded.as_slice())
+                .insert(LATEST, encoded.as_slice())
                 .map_err(|e| e.to_string())?;
             // Its first 16 bytes (record and `_seq`) again, on their own:
             // what the log's statistics read, without reading (and
@@ -168,7 +171,7 @@ impl EventLog {
         let err = storage(&self.path);
         let txn = self.read_txn()?;
         let table = txn.open_table(CHECKPOINT).map_err(|e| err(e.to_string()))?;
-        let Some(value) = table.get("latest").map_err(|e| err(e.to_string()))? else {
+        let Some(value) = table.get(LATEST).map_err(|e| err(e.to_string()))? else {
             return Ok(None);
         };
         let corrupt = |reason: String| DataError::Corrupt {

@@ -522,7 +522,9 @@ impl EventLog {
             .map_err(|e| e.to_string())?
         {
             Some(header) => Some(header),
-            None => checkpoints.get("latest").map_err(|e| e.to_string())?,
+            None => checkpoints
+                .get(checkpoint::LATEST)
+                .map_err(|e| e.to_string())?,
         };
         if let Some(value) = header {
             let bytes = value.value();

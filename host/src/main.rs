@@ -429,6 +429,7 @@ async fn run() -> anyhow::Result<()> {
                 vista_host::set_process_isolation(vista_host::ProcessSettings {
                     exe: exe.clone(),
                     memory_mb: args.plugin_memory_mb.max(64),
+                    mirror_entries: args.projector_mirror_entities,
                 });
             }
             vista_host::set_checker(exe)

@@ -384,6 +384,76 @@ async fn a_request_another_plugin_fails_is_taken_back_out_of_every_plugin() {
     }
 }
 
+/// A projector process mirrors at most `--projector-mirror-entities` of
+/// its plugin's entities and asks the host for the rest. `tally` counts
+/// notes per id by reading its own state: with a mirror of 8 entries, 200
+/// ids and four posters at once (so the host is still logging one request
+/// while the plugin projects the next, and only the mirror has what that
+/// one wrote), every count comes out exact; so does a count read back
+/// after the child was killed and started afresh from the host's keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_smaller_than_the_plugins_state_reads_the_rest_from_the_host_exactly() {
+    let _serial = SERIAL.lock().await;
+    let host = Host::start(
+        vec![PluginFile::Built("vista_fixture_tally", "tally.so")],
+        &["--projector-mirror-entities", "8"],
+    )
+    .await;
+    const POSTERS: usize = 4;
+    const REQUESTS: usize = 30;
+    const NOTES: usize = 10;
+    let id = |poster: usize, request: usize, note: usize| {
+        format!("k{}", (poster * 7 + request * 13 + note * 31) % 200)
+    };
+    let post = |poster: usize| {
+        let host = &host;
+        async move {
+            for request in 0..REQUESTS {
+                let notes: Vec<Value> = (0..NOTES).map(|n| note(&id(poster, request, n))).collect();
+                host.ingest_ok("crash", &notes).await;
+            }
+        }
+    };
+    tokio::join!(post(0), post(1), post(2), post(3));
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for poster in 0..POSTERS {
+        for request in 0..REQUESTS {
+            for n in 0..NOTES {
+                *expected
+                    .entry(format!("note:{}", id(poster, request, n)))
+                    .or_default() += 1;
+            }
+        }
+    }
+    let tally = view_of(&host, "Tally/list").await;
+    assert_eq!(tally["notes"]["count"], (POSTERS * REQUESTS * NOTES) as u64);
+    for (key, count) in &expected {
+        assert_eq!(tally[key]["count"], *count, "{key}");
+    }
+
+    // A fresh child starts from the host's keys, not its entities: a count
+    // it no longer holds is read from the host and goes on from there.
+    let pid = projector_pid(&host, "tally.so").await;
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    wait_gone(pid, "the tally projector").await;
+    let first = id(0, 0, 0);
+    let (status, reply) = host.ingest("crash", ndjson(&[note(&first)])).await;
+    assert_eq!(status, 200, "{reply}");
+    *expected.get_mut(&format!("note:{first}")).unwrap() += 1;
+    let tally = view_of(&host, "Tally/list").await;
+    assert_eq!(
+        tally["notes"]["count"],
+        (POSTERS * REQUESTS * NOTES + 1) as u64
+    );
+    for (key, count) in &expected {
+        assert_eq!(tally[key]["count"], *count, "after a restart: {key}");
+    }
+}
+
 /// A large request's mutations reach the host in parts while the child
 /// projects the rest. A crash or an error after parts were sent still
 /// costs the whole request; a request that succeeds is applied whole and

@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// MiB; a projector allocating past it crashes (and only it).
     #[arg(long, env = "VISTA_PLUGIN_MEMORY_MB", default_value_t = 2048)]
     pub plugin_memory_mb: u64,
+    /// Process isolation: how many of its plugin's entities each projector
+    /// process keeps to read without asking the host (the rest stay in
+    /// the host only; reading one costs a round trip).
+    #[arg(long, env = "VISTA_PROJECTOR_MIRROR_ENTITIES", default_value_t = crate::projector::mirror::DEFAULT_ENTRIES)]
+    pub projector_mirror_entities: usize,
     /// Subscribes per second one connection may make on average (more get a
     /// `rate-limit-exceeded` socket issue).
     #[arg(long, env = "VISTA_SUBSCRIBE_RATE", default_value_t = 50)]

@@ -287,12 +287,18 @@ impl Pipeline {
         // projector anyway) or a shutdown refuses what it projected.
         let undoable = consumers.len() > 1;
         for name in consumers {
+            let unapplied = self
+                .awaiting_log
+                .iter()
+                .filter(|c| c.plugins.contains(&name))
+                .count();
             let job = ProjectJob {
                 ticket,
                 stream: stream.clone(),
                 body: body.clone(),
                 pending: pending.clone(),
                 undoable,
+                unapplied,
             };
             let own_pending = || self.pending_for(std::slice::from_ref(&name));
             let submitted = env.submit(&name, job, &own_pending);

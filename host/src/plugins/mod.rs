@@ -136,6 +136,9 @@ pub struct ProcessSettings {
     pub exe: PathBuf,
     /// Each child's address-space cap, in MiB (`--plugin-memory-mb`).
     pub memory_mb: u64,
+    /// How many entities each child's mirror holds at most
+    /// (`--projector-mirror-entities`, see [`crate::projector::mirror`]).
+    pub mirror_entries: usize,
 }
 
 static PROCESS_ISOLATION: OnceLock<ProcessSettings> = OnceLock::new();

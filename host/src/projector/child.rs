@@ -2,19 +2,21 @@
 //! ([`super::process`]), never by a person.
 //!
 //! It maps one plugin build, says hello with its manifest, and then
-//! projects what the host sends, one request at a time, over a *mirror* of
-//! the plugin's own entities: the host loads it at start
-//! ([`ToChild::Load`]) and the child keeps it in step by folding in each
-//! request's mutations right after answering it (most requests are
-//! applied; the host commits meanwhile), keeping what they replaced until
-//! the host says, with the next [`ToChild::Job`], whether the request was
-//! applied; a refused one is taken back out. A request only this plugin
-//! projects is folded in without an undo (nothing but a failed log write
-//! or a shutdown refuses it then, and the host starts a fresh child for
-//! that instead), so the common request copies no entity. Only a plugin
-//! writes its own entities, so the mirror is exact, and the common read (a projector reading what it wrote
-//! before) costs no round trip. A read of another plugin's entity asks the
-//! host ([`FromChild::Read`]).
+//! projects what the host sends, one request at a time, over a bounded
+//! *mirror* of the plugin's own entities ([`super::mirror`]): it starts
+//! from the keys the host has ([`ToChild::Load`]) and holds what requests
+//! write and what the plugin reads, folding in each request's mutations
+//! right after answering it (most requests are applied; the host commits
+//! meanwhile), keeping what they replaced until the host says, with the
+//! next [`ToChild::Job`], whether the request was applied; a refused one
+//! is taken back out. A request only this plugin projects is folded in
+//! without an undo (nothing but a failed log write or a shutdown refuses
+//! it then, and the host starts a fresh child for that instead), so the
+//! common request copies no entity. Only a plugin writes its own entities,
+//! so what the mirror holds is exact, and the common read (a projector
+//! reading what it wrote before) costs no round trip. A read of another
+//! plugin's entity, or of its own the mirror does not hold, asks the host
+//! ([`FromChild::Read`]).
 //!
 //! A large request's mutations go to the host in parts
 //! ([`FromChild::Part`]) as they are projected, so the host parses them on
@@ -34,12 +36,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use serde_json::Value;
-use vista_plugin_api::{apply_mutation, Hidden, Mutation, MutationKind};
+use vista_plugin_api::{Hidden, Mutation};
 
+use super::mirror::{self, Fetched, Lookup, Mirror, Undo};
 use super::overlay::{project_request, Base};
 use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
 use crate::ingest::IngestBody;
-use crate::vocab::{FastMap, FastSet};
+use crate::vocab::FastMap;
 
 /// Runs the projector process until the host closes stdin; the exit code
 /// is 0 then, 2 if the file is no usable plugin, 3 on a protocol error.
@@ -85,7 +88,12 @@ pub fn run(file: &Path) -> i32 {
         return 3;
     }
     let owned: HashSet<String> = manifest.entities.iter().map(|e| e.name.clone()).collect();
-    let mut mirror = Mirror::default();
+    let mut mirror = Mirror::new(
+        std::env::var(MIRROR_ENTRIES_ENV)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(mirror::DEFAULT_ENTRIES),
+    );
     // The last request projected, folded into the mirror already (most
     // requests are applied), with what it replaced, until the host says.
     let mut unsettled: Option<(u64, Option<Undo>)> = None;
@@ -97,18 +105,7 @@ pub fn run(file: &Path) -> i32 {
         };
         match message {
             ToChild::Load { rows, pending } => {
-                mirror = Mirror::default();
-                for row in rows {
-                    let hidden = Arc::new(row.hidden.unwrap_or_default());
-                    mirror
-                        .by_type
-                        .entry(row.entity)
-                        .or_default()
-                        .insert(row.key, (Arc::new(row.value), hidden));
-                }
-                for mutation in &pending {
-                    mirror.apply(mutation);
-                }
+                mirror.load(&blob, rows, &pending);
                 unsettled = None;
             }
             ToChild::Job {
@@ -116,12 +113,16 @@ pub fn run(file: &Path) -> i32 {
                 stream,
                 settle,
                 undoable,
+                unapplied,
             } => {
                 // The previous request's undo, dropped once this one is
                 // answered (freeing it is not the host's wait).
                 let mut settled_undo = None;
+                let mut applied = None;
                 if let Some((projected, undo)) = unsettled.take() {
-                    let applied = settle == Some((projected, true));
+                    let was_applied = settle == Some((projected, true));
+                    applied = Some(was_applied);
+                    let applied = was_applied;
                     match undo {
                         Some(undo) if applied => settled_undo = Some(undo),
                         // Refused (or never settled): put back what it replaced.
@@ -135,19 +136,22 @@ pub fn run(file: &Path) -> i32 {
                         }
                     }
                 }
+                mirror.settle(applied, unapplied);
                 // Each event's mutations as the plugin wrote them: sent on
                 // as they are rather than serialized again, a part at a
                 // time once PART_BYTES of them are waiting.
                 let texts = std::cell::RefCell::new(Unsent::default());
+                let mut fetched = FastMap::default();
                 let outcome = match IngestBody::parse(blob.into()) {
                     Err(malformed) => Err((malformed.position, malformed.message)),
                     Ok(body) => {
                         let base = ChildBase {
                             mirror: &mirror,
                             owned: &owned,
+                            fetched: Default::default(),
                             host: std::cell::RefCell::new((&mut input, &mut output)),
                         };
-                        project_request(
+                        let outcome = project_request(
                             &manifest,
                             |stream, json, reader| {
                                 let (mutations, text) = crate::plugins::project_with_text(
@@ -172,7 +176,15 @@ pub fn run(file: &Path) -> i32 {
                             &body,
                             counter,
                         )
-                        .map_err(|failure| (failure.position, failure.message))
+                        .map_err(|failure| (failure.position, failure.message));
+                        // What the host must say before the mirror can fold
+                        // these in: asked now, while the host applies none
+                        // of this plugin's requests.
+                        if let Ok(produced) = &outcome {
+                            base.fetch_bases(produced.iter().flatten());
+                        }
+                        fetched = base.fetched.into_inner();
+                        outcome
                     }
                 };
                 let written = match &outcome {
@@ -197,6 +209,9 @@ pub fn run(file: &Path) -> i32 {
                 // Folded now, while the host commits, rather than when the
                 // next request comes: the answer went first.
                 drop(settled_undo);
+                for ((entity, key), found) in fetched {
+                    mirror.fill(&entity, key, found);
+                }
                 if let Ok(produced) = outcome {
                     let mutations = produced.iter().flatten();
                     let undo = if undoable {
@@ -207,11 +222,16 @@ pub fn run(file: &Path) -> i32 {
                     };
                     unsettled = Some((ticket, undo));
                 }
+                mirror.trim();
             }
             ToChild::ReadReply { .. } => return 3,
         }
     }
 }
+
+/// The environment variable that carries the mirror's bound, in entries,
+/// from the host to its projector processes.
+pub const MIRROR_ENTRIES_ENV: &str = "VISTA_PROJECTOR_MIRROR_ENTITIES";
 
 /// How much of a request's mutation text the child holds before it sends
 /// it ahead as a [`FromChild::Part`]: large enough that a part's write and
@@ -276,136 +296,99 @@ fn write_texts(
     super::wire::write_raw_frame(output, &header, b"")
 }
 
-/// The plugin's own entities as the host has them (their `_seq` as of the
-/// load: only the host assigns it), each with its hidden aggregate state. Lighter
-/// than the host's [`crate::store::Store`]: no tombstones, no sequence, no
-/// change records, just [`apply_mutation`], the rule the store applies too.
-#[derive(Default)]
-struct Mirror {
-    by_type: FastMap<String, FastMap<String, (Arc<Value>, Arc<Hidden>)>>,
-}
-
-/// What a request's mutations replaced in the mirror: each key it touched
-/// with its entry before (`None`: absent), to put back if it is refused.
-type Undo = Vec<(String, String, Option<(Arc<Value>, Arc<Hidden>)>)>;
-
-impl Mirror {
-    fn get(&self, entity: &str, key: &str) -> Option<&(Arc<Value>, Arc<Hidden>)> {
-        self.by_type.get(entity)?.get(key)
-    }
-
-    /// Applies a request's mutations, returning how to undo them.
-    fn apply_all<'m>(&mut self, mutations: impl Iterator<Item = &'m Mutation>) -> Undo {
-        let mut undo: Undo = Vec::new();
-        let mut saved: FastSet<(&str, &str)> = FastSet::default();
-        for mutation in mutations {
-            if saved.insert((&mutation.entity, &mutation.key)) {
-                let before = self.get(&mutation.entity, &mutation.key).cloned();
-                undo.push((mutation.entity.clone(), mutation.key.clone(), before));
-            }
-            self.apply(mutation);
-        }
-        undo
-    }
-
-    /// Puts back what [`Mirror::apply_all`] replaced.
-    fn undo(&mut self, undo: Undo) {
-        for (entity, key, before) in undo {
-            let table = self.by_type.entry(entity).or_default();
-            match before {
-                Some(entry) => table.insert(key, entry),
-                None => table.remove(&key),
-            };
-        }
-    }
-
-    fn apply(&mut self, mutation: &Mutation) {
-        if !self.by_type.contains_key(&mutation.entity) {
-            self.by_type
-                .insert(mutation.entity.clone(), FastMap::default());
-        }
-        let table = self
-            .by_type
-            .get_mut(&mutation.entity)
-            .expect("inserted above");
-        // Only aggregates, deletes and replacements touch the hidden state.
-        let touches_hidden = !matches!(
-            &mutation.kind,
-            MutationKind::Patch { aggregates, .. } if aggregates.is_empty()
-        );
-        if let Some((value, hidden)) = table.get_mut(&mutation.key) {
-            // In place, unless the undo shares the old value: then a copy.
-            let mut current = Some(std::mem::take(Arc::make_mut(value)));
-            let mut untouched = Hidden::default();
-            let hidden = if touches_hidden {
-                Arc::make_mut(hidden)
-            } else {
-                &mut untouched
-            };
-            apply_mutation(&mut current, hidden, mutation);
-            match current {
-                Some(current) => *Arc::make_mut(value) = current,
-                None => {
-                    table.remove(&mutation.key);
-                }
-            }
-            return;
-        }
-        let (mut value, mut hidden) = (None, Hidden::default());
-        apply_mutation(&mut value, &mut hidden, mutation);
-        if let Some(value) = value {
-            table.insert(mutation.key.clone(), (Arc::new(value), Arc::new(hidden)));
-        }
-    }
-}
-
 /// What a projection in the child reads: its mirror for the plugin's own
-/// entities, the host for anything else.
+/// entities, the host for anything else (and for its own the mirror does
+/// not hold, which it holds from then on).
 struct ChildBase<'a, R, W> {
     mirror: &'a Mirror,
     owned: &'a HashSet<String>,
+    /// Own entities asked of the host during this request, to hold after it.
+    fetched: std::cell::RefCell<FastMap<(String, String), Fetched>>,
     host: std::cell::RefCell<(&'a mut R, &'a mut W)>,
 }
 
 impl<R: std::io::Read, W: std::io::Write> ChildBase<'_, R, W> {
-    /// Asks the host for another plugin's entity. A broken pipe means the
-    /// host is gone: the process ends.
-    fn ask_host(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+    /// Asks the host for entities, in one round trip. A broken pipe means
+    /// the host is gone: the process ends.
+    fn ask_host(&self, keys: Vec<(String, String)>) -> Vec<Fetched> {
         let mut host = self.host.borrow_mut();
         let (input, output) = &mut *host;
-        let question = FromChild::Read {
-            entity: entity.to_owned(),
-            key: key.to_owned(),
-        };
-        if write_frame(*output, &question, b"").is_err() {
+        let asked = keys.len();
+        if write_frame(*output, &FromChild::Read { keys }, b"").is_err() {
             std::process::exit(3);
         }
         match read_frame::<ToChild>(*input) {
-            Ok(Some((ToChild::ReadReply { value }, _))) => value
-                .and_then(|text| serde_json::from_str(&text).ok())
-                .map(Arc::new),
+            Ok(Some((ToChild::ReadReply { found }, _))) if found.len() == asked => found
+                .into_iter()
+                .map(|found| {
+                    found.map(|f| (Arc::new(f.value), Arc::new(f.hidden.unwrap_or_default())))
+                })
+                .collect(),
             _ => std::process::exit(3),
         }
+    }
+
+    /// The plugin's own `entity[key]`.
+    fn own(&self, entity: &str, key: &str) -> Fetched {
+        match self.mirror.lookup(entity, key) {
+            Lookup::Held(entry) => entry.value.clone().map(|v| (v, entry.hidden.clone())),
+            Lookup::Absent => None,
+            Lookup::AskHost => {
+                let id = (entity.to_owned(), key.to_owned());
+                if let Some(found) = self.fetched.borrow().get(&id) {
+                    return found.clone();
+                }
+                let found = self.ask_host(vec![id.clone()]).pop().flatten();
+                self.fetched.borrow_mut().insert(id, found.clone());
+                found
+            }
+        }
+    }
+
+    /// Asks the host, in one round trip, for the entities `mutations`
+    /// write that the mirror cannot fold them into yet.
+    fn fetch_bases<'m>(&self, mutations: impl Iterator<Item = &'m Mutation>) {
+        let fetched = self.fetched.borrow();
+        let unknown: Vec<(String, String)> = self
+            .mirror
+            .unknown_bases(mutations)
+            .into_iter()
+            .filter(|id| !fetched.contains_key(id))
+            .collect();
+        drop(fetched);
+        if unknown.is_empty() {
+            return;
+        }
+        let found = self.ask_host(unknown.clone());
+        self.fetched
+            .borrow_mut()
+            .extend(unknown.into_iter().zip(found));
     }
 }
 
 impl<R: std::io::Read, W: std::io::Write> Base for ChildBase<'_, R, W> {
     fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
         if self.owned.contains(entity) {
-            self.mirror.get(entity, key).map(|(value, _)| value.clone())
+            self.own(entity, key).map(|(value, _)| value)
         } else {
-            self.ask_host(entity, key)
+            self.ask_host(vec![(entity.to_owned(), key.to_owned())])
+                .pop()
+                .flatten()
+                .map(|(value, _)| value)
         }
     }
 
     fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
-        if self.owned.contains(entity) {
-            match self.mirror.get(entity, key) {
-                Some((value, hidden)) => (Some(value.clone()), hidden.clone()),
-                None => (None, Arc::default()),
-            }
+        let found = if self.owned.contains(entity) {
+            self.own(entity, key)
         } else {
-            (self.ask_host(entity, key), Arc::default())
+            self.ask_host(vec![(entity.to_owned(), key.to_owned())])
+                .pop()
+                .flatten()
+        };
+        match found {
+            Some((value, hidden)) => (Some(value), hidden),
+            None => (None, Arc::default()),
         }
     }
 }
@@ -450,42 +433,5 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn a_refused_request_is_taken_back_out_of_the_mirror() {
-        let mut mirror = Mirror::default();
-        mirror.apply(&Mutation::patch("T", "a", serde_json::json!({"n": 1})));
-        let request = [
-            Mutation::patch("T", "a", serde_json::json!({"n": 2})),
-            Mutation::patch("T", "b", serde_json::json!({"n": 3})),
-            Mutation::patch("T", "a", serde_json::json!({"m": 4})),
-        ];
-        let undo = mirror.apply_all(request.iter());
-        assert_eq!(
-            *mirror.get("T", "a").unwrap().0,
-            serde_json::json!({"n": 2, "m": 4})
-        );
-        mirror.undo(undo);
-        assert_eq!(
-            *mirror.get("T", "a").unwrap().0,
-            serde_json::json!({"n": 1})
-        );
-        assert!(mirror.get("T", "b").is_none());
-    }
-
-    #[test]
-    fn the_mirror_folds_mutations_as_the_store_does() {
-        let mut mirror = Mirror::default();
-        mirror.apply(&Mutation::patch(
-            "T",
-            "a",
-            serde_json::json!({"n": 1, "l": [1]}),
-        ));
-        mirror.apply(&Mutation::patch("T", "a", serde_json::json!({"l": [2]})).append("l"));
-        let (value, _) = mirror.get("T", "a").unwrap();
-        assert_eq!(**value, serde_json::json!({"n": 1, "l": [1, 2]}));
-        mirror.apply(&Mutation::delete("T", "a"));
-        assert!(mirror.get("T", "a").is_none());
     }
 }

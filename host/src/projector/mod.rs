@@ -21,6 +21,7 @@
 //! state either way.
 
 pub mod child;
+pub mod mirror;
 pub mod overlay;
 pub mod process;
 mod stdin;
@@ -60,6 +61,9 @@ pub struct ProjectJob {
     /// [`Projector::settle`] asks to be started afresh instead, so the
     /// common request pays for no undo.
     pub undoable: bool,
+    /// How many of this plugin's earlier requests are logged and not
+    /// applied yet (a projector process's mirror keeps what they wrote).
+    pub unapplied: usize,
 }
 
 /// The mutations each event produced (index = event index), or why the
@@ -232,6 +236,8 @@ impl Blocking {
             body: body.clone(),
             pending: Arc::new(Vec::new()),
             undoable: true,
+            // The caller applies each answer before it asks for the next.
+            unapplied: 0,
         };
         let gone = || Err(ProjectFailure::error(0, "the projector is gone".into()));
         if !self.projector.submit(job()) {

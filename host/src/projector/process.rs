@@ -29,13 +29,17 @@ use std::sync::{Arc, Mutex};
 
 use vista_plugin_api::Mutation;
 
+use super::child;
 use super::stdin::{self, InputSender};
-use super::wire::{self, encode, read_frame, FromChild, Row, SharedCounter, ToChild};
+use super::wire::{
+    self, encode, key_hash, read_frame, Found, FromChild, Row, SharedCounter, ToChild,
+};
 use super::{
     AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, Settled, SharedStore,
 };
 use crate::ingest::IngestBody;
 use crate::plugins::{ChildBuild, Code, PluginLibrary, ProcessSettings};
+use crate::vocab::FastSet;
 
 /// A started child and its ends of the pipes.
 struct Spawned {
@@ -53,6 +57,10 @@ fn spawn(copy: &Path, settings: &ProcessSettings) -> std::io::Result<Spawned> {
     command
         .arg("__projector")
         .arg(copy)
+        .env(
+            child::MIRROR_ENTRIES_ENV,
+            settings.mirror_entries.to_string(),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
@@ -237,15 +245,26 @@ impl ProcessProjector {
         Ok(())
     }
 
-    /// The plugin's entities as the store has them, plus `pending`.
+    /// What the child's mirror starts from: the keys of the plugin's
+    /// entities, the entities `pending` touches, and `pending`.
     fn load_message(&self, pending: &[Mutation]) -> Vec<u8> {
+        let mut hashes = Vec::new();
         let mut taken = Vec::new();
         {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
             for entity in &self.lib.manifest.entities {
-                for (key, value) in store.table(&entity.name) {
-                    let hidden = store.hidden(&entity.name, key).cloned();
-                    taken.push((entity.name.clone(), key.clone(), value.clone(), hidden));
+                for (key, _) in store.table(&entity.name) {
+                    hashes.extend_from_slice(&key_hash(&entity.name, key).to_le_bytes());
+                }
+            }
+            let mut touched = FastSet::default();
+            for mutation in pending {
+                let (entity, key) = (&mutation.entity, &mutation.key);
+                if touched.insert((entity, key)) {
+                    if let Some(value) = store.get(entity, key) {
+                        let hidden = store.hidden(entity, key).cloned();
+                        taken.push((entity.clone(), key.clone(), value.clone(), hidden));
+                    }
                 }
             }
         }
@@ -264,7 +283,7 @@ impl ProcessProjector {
                 rows,
                 pending: pending.to_vec(),
             },
-            b"",
+            &hashes,
         )
     }
 
@@ -305,6 +324,7 @@ impl Projector for ProcessProjector {
                 stream: job.stream.to_string(),
                 settle,
                 undoable: job.undoable,
+                unapplied: job.unapplied,
             },
             job.body.raw(),
         )
@@ -383,15 +403,28 @@ impl Reader {
                     }
                 }
                 Ok(Some((FromChild::Refused { error }, _))) => refusal = Some(error),
-                Ok(Some((FromChild::Read { entity, key }, _))) => {
-                    let value = {
+                Ok(Some((FromChild::Read { keys }, _))) => {
+                    let taken: Vec<_> = {
                         let store = self.store.read().unwrap_or_else(|e| e.into_inner());
-                        store
-                            .get(&entity, &key)
-                            .map(|v| serde_json::to_string(&**v).expect("JSON serializes"))
+                        keys.iter()
+                            .map(|(entity, key)| {
+                                let value = store.get(entity, key).cloned();
+                                value.map(|v| (v, store.hidden(entity, key).cloned()))
+                            })
+                            .collect()
                     };
+                    // Copied and serialized outside the lock.
+                    let found = taken
+                        .into_iter()
+                        .map(|taken| {
+                            taken.map(|(value, hidden)| Found {
+                                value: (*value).clone(),
+                                hidden: hidden.map(|h| (*h).clone()),
+                            })
+                        })
+                        .collect();
                     self.to_child
-                        .send(&encode(&ToChild::ReadReply { value }, b""));
+                        .send(&encode(&ToChild::ReadReply { found }, b""));
                 }
                 // A part or an answer of another request before this one's
                 // Done: applying either would lose events.

@@ -34,10 +34,12 @@ pub const PROGRESS_FD: RawFd = 3;
 /// From the host to a projector process.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToChild {
-    /// The plugin's own entities as the host has them (the child's mirror),
-    /// and mutations logged but not applied yet, to apply after them.
+    /// What the child's mirror starts from: the keys of the plugin's own
+    /// entities (their [`key_hash`]es in the blob, 8 little-endian bytes
+    /// each), and mutations logged but not applied yet, to apply after the
+    /// entities they touch.
     Load {
-        /// Committed entities of the plugin's entity types.
+        /// The committed entities `pending` touches.
         rows: Vec<Row>,
         /// Logged, not yet applied mutations, in log order.
         pending: Vec<Mutation>,
@@ -57,12 +59,32 @@ pub enum ToChild {
         /// its mirror ([`crate::projector::ProjectJob::undoable`]); if not,
         /// a refusal makes the host start a fresh child instead.
         undoable: bool,
+        /// How many of the plugin's requests are logged and not applied
+        /// yet (the latest ones): the mirror keeps what they wrote.
+        unapplied: usize,
     },
-    /// The answer to [`FromChild::Read`].
+    /// The answer to [`FromChild::Read`]: each entity asked for, in order.
     ReadReply {
-        /// The entity's JSON text, if it exists.
-        value: Option<String>,
+        /// Each entity and its hidden state, if it exists.
+        found: Vec<Option<Found>>,
     },
+}
+
+/// An entity the host has, as [`ToChild::ReadReply`] gives it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Found {
+    /// Its value.
+    pub value: Value,
+    /// Its hidden aggregate state, if it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<Hidden>,
+}
+
+/// The hash that names an entity's key in [`ToChild::Load`]: the same in
+/// the host and its children (one binary, a fixed seed).
+pub fn key_hash(entity: &str, key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one((entity, key))
 }
 
 /// One entity of a [`ToChild::Load`].
@@ -92,12 +114,11 @@ pub enum FromChild {
         /// The [`crate::plugins::LoadError`] text.
         error: String,
     },
-    /// The projector reads an entity of another plugin: only the host has it.
+    /// The projector reads entities its mirror lacks: another plugin's, or
+    /// its own the mirror does not hold (only the host has them).
     Read {
-        /// Entity type.
-        entity: String,
-        /// Key.
-        key: String,
+        /// (entity type, key) of each.
+        keys: Vec<(String, String)>,
     },
     /// The mutations of the next events of a request still projecting,
     /// sent ahead so that the host reads them while the child projects the
@@ -270,6 +291,7 @@ mod tests {
                 stream: "s".into(),
                 settle: None,
                 undoable: true,
+                unapplied: 0,
             },
             b"{\"a\":1}\n",
         )
@@ -281,6 +303,7 @@ mod tests {
                 stream: "s".into(),
                 settle: Some((7, true)),
                 undoable: false,
+                unapplied: 1,
             },
             b"",
         )

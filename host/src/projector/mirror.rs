@@ -1,0 +1,446 @@
+//! A projector process's bounded mirror of its plugin's own entities.
+//!
+//! A projector reads state (does this token exist, what is this game's
+//! score), and asking the host for every read costs a round trip between
+//! two processes. The child therefore keeps the entities it reads and
+//! writes, but only up to a bound (`--projector-mirror-entities`): a
+//! mirror of every entity doubled the memory of a host holding a million
+//! of them (906 bytes per entity in the child, beside the host's own copy).
+//! What it holds is exact, and what it lacks the host has:
+//!
+//! - every key of the plugin's entities is *known* by its [`key_hash`] (8
+//!   bytes each, loaded from the host and added to by every write), so a
+//!   read of a key that never existed needs no round trip;
+//! - an entry written by a request the host has not applied yet stays until
+//!   it has ([`Mirror::trim`] keeps it): the host's store lags behind the
+//!   child by the requests being logged, so for those keys only the mirror
+//!   is right. A delete leaves an absent entry for the same reason;
+//! - any other key may be dropped, and a read of it asks the host, whose
+//!   store is exact for it while the plugin projects (the engine applies
+//!   none of the plugin's requests then). So does a mutation of it, in one
+//!   question per request before the answer ([`Mirror::unknown_bases`]),
+//!   since folding a patch needs the entity it patches.
+//!
+//! Eviction is by two generations rather than a strict least-recently-used
+//! list: writes land in the young one, and when it holds half the bound the
+//! old one is dropped (but for entries still unapplied) and the young one
+//! takes its place. That costs no per-entry list links and no work per
+//! read, and what is written again within a generation stays.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use vista_plugin_api::{apply_mutation, Hidden, Mutation, MutationKind};
+
+use super::wire::{key_hash, Row};
+use crate::vocab::{FastMap, FastSet};
+
+/// The bound, in entries, when the host gives none.
+pub const DEFAULT_ENTRIES: usize = 65_536;
+
+/// What the mirror holds for one key.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The entity (`None`: absent, deleted by a request or so in the host).
+    pub value: Option<Arc<Value>>,
+    pub hidden: Arc<Hidden>,
+    /// The fold that last wrote it ([`Mirror`]'s count of applied folds
+    /// plus one when it was written; 0: read from the host).
+    written: u64,
+}
+
+/// An entity and its hidden state as the host gave them (`None`: absent).
+pub type Fetched = Option<(Arc<Value>, Arc<Hidden>)>;
+
+/// What the mirror says of a key.
+pub enum Lookup<'a> {
+    /// Held: exact.
+    Held(&'a Entry),
+    /// Never existed (no write of it ever reached the mirror's keys).
+    Absent,
+    /// Possibly exists: only the host can say.
+    AskHost,
+}
+
+/// One generation of entries, by entity type then key.
+#[derive(Default)]
+struct Generation {
+    by_type: FastMap<String, FastMap<String, Entry>>,
+    len: usize,
+}
+
+impl Generation {
+    fn get(&self, entity: &str, key: &str) -> Option<&Entry> {
+        self.by_type.get(entity)?.get(key)
+    }
+
+    fn get_mut(&mut self, entity: &str, key: &str) -> Option<&mut Entry> {
+        self.by_type.get_mut(entity)?.get_mut(key)
+    }
+
+    fn remove(&mut self, entity: &str, key: &str) -> Option<Entry> {
+        let removed = self.by_type.get_mut(entity)?.remove(key);
+        self.len -= usize::from(removed.is_some());
+        removed
+    }
+
+    fn insert(&mut self, entity: &str, key: String, entry: Entry) {
+        if !self.by_type.contains_key(entity) {
+            self.by_type.insert(entity.to_owned(), FastMap::default());
+        }
+        let table = self.by_type.get_mut(entity).expect("inserted above");
+        if table.insert(key, entry).is_none() {
+            self.len += 1;
+        }
+    }
+}
+
+/// What a request's mutations replaced in the mirror: each key it touched
+/// with its entry before (`None`: not held), to put back if it is refused.
+pub type Undo = Vec<(String, String, Option<Entry>)>;
+
+/// The mirror (see the module doc).
+pub struct Mirror {
+    young: Generation,
+    old: Generation,
+    /// Hashes of every key of the plugin's entities that may exist.
+    known: FastSet<u64>,
+    bound: usize,
+    /// Requests folded in and settled as applied.
+    folds: u64,
+    /// Of those, how many (the latest) the host had not applied yet when it
+    /// sent the latest job.
+    unapplied: usize,
+}
+
+impl Mirror {
+    /// An empty mirror holding at most about `bound` entries.
+    pub fn new(bound: usize) -> Self {
+        Self {
+            young: Generation::default(),
+            old: Generation::default(),
+            known: FastSet::default(),
+            bound: bound.max(2),
+            folds: 0,
+            unapplied: 0,
+        }
+    }
+
+    /// Starts over from the host's keys (`hashes`: their [`key_hash`]es,
+    /// 8 little-endian bytes each), the entries `pending` touches as the
+    /// host has them, and `pending` itself (logged, not applied yet).
+    pub fn load(&mut self, hashes: &[u8], rows: Vec<Row>, pending: &[Mutation]) {
+        *self = Self::new(self.bound);
+        self.known = hashes
+            .chunks_exact(8)
+            .map(|h| u64::from_le_bytes(h.try_into().expect("8 bytes")))
+            .collect();
+        for row in rows {
+            let hidden = Arc::new(row.hidden.unwrap_or_default());
+            self.fill(&row.entity, row.key, Some((Arc::new(row.value), hidden)));
+        }
+        // A pending key without a row is one the host does not have.
+        for mutation in pending {
+            if matches!(
+                self.lookup(&mutation.entity, &mutation.key),
+                Lookup::AskHost
+            ) {
+                self.fill(&mutation.entity, mutation.key.clone(), None);
+            }
+        }
+        for mutation in pending {
+            self.apply(mutation);
+        }
+        // Unapplied until the host says how many of its requests are.
+        self.unapplied = usize::MAX;
+    }
+
+    /// What the mirror knows of `entity[key]`.
+    pub fn lookup(&self, entity: &str, key: &str) -> Lookup<'_> {
+        if let Some(entry) = self
+            .young
+            .get(entity, key)
+            .or_else(|| self.old.get(entity, key))
+        {
+            return Lookup::Held(entry);
+        }
+        if self.known.contains(&key_hash(entity, key)) {
+            Lookup::AskHost
+        } else {
+            Lookup::Absent
+        }
+    }
+
+    /// Holds what the host said of `entity[key]` (its store is exact for a
+    /// key the mirror does not hold).
+    pub fn fill(&mut self, entity: &str, key: String, found: Fetched) {
+        let entry = match found {
+            Some((value, hidden)) => {
+                self.known.insert(key_hash(entity, &key));
+                Entry {
+                    value: Some(value),
+                    hidden,
+                    written: 0,
+                }
+            }
+            None => Entry {
+                value: None,
+                hidden: Arc::default(),
+                written: 0,
+            },
+        };
+        self.young.insert(entity, key, entry);
+    }
+
+    /// The keys `mutations` write that the mirror would have to ask the
+    /// host for before folding them in (each once).
+    pub fn unknown_bases<'m>(
+        &self,
+        mutations: impl Iterator<Item = &'m Mutation>,
+    ) -> Vec<(String, String)> {
+        let mut seen: FastSet<(&str, &str)> = FastSet::default();
+        let mut unknown = Vec::new();
+        for mutation in mutations {
+            let needs_base = !matches!(mutation.kind, MutationKind::Delete);
+            if needs_base
+                && matches!(
+                    self.lookup(&mutation.entity, &mutation.key),
+                    Lookup::AskHost
+                )
+                && seen.insert((&mutation.entity, &mutation.key))
+            {
+                unknown.push((mutation.entity.clone(), mutation.key.clone()));
+            }
+        }
+        unknown
+    }
+
+    /// The host's fate for the request folded last: applied, or refused
+    /// (then the caller has put its undo back, or the host starts afresh).
+    /// `unapplied`: how many of this plugin's requests the host had logged
+    /// and not applied when it sent the next one.
+    pub fn settle(&mut self, applied: Option<bool>, unapplied: usize) {
+        if applied == Some(true) {
+            self.folds += 1;
+        }
+        self.unapplied = unapplied;
+    }
+
+    /// Folds in a request's mutations, returning how to undo them.
+    pub fn apply_all<'m>(&mut self, mutations: impl Iterator<Item = &'m Mutation>) -> Undo {
+        let mut undo: Undo = Vec::new();
+        let mut saved: FastSet<(String, String)> = FastSet::default();
+        for mutation in mutations {
+            let key = (mutation.entity.clone(), mutation.key.clone());
+            if !saved.contains(&key) {
+                let before = self
+                    .young
+                    .get(&key.0, &key.1)
+                    .or_else(|| self.old.get(&key.0, &key.1))
+                    .cloned();
+                undo.push((key.0.clone(), key.1.clone(), before));
+                saved.insert(key);
+            }
+            self.apply(mutation);
+        }
+        undo
+    }
+
+    /// Puts back what [`Mirror::apply_all`] replaced.
+    pub fn undo(&mut self, undo: Undo) {
+        for (entity, key, before) in undo {
+            self.young.remove(&entity, &key);
+            self.old.remove(&entity, &key);
+            if let Some(entry) = before {
+                self.young.insert(&entity, key, entry);
+            }
+        }
+    }
+
+    /// Folds in one mutation, as the store applies it. The key must be held
+    /// or absent ([`Mirror::unknown_bases`] were asked for), but for a
+    /// delete.
+    pub fn apply(&mut self, mutation: &Mutation) {
+        let written = self.folds + 1;
+        let (entity, key) = (mutation.entity.as_str(), mutation.key.as_str());
+        if self.young.get(entity, key).is_none() {
+            let entry = self.old.remove(entity, key).unwrap_or(Entry {
+                value: None,
+                hidden: Arc::default(),
+                written,
+            });
+            self.young.insert(entity, key.to_owned(), entry);
+        }
+        let entry = self.young.get_mut(entity, key).expect("inserted above");
+        entry.written = written;
+        // Only aggregates, deletes and replacements touch the hidden state.
+        let touches_hidden = !matches!(
+            &mutation.kind,
+            MutationKind::Patch { aggregates, .. } if aggregates.is_empty()
+        );
+        // In place, unless an undo or a reader shares the old value: then a copy.
+        let mut current = entry
+            .value
+            .as_mut()
+            .map(|value| std::mem::take(Arc::make_mut(value)));
+        let mut untouched = Hidden::default();
+        let hidden = if touches_hidden {
+            Arc::make_mut(&mut entry.hidden)
+        } else {
+            &mut untouched
+        };
+        apply_mutation(&mut current, hidden, mutation);
+        entry.value = match (entry.value.take(), current) {
+            (Some(mut held), Some(current)) => {
+                *Arc::make_mut(&mut held) = current;
+                Some(held)
+            }
+            (None, Some(current)) => Some(Arc::new(current)),
+            (_, None) => None,
+        };
+        if entry.value.is_some() {
+            self.known.insert(key_hash(entity, key));
+        }
+    }
+
+    /// Keeps the mirror within its bound: once the young generation holds
+    /// half of it, the old one goes, but for entries the host has not
+    /// applied yet, which move to the young one.
+    pub fn trim(&mut self) {
+        if self.young.len < self.bound / 2 {
+            return;
+        }
+        // Folds are numbered in the order the host applies them.
+        let applied_through = self.folds.saturating_sub(self.unapplied as u64);
+        let dropped = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
+        for (entity, table) in dropped.by_type {
+            for (key, entry) in table {
+                if entry.written > applied_through {
+                    self.young.insert(&entity, key, entry);
+                }
+            }
+        }
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.young.len + self.old.len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn held(mirror: &Mirror, entity: &str, key: &str) -> Option<Value> {
+        match mirror.lookup(entity, key) {
+            Lookup::Held(entry) => entry.value.as_deref().cloned(),
+            Lookup::Absent => None,
+            Lookup::AskHost => panic!("{entity}[{key}] is not held"),
+        }
+    }
+
+    #[test]
+    fn a_refused_request_is_taken_back_out_of_the_mirror() {
+        let mut mirror = Mirror::new(100);
+        mirror.apply(&Mutation::patch("T", "a", json!({"n": 1})));
+        let request = [
+            Mutation::patch("T", "a", json!({"n": 2})),
+            Mutation::patch("T", "b", json!({"n": 1})),
+            Mutation::patch("T", "a", json!({"m": 4})),
+        ];
+        let undo = mirror.apply_all(request.iter());
+        assert_eq!(held(&mirror, "T", "a"), Some(json!({"n": 2, "m": 4})));
+        mirror.undo(undo);
+        assert_eq!(held(&mirror, "T", "a"), Some(json!({"n": 1})));
+        // Its key stays known (a read asks the host, which never had it).
+        assert!(matches!(mirror.lookup("T", "b"), Lookup::AskHost));
+    }
+
+    #[test]
+    fn the_mirror_folds_mutations_as_the_store_does() {
+        let mut mirror = Mirror::new(100);
+        mirror.apply(&Mutation::patch("T", "a", json!({"l": [1], "n": 1})).append("l"));
+        mirror.apply(&Mutation::patch("T", "a", json!({"l": [2]})).append("l"));
+        assert_eq!(held(&mirror, "T", "a"), Some(json!({"l": [1, 2], "n": 1})));
+        mirror.apply(&Mutation::delete("T", "a"));
+        // A delete is held as absent: the host may still have the entity.
+        assert!(matches!(
+            mirror.lookup("T", "a"),
+            Lookup::Held(Entry { value: None, .. })
+        ));
+    }
+
+    #[test]
+    fn keys_never_written_are_absent_and_loaded_keys_ask_the_host() {
+        let mut mirror = Mirror::new(100);
+        let hashes: Vec<u8> = key_hash("T", "old").to_le_bytes().to_vec();
+        mirror.load(&hashes, Vec::new(), &[]);
+        assert!(matches!(mirror.lookup("T", "old"), Lookup::AskHost));
+        assert!(matches!(mirror.lookup("T", "new"), Lookup::Absent));
+        let writes = [
+            Mutation::patch("T", "old", json!({"n": 1})),
+            Mutation::patch("T", "new", json!({"n": 1})),
+            Mutation::delete("T", "old"),
+            Mutation::patch("T", "old", json!({"n": 2})),
+        ];
+        assert_eq!(
+            mirror.unknown_bases(writes.iter()),
+            vec![("T".to_owned(), "old".to_owned())]
+        );
+    }
+
+    #[test]
+    fn trimming_drops_applied_entries_and_keeps_unapplied_ones() {
+        let mut mirror = Mirror::new(4);
+        mirror.settle(None, 0);
+        // Request 1 writes a and b; the host has logged it, not applied it.
+        mirror.apply_all(
+            [
+                Mutation::patch("T", "a", json!({})),
+                Mutation::patch("T", "b", json!({})),
+            ]
+            .iter(),
+        );
+        mirror.trim();
+        mirror.settle(Some(true), 1);
+        // Request 2 writes c and d: request 1 is still unapplied.
+        mirror.apply_all(
+            [
+                Mutation::patch("T", "c", json!({})),
+                Mutation::patch("T", "d", json!({})),
+            ]
+            .iter(),
+        );
+        mirror.trim();
+        mirror.trim();
+        for key in ["a", "b", "c", "d"] {
+            assert!(held(&mirror, "T", key).is_some(), "{key} was dropped");
+        }
+        // Both applied: the next trims may drop them all, and reads ask the
+        // host. The request folded last is never dropped before it settles.
+        mirror.settle(Some(true), 0);
+        mirror.apply_all(
+            [
+                Mutation::patch("T", "e", json!({})),
+                Mutation::patch("T", "f", json!({})),
+            ]
+            .iter(),
+        );
+        mirror.trim();
+        assert!(held(&mirror, "T", "e").is_some());
+        mirror.settle(Some(true), 0);
+        mirror.apply_all(
+            [
+                Mutation::patch("T", "g", json!({})),
+                Mutation::patch("T", "h", json!({})),
+            ]
+            .iter(),
+        );
+        mirror.trim();
+        assert!(mirror.len() <= 4, "{} entries held", mirror.len());
+        assert!(matches!(mirror.lookup("T", "a"), Lookup::AskHost));
+    }
+}

@@ -16,6 +16,7 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
 
 use crate::codes::IssueCode;
+use crate::entity::{is_unsafe_integer, Stored};
 use crate::ids::Seq;
 
 pub use crate::vocab::{Mode, Op};
@@ -25,9 +26,6 @@ pub const GZIP_THRESHOLD: usize = 1024;
 
 /// Bytes reserved for a data frame's JSON before it is written.
 const FRAME_CAPACITY: usize = 256;
-
-/// Largest integer JavaScript represents exactly (2^53 - 1).
-const MAX_SAFE_INTEGER: u64 = (1 << 53) - 1;
 
 /// One encoded WebSocket message, cheap to clone.
 #[derive(Debug, Clone)]
@@ -96,18 +94,7 @@ pub struct SafeJson<'a>(pub &'a Value);
 impl Serialize for SafeJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0 {
-            Value::Number(n) => {
-                if let Some(u) = n.as_u64() {
-                    if u > MAX_SAFE_INTEGER {
-                        return serializer.collect_str(&u);
-                    }
-                } else if let Some(i) = n.as_i64() {
-                    if i.unsigned_abs() > MAX_SAFE_INTEGER {
-                        return serializer.collect_str(&i);
-                    }
-                }
-                n.serialize(serializer)
-            }
+            Value::Number(n) if is_unsafe_integer(n) => serializer.collect_str(n),
             Value::Array(items) => {
                 let mut seq = serializer.serialize_seq(Some(items.len()))?;
                 for item in items {
@@ -222,13 +209,26 @@ pub struct SnapshotEntry {
     /// Entity key.
     pub key: String,
     /// The full entity.
-    pub data: Arc<Value>,
+    pub data: Stored,
 }
 
 #[derive(serde::Serialize)]
 struct SnapshotItem<'a> {
     key: &'a str,
-    data: SafeJson<'a>,
+    data: WireEntity<'a>,
+}
+
+/// A stored entity as frames send it: its text as it is (it has no unsafe
+/// integer, see [`crate::entity`]), a tree through [`SafeJson`].
+struct WireEntity<'a>(&'a Stored);
+
+impl Serialize for WireEntity<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Stored::Tree(value) => SafeJson(value).serialize(serializer),
+            Stored::Text(text) => text.serialize(serializer),
+        }
+    }
 }
 
 /// Encodes one snapshot batch frame.
@@ -251,7 +251,7 @@ pub fn snapshot_frame(view: &str, mode: Mode, entries: &[SnapshotEntry], complet
             .iter()
             .map(|e| SnapshotItem {
                 key: &e.key,
-                data: SafeJson(&e.data),
+                data: WireEntity(&e.data),
             })
             .collect(),
         complete,

@@ -77,6 +77,7 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod durable;
+pub mod entity;
 pub mod filters;
 pub mod frame;
 pub mod ids;

@@ -583,7 +583,7 @@ mod tests {
         let entries = (0..entries)
             .map(|i| crate::frame::SnapshotEntry {
                 key: format!("k{i}"),
-                data: Arc::new(json!({})),
+                data: crate::entity::Stored::compact(Arc::new(json!({}))),
             })
             .collect();
         Outgoing::Snapshot(SnapshotJob {

@@ -5,9 +5,11 @@
 //! number ([`Seq`]), written into the entity as `_seq` in its wire form (a
 //! zero-padded 16-digit decimal string, see `crate::ids`).
 //!
-//! Entity values are `Arc`s: a snapshot holds the values it captured while
-//! later mutations copy-on-write, so snapshots are encoded off the engine
-//! lock without cloning the store.
+//! Entities are [`Stored`]: an entity created by a plain patch is kept as
+//! its compact text, and becomes a tree when written again (see
+//! [`crate::entity`]). Trees are `Arc`s, and so is text: a snapshot holds
+//! the values it captured while later mutations copy-on-write, so snapshots
+//! are encoded off the engine lock without cloning the store.
 //!
 //! Aggregates (`add`, `unique_count`, ...) are evaluated here, against the
 //! stored value, and the patch clients receive carries their results, not
@@ -24,6 +26,7 @@ use vista_plugin_api::aggregate::{remove_at, set_in, value_at};
 use vista_plugin_api::mutation::value_at_mut;
 use vista_plugin_api::{apply_patch, Aggregate, Applied, Hidden, Mutation, MutationKind};
 
+use crate::entity::Stored;
 use crate::ids::Seq;
 use crate::vocab::FastMap;
 
@@ -33,7 +36,7 @@ pub const MAX_TOMBSTONES: usize = 1_000_000;
 /// All entities of all types, by type then key.
 #[derive(Default)]
 pub struct Store {
-    tables: FastMap<String, FastMap<String, Arc<Value>>>,
+    tables: FastMap<String, FastMap<String, Stored>>,
     /// Hidden aggregate state by type then key, only for entities that
     /// have some (`Arc`: a checkpoint shares it like the values).
     hidden: FastMap<String, FastMap<String, Arc<Hidden>>>,
@@ -112,16 +115,20 @@ impl Store {
         Self::default()
     }
 
-    /// The current value of `entity[key]`.
-    pub fn get(&self, entity: &str, key: &str) -> Option<&Arc<Value>> {
+    /// `entity[key]` as the store holds it.
+    pub fn get(&self, entity: &str, key: &str) -> Option<&Stored> {
         self.tables.get(entity)?.get(key)
+    }
+
+    /// `entity[key]` as a tree (parsed if held as text).
+    pub fn tree(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
+        self.get(entity, key).map(Stored::tree)
     }
 
     /// Whether the entity is also held outside the store (a change waiting
     /// for the views, a snapshot, a frame): writing it would copy it first.
     pub fn is_shared(&self, entity: &str, key: &str) -> bool {
-        self.get(entity, key)
-            .is_some_and(|e| Arc::strong_count(e) > 1)
+        self.get(entity, key).is_some_and(Stored::is_shared)
     }
 
     /// The hidden aggregate state of `entity[key]`, if it has any.
@@ -135,7 +142,7 @@ impl Store {
     }
 
     /// All entities of one type, in no particular order.
-    pub fn table(&self, entity: &str) -> impl Iterator<Item = (&String, &Arc<Value>)> {
+    pub fn table(&self, entity: &str) -> impl Iterator<Item = (&String, &Stored)> {
         self.tables.get(entity).into_iter().flatten()
     }
 
@@ -201,14 +208,21 @@ impl Store {
     }
 
     /// Every entity, for a checkpoint (`Arc` clones: the values are shared).
-    pub fn entities(&self) -> Vec<(String, String, Arc<Value>)> {
-        rows(&self.tables)
+    pub fn entities(&self) -> Vec<(String, String, Stored)> {
+        self.tables
+            .iter()
+            .flat_map(|(entity, table)| {
+                table
+                    .iter()
+                    .map(move |(key, value)| (entity.clone(), key.clone(), value.clone()))
+            })
+            .collect()
     }
 
     /// Replaces the contents with a checkpoint's.
     pub fn restore(
         &mut self,
-        entities: Vec<(String, String, Arc<Value>)>,
+        entities: Vec<(String, String, Stored)>,
         hidden: Vec<(String, String, Arc<Hidden>)>,
         last_seq: u64,
     ) {
@@ -301,9 +315,9 @@ impl Store {
         if !existed && replace.is_none() && caps.is_empty() && aggregates.is_empty() {
             // A new entity from a plain patch is the patch itself (merging
             // it into nothing copies every field, appended arrays and nulls
-            // included): stored and sent as one shared value, no copy.
+            // included): sent as it is, and stored as its text.
             let value = Arc::new(Value::Object(data));
-            table.insert(key.clone(), value.clone());
+            table.insert(key.clone(), Stored::compact(value.clone()));
             return Change {
                 entity,
                 key,
@@ -316,9 +330,17 @@ impl Store {
             };
         }
         if !existed {
-            table.insert(key.clone(), Arc::new(Value::Object(Map::new())));
+            let empty = Stored::Tree(Arc::new(Value::Object(Map::new())));
+            table.insert(key.clone(), empty);
         }
-        let slot = table.get_mut(&key).expect("inserted above");
+        let stored = table.get_mut(&key).expect("inserted above");
+        // Written again: a tree from now on, patched in place.
+        if let Stored::Text(_) = stored {
+            *stored = Stored::Tree(stored.tree());
+        }
+        let Stored::Tree(slot) = stored else {
+            unreachable!("made a tree above")
+        };
         let applied = if let Some(rebuilt) = replace {
             *Arc::make_mut(slot) = Value::Object(data.clone());
             let states = self.hidden.entry(entity.clone()).or_default();
@@ -407,7 +429,7 @@ mod tests {
         store.apply(Mutation::patch("T", "k", json!({"v": 1})));
         let captured = store.get("T", "k").unwrap().clone();
         let change = store.apply(Mutation::patch("T", "k", json!({"v": 2})));
-        assert_eq!(captured["v"], 1);
+        assert_eq!(captured.tree()["v"], 1);
         assert_eq!(change.new.unwrap()["v"], 2);
         assert_eq!(change.patch.unwrap()["_seq"], Seq(2).text());
     }
@@ -421,7 +443,9 @@ mod tests {
             json!({"v": 1, "gone": null, "nested": {"a": [1]}}),
         ));
         let expected = json!({"v": 1, "gone": null, "nested": {"a": [1]}, "_seq": Seq(1).text()});
-        assert_eq!(**store.get("T", "k").unwrap(), expected);
+        // Stored as its text, sent as the patch's own tree.
+        assert!(matches!(store.get("T", "k"), Some(Stored::Text(_))));
+        assert_eq!(*store.tree("T", "k").unwrap(), expected);
         assert_eq!(created.patch.as_deref(), Some(&expected));
         assert!(!created.existed);
         // The change still holds the patch when the entity moves on.
@@ -433,6 +457,9 @@ mod tests {
         assert_eq!(created.patch.as_deref(), Some(&expected));
         assert_eq!(created.new.as_deref(), Some(&expected));
         assert_eq!(updated.new.unwrap()["nested"], json!({"a": [1], "b": 3}));
+        // Written again: a tree, patched in place from now on.
+        assert!(matches!(store.get("T", "k"), Some(Stored::Tree(_))));
+        assert_eq!(store.tree("T", "k").unwrap()["v"], 2);
         // With an aggregate the entity is computed, not copied.
         store.apply(Mutation::patch("T", "n", json!({})).aggregate(
             "hits",
@@ -475,7 +502,7 @@ mod tests {
         assert!(append.is_empty(), "trimmed: replace");
         assert_eq!(patch.unwrap()["a"]["recent"], json!([2, 3, 4]));
         assert_eq!(
-            store.get("T", "k").unwrap()["a"]["recent"],
+            store.tree("T", "k").unwrap()["a"]["recent"],
             json!([2, 3, 4])
         );
     }

@@ -181,7 +181,7 @@ proptest! {
             }
             for key in KEYS {
                 let expected = model.get(key).map(Model::entity);
-                let stored = store.get("T", key).map(|v| without_seq(v));
+                let stored = store.tree("T", key).map(|v| without_seq(&v));
                 prop_assert_eq!(&stored, &expected, "store, key {} after step {}", key, i);
                 prop_assert_eq!(&memory.get("T", key), &expected, "MemoryState, key {}", key);
                 prop_assert_eq!(

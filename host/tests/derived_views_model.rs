@@ -146,8 +146,9 @@ impl Subscriber {
         let sort = self.def.effective_sort();
         let mut members: Vec<(String, Value)> = store
             .table("Game")
+            .map(|(k, e)| (k, e.to_value()))
             .filter(|(_, e)| self.def.matches(e))
-            .map(|(k, e)| (k.clone(), Value::clone(e)))
+            .map(|(k, e)| (k.clone(), e))
             .collect();
         members.sort_by(client_order(
             &sort.field,
@@ -265,7 +266,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             .unwrap()
             .entries
             .iter()
-            .map(|e| (e.key.clone(), Value::clone(&e.data)))
+            .map(|e| (e.key.clone(), e.data.to_value()))
             .collect();
         prop_assert_eq!(snapshot, sub.expected(&store));
     }

@@ -173,7 +173,7 @@ fn every_filtered_subscriber_ends_with_exactly_its_matching_entities() {
         let filter = Filters::parse(Some(f)).unwrap().unwrap();
         let expected: BTreeSet<String> = store
             .table("P")
-            .filter(|(_, entity)| filter.matches(entity))
+            .filter(|(_, entity)| filter.matches(&entity.tree()))
             .map(|(key, _)| key.to_string())
             .collect();
         assert_eq!(seen[&(conn as u64)], expected, "filters {f}");

@@ -220,10 +220,11 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
     let window_of =
         |store: &Store, def: &ViewDef, skip: usize, take: Option<usize>| -> Vec<(String, Value)> {
             let sort = def.effective_sort();
-            let mut members: Vec<(SortValue, &String, &Value)> = store
+            let mut members: Vec<(SortValue, &String, std::sync::Arc<Value>)> = store
                 .table("Game")
+                .map(|(k, e)| (k, e.tree()))
                 .filter(|(_, e)| def.matches(e))
-                .map(|(k, e)| (SortValue::of(e, &sort.field), k, e.as_ref()))
+                .map(|(k, e)| (SortValue::of(&e, &sort.field), k, e))
                 .collect();
             members.sort_by(|a, b| {
                 let by_value = if sort.order == Order::Desc {
@@ -240,7 +241,7 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
                 .into_iter()
                 .take(end)
                 .skip(skip)
-                .map(|(_, k, e)| (k.clone(), e.clone()))
+                .map(|(_, k, e)| (k.clone(), Value::clone(&e)))
                 .collect()
         };
     let subs: Vec<SubscriberWindow> = (0..subscribers)

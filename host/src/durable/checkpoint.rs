@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redb::ReadableTable;
+use serde_json::value::RawValue;
 use vista_plugin_api::Hidden;
+
+use crate::entity::Stored;
 
 use super::{now_ms, storage, DataError, EventLog, LogRecord, CHECKPOINT, LOG};
 
@@ -31,7 +34,7 @@ pub struct Checkpoint {
     /// The `_seq` of the last mutation it includes.
     pub last_seq: u64,
     /// Every entity: (type, key, value).
-    pub entities: Vec<(String, String, Arc<serde_json::Value>)>,
+    pub entities: Vec<(String, String, Stored)>,
     /// Cluster mode: the build (plugin, fingerprint) each plugin ran at
     /// `rec`, so a restart projects what follows with the same builds.
     /// Stored under a key of its own, absent when empty, so checkpoints of
@@ -58,7 +61,7 @@ impl Checkpoint {
         out.extend_from_slice(&self.rec.to_le_bytes());
         out.extend_from_slice(&self.last_seq.to_le_bytes());
         for (entity, key, value) in &self.entities {
-            serde_json::to_writer(&mut out, &(entity, key, &**value)).expect("entities serialize");
+            serde_json::to_writer(&mut out, &(entity, key, value)).expect("entities serialize");
             out.push(b'\n');
         }
         for (entity, key, hidden) in &self.hidden {
@@ -113,7 +116,7 @@ impl Checkpoint {
 /// What some lines of a checkpoint hold; `skipped` lines come before them
 /// (for the line numbers of errors).
 type Decoded = (
-    Vec<(String, String, Arc<serde_json::Value>)>,
+    Vec<(String, String, Stored)>,
     Vec<(String, String, Arc<Hidden>)>,
 );
 
@@ -131,9 +134,11 @@ fn decode_lines(bytes: &[u8], skipped: usize) -> Result<Decoded, String> {
             hidden.push((state.entity, state.key, Arc::new(state.hidden)));
             continue;
         }
-        let (entity, key, value): (String, String, serde_json::Value) =
+        // Kept as text: a tree is built only for an entity written again.
+        let (entity, key, value): (String, String, Box<RawValue>) =
             serde_json::from_slice(text).map_err(|e| format!("entity {line}: {e}"))?;
-        entities.push((entity, key, Arc::new(value)));
+        let value = Stored::from_text(value).map_err(|e| format!("entity {line}: {e}"))?;
+        entities.push((entity, key, value));
     }
     Ok((entities, hidden))
 }
@@ -299,7 +304,12 @@ mod tests {
             entities: (0..entities)
                 .map(|i| {
                     let value = json!({"n": i, "text": "line\nbreak"});
-                    ("Token".to_owned(), format!("k{i}"), Arc::new(value))
+                    let value = if i % 2 == 0 {
+                        Stored::compact(Arc::new(value))
+                    } else {
+                        Stored::Tree(Arc::new(value))
+                    };
+                    ("Token".to_owned(), format!("k{i}"), value)
                 })
                 .collect(),
             builds: Vec::new(),

@@ -553,6 +553,7 @@ pub fn publish_gauges(log: &EventLog) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entity::Stored;
     use serde_json::json;
     use std::time::Duration;
     use vista_plugin_api::Hidden;
@@ -645,14 +646,18 @@ mod tests {
         log.write_checkpoint(&Checkpoint {
             rec: 7,
             last_seq: 70,
-            entities: vec![("Token".into(), "a".into(), Arc::new(json!({"supply": 1})))],
+            entities: vec![(
+                "Token".into(),
+                "a".into(),
+                Stored::compact(Arc::new(json!({"supply": 1}))),
+            )],
             builds: vec![("tokens".into(), "0123456789abcdef".into())],
             hidden: vec![("Token".into(), "a".into(), Arc::new(hidden.clone()))],
         })
         .unwrap();
         let checkpoint = log.load_checkpoint().unwrap().unwrap();
         assert_eq!((checkpoint.rec, checkpoint.last_seq), (7, 70));
-        assert_eq!(checkpoint.entities[0].2["supply"], 1);
+        assert_eq!(checkpoint.entities[0].2.tree()["supply"], 1);
         assert_eq!(checkpoint.hidden.len(), 1);
         assert_eq!(*checkpoint.hidden[0].2, hidden);
         assert_eq!(hidden.members("traders").unwrap().len(), 2);
@@ -682,7 +687,11 @@ mod tests {
         log.write_checkpoint(&Checkpoint {
             rec: 7,
             last_seq: 70,
-            entities: vec![("Token".into(), "a".into(), Arc::new(json!({"supply": 1})))],
+            entities: vec![(
+                "Token".into(),
+                "a".into(),
+                Stored::Tree(Arc::new(json!({"supply": 1}))),
+            )],
             builds: Vec::new(),
             hidden: Vec::new(),
         })

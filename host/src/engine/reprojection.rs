@@ -6,7 +6,6 @@
 //! position instead (`super::ordered`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use tokio::sync::oneshot;
 use vista_plugin_api::{Hidden, Mutation};
@@ -14,6 +13,7 @@ use vista_plugin_api::{Hidden, Mutation};
 use super::log::History;
 use super::pipeline::{Pipeline, REPROJECTION_TICKET};
 use super::{Command, Engine, ReprojectError};
+use crate::entity::Stored;
 use crate::ids::{PluginName, Seq};
 use crate::plugins::BuildEventKind;
 use crate::reproject::{ReprojectReport, Reprojector};
@@ -111,8 +111,8 @@ impl Engine {
             self.pipeline.release(plugin, REPROJECTION_TICKET);
             return;
         };
-        let without_seq = |value: &serde_json::Value| {
-            let mut value = value.clone();
+        let without_seq = |value: &Stored| {
+            let mut value = value.to_value();
             if let Some(fields) = value.as_object_mut() {
                 fields.remove(Seq::FIELD);
             }
@@ -131,8 +131,7 @@ impl Engine {
         {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
             for entity in lib.manifest.entities.iter().map(|e| e.name.as_str()) {
-                let mut live: Vec<(&String, &Arc<serde_json::Value>)> =
-                    store.table(entity).collect();
+                let mut live: Vec<(&String, &Stored)> = store.table(entity).collect();
                 live.sort_by(|a, b| a.0.cmp(b.0));
                 for (key, value) in live {
                     match shadow.get(entity, key) {
@@ -152,8 +151,7 @@ impl Engine {
                         Some(_) => {}
                     }
                 }
-                let mut rebuilt: Vec<(&String, &Arc<serde_json::Value>)> =
-                    shadow.table(entity).collect();
+                let mut rebuilt: Vec<(&String, &Stored)> = shadow.table(entity).collect();
                 rebuilt.sort_by(|a, b| a.0.cmp(b.0));
                 for (key, value) in rebuilt {
                     if store.get(entity, key).is_none() {

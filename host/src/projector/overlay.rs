@@ -38,12 +38,12 @@ pub trait Base {
 
 impl Base for crate::store::Store {
     fn value(&self, entity: &str, key: &str) -> Option<Arc<Value>> {
-        self.get(entity, key).cloned()
+        self.tree(entity, key)
     }
 
     fn value_with_hidden(&self, entity: &str, key: &str) -> (Option<Arc<Value>>, Arc<Hidden>) {
         (
-            self.get(entity, key).cloned(),
+            self.tree(entity, key),
             self.hidden(entity, key).cloned().unwrap_or_default(),
         )
     }

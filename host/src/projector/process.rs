@@ -274,7 +274,7 @@ impl ProcessProjector {
             .map(|(entity, key, value, hidden)| Row {
                 entity,
                 key,
-                value: (*value).clone(),
+                value: value.to_value(),
                 hidden: hidden.map(|h| (*h).clone()),
             })
             .collect();
@@ -418,7 +418,7 @@ impl Reader {
                         .into_iter()
                         .map(|taken| {
                             taken.map(|(value, hidden)| Found {
-                                value: (*value).clone(),
+                                value: value.to_value(),
                                 hidden: hidden.map(|h| (*h).clone()),
                             })
                         })

@@ -45,7 +45,7 @@ use view::{FrameCache, Slot, Subscribers};
 use crate::codes::IssueCode;
 use crate::filters::Filters;
 use crate::frame::{socket_issue, Frame, Snapshot, SnapshotEntry, Subscribed};
-use crate::ids::{Mode, PluginName, Seq, ViewId};
+use crate::ids::{Mode, PluginName, ViewId};
 use crate::store::{Change, Store};
 pub use crate::vocab::{ConnId, SubscribeRequest};
 
@@ -456,7 +456,7 @@ impl Views {
             if view.mode == Mode::List {
                 // Changed since the cursor but no longer in the view.
                 for (key, entity) in store.table(&view.source) {
-                    if wanted(key) && Seq::of(entity) > Some(after) && !view.index.contains(key) {
+                    if wanted(key) && entity.seq() > Some(after) && !view.index.contains(key) {
                         resume_deletes.push(frames.delete(key));
                     }
                 }
@@ -484,7 +484,7 @@ impl Views {
                         data,
                     })
                 })
-                .filter(|e| resume.is_none_or(|after| Seq::of(&e.data) > Some(after)));
+                .filter(|e| resume.is_none_or(|after| e.data.seq() > Some(after)));
             let entries = match request.snapshot_limit {
                 Some(limit) => entries.take(limit).collect(),
                 None => entries.collect(),

@@ -175,10 +175,11 @@ impl View {
         if self.mode != Mode::List {
             return;
         }
-        let members = store
-            .table(&self.source)
-            .filter(|(_, entity)| self.matches(entity))
-            .map(|(key, entity)| (key, SortKey::of(entity, &self.sort.field)));
+        let members = store.table(&self.source).filter_map(|(key, stored)| {
+            let entity = stored.tree();
+            self.matches(&entity)
+                .then(|| (key, SortKey::of(&entity, &self.sort.field)))
+        });
         self.index = OrderedIndex::from_members(members, self.desc());
     }
 
@@ -476,7 +477,7 @@ impl FrameCache {
 
     pub(crate) fn upsert(&mut self, key: &str, store: &Store, source: &str) -> Frame {
         self.memoized(Op::Upsert, key, |cache| {
-            let entity = store.get(source, key).cloned();
+            let entity = store.tree(source, key);
             let seq = entity.as_deref().and_then(Seq::of);
             cache.update(Op::Upsert, key, entity, Vec::new(), seq)
         })

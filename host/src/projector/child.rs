@@ -331,7 +331,7 @@ impl<R: std::io::Read, W: std::io::Write> ChildBase<'_, R, W> {
     /// The plugin's own `entity[key]`.
     fn own(&self, entity: &str, key: &str) -> Fetched {
         match self.mirror.lookup(entity, key) {
-            Lookup::Held(entry) => entry.value.clone().map(|v| (v, entry.hidden.clone())),
+            Lookup::Held(entry) => entry.get(),
             Lookup::Absent => None,
             Lookup::AskHost => {
                 let id = (entity.to_owned(), key.to_owned());

@@ -33,17 +33,21 @@ use serde_json::Value;
 use vista_plugin_api::{apply_mutation, Hidden, Mutation, MutationKind};
 
 use super::wire::{key_hash, Row};
+use crate::entity::Stored;
 use crate::vocab::{FastMap, FastSet};
 
 /// The bound, in entries, when the host gives none.
 pub const DEFAULT_ENTRIES: usize = 65_536;
 
-/// What the mirror holds for one key.
+/// What the mirror holds for one key. An entity created by a request is
+/// held as its text until it is written again, as the store holds it (see
+/// [`crate::entity`]): most are never read.
 #[derive(Clone, Debug)]
 pub struct Entry {
     /// The entity (`None`: absent, deleted by a request or so in the host).
-    pub value: Option<Arc<Value>>,
-    pub hidden: Arc<Hidden>,
+    value: Option<Stored>,
+    /// Its hidden aggregate state, if it has any.
+    hidden: Option<Arc<Hidden>>,
     /// The fold that last wrote it ([`Mirror`]'s count of applied folds
     /// plus one when it was written; 0: read from the host).
     written: u64,
@@ -51,6 +55,14 @@ pub struct Entry {
 
 /// An entity and its hidden state as the host gave them (`None`: absent).
 pub type Fetched = Option<(Arc<Value>, Arc<Hidden>)>;
+
+impl Entry {
+    /// The entity, if it exists, and its hidden state.
+    pub fn get(&self) -> Fetched {
+        let value = self.value.as_ref()?.tree();
+        Some((value, self.hidden.clone().unwrap_or_default()))
+    }
+}
 
 /// What the mirror says of a key.
 pub enum Lookup<'a> {
@@ -178,14 +190,14 @@ impl Mirror {
             Some((value, hidden)) => {
                 self.known.insert(key_hash(entity, &key));
                 Entry {
-                    value: Some(value),
-                    hidden,
+                    value: Some(Stored::Tree(value)),
+                    hidden: (!hidden.is_empty()).then_some(hidden),
                     written: 0,
                 }
             }
             None => Entry {
                 value: None,
-                hidden: Arc::default(),
+                hidden: None,
                 written: 0,
             },
         };
@@ -266,7 +278,7 @@ impl Mirror {
         if self.young.get(entity, key).is_none() {
             let entry = self.old.remove(entity, key).unwrap_or(Entry {
                 value: None,
-                hidden: Arc::default(),
+                hidden: None,
                 written,
             });
             self.young.insert(entity, key.to_owned(), entry);
@@ -278,24 +290,30 @@ impl Mirror {
             &mutation.kind,
             MutationKind::Patch { aggregates, .. } if aggregates.is_empty()
         );
-        // In place, unless an undo or a reader shares the old value: then a copy.
-        let mut current = entry
-            .value
-            .as_mut()
-            .map(|value| std::mem::take(Arc::make_mut(value)));
+        // In place, unless an undo or a reader shares the old value: then a
+        // copy. Text is parsed: written again, the entity becomes a tree.
+        let mut current = match &mut entry.value {
+            Some(Stored::Tree(value)) => Some(std::mem::take(Arc::make_mut(value))),
+            Some(text) => Some(text.to_value()),
+            None => None,
+        };
         let mut untouched = Hidden::default();
         let hidden = if touches_hidden {
-            Arc::make_mut(&mut entry.hidden)
+            Arc::make_mut(entry.hidden.get_or_insert_with(Arc::default))
         } else {
             &mut untouched
         };
         apply_mutation(&mut current, hidden, mutation);
+        if entry.hidden.as_ref().is_some_and(|h| h.is_empty()) {
+            entry.hidden = None;
+        }
         entry.value = match (entry.value.take(), current) {
-            (Some(mut held), Some(current)) => {
+            (Some(Stored::Tree(mut held)), Some(current)) => {
                 *Arc::make_mut(&mut held) = current;
-                Some(held)
+                Some(Stored::Tree(held))
             }
-            (None, Some(current)) => Some(Arc::new(current)),
+            (Some(Stored::Text(_)), Some(current)) => Some(Stored::Tree(Arc::new(current))),
+            (None, Some(current)) => Some(Stored::compact(Arc::new(current))),
             (_, None) => None,
         };
         if entry.value.is_some() {
@@ -336,7 +354,7 @@ mod tests {
 
     fn held(mirror: &Mirror, entity: &str, key: &str) -> Option<Value> {
         match mirror.lookup(entity, key) {
-            Lookup::Held(entry) => entry.value.as_deref().cloned(),
+            Lookup::Held(entry) => entry.get().map(|(value, _)| Value::clone(&value)),
             Lookup::Absent => None,
             Lookup::AskHost => panic!("{entity}[{key}] is not held"),
         }

@@ -59,7 +59,10 @@ impl FilterIndex {
         }
         let holders = self.holders.entry(view.source.clone()).or_default();
         for member in view.index.values.keys() {
-            holders.entry(member.clone()).or_default().push(key.clone());
+            holders
+                .entry(member.to_string())
+                .or_default()
+                .push(key.clone());
         }
     }
 
@@ -85,10 +88,10 @@ impl FilterIndex {
         }
         if let Some(holders) = self.holders.get_mut(&view.source) {
             for member in view.index.values.keys() {
-                if let Some(keys) = holders.get_mut(member) {
+                if let Some(keys) = holders.get_mut(&**member) {
                     keys.retain(|k| k != key);
                     if keys.is_empty() {
-                        holders.remove(member);
+                        holders.remove(&**member);
                     }
                 }
             }

@@ -26,10 +26,13 @@ use crate::vocab::FastMap;
 /// that a text of exactly [`Seq::WIDTH`] ASCII digits (every `_seq`) is kept
 /// as its number. Texts of one width compare as their numbers do, so the
 /// order is the [`SortValue`] order either way.
+///
+/// Boxed otherwise, so a key is 16 bytes, not 32: an index holds two per
+/// member (its order and its map), a million members in a large store.
 #[derive(Debug, Clone)]
 pub(crate) enum SortKey {
     Seq(u64),
-    Value(SortValue),
+    Value(Box<SortValue>),
 }
 
 impl SortKey {
@@ -53,9 +56,9 @@ impl From<SortValue> for SortKey {
         match value {
             SortValue::Text(text) => match seq_digits(&text) {
                 Some(n) => SortKey::Seq(n),
-                None => SortKey::Value(SortValue::Text(text)),
+                None => SortKey::Value(Box::new(SortValue::Text(text))),
             },
-            other => SortKey::Value(other),
+            other => SortKey::Value(Box::new(other)),
         }
     }
 }
@@ -73,7 +76,7 @@ impl Ord for SortKey {
             // Rare (a sort field holding `_seq`-like texts and other
             // values): compared as the texts they are.
             (SortKey::Seq(a), SortKey::Value(b)) => SortValue::Text(Seq(*a).text()).cmp(b),
-            (SortKey::Value(a), SortKey::Seq(b)) => a.cmp(&SortValue::Text(Seq(*b).text())),
+            (SortKey::Value(a), SortKey::Seq(b)) => (**a).cmp(&SortValue::Text(Seq(*b).text())),
         }
     }
 }
@@ -112,7 +115,7 @@ impl Window {
 pub(crate) struct OrderKey {
     pub(crate) value: SortKey,
     pub(crate) desc: bool,
-    pub(crate) key: String,
+    pub(crate) key: Box<str>,
 }
 
 impl Ord for OrderKey {
@@ -138,7 +141,7 @@ impl PartialOrd for OrderKey {
 pub struct OrderedIndex {
     pub(crate) order: BTreeSet<OrderKey>,
     /// Each member's current sort value, to find it in `order`.
-    pub(crate) values: FastMap<String, SortKey>,
+    pub(crate) values: FastMap<Box<str>, SortKey>,
 }
 
 impl OrderedIndex {
@@ -163,10 +166,10 @@ impl OrderedIndex {
                 let order_key = self
                     .order
                     .take(&probe)
-                    .map_or_else(|| key.to_owned(), |stored| stored.key);
+                    .map_or_else(|| key.into(), |stored| stored.key);
                 (probe.key, order_key)
             }
-            None => (key.to_owned(), key.to_owned()),
+            None => (key.into(), key.into()),
         };
         self.values.insert(map_key, value.clone());
         self.order.insert(OrderKey {
@@ -186,11 +189,11 @@ impl OrderedIndex {
         let mut values = FastMap::default();
         let mut order = Vec::new();
         for (key, value) in members {
-            values.insert(key.clone(), value.clone());
+            values.insert(Box::from(key.as_str()), value.clone());
             order.push(OrderKey {
                 value,
                 desc,
-                key: key.clone(),
+                key: key.as_str().into(),
             });
         }
         Self {
@@ -205,11 +208,11 @@ impl OrderedIndex {
 
     /// Keys at the window's positions, in order.
     pub(crate) fn window(&self, window: Window) -> Vec<String> {
-        self.window_iter(window).cloned().collect()
+        self.window_iter(window).map(str::to_owned).collect()
     }
 
     /// The same keys, borrowed.
-    pub(crate) fn window_iter(&self, window: Window) -> impl Iterator<Item = &String> {
+    pub(crate) fn window_iter(&self, window: Window) -> impl Iterator<Item = &str> {
         let take = window
             .end
             .map_or(usize::MAX, |end| end.saturating_sub(window.start));
@@ -217,7 +220,7 @@ impl OrderedIndex {
             .iter()
             .skip(window.start)
             .take(take)
-            .map(|k| &k.key)
+            .map(|k| &*k.key)
     }
 }
 
@@ -293,7 +296,7 @@ mod tests {
         assert!(matches!(SortKey::of(&entity, "_seq"), SortKey::Seq(7)));
         assert!(matches!(
             SortKey::of(&entity, "n"),
-            SortKey::Value(SortValue::Number(n)) if n == 3.0
+            SortKey::Value(value) if *value == SortValue::Number(3.0)
         ));
     }
 

@@ -480,7 +480,7 @@ impl Views {
                 .filter_map(|key| {
                     let data = store.get(&view.source, key)?.clone();
                     Some(SnapshotEntry {
-                        key: key.clone(),
+                        key: key.to_owned(),
                         data,
                     })
                 })

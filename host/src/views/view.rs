@@ -214,7 +214,7 @@ impl View {
     }
 
     pub(crate) fn snapshot_keys(&self, slot: &Slot, store: &Store) -> Vec<String> {
-        self.snapshot_iter(slot, store).cloned().collect()
+        self.snapshot_iter(slot, store).map(str::to_owned).collect()
     }
 
     /// The keys a subscription's snapshot holds, in order, borrowed: a
@@ -223,11 +223,11 @@ impl View {
         &'a self,
         slot: &'a Slot,
         store: &'a Store,
-    ) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+    ) -> Box<dyn Iterator<Item = &'a str> + 'a> {
         match (self.mode, slot) {
             (Mode::Append, _) => Box::new(std::iter::empty()),
             (Mode::List, Slot::Key(key)) => {
-                Box::new(self.index.contains(key).then_some(key).into_iter())
+                Box::new(self.index.contains(key).then_some(key.as_str()).into_iter())
             }
             (Mode::List, Slot::All) => Box::new(self.index.window_iter(Window {
                 start: 0,
@@ -238,12 +238,13 @@ impl View {
                 store
                     .get(&self.source, key)
                     .is_some()
-                    .then_some(key)
+                    .then_some(key.as_str())
                     .into_iter(),
             ),
             (Mode::State, _) => {
                 // Key order has no index: sort borrowed keys, copy none.
-                let mut keys: Vec<&String> = store.table(&self.source).map(|(k, _)| k).collect();
+                let mut keys: Vec<&str> =
+                    store.table(&self.source).map(|(k, _)| k.as_str()).collect();
                 keys.sort_unstable();
                 Box::new(keys.into_iter())
             }

@@ -10,7 +10,8 @@
 #   REPS=6 scripts/bench-restart.sh OLD/vista NEW/vista
 #
 # Needs a release build (`cargo build --release -p vista-host -p vista-tokens`)
-# and curl. Prints one line per binary: its start times in seconds, sorted.
+# and curl. Prints per binary its start times in seconds, sorted, and the
+# host's RSS a second after its last start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
@@ -49,8 +50,8 @@ until grep -q 'checkpoint written rec=100 ' "$WORK/log"; do sleep 0.2; done
 echo "host RSS with 1,000,000 tokens: $(awk '/VmRSS/ {print $2, $3}' /proc/$PID/status)" >&2
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=
 
-declare -A times
-for _ in $(seq "$REPS"); do
+declare -A times rss
+for rep in $(seq "$REPS"); do
     for bin in "${BINS[@]}"; do
         start=$(date +%s%N)
         serve "$bin"
@@ -58,9 +59,14 @@ for _ in $(seq "$REPS"); do
         end=$(date +%s%N)
         grep -q 'state recovered records=0 ' "$WORK/log" || { echo "$bin replayed records: not a checkpoint-only start" >&2; exit 1; }
         times[$bin]+=" $(awk -v ns=$((end - start)) 'BEGIN { printf "%.2f", ns / 1e9 }')"
+        if [[ $rep == "$REPS" ]]; then
+            sleep 1 # settled: what a restarted host holds
+            rss[$bin]=$(awk '/VmRSS/ {print $2, $3}' /proc/$PID/status)
+        fi
         kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=
     done
 done
 for bin in "${BINS[@]}"; do
     echo "$bin:$(tr ' ' '\n' <<< "${times[$bin]}" | sort -n | tr '\n' ' ')"
+    echo "$bin: host RSS after restart: ${rss[$bin]}"
 done

@@ -209,14 +209,7 @@ impl Store {
 
     /// Every entity, for a checkpoint (`Arc` clones: the values are shared).
     pub fn entities(&self) -> Vec<(String, String, Stored)> {
-        self.tables
-            .iter()
-            .flat_map(|(entity, table)| {
-                table
-                    .iter()
-                    .map(move |(key, value)| (entity.clone(), key.clone(), value.clone()))
-            })
-            .collect()
+        rows(&self.tables)
     }
 
     /// Replaces the contents with a checkpoint's.
@@ -407,7 +400,7 @@ impl Store {
 }
 
 /// A table of tables as (type, key, value) rows (`Arc` clones).
-fn rows<T>(tables: &FastMap<String, FastMap<String, Arc<T>>>) -> Vec<(String, String, Arc<T>)> {
+fn rows<T: Clone>(tables: &FastMap<String, FastMap<String, T>>) -> Vec<(String, String, T)> {
     tables
         .iter()
         .flat_map(|(entity, table)| {

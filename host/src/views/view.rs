@@ -175,7 +175,15 @@ impl View {
         if self.mode != Mode::List {
             return;
         }
+        // A base list in `_seq` order reads each entity's `_seq` alone:
+        // most of a large store is held as text, and a restart rebuilds
+        // every list view over all of it.
+        let by_seq_alone =
+            self.def.is_none() && self.filters.is_none() && self.sort.field == Seq::FIELD;
         let members = store.table(&self.source).filter_map(|(key, stored)| {
+            if let Some(seq) = by_seq_alone.then(|| stored.seq()).flatten() {
+                return Some((key, SortKey::Seq(seq.0)));
+            }
             let entity = stored.tree();
             self.matches(&entity)
                 .then(|| (key, SortKey::of(&entity, &self.sort.field)))

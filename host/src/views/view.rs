@@ -102,6 +102,7 @@ impl View {
             },
             ViewDef::effective_sort,
         );
+        let index = OrderedIndex::for_field(&sort.field, sort.order == Order::Desc);
         Self {
             id,
             source: source.to_owned(),
@@ -110,7 +111,7 @@ impl View {
             def,
             filters: None,
             sort,
-            index: OrderedIndex::default(),
+            index,
             subs: Subscribers::default(),
         }
     }
@@ -146,7 +147,7 @@ impl View {
     /// Entities in a list view (0 for state and append views, which keep
     /// no index).
     pub fn member_count(&self) -> usize {
-        self.index.values.len()
+        self.index.len()
     }
 
     pub(crate) fn desc(&self) -> bool {
@@ -188,7 +189,7 @@ impl View {
             self.matches(&entity)
                 .then(|| (key, SortKey::of(&entity, &self.sort.field)))
         });
-        self.index = OrderedIndex::from_members(members, self.desc());
+        self.index = OrderedIndex::from_members(members, &self.sort.field, self.desc());
     }
 
     /// Where a subscription request sits in this view.

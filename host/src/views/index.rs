@@ -1,8 +1,10 @@
 //! The ordered index of a list view and the windows read from it.
 //!
 //! A list view's members live in a `BTreeSet` ordered by (sort value,
-//! direction, key), with each member's current sort value kept beside it so
-//! an update can find and move it in O(log n). A window (`skip`/`take`) is
+//! direction, key), or, for a view sorted by `_seq` (most are), in a
+//! `BTreeMap` by `_seq` alone (no two entities share one); each member's
+//! current sort value is kept beside it so an update can find and move it
+//! in O(log n). A window (`skip`/`take`) is
 //! read by walking the set from its start: O(skip + take), independent of
 //! how many entities the view holds.
 //!

@@ -344,6 +344,22 @@ async fn a_damaged_data_file_stops_the_host_naming_it_and_data_check_finds_it() 
     );
 }
 
+/// Waits (up to 10 s) for a checkpoint covering the last record.
+async fn checkpointed(host: &Host) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = host.get_json("/status").await;
+        if status["log"]["checkpoint_rec"] == status["log"]["last_rec"] {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn token(mint: &str, supply: u64) -> Value {
     json!({"type": "token_created", "mint": mint, "symbol": "S", "decimals": 0, "supply": supply})
 }
@@ -454,18 +470,7 @@ async fn a_cursor_older_than_the_known_deletes_gets_a_full_snapshot() {
     .await;
     // Wait for the checkpoint covering the last request, then crash: the
     // restarted host starts from it and does not know the delete of b.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, status) = host.get_json("/status").await;
-        if status["log"]["checkpoint_rec"] == status["log"]["last_rec"] {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    checkpointed(&host).await;
     host.kill9();
     host.restart().await;
     assert!(host.log().contains("checkpoint loaded"), "{}", host.log());
@@ -578,18 +583,7 @@ async fn entities_held_as_text_survive_a_checkpointed_restart_in_order_and_take_
         &[json!({"type": "supply_changed", "mint": "m03", "delta": 5})],
     )
     .await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, status) = host.get_json("/status").await;
-        if status["log"]["checkpoint_rec"] == status["log"]["last_rec"] {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    checkpointed(&host).await;
     let before = token_list(&host).await;
     assert_eq!(before.len(), 29);
     assert_eq!(before[0].0, "m03", "the token written last leads");

@@ -118,11 +118,12 @@ pub fn run(file: &Path) -> i32 {
                 // The previous request's undo, dropped once this one is
                 // answered (freeing it is not the host's wait).
                 let mut settled_undo = None;
-                let mut applied = None;
+                // The host's word on the previous request, if there was one.
+                let previous_applied = unsettled
+                    .as_ref()
+                    .map(|(projected, _)| settle == Some((*projected, true)));
                 if let Some((projected, undo)) = unsettled.take() {
-                    let was_applied = settle == Some((projected, true));
-                    applied = Some(was_applied);
-                    let applied = was_applied;
+                    let applied = previous_applied == Some(true);
                     match undo {
                         Some(undo) if applied => settled_undo = Some(undo),
                         // Refused (or never settled): put back what it replaced.
@@ -136,7 +137,7 @@ pub fn run(file: &Path) -> i32 {
                         }
                     }
                 }
-                mirror.settle(applied, unapplied);
+                mirror.settle(previous_applied, unapplied);
                 // Each event's mutations as the plugin wrote them: sent on
                 // as they are rather than serialized again, a part at a
                 // time once PART_BYTES of them are waiting.

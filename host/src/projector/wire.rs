@@ -151,7 +151,7 @@ pub fn write_frame(out: &mut impl Write, header: &impl Serialize, blob: &[u8]) -
 pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::Result<()> {
     out.write_all(&(header.len() as u32).to_le_bytes())?;
     out.write_all(&(blob.len() as u32).to_le_bytes())?;
-    out.write_all(&header)?;
+    out.write_all(header)?;
     out.write_all(blob)?;
     out.flush()
 }

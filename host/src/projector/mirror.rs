@@ -183,6 +183,15 @@ impl Mirror {
         }
     }
 
+    /// Whether only the host can say what `entity[key]` is
+    /// ([`Lookup::AskHost`]). The key's hash first: a request mostly writes
+    /// keys the mirror holds or new ones, and a new one costs one lookup.
+    fn only_host_has(&self, entity: &str, key: &str) -> bool {
+        self.known.contains(&key_hash(entity, key))
+            && self.young.get(entity, key).is_none()
+            && self.old.get(entity, key).is_none()
+    }
+
     /// Holds what the host said of `entity[key]` (its store is exact for a
     /// key the mirror does not hold).
     pub fn fill(&mut self, entity: &str, key: String, found: Fetched) {
@@ -215,10 +224,7 @@ impl Mirror {
         for mutation in mutations {
             let needs_base = !matches!(mutation.kind, MutationKind::Delete);
             if needs_base
-                && matches!(
-                    self.lookup(&mutation.entity, &mutation.key),
-                    Lookup::AskHost
-                )
+                && self.only_host_has(&mutation.entity, &mutation.key)
                 && seen.insert((&mutation.entity, &mutation.key))
             {
                 unknown.push((mutation.entity.clone(), mutation.key.clone()));

@@ -47,6 +47,7 @@ done
 # The log's writer checkpoints every 100,000 events, after the answers: wait
 # for the one covering the last record, so a start loads it and replays none.
 until grep -q 'checkpoint written rec=100 ' "$WORK/log"; do sleep 0.2; done
+sleep 1 # settled, as after a restart below
 echo "host RSS with 1,000,000 tokens: $(awk '/VmRSS/ {print $2, $3}' /proc/$PID/status)" >&2
 kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=
 

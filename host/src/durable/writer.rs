@@ -206,6 +206,7 @@ fn write_loop(
                 }
             }
         }
+        let wrote_checkpoint = !checkpoints.is_empty();
         for checkpoint in checkpoints {
             let started = Instant::now();
             match log.write_checkpoint(&checkpoint) {
@@ -229,7 +230,24 @@ fn write_loop(
                 Err(reason) => tracing::error!(%reason, "cannot write a checkpoint"),
             }
         }
+        if wrote_checkpoint {
+            release_freed_memory();
+        }
     }
+}
+
+/// Hands the memory a checkpoint freed back to the system. A checkpoint
+/// encodes and writes the whole store on this thread (hundreds of MB at a
+/// million entities), which then waits for records; mimalloc purges freed
+/// memory lazily, on a thread's later allocations, so the host kept its
+/// peak: 1.1 GB resident with a million tokens against 450 MB after a
+/// restart (BENCHMARKS.md). Once per checkpoint, so its cost does not
+/// matter; an eager purge everywhere (`MIMALLOC_PURGE_DELAY=0`) cost
+/// ingest a fifth of its rate.
+fn release_freed_memory() {
+    // SAFETY: `mi_collect` has no preconditions; it only frees memory
+    // mimalloc holds for this thread's heap and abandoned ones.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// The first wait before reopening a faulted log, doubled up to

@@ -247,17 +247,16 @@ impl Mirror {
     /// Folds in a request's mutations, returning how to undo them.
     pub fn apply_all<'m>(&mut self, mutations: impl Iterator<Item = &'m Mutation>) -> Undo {
         let mut undo: Undo = Vec::new();
-        let mut saved: FastSet<(String, String)> = FastSet::default();
+        let mut saved: FastSet<(&str, &str)> = FastSet::default();
         for mutation in mutations {
-            let key = (mutation.entity.clone(), mutation.key.clone());
-            if !saved.contains(&key) {
+            let (entity, key) = (mutation.entity.as_str(), mutation.key.as_str());
+            if saved.insert((entity, key)) {
                 let before = self
                     .young
-                    .get(&key.0, &key.1)
-                    .or_else(|| self.old.get(&key.0, &key.1))
+                    .get(entity, key)
+                    .or_else(|| self.old.get(entity, key))
                     .cloned();
-                undo.push((key.0.clone(), key.1.clone(), before));
-                saved.insert(key);
+                undo.push((entity.to_owned(), key.to_owned(), before));
             }
             self.apply(mutation);
         }

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -119,6 +119,15 @@ impl Serialize for Stored {
     }
 }
 
+/// Read from JSON as its text (a checkpoint line, an entity the host
+/// sends a projector process), through [`Stored::from_text`].
+impl<'de> Deserialize<'de> for Stored {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Box::<RawValue>::deserialize(deserializer)?;
+        Stored::from_text(text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether a number is an integer a JavaScript client would round.
 pub fn is_unsafe_integer(n: &serde_json::Number) -> bool {
     if let Some(u) = n.as_u64() {
@@ -188,6 +197,12 @@ mod tests {
         assert_eq!(*stored.tree(), value);
         assert_eq!(stored.seq(), Some(Seq(42)));
         assert_eq!(serde_json::to_value(&stored).unwrap(), value);
+        // Read back from JSON: text again, the same entity.
+        let read: Stored = serde_json::from_str(&serde_json::to_string(&stored).unwrap()).unwrap();
+        assert!(matches!(read, Stored::Text(_)));
+        assert_eq!(read, stored);
+        let big: Stored = serde_json::from_str(r#"{"n":18446744073709551615}"#).unwrap();
+        assert!(matches!(big, Stored::Tree(_)));
     }
 
     #[test]

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redb::ReadableTable;
-use serde_json::value::RawValue;
 use vista_plugin_api::Hidden;
 
 use crate::entity::Stored;
@@ -135,9 +134,8 @@ fn decode_lines(bytes: &[u8], skipped: usize) -> Result<Decoded, String> {
             continue;
         }
         // Kept as text: a tree is built only for an entity written again.
-        let (entity, key, value): (String, String, Box<RawValue>) =
+        let (entity, key, value): (String, String, Stored) =
             serde_json::from_slice(text).map_err(|e| format!("entity {line}: {e}"))?;
-        let value = Stored::from_text(value).map_err(|e| format!("entity {line}: {e}"))?;
         entities.push((entity, key, value));
     }
     Ok((entities, hidden))

@@ -322,7 +322,7 @@ impl<R: std::io::Read, W: std::io::Write> ChildBase<'_, R, W> {
             Ok(Some((ToChild::ReadReply { found }, _))) if found.len() == asked => found
                 .into_iter()
                 .map(|found| {
-                    found.map(|f| (Arc::new(f.value), Arc::new(f.hidden.unwrap_or_default())))
+                    found.map(|f| (f.value.tree(), Arc::new(f.hidden.unwrap_or_default())))
                 })
                 .collect(),
             _ => std::process::exit(3),

@@ -149,7 +149,7 @@ impl Mirror {
             .collect();
         for row in rows {
             let hidden = Arc::new(row.hidden.unwrap_or_default());
-            self.fill(&row.entity, row.key, Some((Arc::new(row.value), hidden)));
+            self.fill(&row.entity, row.key, Some((row.value.tree(), hidden)));
         }
         // A pending key without a row is one the host does not have.
         for mutation in pending {

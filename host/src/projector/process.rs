@@ -268,13 +268,13 @@ impl ProcessProjector {
                 }
             }
         }
-        // Serialized outside the lock: only `Arc`s were cloned under it.
+        // Encoded outside the lock: only `Arc`s were cloned under it.
         let rows = taken
             .into_iter()
             .map(|(entity, key, value, hidden)| Row {
                 entity,
                 key,
-                value: value.to_value(),
+                value,
                 hidden: hidden.map(|h| (*h).clone()),
             })
             .collect();
@@ -413,12 +413,12 @@ impl Reader {
                             })
                             .collect()
                     };
-                    // Copied and serialized outside the lock.
+                    // Encoded outside the lock (text as it is).
                     let found = taken
                         .into_iter()
                         .map(|taken| {
                             taken.map(|(value, hidden)| Found {
-                                value: value.to_value(),
+                                value,
                                 hidden: hidden.map(|h| (*h).clone()),
                             })
                         })

@@ -21,8 +21,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use vista_plugin_api::{Hidden, Manifest, Mutation};
+
+use crate::entity::Stored;
 
 /// Largest header or blob accepted (a corrupt length must not allocate
 /// gigabytes).
@@ -73,8 +74,8 @@ pub enum ToChild {
 /// An entity the host has, as [`ToChild::ReadReply`] gives it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Found {
-    /// Its value.
-    pub value: Value,
+    /// Its value (sent as the host holds it: text as it is).
+    pub value: Stored,
     /// Its hidden aggregate state, if it has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Hidden>,
@@ -94,8 +95,8 @@ pub struct Row {
     pub entity: String,
     /// Key.
     pub key: String,
-    /// Its value.
-    pub value: Value,
+    /// Its value (sent as the host holds it: text as it is).
+    pub value: Stored,
     /// Its hidden aggregate state, if it has any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden: Option<Hidden>,

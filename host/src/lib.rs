@@ -33,6 +33,7 @@
 //!   process loudly instead of leaving it half alive.
 //! - [`ingest`]: splitting an ingest body into events.
 //! - [`durable`]: the event log (redb), its writer thread and checkpoints.
+//! - [`memory`]: busy threads give freed memory back once idle.
 //! - [`cluster`]: scale-out: several hosts sharing a NATS JetStream stream
 //!   as their log (publishing, consuming in order, build markers), and that
 //!   stream as the engine's log (`JetStreamLog`).
@@ -96,6 +97,7 @@ pub(crate) mod demo;
 pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod ingest;
+pub(crate) mod memory;
 pub(crate) mod metrics;
 pub(crate) mod outbox;
 pub(crate) mod plugins;

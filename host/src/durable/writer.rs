@@ -231,23 +231,13 @@ fn write_loop(
             }
         }
         if wrote_checkpoint {
-            release_freed_memory();
+            // A checkpoint encodes the whole store on this thread (hundreds
+            // of MB at a million entities), which then waits for records:
+            // a durable host with a million tokens kept 1.1 GB resident
+            // against 450 MB after a restart (BENCHMARKS.md).
+            crate::memory::release_freed_memory();
         }
     }
-}
-
-/// Hands the memory a checkpoint freed back to the system. A checkpoint
-/// encodes and writes the whole store on this thread (hundreds of MB at a
-/// million entities), which then waits for records; mimalloc purges freed
-/// memory lazily, on a thread's later allocations, so the host kept its
-/// peak: 1.1 GB resident with a million tokens against 450 MB after a
-/// restart (BENCHMARKS.md). Once per checkpoint, so its cost does not
-/// matter; an eager purge everywhere (`MIMALLOC_PURGE_DELAY=0`) cost
-/// ingest a fifth of its rate.
-fn release_freed_memory() {
-    // SAFETY: `mi_collect` has no preconditions; it only frees memory
-    // mimalloc holds for this thread's heap and abandoned ones.
-    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// The first wait before reopening a faulted log, doubled up to

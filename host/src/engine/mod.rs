@@ -99,6 +99,7 @@ use crate::dead_letters::{DeadLetter, DeadLetters};
 use crate::durable::WriterReport;
 use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
+use crate::memory::IdleRelease;
 use crate::outbox::{Outbox, WakeUps};
 use crate::plugins::PluginReport;
 use crate::projector::{ProjectFailure, ProjectJob, Settled, SharedStore};
@@ -141,6 +142,8 @@ pub struct Engine {
     /// (only until the turn that applied its last chunk ends; see
     /// [`behind`]).
     behind: behind::Behind,
+    /// Gives a request's freed memory back once the engine is idle.
+    idle_release: IdleRelease,
 }
 
 impl Engine {
@@ -164,6 +167,7 @@ impl Engine {
             commands,
             queue: Some(queue),
             behind: behind::Behind::default(),
+            idle_release: IdleRelease::default(),
         }
     }
 
@@ -191,6 +195,7 @@ impl Engine {
     /// the next turn commits at once. False once every sender is gone.
     fn turn(&mut self, commands: &mpsc::Receiver<Command>, idle: Duration) -> bool {
         if self.pipeline.can_commit() {
+            self.idle_release.worked();
             self.commit_step();
             // Between chunks: whatever arrived meanwhile, bounded so a
             // command flood cannot starve the commit.
@@ -199,9 +204,12 @@ impl Engine {
             }
         } else {
             let wait = self.pipeline.next_deadline().unwrap_or(idle);
-            match commands.recv_timeout(wait) {
-                Ok(command) => self.handle(command),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            match commands.recv_timeout(self.idle_release.wait(wait)) {
+                Ok(command) => {
+                    self.idle_release.worked();
+                    self.handle(command);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.idle_release.idle(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }
         }

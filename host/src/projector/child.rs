@@ -42,6 +42,7 @@ use super::mirror::{self, Fetched, Lookup, Mirror, Undo};
 use super::overlay::{project_request, Base};
 use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
 use crate::ingest::IngestBody;
+use crate::memory::IdleRelease;
 use crate::vocab::FastMap;
 
 /// Runs the projector process until the host closes stdin; the exit code
@@ -97,7 +98,12 @@ pub fn run(file: &Path) -> i32 {
     // The last request projected, folded into the mirror already (most
     // requests are applied), with what it replaced, until the host says.
     let mut unsettled: Option<(u64, Option<Undo>)> = None;
+    let mut idle_release = IdleRelease::default();
     loop {
+        if input.buffer().is_empty() && !input_within(idle_release.wait(IDLE_FOREVER)) {
+            idle_release.idle();
+        }
+        idle_release.worked();
         let (message, blob) = match read_frame::<ToChild>(&mut input) {
             Ok(Some(frame)) => frame,
             Ok(None) => return 0,
@@ -392,6 +398,25 @@ impl<R: std::io::Read, W: std::io::Write> Base for ChildBase<'_, R, W> {
             None => (None, Arc::default()),
         }
     }
+}
+
+/// A wait with no end, for [`IdleRelease::wait`] when nothing is due.
+const IDLE_FOREVER: std::time::Duration = std::time::Duration::MAX;
+
+/// Whether stdin has input (or has closed) within `wait`: false only if
+/// the wait ran out. The projector gives freed memory back when it did
+/// ([`crate::memory`]).
+fn input_within(wait: std::time::Duration) -> bool {
+    let timeout = i32::try_from(wait.as_millis()).unwrap_or(-1);
+    let mut stdin = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd` for fd 0, which this process owns.
+    let ready = unsafe { libc::poll(&mut stdin, 1, timeout) };
+    // An error (EINTR) counts as input: the read that follows tells.
+    ready != 0
 }
 
 #[cfg(test)]

@@ -36,7 +36,9 @@ pub const MAX_TOMBSTONES: usize = 1_000_000;
 /// All entities of all types, by type then key.
 #[derive(Default)]
 pub struct Store {
-    tables: FastMap<String, FastMap<String, Stored>>,
+    /// Keys are boxed (16 bytes, not a `String`'s 24): a table slot per
+    /// entity, a million slots in a large store.
+    tables: FastMap<String, FastMap<Box<str>, Stored>>,
     /// Hidden aggregate state by type then key, only for entities that
     /// have some (`Arc`: a checkpoint shares it like the values).
     hidden: FastMap<String, FastMap<String, Arc<Hidden>>>,
@@ -142,8 +144,12 @@ impl Store {
     }
 
     /// All entities of one type, in no particular order.
-    pub fn table(&self, entity: &str) -> impl Iterator<Item = (&String, &Stored)> {
-        self.tables.get(entity).into_iter().flatten()
+    pub fn table(&self, entity: &str) -> impl Iterator<Item = (&str, &Stored)> {
+        self.tables
+            .get(entity)
+            .into_iter()
+            .flatten()
+            .map(|(key, stored)| (&**key, stored))
     }
 
     /// Number of mutations applied so far: changes whenever any entity does.
@@ -229,7 +235,8 @@ impl Store {
         self.tombstone_of = FastMap::default();
         self.tombstone_horizon = last_seq;
         for (entity, key, value) in entities {
-            self.tables.entry(entity).or_default().insert(key, value);
+            let table = self.tables.entry(entity).or_default();
+            table.insert(key.into_boxed_str(), value);
         }
         self.last_seq = last_seq;
     }
@@ -264,7 +271,7 @@ impl Store {
                 let existed = self
                     .tables
                     .get_mut(&entity)
-                    .is_some_and(|table| table.remove(&key).is_some());
+                    .is_some_and(|table| table.remove(key.as_str()).is_some());
                 if let Some(hidden) = self.hidden.get_mut(&entity) {
                     hidden.remove(&key);
                 }
@@ -293,7 +300,7 @@ impl Store {
             self.tables.insert(entity.clone(), FastMap::default());
         }
         let table = self.tables.get_mut(&entity).expect("inserted above");
-        let existed = table.contains_key(&key);
+        let existed = table.contains_key(key.as_str());
         // Only a key that does not exist can have a tombstone: the common
         // patch of a live entity skips the lookup (and its key copies).
         let returning = (!existed && !self.tombstone_of.is_empty())
@@ -310,7 +317,7 @@ impl Store {
             // it into nothing copies every field, appended arrays and nulls
             // included): sent as it is, and stored as its text.
             let value = Arc::new(Value::Object(data));
-            table.insert(key.clone(), Stored::compact(value.clone()));
+            table.insert(key.as_str().into(), Stored::compact(value.clone()));
             return Change {
                 entity,
                 key,
@@ -324,9 +331,9 @@ impl Store {
         }
         if !existed {
             let empty = Stored::Tree(Arc::new(Value::Object(Map::new())));
-            table.insert(key.clone(), empty);
+            table.insert(key.as_str().into(), empty);
         }
-        let stored = table.get_mut(&key).expect("inserted above");
+        let stored = table.get_mut(key.as_str()).expect("inserted above");
         // Written again: a tree from now on, patched in place.
         if let Stored::Text(_) = stored {
             *stored = Stored::Tree(stored.tree());
@@ -400,13 +407,15 @@ impl Store {
 }
 
 /// A table of tables as (type, key, value) rows (`Arc` clones).
-fn rows<T: Clone>(tables: &FastMap<String, FastMap<String, T>>) -> Vec<(String, String, T)> {
+fn rows<K: AsRef<str>, T: Clone>(
+    tables: &FastMap<String, FastMap<K, T>>,
+) -> Vec<(String, String, T)> {
     tables
         .iter()
         .flat_map(|(entity, table)| {
             table
                 .iter()
-                .map(move |(key, value)| (entity.clone(), key.clone(), value.clone()))
+                .map(move |(key, value)| (entity.clone(), key.as_ref().to_owned(), value.clone()))
         })
         .collect()
 }

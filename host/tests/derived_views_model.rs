@@ -148,7 +148,7 @@ impl Subscriber {
             .table("Game")
             .map(|(k, e)| (k, e.to_value()))
             .filter(|(_, e)| self.def.matches(e))
-            .map(|(k, e)| (k.clone(), e))
+            .map(|(k, e)| (k.to_owned(), e))
             .collect();
         members.sort_by(client_order(
             &sort.field,

@@ -220,7 +220,7 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
     let window_of =
         |store: &Store, def: &ViewDef, skip: usize, take: Option<usize>| -> Vec<(String, Value)> {
             let sort = def.effective_sort();
-            let mut members: Vec<(SortValue, &String, std::sync::Arc<Value>)> = store
+            let mut members: Vec<(SortValue, &str, std::sync::Arc<Value>)> = store
                 .table("Game")
                 .map(|(k, e)| (k, e.tree()))
                 .filter(|(_, e)| def.matches(e))
@@ -241,7 +241,7 @@ fn recompute(entities: usize, subscribers: usize, mutations: &[Mutation]) -> Out
                 .into_iter()
                 .take(end)
                 .skip(skip)
-                .map(|(_, k, e)| (k.clone(), Value::clone(&e)))
+                .map(|(_, k, e)| (k.to_owned(), Value::clone(&e)))
                 .collect()
         };
     let subs: Vec<SubscriberWindow> = (0..subscribers)

@@ -131,19 +131,19 @@ impl Engine {
         {
             let store = self.store.read().unwrap_or_else(|e| e.into_inner());
             for entity in lib.manifest.entities.iter().map(|e| e.name.as_str()) {
-                let mut live: Vec<(&String, &Stored)> = store.table(entity).collect();
+                let mut live: Vec<(&str, &Stored)> = store.table(entity).collect();
                 live.sort_by(|a, b| a.0.cmp(b.0));
                 for (key, value) in live {
                     match shadow.get(entity, key) {
-                        None => mutations.push(Mutation::delete(entity, key.clone())),
+                        None => mutations.push(Mutation::delete(entity, key)),
                         Some(rebuilt)
                             if without_seq(rebuilt) != without_seq(value)
                                 || store.hidden(entity, key) != shadow.hidden(entity, key) =>
                         {
-                            mutations.push(Mutation::delete(entity, key.clone()));
+                            mutations.push(Mutation::delete(entity, key));
                             mutations.push(Mutation::replace(
                                 entity,
-                                key.clone(),
+                                key,
                                 without_seq(rebuilt),
                                 hidden_of(&shadow, entity, key),
                             ));
@@ -151,13 +151,13 @@ impl Engine {
                         Some(_) => {}
                     }
                 }
-                let mut rebuilt: Vec<(&String, &Stored)> = shadow.table(entity).collect();
+                let mut rebuilt: Vec<(&str, &Stored)> = shadow.table(entity).collect();
                 rebuilt.sort_by(|a, b| a.0.cmp(b.0));
                 for (key, value) in rebuilt {
                     if store.get(entity, key).is_none() {
                         mutations.push(Mutation::replace(
                             entity,
-                            key.clone(),
+                            key,
                             without_seq(value),
                             hidden_of(&shadow, entity, key),
                         ));

@@ -58,7 +58,7 @@ impl FilterIndex {
             None => entity.unindexed.push(key.clone()),
         }
         let holders = self.holders.entry(view.source.clone()).or_default();
-        for member in view.index.values.keys() {
+        for member in view.index.keys() {
             holders
                 .entry(member.to_string())
                 .or_default()
@@ -87,11 +87,11 @@ impl FilterIndex {
             }
         }
         if let Some(holders) = self.holders.get_mut(&view.source) {
-            for member in view.index.values.keys() {
-                if let Some(keys) = holders.get_mut(&**member) {
+            for member in view.index.keys() {
+                if let Some(keys) = holders.get_mut(member) {
                     keys.retain(|k| k != key);
                     if keys.is_empty() {
-                        holders.remove(&**member);
+                        holders.remove(member);
                     }
                 }
             }

@@ -1,10 +1,11 @@
 //! The ordered index of a list view and the windows read from it.
 //!
 //! A list view's members live in a `BTreeSet` ordered by (sort value,
-//! direction, key), or, for a view sorted by `_seq` (most are), in a
-//! `BTreeMap` by `_seq` alone (no two entities share one); each member's
-//! current sort value is kept beside it so an update can find and move it
-//! in O(log n). A window (`skip`/`take`) is
+//! direction, key), with each member's current sort value in a map beside
+//! it so an update can find and move it in O(log n); or, for a view sorted
+//! by `_seq` (most are), in a `BTreeMap` by `_seq` alone (no two entities
+//! share one), with a hash table of `_seq`s alone to find a member by key.
+//! A window (`skip`/`take`) is
 //! read by walking the set from its start: O(skip + take), independent of
 //! how many entities the view holds.
 //!
@@ -17,6 +18,9 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use serde_json::Value;
 use vista_plugin_api::view::SortValue;
@@ -142,112 +146,214 @@ impl PartialOrd for OrderKey {
 #[derive(Default)]
 pub struct OrderedIndex {
     order: Order,
-    /// Each member's current sort value, to find it in `order`.
-    pub(crate) values: FastMap<Box<str>, SortKey>,
 }
 
-/// The ordered side of an index. Most list views sort by `_seq`, which no
+/// The two shapes of an index. Most list views sort by `_seq`, which no
 /// two entities share: their members are ordered by it alone, 24 bytes an
 /// entry against 40 (with the direction and the tie-breaking key), and
-/// compared as integers.
+/// compared as integers; and a member is found by key through a table of
+/// `_seq`s alone, 8 bytes a slot, that hashes the key the order holds
+/// instead of holding a copy of it and its sort value (a map from key to
+/// value cost about 75 bytes per member of a million: BENCHMARKS.md,
+/// "memory per entity").
 enum Order {
     /// By `_seq` (each member's [`SortKey::Seq`]).
     Seq {
         members: BTreeMap<u64, Box<str>>,
+        /// Each member's `_seq`, in slots found by the hash of its key.
+        positions: HashTable<u64>,
+        hasher: foldhash::fast::RandomState,
         desc: bool,
     },
     /// By any sort value, then key.
-    Any(BTreeSet<OrderKey>),
+    Any {
+        order: BTreeSet<OrderKey>,
+        /// Each member's current sort value, to find it in `order`.
+        values: FastMap<Box<str>, SortKey>,
+    },
 }
 
 impl Default for Order {
     fn default() -> Self {
-        Order::Any(BTreeSet::new())
+        Order::Any {
+            order: BTreeSet::new(),
+            values: FastMap::default(),
+        }
     }
+}
+
+impl Order {
+    fn by_seq(desc: bool) -> Self {
+        Order::Seq {
+            members: BTreeMap::new(),
+            positions: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            desc,
+        }
+    }
+}
+
+/// Where `key`'s `_seq` is in `positions`, comparing the key `members`
+/// holds at each candidate `_seq`.
+fn seq_of(
+    members: &BTreeMap<u64, Box<str>>,
+    positions: &HashTable<u64>,
+    hash: u64,
+    key: &str,
+) -> Option<u64> {
+    positions
+        .find(hash, |seq| members.get(seq).is_some_and(|k| **k == *key))
+        .copied()
+}
+
+/// Makes room for one more slot in `positions`, whose slots are exactly
+/// `members`. The table grows by being rebuilt from `members` (in order,
+/// each key read once), never by rehashing its slots, each of which would
+/// be a search of `members` for its key.
+fn reserve_one(
+    members: &BTreeMap<u64, Box<str>>,
+    positions: &mut HashTable<u64>,
+    hasher: &foldhash::fast::RandomState,
+) {
+    if positions.len() < positions.capacity() {
+        return;
+    }
+    let mut grown = HashTable::with_capacity((positions.len() + 1) * 2);
+    for (seq, key) in members {
+        grown.insert_unique(hasher.hash_one(&**key), *seq, |_| {
+            unreachable!("sized above")
+        });
+    }
+    *positions = grown;
 }
 
 impl OrderedIndex {
     /// An empty index of a view sorted by `field`.
     pub(crate) fn for_field(field: &str, desc: bool) -> Self {
         let order = if field == Seq::FIELD {
-            Order::Seq {
-                members: BTreeMap::new(),
-                desc,
-            }
+            Order::by_seq(desc)
         } else {
             Order::default()
         };
-        Self {
-            order,
-            values: FastMap::default(),
-        }
+        Self { order }
     }
 
     /// Members held.
     pub(crate) fn len(&self) -> usize {
-        self.values.len()
+        match &self.order {
+            Order::Seq { members, .. } => members.len(),
+            Order::Any { values, .. } => values.len(),
+        }
+    }
+
+    /// The members' keys, in no particular order.
+    pub(crate) fn keys(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.order {
+            Order::Seq { members, .. } => Box::new(members.values().map(|k| &**k)),
+            Order::Any { values, .. } => Box::new(values.keys().map(|k| &**k)),
+        }
     }
 
     pub(crate) fn remove(&mut self, key: &str, desc: bool) {
-        if let Some((key, value)) = self.values.remove_entry(key) {
-            self.take(value, desc, key);
+        self.take(key, desc);
+    }
+
+    /// Takes a member out, returning its key string.
+    fn take(&mut self, key: &str, desc: bool) -> Option<Box<str>> {
+        match &mut self.order {
+            Order::Seq {
+                members,
+                positions,
+                hasher,
+                ..
+            } => {
+                let hash = hasher.hash_one(key);
+                let slot = positions
+                    .find_entry(hash, |seq| members.get(seq).is_some_and(|k| **k == *key))
+                    .ok()?;
+                let (seq, _) = slot.remove();
+                members.remove(&seq)
+            }
+            Order::Any { order, values } => {
+                let (key, value) = values.remove_entry(key)?;
+                order
+                    .take(&OrderKey { value, desc, key })
+                    .map(|stored| stored.key)
+            }
         }
     }
 
-    /// Takes a member out of `order`, returning its key string there.
-    fn take(&mut self, value: SortKey, desc: bool, key: Box<str>) -> Option<Box<str>> {
-        match (&mut self.order, value) {
-            (Order::Seq { members, .. }, SortKey::Seq(seq)) => members.remove(&seq),
-            (Order::Seq { .. }, _) => None,
-            (Order::Any(order), value) => order
-                .take(&OrderKey { value, desc, key })
-                .map(|stored| stored.key),
-        }
-    }
-
-    /// Puts `key` at `value`'s position. Moving a member reuses its two
-    /// key strings (the map's and the order's) instead of allocating them
-    /// again: every update of a list view's member moves it (a `_seq` sort
-    /// changes on every write), so this runs once per change per view.
+    /// Puts `key` at `value`'s position. Moving a member reuses its key
+    /// string instead of allocating it again: every update of a list
+    /// view's member moves it (a `_seq` sort changes on every write), so
+    /// this runs once per change per view.
     pub(crate) fn insert(&mut self, key: &str, value: SortKey, desc: bool) {
-        if matches!(self.order, Order::Seq { .. }) && !matches!(value, SortKey::Seq(_)) {
+        if let (Order::Seq { members, .. }, SortKey::Seq(seq)) = (&self.order, &value) {
+            // Two members at one `_seq` (no two entities the store wrote
+            // have one) need the general order, which tells them apart by key.
+            if members.get(seq).is_some_and(|held| **held != *key) {
+                self.generalize();
+            }
+        } else if matches!(self.order, Order::Seq { .. }) {
             // Not a `_seq` after all (no entity the store wrote has one):
             // the general order holds it.
             self.generalize();
         }
-        let (map_key, order_key) = match self.values.remove_entry(key) {
-            Some((map_key, old)) => {
-                let order_key = self.take(old, desc, map_key.clone());
-                (map_key, order_key.unwrap_or_else(|| key.into()))
-            }
-            None => (key.into(), key.into()),
-        };
-        self.values.insert(map_key, value.clone());
-        let order_key = match (&mut self.order, &value) {
-            (Order::Seq { members, .. }, SortKey::Seq(seq)) => {
-                let Some(displaced) = members.insert(*seq, order_key) else {
+        match (&mut self.order, value) {
+            (
+                Order::Seq {
+                    members,
+                    positions,
+                    hasher,
+                    ..
+                },
+                SortKey::Seq(seq),
+            ) => {
+                let hash = hasher.hash_one(key);
+                let found =
+                    positions.find_entry(hash, |s| members.get(s).is_some_and(|k| **k == *key));
+                if let Ok(mut slot) = found {
+                    let old = std::mem::replace(slot.get_mut(), seq);
+                    let moved = members.remove(&old).unwrap_or_else(|| key.into());
+                    members.insert(seq, moved);
                     return;
-                };
-                // Two members at one `_seq` (no two entities the store
-                // wrote): the general order tells them apart by key.
-                let order_key = members.insert(*seq, displaced).expect("inserted above");
-                self.generalize();
-                order_key
+                }
+                reserve_one(members, positions, hasher);
+                members.insert(seq, key.into());
+                positions.insert_unique(hash, seq, |_| unreachable!("reserved above"));
             }
-            _ => order_key,
-        };
-        if let Order::Any(order) = &mut self.order {
-            order.insert(OrderKey {
-                value,
-                desc,
-                key: order_key,
-            });
+            (Order::Any { order, values }, value) => {
+                let (map_key, order_key) = match values.remove_entry(key) {
+                    Some((map_key, old)) => {
+                        let order_key = order
+                            .take(&OrderKey {
+                                value: old,
+                                desc,
+                                key: map_key.clone(),
+                            })
+                            .map(|stored| stored.key);
+                        (map_key, order_key.unwrap_or_else(|| key.into()))
+                    }
+                    None => (key.into(), key.into()),
+                };
+                values.insert(map_key, value.clone());
+                order.insert(OrderKey {
+                    value,
+                    desc,
+                    key: order_key,
+                });
+            }
+            (Order::Seq { .. }, _) => unreachable!("generalized above"),
         }
     }
 
     /// Moves a `_seq` order's members into the general order.
     fn generalize(&mut self) {
-        if let Order::Seq { members, desc } = std::mem::take(&mut self.order) {
+        if let Order::Seq { members, desc, .. } = std::mem::take(&mut self.order) {
+            let values = members
+                .iter()
+                .map(|(seq, key)| (key.clone(), SortKey::Seq(*seq)))
+                .collect();
             let order = members
                 .into_iter()
                 .map(|(seq, key)| OrderKey {
@@ -256,7 +362,7 @@ impl OrderedIndex {
                     key,
                 })
                 .collect();
-            self.order = Order::Any(order);
+            self.order = Order::Any { order, values };
         }
     }
 
@@ -265,37 +371,70 @@ impl OrderedIndex {
     /// faster than inserting each (a restart rebuilds every list view over
     /// the whole store).
     pub(crate) fn from_members<'a>(
-        members: impl Iterator<Item = (&'a String, SortKey)>,
+        members: impl Iterator<Item = (&'a str, SortKey)>,
         field: &str,
         desc: bool,
     ) -> Self {
-        let mut index = Self::for_field(field, desc);
-        let mut order = Vec::new();
-        for (key, value) in members {
-            index.values.insert(Box::from(key.as_str()), value.clone());
-            order.push(OrderKey {
+        let order: Vec<OrderKey> = members
+            .map(|(key, value)| OrderKey {
                 value,
                 desc,
-                key: key.as_str().into(),
-            });
-        }
-        if let Order::Seq { members, .. } = &mut index.order {
-            let by_seq = order.iter().map_while(|m| match m.value {
-                SortKey::Seq(seq) => Some((seq, m.key.clone())),
-                SortKey::Value(_) => None,
-            });
-            *members = by_seq.collect();
-            if members.len() == order.len() {
-                return index;
+                key: key.into(),
+            })
+            .collect();
+        let all_seq = order.iter().all(|m| matches!(m.value, SortKey::Seq(_)));
+        if field == Seq::FIELD && all_seq {
+            let by_seq: BTreeMap<u64, Box<str>> = order
+                .iter()
+                .filter_map(|m| match m.value {
+                    SortKey::Seq(seq) => Some((seq, m.key.clone())),
+                    SortKey::Value(_) => None,
+                })
+                .collect();
+            if by_seq.len() == order.len() {
+                drop(order);
+                let Order::Seq { hasher, desc, .. } = Order::by_seq(desc) else {
+                    unreachable!("a `_seq` order")
+                };
+                let mut positions = HashTable::with_capacity(by_seq.len());
+                for (seq, key) in &by_seq {
+                    positions.insert_unique(hasher.hash_one(&**key), *seq, |_| {
+                        unreachable!("sized above")
+                    });
+                }
+                return Self {
+                    order: Order::Seq {
+                        members: by_seq,
+                        positions,
+                        hasher,
+                        desc,
+                    },
+                };
             }
         }
         // Not all by distinct `_seq`s: the general order.
-        index.order = Order::Any(order.into_iter().collect());
-        index
+        let values = order
+            .iter()
+            .map(|m| (m.key.clone(), m.value.clone()))
+            .collect();
+        Self {
+            order: Order::Any {
+                order: order.into_iter().collect(),
+                values,
+            },
+        }
     }
 
     pub(crate) fn contains(&self, key: &str) -> bool {
-        self.values.contains_key(key)
+        match &self.order {
+            Order::Seq {
+                members,
+                positions,
+                hasher,
+                ..
+            } => seq_of(members, positions, hasher.hash_one(key), key).is_some(),
+            Order::Any { values, .. } => values.contains_key(key),
+        }
     }
 
     /// Keys at the window's positions, in order.
@@ -312,6 +451,7 @@ impl OrderedIndex {
             Order::Seq {
                 members,
                 desc: true,
+                ..
             } => Box::new(
                 members
                     .values()
@@ -323,8 +463,9 @@ impl OrderedIndex {
             Order::Seq {
                 members,
                 desc: false,
+                ..
             } => Box::new(members.values().skip(window.start).take(take).map(|k| &**k)),
-            Order::Any(order) => {
+            Order::Any { order, .. } => {
                 Box::new(order.iter().skip(window.start).take(take).map(|k| &*k.key))
             }
         }
@@ -339,8 +480,29 @@ mod tests {
         fn order_len(&self) -> usize {
             match &self.order {
                 Order::Seq { members, .. } => members.len(),
-                Order::Any(order) => order.len(),
+                Order::Any { order, .. } => order.len(),
             }
+        }
+
+        fn value_of(&self, key: &str) -> Option<SortKey> {
+            match &self.order {
+                Order::Seq {
+                    members,
+                    positions,
+                    hasher,
+                    ..
+                } => seq_of(members, positions, hasher.hash_one(key), key).map(SortKey::Seq),
+                Order::Any { values, .. } => values.get(key).cloned(),
+            }
+        }
+
+        fn members(&self) -> Vec<(String, SortKey)> {
+            let mut members: Vec<_> = self
+                .keys()
+                .map(|k| (k.to_owned(), self.value_of(k).expect("a member")))
+                .collect();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            members
         }
     }
 
@@ -380,7 +542,7 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!((index.order_len(), index.len()), (2, 2));
-        assert_eq!(index.values["a"], text("4"));
+        assert_eq!(index.value_of("a"), Some(text("4")));
         assert!(index.contains("b") && !index.contains("c"));
     }
 
@@ -426,7 +588,7 @@ mod tests {
                 inserted.insert(key, value(i), desc);
             }
             let built = OrderedIndex::from_members(
-                keys.iter().enumerate().map(|(i, k)| (k, value(i))),
+                keys.iter().enumerate().map(|(i, k)| (k.as_str(), value(i))),
                 "n",
                 desc,
             );
@@ -435,7 +597,7 @@ mod tests {
                 end: None,
             };
             assert_eq!(built.window(all), inserted.window(all));
-            assert_eq!(built.values, inserted.values);
+            assert_eq!(built.members(), inserted.members());
         }
     }
 
@@ -462,6 +624,13 @@ mod tests {
                 }
             }
             assert_eq!(by_seq.window(all), general.window(all));
+            // Every key is found (or not) through the `_seq` table as the
+            // general order's map finds it, across the table's rebuilds.
+            for n in 0..130 {
+                let key = format!("k{n}");
+                assert_eq!(by_seq.contains(&key), general.contains(&key), "{key}");
+                assert_eq!(by_seq.value_of(&key), general.value_of(&key), "{key}");
+            }
             let window = Window {
                 start: 5,
                 end: Some(17),
@@ -471,13 +640,9 @@ mod tests {
                 (by_seq.len(), by_seq.order_len()),
                 (general.len(), general.order_len())
             );
-            let members: Vec<(String, SortKey)> = by_seq
-                .values
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect();
+            let members = by_seq.members();
             let built = OrderedIndex::from_members(
-                members.iter().map(|(k, v)| (k, v.clone())),
+                members.iter().map(|(k, v)| (k.as_str(), v.clone())),
                 Seq::FIELD,
                 desc,
             );
@@ -487,7 +652,7 @@ mod tests {
             // keeping every member.
             by_seq.insert("odd", SortKey::from(SortValue::Number(1.0)), desc);
             general.insert("odd", SortKey::from(SortValue::Number(1.0)), desc);
-            assert!(matches!(by_seq.order, Order::Any(_)));
+            assert!(matches!(by_seq.order, Order::Any { .. }));
             assert_eq!(by_seq.window(all), general.window(all));
         }
     }

@@ -443,7 +443,7 @@ impl Views {
         let mut resume_deletes = Vec::new();
         if let (Some(after), true) = (resume, view.mode != Mode::Append) {
             let mut frames = FrameCache::new(view.id.shared(), view.mode);
-            let wanted = |key: &String| match &slot {
+            let wanted = |key: &str| match &slot {
                 Slot::Key(k) => k == key,
                 _ => true,
             };

@@ -252,8 +252,7 @@ impl View {
             ),
             (Mode::State, _) => {
                 // Key order has no index: sort borrowed keys, copy none.
-                let mut keys: Vec<&str> =
-                    store.table(&self.source).map(|(k, _)| k.as_str()).collect();
+                let mut keys: Vec<&str> = store.table(&self.source).map(|(k, _)| k).collect();
                 keys.sort_unstable();
                 Box::new(keys.into_iter())
             }

@@ -572,13 +572,13 @@ mod tests {
 
     #[test]
     fn a_source_position_is_stored_with_its_record() {
-        let dir = tempfile_dir();
+        let dir = tempfile::tempdir().unwrap();
         let mark = |position: &str| SourceMark {
             source: "orders".into(),
             position: position.into(),
         };
         {
-            let log = EventLog::open(&dir).unwrap();
+            let log = EventLog::open(dir.path()).unwrap();
             assert!(log.source_positions().unwrap().is_empty());
             let mut first = record(1);
             first.source = Some(mark("lsn:1"));
@@ -586,19 +586,19 @@ mod tests {
             second.source = Some(mark("lsn:2"));
             log.append(&[first, second, record(3)], true).unwrap();
         }
-        let log = EventLog::open(&dir).unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
         assert_eq!(log.source_positions().unwrap(), vec![mark("lsn:2")]);
     }
 
     #[test]
     fn records_round_trip_and_survive_reopening() {
-        let dir = tempfile_dir();
+        let dir = tempfile::tempdir().unwrap();
         {
-            let log = EventLog::open(&dir).unwrap();
+            let log = EventLog::open(dir.path()).unwrap();
             log.append(&[record(1), record(2)], true).unwrap();
             log.append(&[record(3)], true).unwrap();
         }
-        let log = EventLog::open(&dir).unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
         let records = log.records_after(1).unwrap();
         assert_eq!(records, vec![record(2), record(3)]);
         let stats = log.stats().unwrap();
@@ -608,8 +608,8 @@ mod tests {
 
     #[test]
     fn pruning_keeps_the_policy_and_never_passes_the_checkpoint() {
-        let dir = tempfile_dir();
-        let log = EventLog::open(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
         log.append(&(1..=10).map(record).collect::<Vec<_>>(), true)
             .unwrap();
         assert_eq!(
@@ -635,8 +635,8 @@ mod tests {
 
     #[test]
     fn checkpoints_round_trip() {
-        let dir = tempfile_dir();
-        let log = EventLog::open(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
         let mut hidden = Hidden::default();
         for trader in ["ann", "bob"] {
             let m = vista_plugin_api::Mutation::patch("Token", "a", json!({}))
@@ -682,8 +682,8 @@ mod tests {
 
     #[test]
     fn statistics_read_the_checkpoint_header_with_or_without_its_own_key() {
-        let dir = tempfile_dir();
-        let log = EventLog::open(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
         log.write_checkpoint(&Checkpoint {
             rec: 7,
             last_seq: 70,
@@ -711,8 +711,8 @@ mod tests {
 
     #[test]
     fn a_directory_keeps_to_the_mode_it_was_first_used_in() {
-        let dir = tempfile_dir();
-        let log = EventLog::open(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path()).unwrap();
         log.claim_mode("cluster:VISTA").unwrap();
         log.claim_mode("cluster:VISTA").unwrap();
         let err = log.claim_mode("single").unwrap_err().to_string();
@@ -724,8 +724,8 @@ mod tests {
         assert!(log.claim_mode("cluster:OTHER").is_err());
         // A directory from before modes were recorded, holding records, is
         // a single host's.
-        let old = tempfile_dir();
-        let log = EventLog::open(&old).unwrap();
+        let old = tempfile::tempdir().unwrap();
+        let log = EventLog::open(old.path()).unwrap();
         log.append(&[record(1)], true).unwrap();
         assert!(log.claim_mode("cluster:VISTA").is_err());
         log.claim_mode("single").unwrap();
@@ -733,9 +733,9 @@ mod tests {
 
     #[test]
     fn another_format_is_refused_with_both_versions() {
-        let dir = tempfile_dir();
+        let dir = tempfile::tempdir().unwrap();
         {
-            let log = EventLog::open(&dir).unwrap();
+            let log = EventLog::open(dir.path()).unwrap();
             let txn = log.db().unwrap().begin_write().unwrap();
             txn.open_table(META)
                 .unwrap()
@@ -743,21 +743,10 @@ mod tests {
                 .unwrap();
             txn.commit().unwrap();
         }
-        let err = EventLog::open(&dir).err().unwrap().to_string();
+        let err = EventLog::open(dir.path()).err().unwrap().to_string();
         assert!(
             err.contains("format 99") && err.contains(&format!("format {FORMAT_VERSION}")),
             "{err}"
         );
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "vista-log-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
     }
 }

@@ -41,10 +41,7 @@ pub fn prune_stale_copies(cache_dir: &Path) {
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default();
-        let pid = stem
-            .rsplitn(3, '-')
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
+        let pid = stem.rsplit('-').nth(1).and_then(|p| p.parse::<u32>().ok());
         let gone = |pid: u32| !Path::new(&format!("/proc/{pid}")).exists();
         if pid.is_some_and(|pid| pid != std::process::id() && gone(pid)) {
             let _ = std::fs::remove_file(&path);

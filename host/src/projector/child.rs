@@ -425,7 +425,7 @@ mod tests {
 
     #[test]
     fn a_part_and_a_done_frame_of_plugin_texts_read_back_as_the_mutations() {
-        let produced = vec![
+        let produced = [
             vec![Mutation::patch(
                 "T",
                 "a",

@@ -11,7 +11,10 @@
 //! used. An eager purge everywhere (`MIMALLOC_PURGE_DELAY=0`) frees it too
 //! but cost ingest a fifth of its rate, so instead the threads that do the
 //! heavy lifting release once, when they have had nothing to do for
-//! [`IDLE_BEFORE_RELEASE`]: never while busy, once per quiet spell.
+//! [`IDLE_BEFORE_RELEASE`]: never while busy, once per quiet spell. A
+//! release took 0.1-1.3 ms on the engine and 1.3-3.2 ms in a projector
+//! process holding a million tokens (timed once, by hand): a request that
+//! arrives during one waits that long, once.
 
 use std::time::Duration;
 

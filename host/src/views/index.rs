@@ -207,24 +207,33 @@ fn seq_of(
 }
 
 /// Makes room for one more slot in `positions`, whose slots are exactly
-/// `members`. The table grows by being rebuilt from `members` (in order,
-/// each key read once), never by rehashing its slots, each of which would
-/// be a search of `members` for its key.
+/// `members`. The table grows by being rebuilt from `members`, never by
+/// rehashing its slots, each of which would be a search of `members` for
+/// its key.
 fn reserve_one(
     members: &BTreeMap<u64, Box<str>>,
     positions: &mut HashTable<u64>,
     hasher: &foldhash::fast::RandomState,
 ) {
-    if positions.len() < positions.capacity() {
-        return;
+    if positions.len() == positions.capacity() {
+        *positions = positions_of(members, hasher, (members.len() + 1) * 2);
     }
-    let mut grown = HashTable::with_capacity((positions.len() + 1) * 2);
+}
+
+/// A table of `members`' `_seq`s with room for `capacity`, each key read
+/// once, in order.
+fn positions_of(
+    members: &BTreeMap<u64, Box<str>>,
+    hasher: &foldhash::fast::RandomState,
+    capacity: usize,
+) -> HashTable<u64> {
+    let mut positions = HashTable::with_capacity(capacity);
     for (seq, key) in members {
-        grown.insert_unique(hasher.hash_one(&**key), *seq, |_| {
+        positions.insert_unique(hasher.hash_one(&**key), *seq, |_| {
             unreachable!("sized above")
         });
     }
-    *positions = grown;
+    positions
 }
 
 impl OrderedIndex {
@@ -254,12 +263,8 @@ impl OrderedIndex {
         }
     }
 
+    /// Takes a member out (if it is one).
     pub(crate) fn remove(&mut self, key: &str, desc: bool) {
-        self.take(key, desc);
-    }
-
-    /// Takes a member out, returning its key string.
-    fn take(&mut self, key: &str, desc: bool) -> Option<Box<str>> {
         match &mut self.order {
             Order::Seq {
                 members,
@@ -268,17 +273,17 @@ impl OrderedIndex {
                 ..
             } => {
                 let hash = hasher.hash_one(key);
-                let slot = positions
-                    .find_entry(hash, |seq| members.get(seq).is_some_and(|k| **k == *key))
-                    .ok()?;
-                let (seq, _) = slot.remove();
-                members.remove(&seq)
+                let found =
+                    positions.find_entry(hash, |seq| members.get(seq).is_some_and(|k| **k == *key));
+                if let Ok(slot) = found {
+                    let (seq, _) = slot.remove();
+                    members.remove(&seq);
+                }
             }
             Order::Any { order, values } => {
-                let (key, value) = values.remove_entry(key)?;
-                order
-                    .take(&OrderKey { value, desc, key })
-                    .map(|stored| stored.key)
+                if let Some((key, value)) = values.remove_entry(key) {
+                    order.remove(&OrderKey { value, desc, key });
+                }
             }
         }
     }
@@ -392,16 +397,8 @@ impl OrderedIndex {
                 })
                 .collect();
             if by_seq.len() == order.len() {
-                drop(order);
-                let Order::Seq { hasher, desc, .. } = Order::by_seq(desc) else {
-                    unreachable!("a `_seq` order")
-                };
-                let mut positions = HashTable::with_capacity(by_seq.len());
-                for (seq, key) in &by_seq {
-                    positions.insert_unique(hasher.hash_one(&**key), *seq, |_| {
-                        unreachable!("sized above")
-                    });
-                }
+                let hasher = foldhash::fast::RandomState::default();
+                let positions = positions_of(&by_seq, &hasher, by_seq.len());
                 return Self {
                     order: Order::Seq {
                         members: by_seq,

@@ -42,7 +42,7 @@ impl IdleRelease {
         self.worked = true;
     }
 
-    /// How long to wait for work before [`IdleRelease::idle`] is due: at
+    /// How long to wait for work before a release is due: at
     /// most [`IDLE_BEFORE_RELEASE`] after working, else `wait`.
     pub fn wait(&self, wait: Duration) -> Duration {
         if self.worked {
@@ -52,10 +52,37 @@ impl IdleRelease {
         }
     }
 
-    /// The wait ended with no work: release, if there was work before it.
-    pub fn idle(&mut self) {
-        if std::mem::take(&mut self.worked) {
+    /// A wait for work that the caller wanted to last `wanted` (and asked
+    /// [`IdleRelease::wait`] how long to make) ran out with no work:
+    /// release if it was the idle wait after work, not a shorter deadline
+    /// of the caller's own.
+    pub fn timed_out(&mut self, wanted: Duration) {
+        if self.worked && wanted > IDLE_BEFORE_RELEASE {
+            self.worked = false;
             release_freed_memory();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_is_due_once_after_work_and_only_when_the_idle_wait_ran_out() {
+        let second = Duration::from_secs(1);
+        let mut idle = IdleRelease::default();
+        assert_eq!(idle.wait(second), second, "nothing to release before work");
+        idle.worked();
+        assert_eq!(idle.wait(second), IDLE_BEFORE_RELEASE);
+        // A deadline of the caller's shorter than the idle wait ran out:
+        // not idle yet, still due.
+        let deadline = Duration::from_millis(10);
+        assert_eq!(idle.wait(deadline), deadline);
+        idle.timed_out(deadline);
+        assert_eq!(idle.wait(second), IDLE_BEFORE_RELEASE);
+        // The idle wait ran out: released, and not again until more work.
+        idle.timed_out(second);
+        assert_eq!(idle.wait(second), second);
     }
 }

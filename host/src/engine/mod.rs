@@ -209,7 +209,7 @@ impl Engine {
                     self.idle_release.worked();
                     self.handle(command);
                 }
-                Err(mpsc::RecvTimeoutError::Timeout) => self.idle_release.idle(),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.idle_release.timed_out(wait),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return false,
             }
         }

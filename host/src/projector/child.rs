@@ -101,8 +101,9 @@ pub fn run(file: &Path) -> i32 {
     let mut idle_release = IdleRelease::default();
     loop {
         if input.buffer().is_empty() && !input_within(idle_release.wait(IDLE_FOREVER)) {
-            idle_release.idle();
+            idle_release.timed_out(IDLE_FOREVER);
         }
+        // A message comes next: what it does is work.
         idle_release.worked();
         let (message, blob) = match read_frame::<ToChild>(&mut input) {
             Ok(Some(frame)) => frame,

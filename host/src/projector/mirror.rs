@@ -415,29 +415,22 @@ mod tests {
         );
     }
 
+    /// One request writing `keys` of `T`, folded in, then a trim.
+    fn write_and_trim(mirror: &mut Mirror, keys: [&str; 2]) {
+        let writes = keys.map(|key| Mutation::patch("T", key, json!({})));
+        mirror.apply_all(writes.iter());
+        mirror.trim();
+    }
+
     #[test]
     fn trimming_drops_applied_entries_and_keeps_unapplied_ones() {
         let mut mirror = Mirror::new(4);
         mirror.settle(None, 0);
         // Request 1 writes a and b; the host has logged it, not applied it.
-        mirror.apply_all(
-            [
-                Mutation::patch("T", "a", json!({})),
-                Mutation::patch("T", "b", json!({})),
-            ]
-            .iter(),
-        );
-        mirror.trim();
+        write_and_trim(&mut mirror, ["a", "b"]);
         mirror.settle(Some(true), 1);
         // Request 2 writes c and d: request 1 is still unapplied.
-        mirror.apply_all(
-            [
-                Mutation::patch("T", "c", json!({})),
-                Mutation::patch("T", "d", json!({})),
-            ]
-            .iter(),
-        );
-        mirror.trim();
+        write_and_trim(&mut mirror, ["c", "d"]);
         mirror.trim();
         for key in ["a", "b", "c", "d"] {
             assert!(held(&mirror, "T", key).is_some(), "{key} was dropped");
@@ -445,24 +438,10 @@ mod tests {
         // Both applied: the next trims may drop them all, and reads ask the
         // host. The request folded last is never dropped before it settles.
         mirror.settle(Some(true), 0);
-        mirror.apply_all(
-            [
-                Mutation::patch("T", "e", json!({})),
-                Mutation::patch("T", "f", json!({})),
-            ]
-            .iter(),
-        );
-        mirror.trim();
+        write_and_trim(&mut mirror, ["e", "f"]);
         assert!(held(&mirror, "T", "e").is_some());
         mirror.settle(Some(true), 0);
-        mirror.apply_all(
-            [
-                Mutation::patch("T", "g", json!({})),
-                Mutation::patch("T", "h", json!({})),
-            ]
-            .iter(),
-        );
-        mirror.trim();
+        write_and_trim(&mut mirror, ["g", "h"]);
         assert!(mirror.len() <= 4, "{} entries held", mirror.len());
         assert!(matches!(mirror.lookup("T", "a"), Lookup::AskHost));
     }

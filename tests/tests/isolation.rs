@@ -454,6 +454,82 @@ async fn a_mirror_smaller_than_the_plugins_state_reads_the_rest_from_the_host_ex
     }
 }
 
+/// A request whose plugin reads nothing is not folded into the projector
+/// process's mirror: its keys are forgotten there, and its text is kept
+/// until the host has applied it. A later read must see it all the same,
+/// even while the host is still logging it. Eight posters mix requests of
+/// `set` events (no reads: forgotten) and `note` events (reads) over six
+/// keys, with a mirror of 4 entries; the final counts equal a sequential
+/// replay of the requests in the order the host logged them (their `seq`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_requests_that_read_nothing_see_them_in_log_order() {
+    let _serial = SERIAL.lock().await;
+    let host = Host::start(
+        vec![PluginFile::Built("vista_fixture_tally", "tally.so")],
+        &["--projector-mirror-entities", "4"],
+    )
+    .await;
+    const POSTERS: u64 = 8;
+    const REQUESTS: u64 = 30;
+    let requests_of = |poster: u64| {
+        let mut state = poster * 2_654_435_761 + 1;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            state >> 33
+        };
+        (0..REQUESTS)
+            .map(|request| {
+                let sets = next() % 2 == 0;
+                (0..1 + next() % 4)
+                    .map(|_| {
+                        let id = format!("k{}", next() % 6);
+                        if sets {
+                            json!({"type": "set", "id": id, "count": poster * 1000 + request})
+                        } else {
+                            note(&id)
+                        }
+                    })
+                    .collect::<Vec<Value>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    let post = |poster: u64| {
+        let host = &host;
+        async move {
+            let mut logged = Vec::new();
+            for events in requests_of(poster) {
+                let reply = host.ingest_ok("crash", &events).await;
+                let seq: u64 = reply["seq"].as_str().unwrap().parse().unwrap();
+                logged.push((seq, events));
+            }
+            logged
+        }
+    };
+    let mut logged: Vec<(u64, Vec<Value>)> = futures_util::future::join_all((0..POSTERS).map(post))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    logged.sort_by_key(|(seq, _)| *seq);
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for event in logged.iter().flat_map(|(_, events)| events) {
+        let key = format!("note:{}", event["id"].as_str().unwrap());
+        if event["type"] == "set" {
+            expected.insert(key, event["count"].as_u64().unwrap());
+        } else {
+            *expected.entry(key).or_default() += 1;
+            *expected.entry("notes".into()).or_default() += 1;
+        }
+    }
+    assert!(expected["notes"] > 0, "no notes were posted");
+    let tally = view_of(&host, "Tally/list").await;
+    for (key, count) in &expected {
+        assert_eq!(tally[key]["count"], *count, "{key}: {tally:?}");
+    }
+}
+
 /// A large request's mutations reach the host in parts while the child
 /// projects the rest. A crash or an error after parts were sent still
 /// costs the whole request; a request that succeeds is applied whole and

@@ -645,26 +645,31 @@ pub(crate) fn project_with(
     event_json: &str,
     state: &impl StateReader,
 ) -> Result<Vec<Mutation>, String> {
-    project_with_text(module, stream, event_json, state).map(|(mutations, _)| mutations)
+    parse_mutations(&project_text(module, stream, event_json, state)?)
 }
 
-/// [`project_with`], also returning the plugin's output text (a JSON array
-/// of mutations), for a projector process to pass on without writing it
-/// out again.
-pub(crate) fn project_with_text(
+/// Calls a mapped plugin's projector and returns its output as it is: a
+/// JSON array of mutations, for a projector process to pass on without
+/// writing it out again, and to parse only if it needs to
+/// ([`parse_mutations`]).
+pub(crate) fn project_text(
     module: &PluginModuleRef,
     stream: &str,
     event_json: &str,
     state: &impl StateReader,
-) -> Result<(Vec<Mutation>, String), String> {
+) -> Result<String, String> {
     let reader = state_reader_ref(state);
-    let output = module.project()(RStr::from_str(stream), RStr::from_str(event_json), reader)
-        .into_result()
-        .map_err(RString::into_string)?
-        .into_string();
-    let mutations = serde_json::from_str(&output)
-        .map_err(|e| format!("projector returned invalid mutations: {e}"))?;
-    Ok((mutations, output))
+    Ok(
+        module.project()(RStr::from_str(stream), RStr::from_str(event_json), reader)
+            .into_result()
+            .map_err(RString::into_string)?
+            .into_string(),
+    )
+}
+
+/// Parses a projector's output ([`project_text`]).
+pub(crate) fn parse_mutations(text: &str) -> Result<Vec<Mutation>, String> {
+    serde_json::from_str(text).map_err(|e| format!("projector returned invalid mutations: {e}"))
 }
 
 /// Adapts a closure to the FFI [`StateReader`].

@@ -21,6 +21,11 @@
 //!   question per request before the answer ([`Mirror::unknown_bases`]),
 //!   since folding a patch needs the entity it patches.
 //!
+//! A request in which the plugin read nothing is forgotten rather than
+//! folded in ([`Mirror::forget`]): its keys stop being held, and its text
+//! is kept until the host has applied it, to be folded in before a read
+//! while the host lags ([`Mirror::take_forgotten`]).
+//!
 //! Eviction is by two generations rather than a strict least-recently-used
 //! list: writes land in the young one, and when it holds half the bound the
 //! old one is dropped (but for entries still unapplied) and the young one
@@ -123,6 +128,12 @@ pub struct Mirror {
     /// Of those, how many (the latest) the host had not applied yet when it
     /// sent the latest job.
     unapplied: usize,
+    /// The newest `written` stamp an entry was given.
+    newest_written: u64,
+    /// Requests forgotten rather than folded in ([`Mirror::forget`]) that
+    /// the host may not have applied yet: each one's stamp (as an entry's
+    /// `written`) and its mutations, one JSON array per event.
+    forgotten: std::collections::VecDeque<(u64, Vec<String>)>,
 }
 
 impl Mirror {
@@ -135,6 +146,8 @@ impl Mirror {
             bound: bound.max(2),
             folds: 0,
             unapplied: 0,
+            newest_written: 0,
+            forgotten: Default::default(),
         }
     }
 
@@ -242,6 +255,83 @@ impl Mirror {
             self.folds += 1;
         }
         self.unapplied = unapplied;
+        // What the host has applied it has exactly: only the rest of the
+        // forgotten requests may have to be folded in.
+        let applied_through = self.applied_through();
+        while self
+            .forgotten
+            .front()
+            .is_some_and(|(stamp, _)| *stamp <= applied_through)
+        {
+            self.forgotten.pop_front();
+        }
+    }
+
+    /// Folds are numbered in the order the host applies them: those up to
+    /// this one it has applied.
+    fn applied_through(&self) -> u64 {
+        self.folds.saturating_sub(self.unapplied as u64)
+    }
+
+    /// Whether an entry may be held as written by a request the host has not
+    /// applied yet (if not, [`Mirror::holds_unapplied`] is false whatever
+    /// it is asked).
+    pub fn may_hold_unapplied(&self) -> bool {
+        self.newest_written > self.applied_through()
+    }
+
+    /// Whether any of `targets` (entity type, key) is held as written by a
+    /// request the host may not have applied yet: such a request cannot be
+    /// forgotten (a read would then ask a host that lags).
+    pub fn holds_unapplied<'t>(
+        &self,
+        mut targets: impl Iterator<Item = (&'t str, &'t str)>,
+    ) -> bool {
+        let applied_through = self.applied_through();
+        self.newest_written > applied_through
+            && targets.any(|(entity, key)| {
+                self.young
+                    .get(entity, key)
+                    .or_else(|| self.old.get(entity, key))
+                    .is_some_and(|entry| entry.written > applied_through)
+            })
+    }
+
+    /// Forgets what a request wrote instead of folding it in: a projector
+    /// that does not read state never needs it, and folding cost parsing
+    /// every mutation. The keys written stop being held (but stay known),
+    /// so a later read asks the host; until the host has applied the
+    /// request, its texts are kept ([`Mirror::keep_forgotten`]), and [`Mirror::take_forgotten`] gives
+    /// them to be folded in before such a read. The caller has checked
+    /// [`Mirror::holds_unapplied`] for `targets`; a request that may be
+    /// refused (one with an undo) is folded in instead.
+    pub fn forget<'t>(&mut self, targets: impl Iterator<Item = (&'t str, &'t str)>) {
+        for (entity, key) in targets {
+            self.young.remove(entity, key);
+            self.old.remove(entity, key);
+            self.known.insert(key_hash(entity, key));
+        }
+    }
+
+    /// Keeps the texts of the request just forgotten ([`Mirror::forget`])
+    /// until the host has applied it.
+    pub fn keep_forgotten(&mut self, texts: Vec<String>) {
+        self.forgotten.push_back((self.folds + 1, texts));
+    }
+
+    /// The forgotten requests the host has not applied yet, oldest first,
+    /// to be folded in (by the caller, with the bases the host has) before
+    /// the mirror answers a read or folds in a request.
+    pub fn take_forgotten(&mut self) -> Vec<String> {
+        self.forgotten
+            .drain(..)
+            .flat_map(|(_, texts)| texts)
+            .collect()
+    }
+
+    /// Whether [`Mirror::take_forgotten`] has anything.
+    pub fn has_forgotten(&self) -> bool {
+        !self.forgotten.is_empty()
     }
 
     /// Folds in a request's mutations, returning how to undo them.
@@ -290,6 +380,7 @@ impl Mirror {
         }
         let entry = self.young.get_mut(entity, key).expect("inserted above");
         entry.written = written;
+        self.newest_written = written;
         // Only aggregates, deletes and replacements touch the hidden state.
         let touches_hidden = !matches!(
             &mutation.kind,
@@ -333,8 +424,7 @@ impl Mirror {
         if self.young.len < self.bound / 2 {
             return;
         }
-        // Folds are numbered in the order the host applies them.
-        let applied_through = self.folds.saturating_sub(self.unapplied as u64);
+        let applied_through = self.applied_through();
         let dropped = std::mem::replace(&mut self.old, std::mem::take(&mut self.young));
         for (entity, table) in dropped.by_type {
             for (key, entry) in table {
@@ -413,6 +503,45 @@ mod tests {
             mirror.unknown_bases(writes.iter()),
             vec![("T".to_owned(), "old".to_owned())]
         );
+    }
+
+    #[test]
+    fn a_forgotten_request_is_kept_until_the_host_has_applied_it() {
+        let mut mirror = Mirror::new(100);
+        mirror.settle(None, 0);
+        mirror.apply(&Mutation::patch("T", "a", json!({"n": 1})));
+        mirror.settle(Some(true), 0);
+        assert!(!mirror.may_hold_unapplied());
+        // Forgotten: no longer held, still known (a read asks the host).
+        mirror.forget([("T", "a"), ("T", "new")].into_iter());
+        mirror.keep_forgotten(vec![
+            r#"[{"entity":"T","key":"a","op":"patch","data":{"n":2}}]"#.into(),
+        ]);
+        assert!(matches!(mirror.lookup("T", "a"), Lookup::AskHost));
+        assert!(matches!(mirror.lookup("T", "new"), Lookup::AskHost));
+        // Applied, but logged only: its text stays to be folded in.
+        mirror.settle(Some(true), 1);
+        assert!(mirror.has_forgotten());
+        // Another request forgotten; then the host has applied both.
+        mirror.keep_forgotten(vec!["[]".into()]);
+        mirror.settle(Some(true), 1);
+        assert_eq!(mirror.take_forgotten(), vec!["[]".to_owned()]);
+        mirror.settle(Some(true), 0);
+        assert!(!mirror.has_forgotten());
+    }
+
+    #[test]
+    fn only_an_entry_the_host_has_not_applied_blocks_forgetting() {
+        let mut mirror = Mirror::new(100);
+        mirror.settle(None, 0);
+        mirror.apply(&Mutation::patch("T", "a", json!({"n": 1})));
+        // Settled, logged, not applied: only the mirror has `a`.
+        mirror.settle(Some(true), 1);
+        assert!(mirror.may_hold_unapplied());
+        assert!(mirror.holds_unapplied([("T", "b"), ("T", "a")].into_iter()));
+        assert!(!mirror.holds_unapplied([("T", "b")].into_iter()));
+        mirror.settle(None, 0);
+        assert!(!mirror.holds_unapplied([("T", "a")].into_iter()));
     }
 
     /// One request writing `keys` of `T`, folded in, then a trim.

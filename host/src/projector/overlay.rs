@@ -69,15 +69,30 @@ pub type Reader<'a> = FnStateReader<&'a dyn Fn(&str, &str) -> Option<String>>;
 /// The `event` index that marks a pending mutation (of an earlier request).
 const PENDING: usize = usize::MAX;
 
+/// What projecting one event gave.
+pub enum Output {
+    /// Its mutations, parsed.
+    Parsed(Vec<Mutation>),
+    /// Its mutations were checked and kept as the plugin's text, unparsed
+    /// (a projector process parses a request's output only if it reads
+    /// state): `parse_kept` gives them when a read needs them.
+    Kept,
+}
+
 /// Projects every event of a request through `project` (the plugin's
 /// projector), staging each event's mutations in an overlay over `base`
-/// so later events read them. `pending` are mutations of the plugin's
-/// earlier requests that will be applied before this one (read as if they
-/// were). `progress` counts events done: the host's liveness probe, and
-/// in a child process the way the host finds the event that crashed it.
+/// so later events read them. An event `project` kept unparsed
+/// ([`Output::Kept`]) is parsed by `parse_kept` (given its index) before
+/// the request's first read, and its place in the result stays empty if
+/// none comes. `pending` are mutations of the plugin's earlier requests
+/// that will be applied before this one (read as if they were).
+/// `progress` counts events done: the host's liveness probe, and in a
+/// child process the way the host finds the event that crashed it.
+#[allow(clippy::too_many_arguments)]
 pub fn project_request(
     manifest: &Manifest,
-    project: impl Fn(&str, &str, &Reader<'_>) -> Result<Vec<Mutation>, String>,
+    project: impl Fn(&str, &str, &Reader<'_>) -> Result<Output, String>,
+    parse_kept: impl Fn(usize) -> Result<Vec<Mutation>, String>,
     base: &impl Base,
     pending: &[Mutation],
     stream: &str,
@@ -88,22 +103,56 @@ pub fn project_request(
     for index in 0..pending.len() {
         overlay.stage((PENDING, index));
     }
-    let mut produced: Vec<Vec<Mutation>> = Vec::with_capacity(body.len());
+    let produced: RefCell<Vec<Vec<Mutation>>> = RefCell::new(Vec::with_capacity(body.len()));
+    // Events projected and not staged yet (staged at the next read, in
+    // order), and whether any of them was kept unparsed.
+    let staged_through = std::cell::Cell::new(0);
+    let kept: RefCell<Vec<usize>> = RefCell::new(Vec::new());
+    // A kept event whose text would not parse (its check passed, so not
+    // expected): the request fails at the event that read.
+    let unparsable: RefCell<Option<String>> = RefCell::new(None);
+    let stage_projected = || {
+        for event in kept.borrow_mut().drain(..) {
+            match parse_kept(event) {
+                Ok(mutations) => produced.borrow_mut()[event] = mutations,
+                Err(message) => *unparsable.borrow_mut() = Some(message),
+            }
+        }
+        let produced = produced.borrow();
+        for (event, mutations) in produced.iter().enumerate().skip(staged_through.get()) {
+            (0..mutations.len()).for_each(|index| overlay.stage((event, index)));
+        }
+        staged_through.set(produced.len());
+    };
     for (position, json) in body.events() {
         let fail = |message: String| ProjectFailure::error(position, message);
-        let mutations = {
-            let read = |entity: &str, key: &str| overlay.read(entity, key, &produced);
+        let output = {
+            let read = |entity: &str, key: &str| {
+                stage_projected();
+                overlay.read(entity, key, &produced.borrow())
+            };
             let reader = FnStateReader(&read as &dyn Fn(&str, &str) -> Option<String>);
             project(stream, json, &reader).map_err(fail)?
         };
-        for (index, mutation) in mutations.iter().enumerate() {
-            check_mutation(manifest, mutation).map_err(fail)?;
-            overlay.stage((produced.len(), index));
+        if let Some(message) = unparsable.borrow_mut().take() {
+            return Err(fail(message));
         }
-        produced.push(mutations);
+        let mutations = match output {
+            Output::Parsed(mutations) => {
+                for mutation in &mutations {
+                    check_mutation(manifest, mutation).map_err(fail)?;
+                }
+                mutations
+            }
+            Output::Kept => {
+                kept.borrow_mut().push(produced.borrow().len());
+                Vec::new()
+            }
+        };
+        produced.borrow_mut().push(mutations);
         progress.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(produced)
+    Ok(produced.into_inner())
 }
 
 /// Checks what a projector returned: only its own entities, and what

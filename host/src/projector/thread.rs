@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc};
 
 use vista_plugin_api::Mutation;
 
-use super::overlay::project_request;
+use super::overlay::{project_request, Output};
 use super::{AfterStuck, ProjectJob, Projected, Projector, Settled, SharedStore};
 use crate::plugins::PluginLibrary;
 
@@ -45,7 +45,10 @@ impl ProjectorWorker {
                 while let Ok(job) = queue.recv() {
                     let outcome = project_request(
                         &lib.manifest,
-                        |stream, json, reader| lib.project(stream, json, reader),
+                        |stream, json, reader| {
+                            lib.project(stream, json, reader).map(Output::Parsed)
+                        },
+                        |_| Err("a projector thread keeps no output unparsed".into()),
                         &store,
                         &job.pending,
                         &job.stream,

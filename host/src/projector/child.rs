@@ -53,7 +53,7 @@ use vista_plugin_api::{Hidden, Mutation};
 
 use super::mirror::{self, Fetched, Lookup, Mirror, Undo};
 use super::overlay::{project_request, Base, Output};
-use super::wire::{read_frame, write_frame, FromChild, SharedCounter, ToChild};
+use super::wire::{key_hash, read_frame, write_frame, FromChild, SharedCounter, ToChild};
 use crate::ingest::IngestBody;
 use crate::memory::IdleRelease;
 use crate::vocab::FastMap;
@@ -166,6 +166,8 @@ pub fn run(file: &Path) -> i32 {
                 let texts = std::cell::RefCell::new(Texts::default());
                 let keep_unparsed = std::cell::Cell::new(!undoable);
                 let unparsed = std::cell::Cell::new(0usize);
+                // The key hashes the kept events write.
+                let kept_keys = std::cell::RefCell::new(Vec::new());
                 let mut fetched = FastMap::default();
                 let mut forgettable = false;
                 let outcome = match IngestBody::parse(blob.into()) {
@@ -185,7 +187,7 @@ pub fn run(file: &Path) -> i32 {
                                     crate::plugins::project_text(&module, stream, json, reader)?;
                                 let output = if keep_unparsed.get()
                                     && !base.read.get()
-                                    && checked_unparsed(&owned, &text)
+                                    && checked_unparsed(&owned, &text, &mut kept_keys.borrow_mut())
                                 {
                                     unparsed.set(unparsed.get() + 1);
                                     Output::Kept
@@ -275,9 +277,16 @@ pub fn run(file: &Path) -> i32 {
                 }
                 if let Ok(produced) = outcome {
                     let undo = if forgettable {
-                        let targets: Vec<Target<'_>> =
-                            texts.all.iter().flat_map(|text| targets(text)).collect();
-                        mirror.forget(targets.iter().map(Target::ids));
+                        if mirror.holds_nothing() {
+                            // Nothing to drop: the keys become known.
+                            let parsed = produced.iter().flatten();
+                            let parsed = parsed.map(|m| key_hash(&m.entity, &m.key));
+                            mirror.know(kept_keys.into_inner().into_iter().chain(parsed));
+                        } else {
+                            let targets: Vec<Target<'_>> =
+                                texts.all.iter().flat_map(|text| targets(text)).collect();
+                            mirror.forget(targets.iter().map(Target::ids));
+                        }
                         None
                     } else {
                         let mutations = produced.iter().flatten();
@@ -351,12 +360,13 @@ struct PlainMutation<'a> {
 /// Whether a plugin's output (a JSON array of mutations) is plain patches
 /// and deletes of its own entities with keys: what the host accepts
 /// without more checks. Anything else is parsed and checked in full, which
-/// gives the error a bad mutation deserves.
-fn checked_unparsed(owned: &HashSet<String>, text: &str) -> bool {
+/// gives the error a bad mutation deserves. If it is, the [`key_hash`] of
+/// each key it writes is added to `keys`.
+fn checked_unparsed(owned: &HashSet<String>, text: &str, keys: &mut Vec<u64>) -> bool {
     let Ok(mutations) = serde_json::from_str::<Vec<PlainMutation<'_>>>(text) else {
         return false;
     };
-    mutations.iter().all(|m| {
+    let plain = mutations.iter().all(|m| {
         !m.key.is_empty()
             && owned.contains(m.entity.as_ref())
             && match m.op.as_ref() {
@@ -364,7 +374,11 @@ fn checked_unparsed(owned: &HashSet<String>, text: &str) -> bool {
                 "patch" => m.data.is_some_and(|data| data.get().starts_with('{')),
                 _ => false,
             }
-    })
+    });
+    if plain {
+        keys.extend(mutations.iter().map(|m| key_hash(&m.entity, &m.key)));
+    }
+    plain
 }
 
 /// The entity and key a mutation writes, read from its text.

@@ -313,6 +313,18 @@ impl Mirror {
         }
     }
 
+    /// Whether the mirror holds no entry: then forgetting a request is only
+    /// knowing the keys it wrote ([`Mirror::know`]).
+    pub fn holds_nothing(&self) -> bool {
+        self.young.len + self.old.len == 0
+    }
+
+    /// Knows keys by their [`key_hash`] (they may exist: a read asks the
+    /// host).
+    pub fn know(&mut self, hashes: impl Iterator<Item = u64>) {
+        self.known.extend(hashes);
+    }
+
     /// Keeps the texts of the request just forgotten ([`Mirror::forget`])
     /// until the host has applied it.
     pub fn keep_forgotten(&mut self, texts: Vec<String>) {
@@ -528,6 +540,13 @@ mod tests {
         assert_eq!(mirror.take_forgotten(), vec!["[]".to_owned()]);
         mirror.settle(Some(true), 0);
         assert!(!mirror.has_forgotten());
+        // A mirror holding nothing only needs to know the keys written.
+        let mut empty = Mirror::new(100);
+        assert!(empty.holds_nothing());
+        assert!(mirror.holds_nothing(), "forgetting `a` dropped the only entry");
+        empty.know([key_hash("T", "x")].into_iter());
+        assert!(matches!(empty.lookup("T", "x"), Lookup::AskHost));
+        assert!(matches!(empty.lookup("T", "y"), Lookup::Absent));
     }
 
     #[test]

@@ -131,6 +131,45 @@ impl IngestBody {
         self.events.is_empty()
     }
 
+    /// The event table in a compact binary form, 12 bytes an event (its
+    /// position, start and end, little-endian `u32`s): sent to a projector
+    /// process with the body, so that it need not split the body again
+    /// ([`IngestBody::with_table`]), a scan of every event's JSON on the
+    /// request's path. `None` for a body too large for `u32` offsets.
+    pub fn table(&self) -> Option<Vec<u8>> {
+        u32::try_from(self.text.len()).ok()?;
+        let mut table = Vec::with_capacity(self.events.len() * 12);
+        for (position, range) in &self.events {
+            for n in [*position, range.start, range.end] {
+                table.extend_from_slice(&u32::try_from(n).ok()?.to_le_bytes());
+            }
+        }
+        Some(table)
+    }
+
+    /// The body the host split: `text` and its [`IngestBody::table`].
+    /// `None` if the text is not UTF-8 or the table does not fit it.
+    pub fn with_table(text: Bytes, table: &[u8]) -> Option<IngestBody> {
+        let checked = std::str::from_utf8(&text).ok()?;
+        if !table.len().is_multiple_of(12) {
+            return None;
+        }
+        let word = |at: &[u8]| u32::from_le_bytes(at.try_into().expect("4 bytes")) as usize;
+        let mut events = Vec::with_capacity(table.len() / 12);
+        for entry in table.chunks_exact(12) {
+            let (position, start, end) = (word(&entry[..4]), word(&entry[4..8]), word(&entry[8..]));
+            if start > end || !checked.is_char_boundary(start) || !checked.is_char_boundary(end) {
+                return None;
+            }
+            events.push((position, start..end));
+        }
+        Some(IngestBody {
+            text,
+            events,
+            source: None,
+        })
+    }
+
     /// The events: (position, JSON text).
     pub fn events(&self) -> impl Iterator<Item = (usize, &str)> {
         self.events.iter().map(|(position, range)| {
@@ -166,6 +205,29 @@ mod tests {
         assert_eq!(events, vec![(1, "{\"a\":1}"), (2, "{\"b\":2}")]);
         assert_eq!(parse("{\"a\":1}\r\n{\"b\":2}\n").unwrap().len(), 2);
         assert_eq!(parse("[{\"a\":1}, 3]").err().unwrap().position, 2);
+    }
+
+    #[test]
+    fn a_table_gives_back_the_same_events_and_a_bad_one_is_refused() {
+        let body = parse("\n{\"a\":\"é\"}\n\n  {\"b\":2}\n").unwrap();
+        let table = body.table().unwrap();
+        let again = IngestBody::with_table(body.raw().clone(), &table).unwrap();
+        assert_eq!(
+            again.events().collect::<Vec<_>>(),
+            body.events().collect::<Vec<_>>()
+        );
+        assert_eq!(
+            again.events().map(|(p, _)| p).collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+        assert!(IngestBody::with_table(body.raw().clone(), &table[..11]).is_none());
+        let mut beyond = table.clone();
+        beyond[8..12].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(IngestBody::with_table(body.raw().clone(), &beyond).is_none());
+        // An end inside the two bytes of `é` is no event.
+        let mut inside = table.clone();
+        inside[8..12].copy_from_slice(&8u32.to_le_bytes());
+        assert!(IngestBody::with_table(body.raw().clone(), &inside).is_none());
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub fn run(file: &Path) -> i32 {
                 settle,
                 undoable,
                 unapplied,
+                table_at,
             } => {
                 // The previous request's undo, dropped once this one is
                 // answered (freeing it is not the host's wait).
@@ -170,7 +171,7 @@ pub fn run(file: &Path) -> i32 {
                 let kept_keys = std::cell::RefCell::new(Vec::new());
                 let mut fetched = FastMap::default();
                 let mut forgettable = false;
-                let outcome = match IngestBody::parse(blob.into()) {
+                let outcome = match split_body(blob, table_at) {
                     Err(malformed) => Err((malformed.position, malformed.message)),
                     Ok(body) => {
                         let base = ChildBase {
@@ -307,6 +308,21 @@ pub fn run(file: &Path) -> i32 {
             ToChild::ReadReply { .. } => return 3,
         }
     }
+}
+
+/// A job's body, split by the host's table if it sent one (see
+/// [`IngestBody::table`]), else here.
+fn split_body(
+    mut blob: Vec<u8>,
+    table_at: Option<usize>,
+) -> Result<IngestBody, crate::ingest::MalformedBody> {
+    if let Some(at) = table_at.filter(|at| *at <= blob.len()) {
+        let table = blob.split_off(at);
+        let text = bytes::Bytes::from(blob);
+        return IngestBody::with_table(text.clone(), &table)
+            .map_or_else(|| IngestBody::parse(text), Ok);
+    }
+    IngestBody::parse(blob.into())
 }
 
 /// The environment variable that carries the mirror's bound, in entries,

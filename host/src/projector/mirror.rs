@@ -543,7 +543,10 @@ mod tests {
         // A mirror holding nothing only needs to know the keys written.
         let mut empty = Mirror::new(100);
         assert!(empty.holds_nothing());
-        assert!(mirror.holds_nothing(), "forgetting `a` dropped the only entry");
+        assert!(
+            mirror.holds_nothing(),
+            "forgetting `a` dropped the only entry"
+        );
         empty.know([key_hash("T", "x")].into_iter());
         assert!(matches!(empty.lookup("T", "x"), Lookup::AskHost));
         assert!(matches!(empty.lookup("T", "y"), Lookup::Absent));

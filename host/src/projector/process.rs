@@ -32,7 +32,7 @@ use vista_plugin_api::Mutation;
 use super::child;
 use super::stdin::{self, InputSender};
 use super::wire::{
-    self, encode, key_hash, read_frame, Found, FromChild, Row, SharedCounter, ToChild,
+    self, encode, encode_parts, key_hash, read_frame, Found, FromChild, Row, SharedCounter, ToChild,
 };
 use super::{
     AfterStuck, Crash, ProjectFailure, ProjectJob, Projected, Projector, Settled, SharedStore,
@@ -286,12 +286,6 @@ impl ProcessProjector {
             &hashes,
         )
     }
-
-    fn send(&self, message: &ToChild, blob: &[u8]) -> bool {
-        self.running
-            .as_ref()
-            .is_some_and(|r| r.to_child.send(&encode(message, blob)))
-    }
 }
 
 impl Drop for ProcessProjector {
@@ -318,16 +312,19 @@ impl Projector for ProcessProjector {
             body: job.body.clone(),
             progress_at_start: running.progress.load(),
         });
-        self.send(
+        let table = job.body.table();
+        let frame = encode_parts(
             &ToChild::Job {
                 ticket: job.ticket,
                 stream: job.stream.to_string(),
                 settle,
                 undoable: job.undoable,
                 unapplied: job.unapplied,
+                table_at: table.as_ref().map(|_| job.body.raw().len()),
             },
-            job.body.raw(),
-        )
+            &[job.body.raw(), table.as_deref().unwrap_or_default()],
+        );
+        running.to_child.send(&frame)
     }
 
     fn settle(&mut self, ticket: u64, applied: bool) -> Settled {

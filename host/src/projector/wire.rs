@@ -63,6 +63,11 @@ pub enum ToChild {
         /// How many of the plugin's requests are logged and not applied
         /// yet (the latest ones): the mirror keeps what they wrote.
         unapplied: usize,
+        /// Where in the blob the body ends and its event table begins
+        /// ([`crate::ingest::IngestBody::table`]); without one, the child
+        /// splits the body itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        table_at: Option<usize>,
     },
     /// The answer to [`FromChild::Read`]: each entity asked for, in order.
     ReadReply {
@@ -159,8 +164,18 @@ pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::
 
 /// Encodes one frame (sent through [`super::stdin`], by whoever sends it).
 pub fn encode(header: &impl Serialize, blob: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(blob.len() + 64);
-    write_frame(&mut frame, header, blob).expect("writing to a Vec cannot fail");
+    encode_parts(header, &[blob])
+}
+
+/// Encodes one frame whose blob is `parts` one after another, copied once.
+pub fn encode_parts(header: &impl Serialize, parts: &[&[u8]]) -> Vec<u8> {
+    let header = serde_json::to_vec(header).expect("a header serializes");
+    let blob_len: usize = parts.iter().map(|part| part.len()).sum();
+    let mut frame = Vec::with_capacity(8 + header.len() + blob_len);
+    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&(blob_len as u32).to_le_bytes());
+    frame.extend_from_slice(&header);
+    parts.iter().for_each(|part| frame.extend_from_slice(part));
     frame
 }
 
@@ -293,6 +308,7 @@ mod tests {
                 settle: None,
                 undoable: true,
                 unapplied: 0,
+                table_at: Some(8),
             },
             b"{\"a\":1}\n",
         )
@@ -305,13 +321,21 @@ mod tests {
                 settle: Some((7, true)),
                 undoable: false,
                 unapplied: 1,
+                table_at: None,
             },
             b"",
         )
         .unwrap();
         let mut input = &pipe[..];
         let (first, blob) = read_frame::<ToChild>(&mut input).unwrap().unwrap();
-        assert!(matches!(first, ToChild::Job { ticket: 7, .. }));
+        assert!(matches!(
+            first,
+            ToChild::Job {
+                ticket: 7,
+                table_at: Some(8),
+                ..
+            }
+        ));
         assert_eq!(blob, b"{\"a\":1}\n");
         let (second, _) = read_frame::<ToChild>(&mut input).unwrap().unwrap();
         assert!(matches!(

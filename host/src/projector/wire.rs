@@ -3,9 +3,10 @@
 //!
 //! A frame is two little-endian `u32` lengths, a JSON header and a binary
 //! blob. The blob carries what is already bytes and would only be escaped
-//! by JSON: an ingest request's body travels as the bytes that arrived, and
-//! the child splits it into events exactly as the host did
-//! ([`crate::ingest::IngestBody::parse`]), so line numbers agree. JSON
+//! by JSON: an ingest request's body travels as the bytes that arrived,
+//! followed by the host's table of its events
+//! ([`crate::ingest::IngestBody::table`]), so the child takes the same
+//! events and line numbers without splitting the body again. JSON
 //! headers because mutations and entity values are JSON values already
 //! (`serde_json::Value` does not round-trip through the compact binary
 //! formats), and because a frame is easy to read in a hex dump.

@@ -165,7 +165,6 @@ pub fn run(file: &Path) -> i32 {
                 // cannot be refused is parsed only once the plugin reads
                 // state ([`Output::Kept`]): the host parses it anyway.
                 let texts = std::cell::RefCell::new(Texts::default());
-                let keep_unparsed = std::cell::Cell::new(!undoable);
                 let unparsed = std::cell::Cell::new(0usize);
                 // The key hashes the kept events write.
                 let kept_keys = std::cell::RefCell::new(Vec::new());
@@ -186,7 +185,10 @@ pub fn run(file: &Path) -> i32 {
                             |stream, json, reader| {
                                 let text =
                                     crate::plugins::project_text(&module, stream, json, reader)?;
-                                let output = if keep_unparsed.get()
+                                // A read reaches the base first thing (the
+                                // overlay loads what it has not loaded): from
+                                // then on, the output is parsed.
+                                let output = if !undoable
                                     && !base.read.get()
                                     && checked_unparsed(&owned, &text, &mut kept_keys.borrow_mut())
                                 {
@@ -213,8 +215,6 @@ pub fn run(file: &Path) -> i32 {
                                 Ok(output)
                             },
                             |event| {
-                                // The plugin reads: from now on, parsed.
-                                keep_unparsed.set(false);
                                 unparsed.set(unparsed.get() - 1);
                                 crate::plugins::parse_mutations(&texts.borrow().all[event])
                             },
@@ -530,7 +530,6 @@ impl<R: std::io::Read, W: std::io::Write> ChildBase<'_, R, W> {
 
     /// The plugin's own `entity[key]`.
     fn own(&self, entity: &str, key: &str) -> Fetched {
-        self.read.set(true);
         self.catch_up();
         let lookup = match self.mirror.borrow().lookup(entity, key) {
             Lookup::Held(entry) => Ok(entry.get()),

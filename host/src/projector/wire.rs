@@ -156,8 +156,7 @@ pub fn write_frame(out: &mut impl Write, header: &impl Serialize, blob: &[u8]) -
 
 /// Writes one frame whose header is JSON text already, and flushes it.
 pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::Result<()> {
-    out.write_all(&(header.len() as u32).to_le_bytes())?;
-    out.write_all(&(blob.len() as u32).to_le_bytes())?;
+    out.write_all(&lengths(header.len(), blob.len()))?;
     out.write_all(header)?;
     out.write_all(blob)?;
     out.flush()
@@ -173,11 +172,18 @@ pub fn encode_parts(header: &impl Serialize, parts: &[&[u8]]) -> Vec<u8> {
     let header = serde_json::to_vec(header).expect("a header serializes");
     let blob_len: usize = parts.iter().map(|part| part.len()).sum();
     let mut frame = Vec::with_capacity(8 + header.len() + blob_len);
-    frame.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&(blob_len as u32).to_le_bytes());
+    frame.extend_from_slice(&lengths(header.len(), blob_len));
     frame.extend_from_slice(&header);
     parts.iter().for_each(|part| frame.extend_from_slice(part));
     frame
+}
+
+/// A frame's first 8 bytes: the header's and the blob's lengths.
+fn lengths(header: usize, blob: usize) -> [u8; 8] {
+    let mut both = [0u8; 8];
+    both[..4].copy_from_slice(&(header as u32).to_le_bytes());
+    both[4..].copy_from_slice(&(blob as u32).to_le_bytes());
+    both
 }
 
 /// Reads one frame: `Ok(None)` at a clean end of the stream.

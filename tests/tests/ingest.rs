@@ -41,6 +41,28 @@ async fn ndjson_and_json_arrays_are_accepted_with_the_last_seq() {
 }
 
 #[tokio::test]
+async fn a_request_of_several_commit_chunks_answers_with_its_last_seq_once_whole() {
+    // 2,500 events: three commit steps of at most 1,024 mutations, the
+    // answer sent as the last one starts. A subscriber after the answer
+    // must find every one of them, and the answer the last `_seq`.
+    let host = Host::with_tokens().await;
+    let body: String = (0..2500)
+        .map(|i| created(&format!("m{i:04}")) + "\n")
+        .collect();
+    let (status, reply) = host.ingest("tokens", body).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["accepted"], 2500);
+    assert_eq!(reply["seq"], "0000000000002500");
+    let keys = token_keys(&host).await;
+    assert_eq!(keys.len(), 2500);
+    assert_eq!(keys.first().map(String::as_str), Some("m0000"));
+    assert_eq!(keys.last().map(String::as_str), Some("m2499"));
+    let (status, reply) = host.ingest("tokens", created("after")).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["seq"], "0000000000002501");
+}
+
+#[tokio::test]
 async fn a_malformed_line_fails_the_whole_request_naming_the_line() {
     let host = Host::with_tokens().await;
     let body = format!(

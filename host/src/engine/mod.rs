@@ -574,7 +574,8 @@ impl Env for Stage<'_> {
         &mut self,
         advance_to: Option<u64>,
         chunk: &mut dyn ExactSizeIterator<Item = Mutation>,
-    ) -> Seq {
+        ends_at: &mut dyn FnMut(Seq),
+    ) {
         let mut store = self.store.write().unwrap_or_else(|e| e.into_inner());
         // The views follow the store in order (the changes wait in a queue)
         // and catch up after the request's answer ([`behind`]).
@@ -582,6 +583,8 @@ impl Env for Stage<'_> {
         if let Some(seq) = advance_to {
             store.advance_to(seq);
         }
+        // Every mutation, a delete of a missing entity too, takes a `_seq`.
+        ends_at(Seq(store.last_seq().0 + chunk.len() as u64));
         let views_may_lag = !self.views.windows_exist();
         for mutation in chunk {
             if !self.behind.is_empty() && store.is_shared(&mutation.entity, &mutation.key) {
@@ -595,7 +598,6 @@ impl Env for Stage<'_> {
                     .catch_up(usize::MAX, self.views, &store, self.conns, wake_ups);
             }
         }
-        store.last_seq()
     }
 
     fn committed(&mut self, rec: u64, events: u64) {

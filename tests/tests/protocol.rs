@@ -75,6 +75,37 @@ async fn list_subscription_sends_subscribed_snapshot_then_patches() {
 }
 
 #[tokio::test]
+async fn a_new_entity_is_sent_as_its_event_left_it_even_when_a_later_event_changed_it() {
+    // One request creates `a` and changes its supply. The views run after
+    // the answer, behind the store: when the creation reaches them the
+    // store already holds the changed supply, yet the creation's upsert
+    // must carry the entity as the creation left it, and the change follow
+    // as its own patch.
+    let host = Host::with_tokens().await;
+    let mut list = host.client().await;
+    list.subscribe(json!({"type": "subscribe", "view": "Token/list"}))
+        .await;
+    assert!(entries(&list.snapshot_frames().await).is_empty());
+    let mut state = host.client().await;
+    state
+        .subscribe(json!({"type": "subscribe", "view": "Token/state", "key": "a"}))
+        .await;
+    assert!(entries(&state.snapshot_frames().await).is_empty());
+    host.ingest_ok("tokens", &[created("a", 1), supply("a", 5)])
+        .await;
+    for client in [&mut list, &mut state] {
+        let first = client.recv_json().await;
+        assert_eq!(first["key"], "a", "{first}");
+        assert_eq!(first["data"]["supply"], 1, "{first}");
+        assert_eq!(first["data"]["_seq"], "0000000000000001", "{first}");
+        let second = client.recv_json().await;
+        assert_eq!(second["op"], "patch", "{second}");
+        assert_eq!(second["data"]["supply"], 6, "{second}");
+        assert_eq!(second["data"]["_seq"], "0000000000000002", "{second}");
+    }
+}
+
+#[tokio::test]
 async fn state_mode_sends_one_entity_and_its_patches() {
     let host = Host::with_tokens().await;
     host.ingest_ok("tokens", &[created("a", 1), created("b", 2)])

@@ -361,7 +361,7 @@ impl View {
             let direct = if !now_in {
                 frames.delete(key)
             } else if self.is_derived() || !was_in {
-                frames.upsert(key, store, &self.source)
+                frames.upsert_changed(change)
             } else {
                 frames.change(key, change)
             };
@@ -380,14 +380,12 @@ impl View {
                 out.push(frames.delete(left));
             }
             for member in &members {
-                if !old.contains(member.as_str()) {
+                if member == key && (self.def.is_some() || !old.contains(key)) {
+                    out.push(frames.upsert_changed(change));
+                } else if !old.contains(member.as_str()) {
                     out.push(frames.upsert(member, store, &self.source));
                 } else if member == key {
-                    out.push(if self.def.is_some() {
-                        frames.upsert(key, store, &self.source)
-                    } else {
-                        frames.change(key, change)
-                    });
+                    out.push(frames.change(key, change));
                 }
             }
             for conn in &group.conns {
@@ -489,6 +487,23 @@ impl FrameCache {
             let entity = store.tree(source, key);
             let seq = entity.as_deref().and_then(Seq::of);
             cache.update(Op::Upsert, key, entity, Vec::new(), seq)
+        })
+    }
+
+    /// The changed entity as an `upsert`, as the change left it: the
+    /// store's copy may have moved on while the views were behind (a later
+    /// request writing the same key), and reading the change's own value
+    /// also spares parsing an entity the store keeps as text.
+    pub(crate) fn upsert_changed(&mut self, change: &Change) -> Frame {
+        self.memoized(Op::Upsert, &change.key, |cache| {
+            let entity = change.new.clone();
+            cache.update(
+                Op::Upsert,
+                &change.key,
+                entity,
+                Vec::new(),
+                Some(change.seq),
+            )
         })
     }
 

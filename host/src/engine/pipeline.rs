@@ -584,11 +584,10 @@ impl Pipeline {
             self.committing.push_front(commit);
             return;
         }
-        // The last chunk's answer goes out as its writing starts: nothing
-        // else runs on the engine until it is written, so every command
-        // after the answer (a subscribe, the poster's next request) finds
-        // the request applied, and the answer travels while the store is
-        // written rather than after.
+        // The answer goes out as the last chunk's writing starts: nothing
+        // else runs on the engine until it is written, so any command after
+        // the answer finds the request applied, and the answer travels
+        // while the store is written.
         let Commit {
             mut mutations,
             events,

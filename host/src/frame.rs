@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use flate2::{write::GzEncoder, Compression};
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::codes::IssueCode;
@@ -218,15 +219,27 @@ struct SnapshotItem<'a> {
     data: WireEntity<'a>,
 }
 
-/// A stored entity as frames send it: its text as it is (it has no unsafe
-/// integer, see [`crate::entity`]), a tree through [`SafeJson`].
-struct WireEntity<'a>(&'a Stored);
+/// An entity as frames send it: the store's text as it is (it has no
+/// unsafe integer, see [`crate::entity`]), a tree through [`SafeJson`].
+enum WireEntity<'a> {
+    Tree(&'a Value),
+    Text(&'a RawValue),
+}
+
+impl<'a> WireEntity<'a> {
+    fn of(stored: &'a Stored) -> Self {
+        match stored {
+            Stored::Tree(value) => WireEntity::Tree(value),
+            Stored::Text(text) => WireEntity::Text(text),
+        }
+    }
+}
 
 impl Serialize for WireEntity<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Stored::Tree(value) => SafeJson(value).serialize(serializer),
-            Stored::Text(text) => text.serialize(serializer),
+        match self {
+            WireEntity::Tree(value) => SafeJson(value).serialize(serializer),
+            WireEntity::Text(text) => text.serialize(serializer),
         }
     }
 }
@@ -251,7 +264,7 @@ pub fn snapshot_frame(view: &str, mode: Mode, entries: &[SnapshotEntry], complet
             .iter()
             .map(|e| SnapshotItem {
                 key: &e.key,
-                data: WireEntity(&e.data),
+                data: WireEntity::of(&e.data),
             })
             .collect(),
         complete,
@@ -276,7 +289,7 @@ pub fn snapshot_batches(total: usize) -> impl Iterator<Item = std::ops::Range<us
 }
 
 /// The content of a `patch`/`upsert`/`delete` frame.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct EntityUpdate {
     /// View id (the frame's `entity`).
     pub view: Arc<str>,
@@ -288,6 +301,10 @@ pub struct EntityUpdate {
     pub key: String,
     /// Patch data, full entity, or `None` for a delete.
     pub data: Option<Arc<Value>>,
+    /// `data` as the text the store keeps it as, when it does (a new
+    /// entity): the frame carries it as it is instead of writing `data`
+    /// out again. Dropped whenever `data` changes.
+    pub text: Option<Arc<RawValue>>,
     /// Append paths of a patch.
     pub append: Vec<String>,
     /// `_seq` of the change.
@@ -303,7 +320,7 @@ impl EntityUpdate {
             mode: Mode,
             entity: &'a str,
             key: &'a str,
-            data: Option<SafeJson<'a>>,
+            data: Option<WireEntity<'a>>,
             // Optional in the protocol and in both published clients
             // (`frame.append ?? []`, `#[serde(default)]`): 12 bytes saved
             // on every frame of a plain patch, which the kernel pays per
@@ -318,7 +335,11 @@ impl EntityUpdate {
             mode: self.mode,
             entity: &self.view,
             key: &self.key,
-            data: self.data.as_deref().map(SafeJson),
+            data: match (&self.text, &self.data) {
+                (Some(text), _) => Some(WireEntity::Text(text)),
+                (None, Some(value)) => Some(WireEntity::Tree(value)),
+                (None, None) => None,
+            },
             append: &self.append,
             seq: self.seq,
         });
@@ -377,6 +398,7 @@ impl EntityUpdate {
                 let mut data = Arc::unwrap_or_clone(earlier);
                 vista_plugin_api::merge_patch(&mut data, patch, &later.append);
                 self.data = Some(Arc::new(data));
+                self.text = None;
                 self.seq = later.seq;
             }
         }
@@ -461,9 +483,34 @@ mod tests {
             op: Op::Patch,
             key: "k".into(),
             data: Some(Arc::new(data)),
+            text: None,
             append: append.iter().map(|s| s.to_string()).collect(),
             seq: Some(Seq(1)),
         }
+    }
+
+    #[test]
+    fn an_upsert_with_the_stores_text_sends_it_and_a_merge_drops_it() {
+        let text: Arc<RawValue> = RawValue::from_string(r#"{"a":1,"s":"x"}"#.into())
+            .unwrap()
+            .into();
+        let mut upsert = EntityUpdate {
+            op: Op::Upsert,
+            text: Some(text),
+            ..patch(json!({"a": 1, "s": "x"}), &[])
+        };
+        let frame: Value = serde_json::from_slice(&upsert.clone().into_frame().bytes).unwrap();
+        assert_eq!(frame["data"], json!({"a": 1, "s": "x"}));
+        // The text is what is sent: a tree differing from it would not be.
+        let mut differing = upsert.clone();
+        differing.data = Some(Arc::new(json!({"a": 2})));
+        let frame: Value = serde_json::from_slice(&differing.into_frame().bytes).unwrap();
+        assert_eq!(frame["data"]["a"], 1);
+        // A later patch folded in changes the data: the text goes.
+        upsert.absorb(&patch(json!({"b": 2}), &[]));
+        assert!(upsert.text.is_none());
+        let frame: Value = serde_json::from_slice(&upsert.into_frame().bytes).unwrap();
+        assert_eq!(frame["data"], json!({"a": 1, "s": "x", "b": 2}));
     }
 
     /// What a client holds after applying `updates` to `start`.

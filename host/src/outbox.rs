@@ -495,6 +495,7 @@ mod tests {
             op: Op::Patch,
             key: key.into(),
             data: Some(Arc::new(json!({"supply": supply, "pad": "x".repeat(40)}))),
+            text: None,
             append: Vec::new(),
             seq: None,
         }

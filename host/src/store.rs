@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use vista_plugin_api::aggregate::{remove_at, set_in, value_at};
 use vista_plugin_api::mutation::value_at_mut;
@@ -76,6 +77,10 @@ pub struct Change {
     pub trimmed: Vec<String>,
     /// The `_seq` assigned to this mutation.
     pub seq: Seq,
+    /// `new` as the compact text the store keeps it as, if it does (a new
+    /// entity from a plain patch): frames send it as it is rather than
+    /// writing the tree out again.
+    pub new_text: Option<Arc<RawValue>>,
 }
 
 impl Change {
@@ -287,6 +292,7 @@ impl Store {
                     append: Vec::new(),
                     trimmed: Vec::new(),
                     seq,
+                    new_text: None,
                 };
             }
         };
@@ -317,7 +323,12 @@ impl Store {
             // it into nothing copies every field, appended arrays and nulls
             // included): sent as it is, and stored as its text.
             let value = Arc::new(Value::Object(data));
-            table.insert(key.as_str().into(), Stored::compact(value.clone()));
+            let stored = Stored::compact(value.clone());
+            let new_text = match &stored {
+                Stored::Text(text) => Some(text.clone()),
+                Stored::Tree(_) => None,
+            };
+            table.insert(key.as_str().into(), stored);
             return Change {
                 entity,
                 key,
@@ -327,6 +338,7 @@ impl Store {
                 append,
                 trimmed: Vec::new(),
                 seq,
+                new_text,
             };
         }
         if !existed {
@@ -402,6 +414,7 @@ impl Store {
             append,
             trimmed: applied.trimmed,
             seq,
+            new_text: None,
         }
     }
 }

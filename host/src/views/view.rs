@@ -470,6 +470,7 @@ impl FrameCache {
             op,
             key: key.to_owned(),
             data,
+            text: None,
             append,
             seq,
         }
@@ -493,17 +494,21 @@ impl FrameCache {
     /// The changed entity as an `upsert`, as the change left it: the
     /// store's copy may have moved on while the views were behind (a later
     /// request writing the same key), and reading the change's own value
-    /// also spares parsing an entity the store keeps as text.
+    /// also spares parsing an entity the store keeps as text; that text,
+    /// if the store made one, is the frame's data as it is.
     pub(crate) fn upsert_changed(&mut self, change: &Change) -> Frame {
         self.memoized(Op::Upsert, &change.key, |cache| {
-            let entity = change.new.clone();
-            cache.update(
-                Op::Upsert,
-                &change.key,
-                entity,
-                Vec::new(),
-                Some(change.seq),
-            )
+            EntityUpdate {
+                view: cache.view.clone(),
+                mode: cache.mode,
+                op: Op::Upsert,
+                key: change.key.clone(),
+                data: change.new.clone(),
+                text: change.new_text.clone(),
+                append: Vec::new(),
+                seq: Some(change.seq),
+            }
+            .into_frame()
         })
     }
 

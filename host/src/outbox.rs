@@ -51,6 +51,10 @@ pub struct SnapshotJob {
     pub generation: u64,
 }
 
+/// The most a writer keeps of the queue it emptied, in items (about 14 KiB):
+/// a connection that once took a burst does not hold its size forever.
+pub const SPARE_CAPACITY: usize = 256;
+
 /// Something waiting to be written to one socket.
 pub enum Outgoing {
     /// A live frame's shared bytes (a binary message). Only the bytes are
@@ -60,7 +64,9 @@ pub enum Outgoing {
     /// An encoded frame.
     Frame(Frame),
     /// A conflated update, encoded by the writer (it is this client's own).
-    Update(EntityUpdate),
+    /// Boxed: the rare variant would otherwise double the size of every
+    /// queued item.
+    Update(Box<EntityUpdate>),
     /// A snapshot, encoded in batches off the engine (and shared with
     /// other subscribers of the same snapshot).
     Snapshot(SnapshotJob),
@@ -157,7 +163,8 @@ impl Queue {
     /// Moves pending conflated updates into the queue, in order.
     fn settle_conflation(&mut self) {
         let updates: Vec<EntityUpdate> = self.conflation.take().collect();
-        self.items.extend(updates.into_iter().map(Outgoing::Update));
+        self.items
+            .extend(updates.into_iter().map(|u| Outgoing::Update(Box::new(u))));
     }
 }
 
@@ -346,22 +353,32 @@ impl Outbox {
     }
 
     /// Waits until something is queued, then takes all of it (conflated
-    /// updates last, in first-seen order).
-    pub async fn drain(&self) -> VecDeque<Outgoing> {
+    /// updates last, in first-seen order) in exchange for `spare`, an empty
+    /// queue: the writer hands back the one it emptied last time, so a busy
+    /// client's two queues keep their capacity rather than one being
+    /// allocated per drain (under the lock) and grown again while the
+    /// engine pushes (see [`SPARE_CAPACITY`] for what an idle one keeps).
+    pub async fn drain_into(&self, spare: &mut VecDeque<Outgoing>) {
+        debug_assert!(spare.is_empty());
         loop {
             {
                 let mut queue = self.queue.lock().expect("outbox lock");
                 queue.settle_conflation();
                 if !queue.items.is_empty() {
                     queue.queued_bytes = 0;
-                    // Sized like this drain: one allocation per drain for a
-                    // busy client, next to nothing kept by an idle one.
-                    let next = VecDeque::with_capacity(queue.items.len());
-                    return std::mem::replace(&mut queue.items, next);
+                    std::mem::swap(&mut queue.items, spare);
+                    return;
                 }
             }
             self.wake.notified().await;
         }
+    }
+
+    /// Takes everything queued ([`Outbox::drain_into`] with a new queue).
+    pub async fn drain(&self) -> VecDeque<Outgoing> {
+        let mut items = VecDeque::new();
+        self.drain_into(&mut items).await;
+        items
     }
 
     /// Number of updates currently held back by conflation.
@@ -537,6 +554,40 @@ mod tests {
             outbox.push_live(&update(Mode::List, "a", 50)),
             Ok(Pushed::Queued)
         );
+    }
+
+    #[tokio::test]
+    async fn a_drained_queue_handed_back_keeps_its_capacity_and_order_holds() {
+        let outbox = Outbox::new(1, 1 << 20);
+        let mut spare = VecDeque::new();
+        for n in 0..100 {
+            outbox.push_live(&update(Mode::List, "a", n)).unwrap();
+        }
+        outbox.drain_into(&mut spare).await;
+        assert_eq!(spare.len(), 100);
+        let grown = spare.capacity();
+        spare.clear();
+        outbox.push_live(&update(Mode::List, "b", 1)).unwrap();
+        outbox.drain_into(&mut spare).await;
+        assert_eq!(spare.len(), 1);
+        // The outbox now queues into the buffer the writer emptied.
+        assert_eq!(outbox.queue.lock().unwrap().items.capacity(), grown);
+        for n in 0..3 {
+            outbox.push_live(&update(Mode::List, "c", n)).unwrap();
+        }
+        spare.clear();
+        outbox.drain_into(&mut spare).await;
+        let order: Vec<u64> = spare
+            .iter()
+            .map(|item| match item {
+                Outgoing::Live(bytes) => {
+                    let frame: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+                    frame["data"]["supply"].as_u64().unwrap()
+                }
+                _ => panic!("live frames only"),
+            })
+            .collect();
+        assert_eq!(order, [0, 1, 2]);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@
 
 pub mod close;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -235,6 +236,7 @@ pub async fn write_loop<K>(mut sink: K, outbox: Arc<Outbox>) -> Result<(), tungs
 where
     K: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
+    let mut batch = VecDeque::new();
     loop {
         // Counted per drain, not per frame: one counter update per flush.
         let (mut frames, mut bytes) = (0u64, 0u64);
@@ -242,7 +244,11 @@ where
             frames += 1;
             bytes += len as u64;
         };
-        for item in outbox.drain().await {
+        if batch.capacity() > crate::outbox::SPARE_CAPACITY {
+            batch = VecDeque::new();
+        }
+        outbox.drain_into(&mut batch).await;
+        while let Some(item) = batch.pop_front() {
             match item {
                 Outgoing::Live(data) => {
                     count(data.len());
@@ -256,7 +262,7 @@ where
                 Outgoing::Update(update) => {
                     // A slow client's merged update: encode (and gzip) it
                     // off the async workers.
-                    let frame = tokio::task::spawn_blocking(move || update.into_frame())
+                    let frame = tokio::task::spawn_blocking(move || (*update).into_frame())
                         .await
                         .expect("encoding does not panic");
                     count(frame.bytes.len());

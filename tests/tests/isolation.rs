@@ -792,3 +792,24 @@ async fn a_poison_record_is_refused_on_every_host_which_stay_up_and_equal() {
         assert_eq!(dead_letters(host).await.len(), 1, "host {n}");
     }
 }
+
+#[tokio::test]
+async fn a_projector_process_starts_with_a_larger_malloc_cache_for_its_plugin() {
+    // The plugin allocates with glibc's malloc in the projector process;
+    // the host starts it with a larger per-thread cache of freed blocks.
+    let host = Host::with_tokens().await;
+    host.ingest_ok("tokens", &[token("a")]).await;
+    let pid = projector_pid(&host, "tokens.so").await;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let tunables: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|var| var.strip_prefix(b"GLIBC_TUNABLES="))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+        .collect();
+    assert_eq!(tunables.len(), 1, "{tunables:?}");
+    // Any tunables the host was started with follow (and win).
+    assert!(
+        tunables[0].starts_with("glibc.malloc.tcache_count=256"),
+        "{tunables:?}"
+    );
+}

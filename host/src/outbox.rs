@@ -374,13 +374,6 @@ impl Outbox {
         }
     }
 
-    /// Takes everything queued ([`Outbox::drain_into`] with a new queue).
-    pub async fn drain(&self) -> VecDeque<Outgoing> {
-        let mut items = VecDeque::new();
-        self.drain_into(&mut items).await;
-        items
-    }
-
     /// Number of updates currently held back by conflation.
     pub fn conflated_len(&self) -> usize {
         self.queue
@@ -505,6 +498,13 @@ mod tests {
         }
     }
 
+    /// Takes everything queued, as a writer does.
+    async fn drain(outbox: &Outbox) -> VecDeque<Outgoing> {
+        let mut items = VecDeque::new();
+        outbox.drain_into(&mut items).await;
+        items
+    }
+
     fn update(mode: Mode, key: &str, supply: u64) -> Frame {
         EntityUpdate {
             view: "Token/list".into(),
@@ -537,7 +537,7 @@ mod tests {
             );
         }
         assert_eq!(outbox.conflated_len(), 2, "memory bounded by keys");
-        let items: Vec<Outgoing> = outbox.drain().await.into();
+        let items: Vec<Outgoing> = drain(&outbox).await.into();
         assert_eq!(items.len(), 3);
         let Outgoing::Update(a) = &items[1] else {
             panic!()
@@ -605,7 +605,7 @@ mod tests {
             outbox.push_live(&update(Mode::Append, "t3", 1)),
             Err(PushError::Closed)
         );
-        let items = outbox.drain().await;
+        let items = drain(&outbox).await;
         assert!(
             matches!(&items[1], Outgoing::Close { reason, .. } if reason.starts_with("slow-consumer:"))
         );
@@ -621,7 +621,7 @@ mod tests {
             Ok(Pushed::Conflated)
         );
         outbox.push_reply(Outgoing::Frame(raw(5)));
-        let items: Vec<Outgoing> = outbox.drain().await.into();
+        let items: Vec<Outgoing> = drain(&outbox).await.into();
         assert_eq!(items.len(), 4);
         assert!(
             matches!(items[2], Outgoing::Update(_)),
@@ -649,7 +649,7 @@ mod tests {
         let outbox = Outbox::new(1, 1000);
         outbox.push_reply(snapshot_job(100, 1)); // one big reply is fine
         outbox.push_reply(snapshot_job(100, 2)); // the queue was already over
-        let items: Vec<Outgoing> = outbox.drain().await.into();
+        let items: Vec<Outgoing> = drain(&outbox).await.into();
         assert_eq!(items.len(), 2);
         assert!(
             matches!(&items[1], Outgoing::Close { code: 1008, reason } if reason.starts_with("slow-consumer:"))
@@ -665,7 +665,7 @@ mod tests {
         assert!(outbox.cancel_snapshot(1));
         assert!(!outbox.cancel_snapshot(1), "already gone");
         assert!(outbox.cancel_snapshot(2));
-        let items: Vec<Outgoing> = outbox.drain().await.into();
+        let items: Vec<Outgoing> = drain(&outbox).await.into();
         assert_eq!(items.len(), 1);
         assert!(matches!(&items[0], Outgoing::Frame(f) if f.len() == 5));
         assert_eq!(outbox.queue.lock().unwrap().queued_bytes, 0);

@@ -584,7 +584,8 @@ impl Env for Stage<'_> {
             store.advance_to(seq);
         }
         // Every mutation, a delete of a missing entity too, takes a `_seq`.
-        ends_at(Seq(store.last_seq().0 + chunk.len() as u64));
+        let last = Seq(store.last_seq().0 + chunk.len() as u64);
+        ends_at(last);
         let views_may_lag = !self.views.windows_exist();
         for mutation in chunk {
             if !self.behind.is_empty() && store.is_shared(&mutation.entity, &mutation.key) {
@@ -598,6 +599,7 @@ impl Env for Stage<'_> {
                     .catch_up(usize::MAX, self.views, &store, self.conns, wake_ups);
             }
         }
+        debug_assert_eq!(store.last_seq(), last, "the answered `_seq`");
     }
 
     fn committed(&mut self, rec: u64, events: u64) {

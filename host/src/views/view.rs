@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use vista_plugin_api::view::{Order, SortSpec, ViewDef};
 
@@ -461,6 +462,7 @@ impl FrameCache {
         op: Op,
         key: &str,
         data: Option<Arc<Value>>,
+        text: Option<Arc<RawValue>>,
         append: Vec<String>,
         seq: Option<Seq>,
     ) -> Frame {
@@ -470,7 +472,7 @@ impl FrameCache {
             op,
             key: key.to_owned(),
             data,
-            text: None,
+            text,
             append,
             seq,
         }
@@ -479,7 +481,7 @@ impl FrameCache {
 
     pub(crate) fn delete(&mut self, key: &str) -> Frame {
         self.memoized(Op::Delete, key, |cache| {
-            cache.update(Op::Delete, key, None, Vec::new(), None)
+            cache.update(Op::Delete, key, None, None, Vec::new(), None)
         })
     }
 
@@ -487,7 +489,7 @@ impl FrameCache {
         self.memoized(Op::Upsert, key, |cache| {
             let entity = store.tree(source, key);
             let seq = entity.as_deref().and_then(Seq::of);
-            cache.update(Op::Upsert, key, entity, Vec::new(), seq)
+            cache.update(Op::Upsert, key, entity, None, Vec::new(), seq)
         })
     }
 
@@ -497,18 +499,10 @@ impl FrameCache {
     /// also spares parsing an entity the store keeps as text; that text,
     /// if the store made one, is the frame's data as it is.
     pub(crate) fn upsert_changed(&mut self, change: &Change) -> Frame {
-        self.memoized(Op::Upsert, &change.key, |cache| {
-            EntityUpdate {
-                view: cache.view.clone(),
-                mode: cache.mode,
-                op: Op::Upsert,
-                key: change.key.clone(),
-                data: change.new.clone(),
-                text: change.new_text.clone(),
-                append: Vec::new(),
-                seq: Some(change.seq),
-            }
-            .into_frame()
+        let key = change.key.as_str();
+        self.memoized(Op::Upsert, key, |cache| {
+            let (entity, text) = (change.new.clone(), change.new_text.clone());
+            cache.update(Op::Upsert, key, entity, text, Vec::new(), Some(change.seq))
         })
     }
 
@@ -516,7 +510,7 @@ impl FrameCache {
     pub(crate) fn change(&mut self, key: &str, change: &Change) -> Frame {
         self.memoized(Op::Patch, key, |cache| {
             let (patch, append) = change.wire_patch();
-            cache.update(Op::Patch, key, patch, append, Some(change.seq))
+            cache.update(Op::Patch, key, patch, None, append, Some(change.seq))
         })
     }
 }

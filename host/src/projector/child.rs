@@ -377,8 +377,13 @@ struct PlainMutation<'a> {
 /// and deletes of its own entities with keys: what the host accepts
 /// without more checks. Anything else is parsed and checked in full, which
 /// gives the error a bad mutation deserves. If it is, the [`key_hash`] of
-/// each key it writes is added to `keys`.
+/// each key it writes is added to `keys`. The common output is answered by
+/// a hand-written scan ([`super::plain`]); serde answers what it is not
+/// sure of.
 fn checked_unparsed(owned: &HashSet<String>, text: &str, keys: &mut Vec<u64>) -> bool {
+    if super::plain::plain_keys(owned, text, keys) {
+        return true;
+    }
     let Ok(mutations) = serde_json::from_str::<Vec<PlainMutation<'_>>>(text) else {
         return false;
     };

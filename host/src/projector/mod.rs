@@ -23,6 +23,7 @@
 pub mod child;
 pub mod mirror;
 pub mod overlay;
+mod plain;
 pub mod process;
 mod stdin;
 pub mod thread;

@@ -87,10 +87,8 @@ extern "C" fn project_entry<P: Plugin>(
     state: StateReaderRef<'_>,
 ) -> RResult<RString, RString> {
     guarded(|| {
-        let event: Value = serde_json::from_str(event.as_str())
-            .map_err(|e| format!("event is not valid JSON: {e}"))?;
         let source = FfiStateSource(&state);
-        let mutations = P::project(&StateView::new(&source), stream.as_str(), &event)
+        let mutations = P::project_text(&StateView::new(&source), stream.as_str(), event.as_str())
             .map_err(|e| e.to_string())?;
         serde_json::to_string(&mutations).map_err(|e| e.to_string())
     })

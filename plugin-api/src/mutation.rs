@@ -558,7 +558,10 @@ impl MemoryState {
         events: &[Value],
     ) -> Result<(), crate::ProjectError> {
         for event in events {
-            let mutations = P::project(&crate::StateView::new(self), stream, event)?;
+            // As text, as the host hands it over: the path a plugin's
+            // own `project_text` takes.
+            let text = event.to_string();
+            let mutations = P::project_text(&crate::StateView::new(self), stream, &text)?;
             for mutation in &mutations {
                 mutation
                     .validate()

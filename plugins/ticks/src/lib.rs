@@ -10,7 +10,7 @@
 //! the reference's frame plus the host's `_seq`. An event without a string
 //! `id` is a projector error.
 
-use vista_plugin_api::{Manifest, Mutation, Plugin, ProjectError, StateView, Value};
+use vista_plugin_api::{serde_json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
 
 /// The plugin; stateless, as every projector is.
 pub struct Ticks;
@@ -27,12 +27,31 @@ impl Plugin for Ticks {
         _stream: &str,
         event: &Value,
     ) -> Result<Vec<Mutation>, ProjectError> {
-        let id = event
-            .get("id")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ProjectError::new("a tick needs a string `id`"))?;
-        Ok(vec![Mutation::patch("Tick", id, event.clone())])
+        Ok(vec![Mutation::patch(
+            "Tick",
+            tick_id(event)?,
+            event.clone(),
+        )])
     }
+
+    /// From the text, the event parsed here is the patch itself: moved
+    /// into it rather than copied from the host's parse.
+    fn project_text(
+        _state: &StateView<'_>,
+        _stream: &str,
+        event: &str,
+    ) -> Result<Vec<Mutation>, ProjectError> {
+        let event: Value = serde_json::from_str(event)?;
+        let id = tick_id(&event)?.to_owned();
+        Ok(vec![Mutation::patch("Tick", id, event)])
+    }
+}
+
+fn tick_id(event: &Value) -> Result<&str, ProjectError> {
+    event
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ProjectError::new("a tick needs a string `id`"))
 }
 
 vista_plugin_api::export_plugin!(Ticks);
@@ -60,6 +79,13 @@ mod tests {
             json!({"id": "k1", "t": 12, "v": 3})
         );
         assert_eq!(state.get("Tick", "k2").unwrap()["v"], 2);
+        // The host's path (the text) and the tree's agree.
+        let event = json!({"id": "k3", "t": 13, "v": 4});
+        let view = StateView::new(&state);
+        assert_eq!(
+            Ticks::project(&view, "ticks", &event).unwrap(),
+            Ticks::project_text(&view, "ticks", &event.to_string()).unwrap()
+        );
     }
 
     #[test]

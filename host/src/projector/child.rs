@@ -332,8 +332,12 @@ pub const MIRROR_ENTRIES_ENV: &str = "VISTA_PROJECTOR_MIRROR_ENTITIES";
 /// How much of a request's mutation text the child holds before it sends
 /// it ahead as a [`FromChild::Part`]: large enough that a part's write and
 /// the host's wake-up are small against parsing it, small enough that the
-/// host's parse runs beside the projection of the rest.
-const PART_BYTES: usize = 4 * 1024;
+/// host's parse runs beside the projection of the rest. At 4 KiB a
+/// 1,000-event request took 20 to 30 parts, and the reader's wake-ups
+/// (context switches) were a tenth of its samples; 16 KiB cut CPU per
+/// event by 3 to 5% (BENCHMARKS.md, ninth session). At 64 KiB a
+/// 1,000-tick request is one part, parsed only after its projection.
+const PART_BYTES: usize = 16 * 1024;
 
 /// A request's mutation texts, one JSON array per event, and how many of
 /// them went to the host already.

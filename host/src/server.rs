@@ -430,14 +430,15 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
             )
         }
     };
-    // Small bodies parse in microseconds: a blocking-thread hop would cost
-    // more than it saves. Big ones leave the async workers.
+    // Small bodies parse in microseconds, on the worker. A big one is
+    // split on this thread too, but with the worker's other tasks handed
+    // to another thread first (`block_in_place`): a hop to a blocking
+    // thread and back cost more than the split of a 1,000-event body
+    // (BENCHMARKS.md, ninth session).
     let parsed = if body.len() <= INLINE_PARSE_BYTES {
         IngestBody::parse(body)
     } else {
-        tokio::task::spawn_blocking(move || IngestBody::parse(body))
-            .await
-            .expect("parsing does not panic")
+        tokio::task::block_in_place(move || IngestBody::parse(body))
     };
     let events = match parsed {
         Ok(events) => events,

@@ -69,7 +69,8 @@ async fn reproject(name: &str, shared: &Shared) -> HttpResponse {
     }
 }
 
-/// Bodies up to this size are split into events on the async worker.
+/// Bodies up to this size are split into events on the async worker as
+/// it is; bigger ones first hand the worker's other tasks to another thread.
 const INLINE_PARSE_BYTES: usize = 16 << 10;
 
 /// Routes one HTTP request (upgrades included).

@@ -210,10 +210,10 @@ pub fn read_frame<T: for<'de> Deserialize<'de>>(
     input.read_exact(&mut blob)?;
     // Checked as UTF-8 once, in bulk: parsed from bytes, serde checks
     // every string on its own, a few percent of the reader's time.
-    let header = std::str::from_utf8(&header)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let header = serde_json::from_str(header)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let header =
+        std::str::from_utf8(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let header =
+        serde_json::from_str(header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     Ok(Some((header, blob)))
 }
 

@@ -34,8 +34,8 @@ impl Plugin for Ticks {
         )])
     }
 
-    /// From the text, the event parsed here is the patch itself: moved
-    /// into it rather than copied from the host's parse.
+    /// From the text, the event parsed here becomes the patch itself:
+    /// moved into it, where `project` must copy a tree it only borrows.
     fn project_text(
         _state: &StateView<'_>,
         _stream: &str,

@@ -464,16 +464,16 @@ fn write_texts(
             "]}}}",
         ),
     };
-    let mut header = Vec::with_capacity(texts.iter().map(String::len).sum::<usize>() + 64);
-    header.extend_from_slice(opening.as_bytes());
+    let mut header = Vec::with_capacity(2 * texts.len() + 2);
+    header.push(opening.as_bytes());
     for (index, text) in texts.iter().enumerate() {
         if index > 0 {
-            header.push(b',');
+            header.push(b",");
         }
-        header.extend_from_slice(text.as_bytes());
+        header.push(text.as_bytes());
     }
-    header.extend_from_slice(closing.as_bytes());
-    super::wire::write_raw_frame(output, &header, b"")
+    header.push(closing.as_bytes());
+    super::wire::write_frame_of_pieces(output, &header, b"")
 }
 
 /// What a projection in the child reads: its mirror for the plugin's own

@@ -156,9 +156,28 @@ pub fn write_frame(out: &mut impl Write, header: &impl Serialize, blob: &[u8]) -
 
 /// Writes one frame whose header is JSON text already, and flushes it.
 pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::Result<()> {
-    out.write_all(&lengths(header.len(), blob.len()))?;
-    out.write_all(header)?;
-    out.write_all(blob)?;
+    write_frame_of_pieces(out, &[header], blob)
+}
+
+/// Writes one frame whose header is `header` pieces one after another,
+/// assembled in one buffer and written with one call, and flushes it.
+/// Written piece by piece through the child's `BufWriter`, a header
+/// larger than its buffer (every part of a request's answer) went out as
+/// a write of the 8 length bytes and then one of the rest: two system
+/// calls, and two wake-ups of the reader, which had read the lengths.
+pub fn write_frame_of_pieces(
+    out: &mut impl Write,
+    header: &[&[u8]],
+    blob: &[u8],
+) -> io::Result<()> {
+    let header_len = header.iter().map(|piece| piece.len()).sum();
+    let mut frame = Vec::with_capacity(8 + header_len + blob.len());
+    frame.extend_from_slice(&lengths(header_len, blob.len()));
+    header
+        .iter()
+        .for_each(|piece| frame.extend_from_slice(piece));
+    frame.extend_from_slice(blob);
+    out.write_all(&frame)?;
     out.flush()
 }
 

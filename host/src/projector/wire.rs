@@ -151,12 +151,7 @@ pub enum FromChild {
 /// Writes one frame and flushes it.
 pub fn write_frame(out: &mut impl Write, header: &impl Serialize, blob: &[u8]) -> io::Result<()> {
     let header = serde_json::to_vec(header).map_err(io::Error::other)?;
-    write_raw_frame(out, &header, blob)
-}
-
-/// Writes one frame whose header is JSON text already, and flushes it.
-pub fn write_raw_frame(out: &mut impl Write, header: &[u8], blob: &[u8]) -> io::Result<()> {
-    write_frame_of_pieces(out, &[header], blob)
+    write_frame_of_pieces(out, &[&header], blob)
 }
 
 /// Writes one frame whose header is `header` pieces one after another,

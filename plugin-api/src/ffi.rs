@@ -25,7 +25,7 @@ use abi_stable::{
 };
 use serde_json::Value;
 
-use crate::{Plugin, StateSource, StateView};
+use crate::{MutationsJson, Plugin, StateSource, StateView};
 
 /// Read access to the host's entity state, passed into
 /// [`PluginModule::project`].
@@ -88,9 +88,15 @@ extern "C" fn project_entry<P: Plugin>(
 ) -> RResult<RString, RString> {
     guarded(|| {
         let source = FfiStateSource(&state);
-        let mutations = P::project_text(&StateView::new(&source), stream.as_str(), event.as_str())
-            .map_err(|e| e.to_string())?;
-        serde_json::to_string(&mutations).map_err(|e| e.to_string())
+        let mut out = MutationsJson::new();
+        P::project_json(
+            &StateView::new(&source),
+            stream.as_str(),
+            event.as_str(),
+            &mut out,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(out.into_json())
     })
 }
 

@@ -69,7 +69,7 @@ pub use aggregate::{Aggregate, Hidden};
 pub use manifest::{EntityDef, Manifest};
 pub use mutation::{
     apply_mutation, apply_patch, merge_patch, Applied, MemoryState, Mutation, MutationError,
-    MutationKind,
+    MutationKind, MutationsJson,
 };
 pub use serde_json::{json, Map, Number, Value};
 
@@ -233,6 +233,25 @@ pub trait Plugin {
         let event: Value = serde_json::from_str(event)
             .map_err(|e| ProjectError::new(format!("event is not valid JSON: {e}")))?;
         Self::project(state, stream, &event)
+    }
+
+    /// The same again, with the mutations written as JSON into `out`
+    /// rather than returned: what the host calls. By default it writes
+    /// what [`Plugin::project_text`] returns. A plugin whose patches are
+    /// structs of its own can write them straight ([`MutationsJson::patch`])
+    /// instead of building a [`Value`] map of every field per event, only
+    /// for it to be written out and dropped. Both must give the same
+    /// mutations: [`MemoryState::ingest`] applies what this one writes.
+    fn project_json(
+        state: &StateView<'_>,
+        stream: &str,
+        event: &str,
+        out: &mut MutationsJson,
+    ) -> Result<(), ProjectError> {
+        for mutation in Self::project_text(state, stream, event)? {
+            out.push(&mutation);
+        }
+        Ok(())
     }
 }
 

@@ -89,6 +89,79 @@ impl TryFrom<WireMutation> for Mutation {
     }
 }
 
+/// One event's mutations as the JSON array the host reads, written one at
+/// a time ([`crate::Plugin::project_json`]). [`MutationsJson::push`] writes
+/// any [`Mutation`]; [`MutationsJson::patch`] writes a plain patch whose
+/// data is any serializable object, in the same shape, without a [`Value`]
+/// of it.
+#[derive(Debug)]
+pub struct MutationsJson {
+    json: Vec<u8>,
+}
+
+impl Default for MutationsJson {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MutationsJson {
+    /// No mutations yet.
+    pub fn new() -> Self {
+        Self {
+            json: Vec::with_capacity(256),
+        }
+    }
+
+    fn separate(&mut self) {
+        self.json
+            .push(if self.json.is_empty() { b'[' } else { b',' });
+    }
+
+    /// Writes `mutation`.
+    pub fn push(&mut self, mutation: &Mutation) {
+        self.separate();
+        serde_json::to_writer(&mut self.json, mutation).expect("a mutation serializes");
+    }
+
+    /// Writes what `push(&Mutation::patch(entity, key, data))` writes,
+    /// with `data` serialized straight. It must serialize as a JSON object
+    /// (a struct or a map): the host refuses the request otherwise. An
+    /// error serializing it is returned and nothing is written.
+    pub fn patch(
+        &mut self,
+        entity: &str,
+        key: &str,
+        data: &impl Serialize,
+    ) -> Result<(), crate::ProjectError> {
+        let before = self.json.len();
+        self.separate();
+        let written = (|| {
+            self.json.extend_from_slice(b"{\"entity\":");
+            serde_json::to_writer(&mut self.json, entity)?;
+            self.json.extend_from_slice(b",\"key\":");
+            serde_json::to_writer(&mut self.json, key)?;
+            self.json.extend_from_slice(b",\"op\":\"patch\",\"data\":");
+            serde_json::to_writer(&mut self.json, data)?;
+            self.json.push(b'}');
+            Ok::<(), serde_json::Error>(())
+        })();
+        written.map_err(|e| {
+            self.json.truncate(before);
+            crate::ProjectError::new(format!("patch of {entity}[{key}]: {e}"))
+        })
+    }
+
+    /// The JSON array.
+    pub fn into_json(mut self) -> String {
+        if self.json.is_empty() {
+            self.json.push(b'[');
+        }
+        self.json.push(b']');
+        String::from_utf8(self.json).expect("serde_json writes UTF-8")
+    }
+}
+
 /// The kind of a [`Mutation`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
@@ -561,7 +634,11 @@ impl MemoryState {
             // As text, as the host hands it over: the path a plugin's
             // own `project_text` takes.
             let text = event.to_string();
-            let mutations = P::project_text(&crate::StateView::new(self), stream, &text)?;
+            let mut out = MutationsJson::new();
+            P::project_json(&crate::StateView::new(self), stream, &text, &mut out)?;
+            // Read back as the host reads it.
+            let mutations: Vec<Mutation> = serde_json::from_str(&out.into_json())
+                .map_err(|e| crate::ProjectError::new(format!("the mutations written: {e}")))?;
             for mutation in &mutations {
                 mutation
                     .validate()
@@ -588,6 +665,40 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn a_patch_written_straight_reads_back_as_the_pushed_mutation() {
+        #[derive(Serialize)]
+        struct Data<'a> {
+            name: &'a str,
+            count: u64,
+            nested: BTreeMap<&'a str, f64>,
+        }
+        let mut out = MutationsJson::new();
+        assert_eq!(MutationsJson::new().into_json(), "[]");
+        let data = Data {
+            name: "a \"quoted\" \u{2028} name",
+            count: u64::MAX,
+            nested: BTreeMap::from([("x", 1.5)]),
+        };
+        out.patch("Token", "k\\1", &data).unwrap();
+        out.push(&Mutation::delete("Token", "k2"));
+        // A map with a non-string key does not serialize: nothing written.
+        let refused = out.patch("Token", "k3", &BTreeMap::from([((1, 2), 3)]));
+        assert!(refused
+            .unwrap_err()
+            .to_string()
+            .starts_with("patch of Token[k3]: key must be a string"));
+        let read: Vec<Mutation> = serde_json::from_str(&out.into_json()).unwrap();
+        let value = serde_json::to_value(&data).unwrap();
+        assert_eq!(
+            read,
+            vec![
+                Mutation::patch("Token", "k\\1", value),
+                Mutation::delete("Token", "k2")
+            ]
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@
 //! the reference's frame plus the host's `_seq`. An event without a string
 //! `id` is a projector error.
 
-use vista_plugin_api::{serde_json, Manifest, Mutation, Plugin, ProjectError, StateView, Value};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use vista_plugin_api::serde_json::{self, value::RawValue};
+use vista_plugin_api::{Manifest, Mutation, MutationsJson, Plugin, ProjectError, StateView, Value};
 
 /// The plugin; stateless, as every projector is.
 pub struct Ticks;
@@ -44,6 +48,33 @@ impl Plugin for Ticks {
         let event: Value = serde_json::from_str(event)?;
         let id = tick_id(&event)?.to_owned();
         Ok(vec![Mutation::patch("Tick", id, event)])
+    }
+
+    /// What the host calls: the event's text is the patch, written as it
+    /// came; only its `id` is read. Anything but an object with a string
+    /// `id` goes the way of [`Ticks::project_text`], which words the error.
+    fn project_json(
+        state: &StateView<'_>,
+        stream: &str,
+        event: &str,
+        out: &mut MutationsJson,
+    ) -> Result<(), ProjectError> {
+        #[derive(Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            id: Cow<'a, str>,
+        }
+        let tick = serde_json::from_str::<&RawValue>(event)
+            .and_then(|raw| serde_json::from_str::<Id<'_>>(raw.get()).map(|tick| (raw, tick)));
+        match tick {
+            Ok((raw, Id { id })) => out.patch("Tick", &id, &raw),
+            Err(_) => {
+                for mutation in Self::project_text(state, stream, event)? {
+                    out.push(&mutation);
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -86,6 +117,36 @@ mod tests {
             Ticks::project(&view, "ticks", &event).unwrap(),
             Ticks::project_text(&view, "ticks", &event.to_string()).unwrap()
         );
+    }
+
+    #[test]
+    fn the_event_written_as_the_patch_reads_as_the_returned_mutations() {
+        let state = MemoryState::new();
+        let view = StateView::new(&state);
+        let written = |event: &str| {
+            let mut out = MutationsJson::new();
+            Ticks::project_json(&view, "ticks", event, &mut out).map(|()| {
+                let json = out.into_json();
+                (serde_json::from_str::<Vec<Mutation>>(&json).unwrap(), json)
+            })
+        };
+        let event = r#"{ "t": 13, "id": "k\"3", "v": [1.5, {"x": null}] }"#;
+        let (mutations, json) = written(event).unwrap();
+        assert_eq!(
+            mutations,
+            Ticks::project_text(&view, "ticks", event).unwrap()
+        );
+        assert!(json.contains(event), "the event's own text: {json}");
+        // Not an object with a string `id`: the same errors as from the text.
+        for bad in [r#"{"id": 7}"#, r#"[1]"#, r#"{"id": "k""#, r#"{"t": 1}"#] {
+            assert_eq!(
+                written(bad).unwrap_err().to_string(),
+                Ticks::project_text(&view, "ticks", bad)
+                    .unwrap_err()
+                    .to_string(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 use vista_plugin_api::serde_json::{self, value::RawValue};
-use vista_plugin_api::{json, Manifest, Mutation, Number, Plugin, ProjectError, StateView, Value};
+use vista_plugin_api::{
+    json, Manifest, Mutation, MutationsJson, Number, Plugin, ProjectError, StateView, Value,
+};
 
 /// How many trades `Token.recentTrades` keeps (the oldest are dropped).
 pub const RECENT_TRADES: usize = 50;
@@ -87,7 +89,8 @@ enum TokenEvent {
     TokenClosed(TokenClosed),
 }
 
-#[derive(Debug, Deserialize)]
+/// Also the new token's patch, as it is: `{mint, symbol, decimals, supply}`.
+#[derive(Debug, Deserialize, Serialize)]
 struct TokenCreated {
     mint: String,
     symbol: String,
@@ -286,6 +289,26 @@ impl Plugin for Tokens {
     ) -> Result<Vec<Mutation>, ProjectError> {
         TokenEvent::read(event)?.project(state)
     }
+
+    /// What the host calls: a new token's patch is written from the event's
+    /// own fields, without a `Value` map of them (the other events, rarer,
+    /// go through [`TokenEvent::project`]).
+    fn project_json(
+        state: &StateView<'_>,
+        _stream: &str,
+        event: &str,
+        out: &mut MutationsJson,
+    ) -> Result<(), ProjectError> {
+        match TokenEvent::read(event)? {
+            TokenEvent::TokenCreated(created) => out.patch("Token", &created.mint, &created),
+            other => {
+                for mutation in other.project(state)? {
+                    out.push(&mutation);
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 vista_plugin_api::export_plugin!(Tokens);
@@ -438,10 +461,16 @@ mod tests {
                 "{type_last}"
             );
             let view = StateView::new(&state);
+            let returned = Tokens::project_text(&view, "tokens", event).unwrap();
             assert_eq!(
-                Tokens::project_text(&view, "tokens", event).unwrap(),
+                returned,
                 Tokens::project_text(&view, "tokens", &type_last).unwrap()
             );
+            // What the host calls writes the same mutations.
+            let mut out = MutationsJson::new();
+            Tokens::project_json(&view, "tokens", event, &mut out).unwrap();
+            let written: Vec<Mutation> = serde_json::from_str(&out.into_json()).unwrap();
+            assert_eq!(written, returned, "{event}");
             state
                 .ingest::<Tokens>("tokens", &[serde_json::from_str(event).unwrap()])
                 .unwrap();

@@ -248,9 +248,7 @@ pub trait Plugin {
         event: &str,
         out: &mut MutationsJson,
     ) -> Result<(), ProjectError> {
-        for mutation in Self::project_text(state, stream, event)? {
-            out.push(&mutation);
-        }
+        out.extend(Self::project_text(state, stream, event)?);
         Ok(())
     }
 }

@@ -105,6 +105,15 @@ impl Default for MutationsJson {
     }
 }
 
+impl Extend<Mutation> for MutationsJson {
+    /// Writes each of `mutations` ([`MutationsJson::push`]).
+    fn extend<I: IntoIterator<Item = Mutation>>(&mut self, mutations: I) {
+        mutations
+            .into_iter()
+            .for_each(|mutation| self.push(&mutation));
+    }
+}
+
 impl MutationsJson {
     /// No mutations yet.
     pub fn new() -> Self {

@@ -69,9 +69,7 @@ impl Plugin for Ticks {
         match tick {
             Ok((raw, Id { id })) => out.patch("Tick", &id, &raw),
             Err(_) => {
-                for mutation in Self::project_text(state, stream, event)? {
-                    out.push(&mutation);
-                }
+                out.extend(Self::project_text(state, stream, event)?);
                 Ok(())
             }
         }

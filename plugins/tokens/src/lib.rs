@@ -302,9 +302,7 @@ impl Plugin for Tokens {
         match TokenEvent::read(event)? {
             TokenEvent::TokenCreated(created) => out.patch("Token", &created.mint, &created),
             other => {
-                for mutation in other.project(state)? {
-                    out.push(&mutation);
-                }
+                out.extend(other.project(state)?);
                 Ok(())
             }
         }

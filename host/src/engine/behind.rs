@@ -40,13 +40,11 @@
 //! the apply catches up first when the entity it writes is held elsewhere
 //! ([`crate::store::Store::is_shared`]).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
-use crate::outbox::{Deliveries, Outbox, WakeUps};
+use crate::outbox::{Deliveries, Outboxes, WakeUps};
 use crate::store::{Change, Store};
 use crate::views::Views;
-use crate::vocab::ConnId;
 
 /// Changes run through the views per slice while requests may arrive: about
 /// a tenth of a millisecond of view work, so a request waits little.
@@ -72,7 +70,7 @@ impl Behind {
         limit: usize,
         views: &mut Views,
         store: &Store,
-        conns: &HashMap<ConnId, Arc<Outbox>>,
+        conns: &Outboxes,
         wake_ups: &mut WakeUps,
     ) {
         let count = limit.min(self.0.len());

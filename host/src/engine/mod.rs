@@ -85,7 +85,7 @@ mod subscribe;
 pub use api::{spawn, Command, EngineHandle, IngestError, Ingested, InstallError, ReprojectError};
 pub use log::Persistence;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc, RwLock};
 use std::time::Duration;
@@ -100,12 +100,11 @@ use crate::durable::WriterReport;
 use crate::ids::{PluginName, Seq};
 use crate::ingest::IngestBody;
 use crate::memory::IdleRelease;
-use crate::outbox::{Outbox, WakeUps};
+use crate::outbox::{Outboxes, WakeUps};
 use crate::plugins::PluginReport;
 use crate::projector::{ProjectFailure, ProjectJob, Settled, SharedStore};
 use crate::store::Store;
 use crate::views::{Removed, Views};
-use crate::vocab::ConnId;
 use install::LoadedPlugin;
 use log::Log;
 use pipeline::{Env, Pipeline, Waiting};
@@ -120,7 +119,7 @@ pub struct Engine {
     /// What `GET /plugins` shows, by plugin file.
     reports: BTreeMap<PathBuf, PluginReport>,
     /// Outboxes of open connections.
-    conns: HashMap<ConnId, Arc<Outbox>>,
+    conns: Outboxes,
     /// Where plugin files are copied before being mapped.
     cache_dir: PathBuf,
     max_subscriptions: usize,
@@ -155,7 +154,7 @@ impl Engine {
             views: Views::new(),
             plugins: BTreeMap::new(),
             reports: BTreeMap::new(),
-            conns: HashMap::new(),
+            conns: Outboxes::default(),
             cache_dir,
             max_subscriptions,
             pipeline: Pipeline::new(projector_timeout),
@@ -436,7 +435,7 @@ struct Stage<'a> {
     reports: &'a mut BTreeMap<PathBuf, PluginReport>,
     store: &'a SharedStore,
     views: &'a mut Views,
-    conns: &'a HashMap<ConnId, Arc<Outbox>>,
+    conns: &'a Outboxes,
     log: &'a mut dyn Log,
     replaying: bool,
     reprojections: &'a mut BTreeMap<PluginName, Reprojection>,

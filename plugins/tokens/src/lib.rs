@@ -212,15 +212,11 @@ impl TokenEvent {
     /// The mutations of one event.
     fn project(self, state: &StateView<'_>) -> Result<Vec<Mutation>, ProjectError> {
         Ok(match self {
-            TokenEvent::TokenCreated(TokenCreated {
-                mint,
-                symbol,
-                decimals,
-                supply,
-            }) => vec![Mutation::patch(
+            // The struct is the patch, here as in `project_json`.
+            TokenEvent::TokenCreated(created) => vec![Mutation::patch(
                 "Token",
-                mint.clone(),
-                json!({"mint": mint, "symbol": symbol, "decimals": decimals, "supply": supply}),
+                created.mint.clone(),
+                serde_json::to_value(&created)?,
             )],
             TokenEvent::SupplyChanged(SupplyChanged { mint, delta }) => {
                 if !state.exists("Token", &mint) {

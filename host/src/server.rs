@@ -436,7 +436,11 @@ async fn ingest(request: Request<Incoming>, stream: &str, shared: &Shared) -> Ht
     // to another thread first (`block_in_place`): a hop to a blocking
     // thread and back cost more than the split of a 1,000-event body
     // (BENCHMARKS.md, ninth session).
-    let parsed = if body.len() <= INLINE_PARSE_BYTES {
+    // (`block_in_place` needs a multi-thread runtime, which `vista serve`
+    // runs; a caller of `run` on a current-thread one parses inline.)
+    let multi_thread = tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread;
+    let parsed = if body.len() <= INLINE_PARSE_BYTES || !multi_thread {
         IngestBody::parse(body)
     } else {
         tokio::task::block_in_place(move || IngestBody::parse(body))

@@ -51,7 +51,8 @@ impl Plugin for Ticks {
     }
 
     /// What the host calls: the event's text is the patch, written as it
-    /// came; only its `id` is read. Anything but an object with a string
+    /// came, once checked as JSON; of its fields only `id` is read (no
+    /// tree of the event is built). Anything but an object with a string
     /// `id` goes the way of [`Ticks::project_text`], which words the error.
     fn project_json(
         state: &StateView<'_>,
